@@ -1,0 +1,83 @@
+"""The backend interface: the only surface through which the agent drives a backend.
+
+Life cycle, as the agent calls it:
+
+    b = BackendClass(iface, config)   # validate Backend options (raise ConfigError), no side effects
+    attrs = await b.prepare()         # create what the lease must describe (vxlan: the device
+                                      # and its MAC); returns this host's LeaseAttrs
+    ... the agent acquires a lease with `attrs` and writes the subnet file with b.mtu() ...
+    await b.start(lease)              # address the device with our subnet, start the data path;
+                                      # called again if the lease is re-acquired with another subnet
+    await b.handle(events)            # peer leases added/removed (every backend type: filter yourself)
+    await b.resync()                  # every few seconds: heal devices/routes someone removed
+    await b.stop()                    # remove what prepare()/start() made; the lease stays in etcd
+
+`metrics()` returns counters (name -> int) served at /metrics; `ready()` says whether the
+data path is up (for /readyz).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import ClassVar, Literal, Mapping, Sequence
+
+from ..config import NetworkConfig
+from ..subnet import Lease, LeaseAttrs
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The host interface that carries the overlay (flanneld's extIface)."""
+
+    name: str
+    index: int
+    iface_addr: IPv4Address  # the address on the interface; sockets bind to it
+    public_ip: IPv4Address  # --public-ip, else iface_addr; goes into the lease
+    mtu: int
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: Literal["added", "removed"]
+    lease: Lease
+
+
+class Backend(abc.ABC):
+    type: ClassVar[str]
+
+    def __init__(self, iface: ExternalInterface, config: NetworkConfig):
+        self.iface = iface
+        self.config = config
+
+    @abc.abstractmethod
+    def mtu(self) -> int:
+        """FLANNEL_MTU for the subnet file."""
+
+    @abc.abstractmethod
+    async def prepare(self) -> LeaseAttrs:
+        """Create what the lease describes and return this host's lease attributes."""
+
+    @abc.abstractmethod
+    async def start(self, lease: Lease) -> None:
+        """Configure the data path for our own lease."""
+
+    async def handle(self, events: Sequence[LeaseEvent]) -> None:
+        """Apply peer lease changes."""
+
+    async def resync(self) -> None:
+        """Re-create devices, routes or entries that disappeared."""
+
+    async def stop(self) -> None:
+        """Tear down what this backend created (not the lease)."""
+
+    def metrics(self) -> Mapping[str, int]:
+        return {}
+
+    def ready(self) -> bool:
+        return True
+
+    def same_type(self, lease: Lease) -> bool:
+        """Whether a peer lease belongs to this backend (flanneld ignores the others)."""
+        return lease.attrs.backend_type.lower() == self.type

@@ -1,0 +1,35 @@
+"""The control plane's exceptions. The CLI is the only place that turns them into exit codes."""
+
+
+class UdpFlannelError(Exception):
+    """Base class of every error udpflannel raises on purpose."""
+
+
+class ConfigError(UdpFlannelError):
+    """A network config (or backend option) that cannot be used. Names the key and the value."""
+
+    def __init__(self, key: str, value: object, reason: str):
+        self.key = key
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid network config: {key}={value!r}: {reason}")
+
+
+class LeaseParseError(UdpFlannelError):
+    """A key or value under <prefix>/subnets that is not a flannel lease."""
+
+
+class RegistryError(UdpFlannelError):
+    """etcd could not be reached or answered with an error (always retried by the caller)."""
+
+
+class OutOfSubnets(UdpFlannelError):
+    """No free subnet is left between SubnetMin and SubnetMax."""
+
+
+class InterfaceError(UdpFlannelError):
+    """No usable external interface (or public IP) could be found."""
+
+
+class BackendError(UdpFlannelError):
+    """A backend could not set up its devices or routes."""

@@ -1,0 +1,364 @@
+"""A namespace testbed: hosts on one underlay segment, etcd servers, and containers.
+
+Used by the test fixtures, `udpflannel lab` and bench/run_iperf.sh. Everything lives in
+network namespaces named `<prefix>-...` where the prefix is unique per run (`uf` + 6 hex);
+nothing is added to the root namespace's addresses or routes. The underlay is a bridge in
+its own "switch" namespace; each host gets an `eth1` with 192.0.2.<10+i>/24 (links inside a
+per-run namespace cannot collide with anything). `Lab.close()` deletes every namespace and
+process it made, and `cleanup_stale()` removes what a crashed run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Optional, Sequence
+
+UNDERLAY = IPv4Network("192.0.2.0/24")
+ETCD_HOST_IP = IPv4Address("192.0.2.2")
+NETNS_DIR = Path("/run/netns")
+PREFIX_TAG = "uf"  # every namespace this module makes starts with uf<6 hex>-
+
+
+def sh(*args: str, check: bool = True, capture: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a command; raise with its stderr when it fails."""
+    p = subprocess.run(list(args), capture_output=capture, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)!r} failed ({p.returncode}): {(p.stderr or '').strip()}")
+    return p
+
+
+def new_prefix() -> str:
+    return PREFIX_TAG + secrets.token_hex(3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def etcd_binary() -> str:
+    for cand in ("etcd", "/usr/bin/etcd", "/usr/local/bin/etcd"):
+        path = shutil.which(cand)
+        if path:
+            return path
+    raise RuntimeError("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")
+
+
+def cleanup_stale(prefix: str = PREFIX_TAG) -> list[str]:
+    """Delete namespaces whose name starts with `prefix` (killing what runs in them)."""
+    removed = []
+    out = sh("ip", "netns", "list", check=False).stdout or ""
+    for line in out.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(prefix):
+            _delete_netns(name)
+            removed.append(name)
+    return removed
+
+
+def _delete_netns(name: str) -> None:
+    pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh("ip", "netns", "delete", name, check=False)
+
+
+@dataclass
+class EtcdServer:
+    """One etcd member, in a namespace (ns set) or on loopback in the current namespace."""
+
+    name: str
+    ip: IPv4Address
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    ns: Optional[str] = None
+    initial_cluster: str = ""
+    proc: Optional[subprocess.Popen] = None
+    log_path: Optional[Path] = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.ip}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.peer_port}"
+
+    def start(self, wait: bool = True) -> "EtcdServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster = self.initial_cluster or f"{self.name}={self.peer_url}"
+        cmd = [
+            etcd_binary(),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.endpoint,
+            "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"tok-{self.data_dir.name}",
+        ]  # fmt: skip
+        if self.ns:
+            cmd = ["ip", "netns", "exec", self.ns] + cmd
+        self.log_path = self.data_dir.with_suffix(".log")
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd {self.name} exited: see {self.log_path}")
+            if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"etcd {self.name} not healthy after {timeout}s: see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 15, endpoints: str = "") -> subprocess.CompletedProcess:
+        """etcdctl (v3 API) against this member, run inside its namespace."""
+        cmd = ["etcdctl", f"--endpoints={endpoints or self.endpoint}", "--dial-timeout=3s", *args]
+        if self.ns:
+            cmd = ["ip", "netns", "exec", self.ns] + cmd
+        env = dict(os.environ, ETCDCTL_API="3")
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {p.stderr.strip()}")
+        return p
+
+    def put(self, key: str, value: str) -> None:
+        self.ctl("put", key, value)
+
+    def get(self, key: str) -> Optional[str]:
+        out = self.ctl("get", key, "--print-value-only").stdout
+        return out[:-1] if out.endswith("\n") else (out or None)
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        out = self.ctl("get", prefix, "--prefix", "-w", "json").stdout
+        doc = json.loads(out or "{}")
+        import base64
+
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in doc.get("kvs", [])
+        }
+
+    def delete(self, key: str, prefix: bool = False) -> None:
+        self.ctl("del", key, *(["--prefix"] if prefix else []))
+
+
+@dataclass
+class Host:
+    name: str  # short name, e.g. "h1"
+    ns: str  # namespace name
+    ip: IPv4Address  # underlay address on eth1
+    index: int
+    procs: list = field(default_factory=list)
+    containers: list = field(default_factory=list)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
+
+
+class Lab:
+    """Namespaces for N hosts on an underlay bridge, plus optional etcd and containers."""
+
+    def __init__(self, prefix: Optional[str] = None, workdir: Optional[Path] = None, mtu: int = 1500):
+        if os.geteuid() != 0:
+            raise RuntimeError("the namespace lab needs root")
+        self.prefix = prefix or new_prefix()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self.mtu = mtu
+        self.namespaces: list[str] = []
+        self.hosts: list[Host] = []
+        self.etcd: list[EtcdServer] = []
+        self.switch = self._netns("sw")
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        self._port = 0
+
+    # -- plumbing -------------------------------------------------------------
+    def _netns(self, suffix: str) -> str:
+        name = f"{self.prefix}-{suffix}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def _attach(self, ns: str, ip: IPv4Address, ifname: str = "eth1") -> None:
+        """A veth from `ns` (named ifname) to the switch bridge, addressed ip/24."""
+        self._port += 1
+        port = f"p{self._port}"
+        sh("ip", "link", "add", ifname, "netns", ns, "mtu", str(self.mtu), "type", "veth",
+           "peer", "name", port, "netns", self.switch, "mtu", str(self.mtu))  # fmt: skip
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", ifname)
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    # -- hosts and etcd -------------------------------------------------------
+    def add_host(self) -> Host:
+        i = len(self.hosts) + 1
+        ns = self._netns(f"h{i}")
+        ip = UNDERLAY.network_address + 10 + i
+        self._attach(ns, ip)
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        host = Host(name=f"h{i}", ns=ns, ip=ip, index=i)
+        self.hosts.append(host)
+        return host
+
+    def add_etcd_host(self) -> str:
+        """A namespace of its own for a single etcd member (192.0.2.2), so tests can restart it."""
+        ns = self._netns("etcd")
+        self._attach(ns, ETCD_HOST_IP)
+        return ns
+
+    def start_etcd(self, ns: str, ip: IPv4Address, name: str = "etcd0") -> EtcdServer:
+        srv = EtcdServer(name=name, ip=ip, client_port=2379, peer_port=2380,
+                         data_dir=self.workdir / f"{name}.data", ns=ns)  # fmt: skip
+        self.etcd.append(srv)
+        return srv.start()
+
+    def start_etcd_cluster(self, hosts: Sequence[Host]) -> list[EtcdServer]:
+        """One member per host, as the tutorial runs etcd on every node."""
+        members = [
+            EtcdServer(name=f"etcd-{h.name}", ip=h.ip, client_port=2379, peer_port=2380,
+                       data_dir=self.workdir / f"etcd-{h.name}.data", ns=h.ns)  # fmt: skip
+            for h in hosts
+        ]
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        for m in members:
+            m.initial_cluster = cluster
+            self.etcd.append(m)
+            m.start(wait=False)
+        for m in members:
+            m.wait_ready()
+        return members
+
+    @property
+    def etcd_endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.etcd)
+
+    # -- containers -----------------------------------------------------------
+    def add_container(self, host: Host, subnet_env: dict[str, str], bridge: str = "docker0") -> "Container":
+        """A "container" namespace behind a bridge on the host, addressed from the subnet file
+        the way `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU` does."""
+        bip = IPv4Interface(subnet_env["FLANNEL_SUBNET"])
+        mtu = int(subnet_env["FLANNEL_MTU"])
+        k = len(host.containers) + 1
+        ns = self._netns(f"{host.name}c{k}")
+        if sh("ip", "-n", host.ns, "link", "show", bridge, check=False).returncode != 0:
+            sh("ip", "-n", host.ns, "link", "add", bridge, "mtu", str(mtu), "type", "bridge")
+            sh("ip", "-n", host.ns, "addr", "add", str(bip), "dev", bridge)
+            sh("ip", "-n", host.ns, "link", "set", bridge, "up")
+        veth = f"veth{k}"
+        sh("ip", "link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth",
+           "peer", "name", veth, "netns", host.ns, "mtu", str(mtu))  # fmt: skip
+        sh("ip", "-n", host.ns, "link", "set", veth, "master", bridge, "up")
+        addr = IPv4Interface(f"{bip.ip + k}/{bip.network.prefixlen}")
+        sh("ip", "-n", ns, "addr", "add", str(addr), "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", str(bip.ip))
+        c = Container(name=f"{host.name}c{k}", ns=ns, ip=addr.ip, host=host)
+        host.containers.append(c)
+        return c
+
+    # -- agents ---------------------------------------------------------------
+    def start_agent(self, host: Host, *args: str, env: Optional[dict] = None, log_name: str = "") -> subprocess.Popen:
+        """Run `udpflannel <args>` inside the host's namespace; output goes to a log file."""
+        log_path = self.workdir / (log_name or f"agent-{host.name}-{len(host.procs)}.log")
+        log = open(log_path, "ab")
+        cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "udpflannel", *args]
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+        log.close()
+        p.log_path = log_path  # type: ignore[attr-defined]
+        host.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for h in self.hosts:
+            for p in h.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in h.procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for srv in self.etcd:
+            srv.stop()
+        for ns in reversed(self.namespaces):
+            _delete_netns(ns)
+        self.namespaces.clear()
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Container:
+    name: str
+    ns: str
+    ip: IPv4Address
+    host: Host
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
+
+    def ping(self, dst: IPv4Address, count: int = 3, timeout: float = 20) -> subprocess.CompletedProcess:
+        return self.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", str(dst), check=False, timeout=timeout)
+
+
+def read_subnet_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        if "=" in line:
+            k, _, v = line.partition("=")
+            env[k.strip()] = v.strip()
+    return env
+
+
+def wait_for(pred, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    """Poll `pred` until it returns a truthy value; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

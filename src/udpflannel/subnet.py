@@ -1,0 +1,155 @@
+"""Leases and subnet arithmetic: pure functions, no I/O.
+
+A lease is stored in etcd as
+
+    key:   <prefix>/subnets/10.5.52.0-24            (IPv4 only)
+           <prefix>/subnets/10.5.52.0-24&fc00::-64  (dual stack)
+    value: {"PublicIP":"192.0.2.1","PublicIPv6":null,
+            "BackendType":"vxlan","BackendData":{...}}
+
+exactly as flanneld writes it, so that both can share one etcd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Iterator, Optional, Union
+
+from .errors import LeaseParseError
+
+IPNetwork = Union[IPv4Network, IPv6Network]
+
+_KEY_RE = re.compile(
+    r"^(?P<v4>\d{1,3}(?:\.\d{1,3}){3})-(?P<v4len>\d{1,2})"
+    r"(?:&(?P<v6>[0-9a-fA-F:]+)-(?P<v6len>\d{1,3}))?$"
+)
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a host publishes about itself in its lease's value."""
+
+    public_ip: IPv4Address
+    public_ipv6: Optional[IPv6Address] = None
+    backend_type: str = ""
+    backend_data: Any = None
+    backend_v6_data: Any = None
+
+    def to_json(self) -> str:
+        """The value flanneld writes: PublicIP and PublicIPv6 always, the rest only when set."""
+        doc: dict[str, Any] = {
+            "PublicIP": str(self.public_ip),
+            "PublicIPv6": str(self.public_ipv6) if self.public_ipv6 else None,
+        }
+        if self.backend_type:
+            doc["BackendType"] = self.backend_type
+        if self.backend_data is not None:
+            doc["BackendData"] = self.backend_data
+        if self.backend_v6_data is not None:
+            doc["BackendV6Data"] = self.backend_v6_data
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: Union[str, bytes]) -> "LeaseAttrs":
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LeaseParseError(f"lease value is not JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise LeaseParseError("lease value is not a JSON object")
+        try:
+            public_ip = IPv4Address(doc.get("PublicIP") or "0.0.0.0")
+            v6 = doc.get("PublicIPv6")
+            public_ipv6 = IPv6Address(v6) if v6 else None
+        except (ValueError, TypeError) as e:
+            raise LeaseParseError(f"lease value has a bad address: {e}") from None
+        btype = doc.get("BackendType") or ""
+        if not isinstance(btype, str):
+            raise LeaseParseError(f"lease BackendType is not a string: {btype!r}")
+        return cls(
+            public_ip=public_ip,
+            public_ipv6=public_ipv6,
+            backend_type=btype,
+            backend_data=doc.get("BackendData"),
+            backend_v6_data=doc.get("BackendV6Data"),
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One host's subnet (and optional IPv6 subnet) with its attributes."""
+
+    subnet: Optional[IPv4Network]
+    attrs: LeaseAttrs
+    ipv6_subnet: Optional[IPv6Network] = None
+    # etcd lease id and TTL (seconds) at the time it was read; None for fakes/unknown.
+    lease_id: Optional[int] = field(default=None, compare=False)
+    expiration: Optional[float] = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        return lease_key(self.subnet, self.ipv6_subnet)
+
+
+def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] = None) -> str:
+    """The last path element of a lease key: '10.5.52.0-24' or '10.5.52.0-24&fc00::-64'."""
+    parts = []
+    if subnet is not None:
+        parts.append(f"{subnet.network_address}-{subnet.prefixlen}")
+    if ipv6_subnet is not None:
+        parts.append(f"{ipv6_subnet.network_address}-{ipv6_subnet.prefixlen}")
+    if not parts:
+        raise ValueError("a lease needs a subnet")
+    return "&".join(parts)
+
+
+def parse_lease_key(name: str) -> tuple[IPv4Network, Optional[IPv6Network]]:
+    """Parse the last element of a lease key. Raises LeaseParseError on anything malformed,
+    including host bits set (flannel never writes those)."""
+    m = _KEY_RE.match(name)
+    if not m:
+        raise LeaseParseError(f"not a lease key: {name!r}")
+    try:
+        v4 = IPv4Network(f"{m['v4']}/{int(m['v4len'])}", strict=True)
+        v6 = None
+        if m["v6"]:
+            v6 = IPv6Network(f"{m['v6']}/{int(m['v6len'])}", strict=True)
+    except ValueError as e:
+        raise LeaseParseError(f"not a lease key: {name!r}: {e}") from None
+    return v4, v6
+
+
+def parse_lease(name: str, value: Union[str, bytes]) -> Lease:
+    """A lease from its key's last element and its JSON value."""
+    v4, v6 = parse_lease_key(name)
+    return Lease(subnet=v4, ipv6_subnet=v6, attrs=LeaseAttrs.from_json(value))
+
+
+def first_host(subnet: IPNetwork) -> str:
+    """FLANNEL_SUBNET form: the subnet's first host address with the prefix (10.5.72.1/24)."""
+    return f"{subnet.network_address + 1}/{subnet.prefixlen}"
+
+
+def subnets_between(
+    network: IPNetwork, prefixlen: int, first: ipaddress._BaseAddress, last: ipaddress._BaseAddress
+) -> Iterator[IPNetwork]:
+    """Subnets of `prefixlen` inside `network` whose network address lies in [first, last]."""
+    step = 1 << (network.max_prefixlen - prefixlen)
+    cls = type(network)
+    addr = int(first)
+    while addr <= int(last):
+        yield cls((addr, prefixlen))
+        addr += step
+
+
+def subnet_fits(subnet: IPNetwork, network: IPNetwork, prefixlen: int, smin, smax) -> bool:
+    """Whether a lease's subnet is one the config could hand out."""
+    return (
+        subnet.prefixlen == prefixlen
+        and subnet.subnet_of(network)
+        and int(smin) <= int(subnet.network_address) <= int(smax)
+    )

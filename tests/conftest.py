@@ -1,0 +1,45 @@
+"""Shared fixtures: real etcd servers and namespace labs, always torn down."""
+
+from __future__ import annotations
+
+import shutil
+from ipaddress import IPv4Address
+
+import pytest
+
+from udpflannel.netlab import ETCD_HOST_IP, EtcdServer, Lab, free_port
+
+NETWORK_KEY = "/coreos.com/network/config"
+
+
+@pytest.fixture
+def loopback_etcd(tmp_path):
+    """A single etcd member on 127.0.0.1 (free ports) in the current namespace."""
+    srv = EtcdServer(
+        name="etcd0",
+        ip=IPv4Address("127.0.0.1"),
+        client_port=free_port(),
+        peer_port=free_port(),
+        data_dir=tmp_path / "etcd0.data",
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """An empty namespace lab (switch + bridge); add hosts with lab.add_host()."""
+    with Lab(workdir=tmp_path) as lab:
+        yield lab
+
+
+@pytest.fixture
+def etcd_lab(lab):
+    """A lab with one etcd member in its own namespace at 192.0.2.2:2379 (lab.etcd[0])."""
+    ns = lab.add_etcd_host()
+    lab.start_etcd(ns, ETCD_HOST_IP)
+    return lab

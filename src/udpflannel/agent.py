@@ -1,8 +1,8 @@
 """The agent: config -> backend -> lease -> subnet file -> peers, kept alive until stopped.
 
 Tasks once the lease is held:
-  renew  - refresh the etcd lease at expiry - margin; retry on etcd trouble; re-acquire
-           (same subnet if still free) when the lease is gone
+  renew  - LeaseManager.maintain: refresh at expiry - margin, retry on etcd trouble,
+           re-acquire (same subnet if still free) when the lease is gone
   peers  - list <prefix>/subnets, then watch from the next revision; on a broken or
            compacted watch, re-list and diff against what the backend has (no loss, no dups)
   resync - every few seconds let the backend heal its devices/routes, and re-check iptables
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from .backends import Backend, ExternalInterface, LeaseEvent, backend_class
 from .config import NetworkConfig, parse_config
-from .errors import ConfigError, OutOfSubnets, RegistryError, UdpFlannelError
+from .errors import ConfigError, RegistryError, UdpFlannelError
 from .health import HealthServer
 from .leasediff import PeerView
 from .manager import LeaseManager, OwnLease
@@ -42,21 +42,13 @@ class AgentOptions:
     lease_ttl: int = 24 * 3600
 
 
-@dataclass
-class _Stats:
-    peers: int = 0
-    lease_renewals: int = 0
-    lease_reacquisitions: int = 0
-    watch_restarts: int = 0
-    etcd_errors: int = 0
-
-
 class Agent:
     def __init__(self, registry: EtcdRegistry, iface: ExternalInterface, opts: AgentOptions):
         self.registry = registry
         self.iface = iface
         self.opts = opts
-        self.stats = _Stats()
+        self.watch_restarts = 0
+        self.etcd_errors = 0
         self.backend: Optional[Backend] = None
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
@@ -72,12 +64,13 @@ class Agent:
         return self.subnet_written and self.backend is not None and self.backend.ready()
 
     def metrics(self) -> dict[str, int]:
+        mgr = self.manager
         m = {
             "peers": len(self.view.leases),
-            "lease_renewals": self.stats.lease_renewals,
-            "lease_reacquisitions": self.stats.lease_reacquisitions,
-            "watch_restarts": self.stats.watch_restarts,
-            "etcd_errors": self.stats.etcd_errors,
+            "lease_renewals": mgr.renewals if mgr else 0,
+            "lease_reacquisitions": mgr.reacquisitions if mgr else 0,
+            "watch_restarts": self.watch_restarts,
+            "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
             "ready": int(self.ready()),
         }
         if self.backend is not None:
@@ -101,9 +94,15 @@ class Agent:
                 previous=read_previous(self.opts.subnet_file),
                 ttl=self.opts.lease_ttl,
                 renew_margin=self.opts.renew_margin_min * 60,
+                retry_interval=self.opts.retry_interval,
             )
-            await self._take_lease(await self._acquire())
-            await asyncio.gather(self._renew_loop(), self._peer_loop(), self._resync_loop(), self._rules_loop())
+            await self._take_lease(await self.manager.acquire_forever())
+            await asyncio.gather(
+                self.manager.maintain(self.own, self.lost, self._take_lease),
+                self._peer_loop(),
+                self._resync_loop(),
+                self._rules_loop(),
+            )
         finally:
             await self._shutdown()
 
@@ -116,7 +115,8 @@ class Agent:
         if self._health:
             await self._health.stop()
         await self.registry.close()
-        log.info("stopped; the lease stays in etcd so a restart keeps the subnet")
+        if self.own is not None:
+            log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.subnet)
 
     async def _retry_sleep(self) -> None:
         await asyncio.sleep(self.opts.retry_interval)
@@ -131,7 +131,7 @@ class Agent:
                     msg = f"no network config at {self.registry.config_key.decode()}; waiting for it"
                 else:
                     config = parse_config(raw)
-                    backend_class(config.backend_type)(self.iface, config)  # option errors, now
+                    backend_class(config.backend_option("Type") or config.backend_type)(self.iface, config)
                     if not config.enable_ipv4:
                         raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
                     log.info("network config: %s", raw.decode(errors="replace").strip())
@@ -139,31 +139,17 @@ class Agent:
             except ConfigError as e:
                 msg = f"{e}; waiting for a corrected config"
             except RegistryError as e:
-                self.stats.etcd_errors += 1
+                self.etcd_errors += 1
                 msg = f"cannot read the network config: {e}"
             if msg != last:
                 (log.info if msg.startswith("no network config") else log.error)("%s", msg)
                 last = msg
             await self._retry_sleep()
 
-    async def _acquire(self) -> OwnLease:
-        last = None
-        while True:
-            try:
-                return await self.manager.acquire()
-            except (OutOfSubnets, RegistryError) as e:
-                if isinstance(e, RegistryError):
-                    self.stats.etcd_errors += 1
-                if str(e) != last:
-                    log.error("cannot acquire a lease: %s; retrying", e)
-                    last = str(e)
-                await self._retry_sleep()
-
     async def _take_lease(self, own: OwnLease) -> None:
         """Adopt a (new or re-acquired) lease: subnet file, backend, peers, iptables."""
         previous = self.own
         self.own = own
-        self.lost.clear()
         log.info("leased subnet %s (%s), public IP %s, etcd lease %x",
                  own.lease.subnet, own.reason, own.lease.attrs.public_ip, own.lease_id)  # fmt: skip
         if previous is None or previous.lease.subnet != own.lease.subnet:
@@ -199,31 +185,6 @@ class Agent:
             log.error("iptables: %s", e)
 
     # -- loops -------------------------------------------------------------------------
-    async def _renew_loop(self) -> None:
-        while True:
-            delay = max(0.0, self.manager.renew_at(self.own) - self.manager.clock())
-            try:
-                await asyncio.wait_for(self.lost.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-            if not self.lost.is_set():
-                try:
-                    renewed = await self.manager.renew(self.own)
-                except RegistryError as e:
-                    self.stats.etcd_errors += 1
-                    log.warning("lease renewal failed (%s); retrying in %.0fs", e, self.opts.retry_interval)
-                    await self._retry_sleep()
-                    continue
-                if renewed is not None:
-                    self.own = renewed
-                    self.stats.lease_renewals += 1
-                    log.info("renewed lease %s", self.own.lease.subnet)
-                    continue
-            log.warning("our lease %s is gone from etcd; re-acquiring", self.own.lease.subnet)
-            self.manager.previous = self.own.lease.subnet
-            self.stats.lease_reacquisitions += 1
-            await self._take_lease(await self._acquire())
-
     async def _deliver(self, events: Sequence[LeaseEvent]) -> None:
         for ev in events:
             a = ev.lease.attrs
@@ -248,10 +209,10 @@ class Agent:
                         await self._deliver(self.view.delete(ev.name))
             except Compacted as e:
                 log.info("%s; re-listing", e)
-                self.stats.watch_restarts += 1
+                self.watch_restarts += 1
             except RegistryError as e:
-                self.stats.watch_restarts += 1
-                self.stats.etcd_errors += 1
+                self.watch_restarts += 1
+                self.etcd_errors += 1
                 log.warning("lease watch interrupted (%s); re-listing in %.0fs", e, self.opts.retry_interval)
                 await self._retry_sleep()
 

@@ -19,7 +19,7 @@ from ipaddress import IPv4Network
 from typing import Awaitable, Callable, Optional, Protocol, Sequence
 
 from .config import NetworkConfig, Pool
-from .errors import ConfigError, OutOfSubnets
+from .errors import ConfigError, OutOfSubnets, RegistryError
 from .subnet import Lease, LeaseAttrs, lease_key, subnet_fits, subnets_between
 
 log = logging.getLogger("udpflannel.manager")
@@ -64,6 +64,8 @@ class LeaseManager:
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wait_event: Optional[Callable[[asyncio.Event, float], Awaitable[bool]]] = None,
+        retry_interval: float = 5.0,
     ):
         if not config.enable_ipv4:
             raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
@@ -76,6 +78,11 @@ class LeaseManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
+        self.wait_event = wait_event or _wait_event
+        self.retry_interval = retry_interval
+        self.renewals = 0
+        self.reacquisitions = 0
+        self.etcd_errors = 0
 
     # -- pure helpers -------------------------------------------------------------
     def fits(self, lease: Lease) -> bool:
@@ -177,6 +184,57 @@ class LeaseManager:
         if ttl <= 0:
             return None
         return replace(own, expires_at=self.clock() + ttl)
+
+
+    async def acquire_forever(self) -> OwnLease:
+        """acquire(), waiting and retrying through etcd trouble and a full pool."""
+        last = None
+        while True:
+            try:
+                return await self.acquire()
+            except (OutOfSubnets, RegistryError) as e:
+                self.etcd_errors += isinstance(e, RegistryError)
+                if str(e) != last:
+                    log.error("cannot acquire a lease: %s; retrying every %.0fs", e, self.retry_interval)
+                    last = str(e)
+                await self.sleep(self.retry_interval)
+
+    async def maintain(
+        self, own: OwnLease, lost: asyncio.Event, adopt: Callable[[OwnLease], Awaitable[None]]
+    ) -> None:
+        """Forever: renew at expiry - margin (retrying through etcd trouble: the lease stays
+        valid until it expires), and when the lease is gone (renewal says so, or `lost` is set
+        by the watcher) re-acquire, preferring the same subnet, and hand it to `adopt`."""
+        while True:
+            gone = await self.wait_event(lost, max(0.0, self.renew_at(own) - self.clock()))
+            if not gone:
+                try:
+                    renewed = await self.renew(own)
+                except RegistryError as e:
+                    self.etcd_errors += 1
+                    log.warning("lease renewal failed (%s); retrying in %.0fs", e, self.retry_interval)
+                    await self.sleep(self.retry_interval)
+                    continue
+                if renewed is not None:
+                    own = renewed
+                    self.renewals += 1
+                    log.info("renewed lease %s", own.lease.subnet)
+                    continue
+            log.warning("our lease %s is gone from etcd; re-acquiring", own.lease.subnet)
+            self.previous = own.lease.subnet
+            self.reacquisitions += 1
+            lost.clear()
+            own = await self.acquire_forever()
+            await adopt(own)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """True if `event` is set within `timeout` seconds."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    return event.is_set()
 
 
 def previous_subnet(lines: Sequence[str]) -> Optional[IPv4Network]:

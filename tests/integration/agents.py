@@ -1,0 +1,61 @@
+"""Helpers for running real agents in a namespace lab (used by the integration tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from udpflannel.netlab import Host, Lab, read_subnet_file, wait_for
+
+PREFIX = "/coreos.com/network"
+HEALTHZ_PORT = 8471
+
+
+def subnet_file(lab: Lab, host: Host) -> Path:
+    return lab.workdir / f"{host.name}.subnet.env"
+
+
+def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
+    """udpflannel --iface eth1 against the lab's etcd, with a per-host subnet file."""
+    return lab.start_agent(
+        host,
+        "--etcd-endpoints", lab.etcd_endpoints,
+        "--iface", "eth1",
+        "--subnet-file", str(subnet_file(lab, host)),
+        "--healthz-port", str(HEALTHZ_PORT),
+        *extra,
+    )  # fmt: skip
+
+
+def wait_subnet(lab: Lab, host: Host, timeout: float = 30) -> dict[str, str]:
+    path = subnet_file(lab, host)
+    wait_for(path.exists, timeout, what=f"{path}")
+    return read_subnet_file(path)
+
+
+def log_text(proc: subprocess.Popen) -> str:
+    return Path(proc.log_path).read_text()
+
+
+def wait_log(proc: subprocess.Popen, text: str, timeout: float = 30, count: int = 1) -> str:
+    wait_for(lambda: log_text(proc).count(text) >= count, timeout, what=f"{text!r} in {proc.log_path}")
+    return log_text(proc)
+
+
+def leases(lab: Lab) -> dict[str, dict]:
+    """Lease key name -> parsed value, read with etcdctl."""
+    raw = lab.etcd[0].get_prefix(f"{PREFIX}/subnets/")
+    return {k.rsplit("/", 1)[1]: json.loads(v) for k, v in raw.items()}
+
+
+def http_get(host: Host, path: str) -> tuple[int, str]:
+    p = host.run("curl", "-s", "-o", "/dev/stdout", "-w", "\n%{http_code}",
+                 f"http://127.0.0.1:{HEALTHZ_PORT}{path}", check=False)  # fmt: skip
+    body, _, code = p.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
+    proc.terminate()
+    return proc.wait(timeout)

@@ -1,0 +1,216 @@
+"""Lease policy against a fake registry and a manual clock (no etcd, no waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from udpflannel.config import parse_config
+from udpflannel.errors import OutOfSubnets
+from udpflannel.manager import FREE_CANDIDATES, LeaseManager
+from udpflannel.subnet import LeaseAttrs
+
+from .fakes import FakeClock, FakeRegistry
+
+ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"), backend_type="alloc")
+OTHER = LeaseAttrs(public_ip=IPv4Address("192.0.2.12"), backend_type="alloc")
+CONFIG = parse_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}')
+SMALL = parse_config('{"Network": "10.5.0.0/26", "SubnetLen": 28}')  # subnets .16, .32, .48
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def manager(reg, clock, config=CONFIG, attrs=ME, **kw):
+    kw.setdefault("rng", random.Random(7))
+    return LeaseManager(reg, config, attrs, clock=clock, sleep=clock.sleep, wait_event=clock.wait_event, **kw)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def reg(clock):
+    return FakeRegistry(clock)
+
+
+def test_takes_over_existing_lease_with_our_public_ip(reg, clock):
+    old_id = reg.put("10.5.77.0-24", ME)
+    own = run(manager(reg, clock).acquire())
+    assert own.lease.subnet == IPv4Network("10.5.77.0/24")
+    assert own.lease_id != old_id and "public IP" in own.reason
+    assert set(reg.kv) == {"10.5.77.0-24"}
+
+
+def test_deletes_our_lease_that_does_not_fit_the_config(reg, clock):
+    reg.put("10.9.1.0-24", ME)  # outside 10.5.0.0/16
+    own = run(manager(reg, clock).acquire())
+    assert "10.9.1.0-24" not in reg.kv
+    assert own.lease.subnet.subnet_of(IPv4Network("10.5.0.0/16"))
+
+
+def test_prefers_previous_subnet_when_free(reg, clock):
+    own = run(manager(reg, clock, previous=IPv4Network("10.5.200.0/24")).acquire())
+    assert own.lease.subnet == IPv4Network("10.5.200.0/24")
+    assert "before" in own.reason
+
+
+def test_previous_subnet_taken_by_other_gives_a_free_one(reg, clock):
+    reg.put("10.5.200.0-24", OTHER)
+    own = run(manager(reg, clock, previous=IPv4Network("10.5.200.0/24")).acquire())
+    assert own.lease.subnet != IPv4Network("10.5.200.0/24")
+    assert "free" in own.reason
+
+
+def test_previous_subnet_outside_config_is_ignored(reg, clock):
+    own = run(manager(reg, clock, previous=IPv4Network("10.5.0.0/24")).acquire())  # first subnet: never handed out
+    assert own.lease.subnet != IPv4Network("10.5.0.0/24")
+
+
+def test_random_choice_among_first_hundred_free(reg, clock):
+    reg.put("10.5.1.0-24", OTHER)
+    seen = set()
+    for seed in range(40):
+        r = FakeRegistry(clock)
+        r.kv = dict(reg.kv)
+        own = run(manager(r, clock, attrs=LeaseAttrs(public_ip=IPv4Address("192.0.2.50")), rng=random.Random(seed)).acquire())
+        seen.add(own.lease.subnet)
+    assert IPv4Network("10.5.1.0/24") not in seen
+    third = [int(s.network_address.packed[2]) for s in seen]
+    assert min(third) >= 2 and max(third) <= 1 + FREE_CANDIDATES
+    assert len(seen) > 10  # it is random, not always the first
+
+
+def test_lost_race_retries_instead_of_exiting(reg, clock):
+    # a rival creates the key we try, twice: we must end up with the one left
+    m = manager(reg, clock, config=SMALL)
+    reg.races = 2
+    own = run(m.acquire())
+    assert reg.calls.count("create") == 3
+    assert len(reg.kv) == 3 and reg.kv[own.key][0] == ME.to_json()
+    assert {l for l in reg.kv} == {"10.5.0.16-28", "10.5.0.32-28", "10.5.0.48-28"}
+
+
+def test_out_of_subnets(reg, clock):
+    for i, n in enumerate(("10.5.0.16-28", "10.5.0.32-28", "10.5.0.48-28")):
+        reg.put(n, LeaseAttrs(public_ip=IPv4Address(f"192.0.2.{30 + i}")))
+    with pytest.raises(OutOfSubnets, match="out of subnets"):
+        run(manager(reg, clock, config=SMALL).acquire())
+
+
+def test_acquire_forever_waits_through_etcd_outage(reg, clock):
+    m = manager(reg, clock, retry_interval=5)
+    reg.down = True
+
+    async def scenario():
+        task = asyncio.ensure_future(m.acquire_forever())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done()
+        reg.down = False
+        return await task
+
+    own = run(scenario())
+    assert own.lease.subnet is not None
+    assert 5 in clock.sleeps and m.etcd_errors >= 1
+
+
+def test_renewal_happens_at_expiry_minus_margin(reg, clock):
+    m = manager(reg, clock, ttl=86400, renew_margin=3600)
+    own = run(m.acquire())
+    assert m.renew_at(own) == own.expires_at - 3600 == clock.now + 86400 - 3600
+
+    adopted = []
+
+    async def scenario():
+        lost = asyncio.Event()
+        task = asyncio.ensure_future(m.maintain(own, lost, lambda o: adopted.append(o)))
+        while m.renewals < 3:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    run(scenario())
+    # each wait lasted until 1 h before expiry: 23 h, then 23 h after each renewal
+    assert clock.waits[:3] == [82800.0, 82800.0, 82800.0]
+    assert adopted == []
+
+
+def test_failed_renewal_retries_and_keeps_the_lease(reg, clock):
+    m = manager(reg, clock, renew_margin=3600, retry_interval=10)
+    own = run(m.acquire())
+
+    async def scenario():
+        lost = asyncio.Event()
+        reg.down = True
+        task = asyncio.ensure_future(m.maintain(own, lost, lambda o: None))
+        while m.etcd_errors < 3:
+            await asyncio.sleep(0)
+        reg.down = False
+        while m.renewals < 1:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    run(scenario())
+    assert m.reacquisitions == 0
+    assert clock.sleeps[:3] == [10, 10, 10]
+    assert "10.5" in next(iter(reg.kv))
+
+
+def test_expired_lease_is_reacquired_with_the_same_subnet(reg, clock):
+    m = manager(reg, clock, ttl=100, renew_margin=1)
+    own = run(m.acquire())
+    adopted = []
+
+    async def adopt(o):
+        adopted.append(o)
+
+    async def scenario():
+        lost = asyncio.Event()
+        del reg.etcd_leases[own.lease_id]  # etcd forgot the lease (expired while we were away)
+        reg.kv.pop(own.key)
+        task = asyncio.ensure_future(m.maintain(own, lost, adopt))
+        while not adopted:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    run(scenario())
+    assert m.reacquisitions == 1
+    assert adopted[0].lease.subnet == own.lease.subnet
+    assert own.key in reg.kv
+
+
+def test_watcher_signal_triggers_reacquisition_and_other_subnet_if_taken(reg, clock):
+    m = manager(reg, clock)
+    own = run(m.acquire())
+    adopted = []
+
+    async def adopt(o):
+        adopted.append(o)
+
+    async def scenario():
+        lost = asyncio.Event()
+        reg.kv.pop(own.key)
+        reg.put(own.key, OTHER)  # someone else took our subnet while our lease was gone
+        lost.set()
+        task = asyncio.ensure_future(m.maintain(own, lost, adopt))
+        while not adopted:
+            await asyncio.sleep(0)
+        task.cancel()
+        assert not lost.is_set()
+
+    run(scenario())
+    assert adopted[0].lease.subnet != own.lease.subnet
+    assert reg.kv[own.key][0] == OTHER.to_json()
+
+
+def test_ipv6_pool_gets_a_dual_stack_key(reg, clock):
+    cfg = parse_config('{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}')
+    own = run(manager(reg, clock, config=cfg).acquire())
+    assert own.lease.ipv6_subnet is not None and own.lease.ipv6_subnet.prefixlen == 64
+    assert "&fc00:0:0:" in own.key

@@ -9,15 +9,15 @@ from typing import Callable, Mapping
 log = logging.getLogger("udpflannel.health")
 
 
-GAUGES = frozenset({"peers", "ready", "leases"})
+GAUGES = ("peers", "ready", "leases")  # names ending so are gauges; the rest are counters
 
 
 def prometheus_text(metrics: Mapping[str, int], prefix: str = "udpflannel_") -> str:
-    """Counters and gauges (names in GAUGES) in the Prometheus text format, sorted by name."""
+    """Counters and gauges (see GAUGES) in the Prometheus text format, sorted by name."""
     lines = []
     for name in sorted(metrics):
         full = prefix + "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-        lines.append(f"# TYPE {full} {'gauge' if name in GAUGES else 'counter'}")
+        lines.append(f"# TYPE {full} {'gauge' if name.endswith(GAUGES) else 'counter'}")
         lines.append(f"{full} {int(metrics[name])}")
     return "\n".join(lines) + "\n"
 

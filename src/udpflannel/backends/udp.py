@@ -1,0 +1,144 @@
+"""udp: flanneld's udp backend, wire- and etcd-compatible, on udpflannel's batched C data path.
+
+The backend's whole job is configuration: it opens the TUN `flannel0` through the data
+path package, addresses it with `<subnet network address>/32`, sets MTU = interface MTU - 28
+and one route `<Network> dev flannel0` (pyroute2), and keeps the data path's lease table in
+step with the peers' leases. Packets never pass through Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from ipaddress import IPv4Address
+from typing import Mapping, Optional, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import BackendError, ConfigError
+from ..subnet import Lease, LeaseAttrs
+from .base import Backend, LeaseEvent
+
+log = logging.getLogger("udpflannel.backends.udp")
+
+DEFAULT_PORT = 8285
+DEVICE = "flannel0"
+OVERHEAD = 28  # outer IPv4 + UDP headers
+
+
+class UdpBackend(Backend):
+    type = "udp"
+
+    def __init__(self, iface, config):
+        super().__init__(iface, config)
+        port = config.backend_option("Port", DEFAULT_PORT)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
+        self.port = port
+        self._tun = None
+        self._dp = None
+        self._table = None
+        self._lease: Optional[Lease] = None
+        self._final: dict[str, int] = {}
+
+    def mtu(self) -> int:
+        return self.iface.mtu - OVERHEAD
+
+    def same_type(self, lease: Lease) -> bool:
+        # flanneld's udp backend writes no BackendType at all
+        return lease.attrs.backend_type.lower() in ("", self.type)
+
+    async def prepare(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.iface.public_ip)  # {"PublicIP":"...","PublicIPv6":null}
+
+    async def start(self, lease: Lease) -> None:
+        from ..datapath import DataPath, LeaseTable, open_tun, probe_features
+
+        if self._tun is None:
+            features = probe_features()
+            self._features = features
+            self._tun = open_tun(DEVICE, queues=1, features=features)
+            self._table = LeaseTable()
+        if self._dp is not None:  # re-acquired with another subnet: new ICMP source
+            self._final = self._dp.counters()
+            self._dp.stop()
+        self._lease = lease
+        # pyroute2's IPRoute runs its own event loop: keep it off the agent's
+        await asyncio.to_thread(self._configure_link, lease.subnet.network_address)
+        self._dp = DataPath(
+            tun=self._tun,
+            bind=(self.iface.iface_addr, self.port),
+            table=self._table,
+            network=self.config.network,
+            icmp_source=lease.subnet.network_address,
+            mtu=self.mtu(),
+            features=self._features,
+        )
+        self._dp.start()
+        log.info("udp data path up: %s %s/32 mtu %d, UDP %s:%d",
+                 DEVICE, lease.subnet.network_address, self.mtu(), self.iface.iface_addr, self.port)  # fmt: skip
+
+    def _configure_link(self, address: IPv4Address) -> None:
+        """MTU, up, our address and the Network route; idempotent (used by resync too)."""
+        try:
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=self._tun.name)
+                if not idx:
+                    raise BackendError(f"{self._tun.name} disappeared")
+                idx = idx[0]
+                ipr.link("set", index=idx, mtu=self.mtu(), state="up")
+                for a in ipr.get_addr(index=idx, family=2):
+                    have = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                    if have != str(address):
+                        ipr.addr("del", index=idx, address=have, prefixlen=a["prefixlen"])
+                try:
+                    ipr.addr("add", index=idx, address=str(address), prefixlen=32)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+                net = self.config.network
+                ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, scope=253)
+        except NetlinkError as e:
+            raise BackendError(f"configuring {self._tun.name}: {e}") from e
+
+    async def handle(self, events: Sequence[LeaseEvent]) -> None:
+        for ev in events:
+            lease = ev.lease
+            if lease.subnet is None or not self.same_type(lease):
+                continue
+            if ev.kind == "added":
+                if lease.attrs.public_ip == self.iface.public_ip:
+                    continue  # our own (stale) lease: never route to ourselves
+                self._table.set(lease.subnet, lease.attrs.public_ip)
+            else:
+                self._table.delete(lease.subnet)
+
+    async def resync(self) -> None:
+        if self._dp is None:
+            return
+        err = self._dp.error()
+        if err is not None:
+            log.error("data path worker failed (%s); restarting it", err)
+            await self.start(self._lease)
+            return
+        await asyncio.to_thread(self._configure_link, self._lease.subnet.network_address)
+
+    async def stop(self) -> None:
+        if self._dp is not None:
+            self._final = self._dp.counters()
+            self._dp.stop()
+            self._dp = None
+        if self._tun is not None:
+            self._tun.close()  # a non-persistent TUN vanishes with its last fd
+            self._tun = None
+
+    def metrics(self) -> Mapping[str, int]:
+        m = dict(self._dp.counters() if self._dp is not None else self._final)
+        if self._table is not None:
+            m["leases"] = len(self._table)
+        return m
+
+    def ready(self) -> bool:
+        return self._dp is not None and self._dp.running

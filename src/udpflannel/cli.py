@@ -60,13 +60,15 @@ class _Root(click.Group):
 @click.option("--subnet-file", default=DEFAULT_PATH, help="Where to write the subnet environment.")
 @click.option("--subnet-lease-renew-margin", type=click.IntRange(1, 1439), default=60,
               help="Renew the 24 h lease this many minutes before it expires.")
-@click.option("--ip-masq", is_flag=True, help="Masquerade traffic leaving the overlay network.")
+@click.option("--ip-masq", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Masquerade traffic leaving the overlay network (--ip-masq or --ip-masq=true).")
 @click.option("--iptables-resync", type=click.FloatRange(min=0.1), default=5.0, help="Seconds between iptables checks.")
-@click.option("--iptables-forward-rules/--no-iptables-forward-rules", default=True,
-              help="Add FORWARD ACCEPT rules for the network.")
+@click.option("--iptables-forward-rules", type=click.BOOL, is_flag=False, flag_value=True, default=True,
+              help="Add FORWARD ACCEPT rules for the network (--iptables-forward-rules=false: don't).")
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
-@click.option("-v", "--verbose", count=True, help="More logging (-v debug).")
+@click.option("-v", "--verbose", type=click.IntRange(0), is_flag=False, flag_value=1, default=0,
+              help="Log level: 0 info, 1 or more debug (-v alone means 1).")
 @click.version_option(__version__, "--version", prog_name="udpflannel")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, **kw) -> None:

@@ -131,21 +131,22 @@ def _pool(doc, fam: _Family) -> Pool:
         subnet_len = fam.default_len if network.prefixlen <= fam.large_upto else network.prefixlen + 2
 
     size = 1 << (network.max_prefixlen - subnet_len)
-    bounds = []
-    for key, default in (
-        (k_min, network.network_address + size),
-        (k_max, network.broadcast_address - (size - 1)),
-    ):
+    # flanneld's order: both bounds inside the network first, then both on a boundary
+    given = {}
+    for key in (k_min, k_max):
         name_b, raw_b = _get(doc, key)
-        if raw_b is None or raw_b == "":
-            bounds.append(default)
-            continue
-        addr = _as_addr(fam, name_b, raw_b)
-        if addr not in network:
-            raise ConfigError(name_b, raw_b, f"is not inside {name} {network}")
+        if raw_b is not None and raw_b != "":
+            addr = _as_addr(fam, name_b, raw_b)
+            if addr not in network:
+                raise ConfigError(name_b, raw_b, f"is not inside {name} {network}")
+            given[key] = (name_b, raw_b, addr)
+    for name_b, raw_b, addr in given.values():
         if int(addr) % size:
             raise ConfigError(name_b, raw_b, f"is not on a /{subnet_len} boundary")
-        bounds.append(addr)
+    bounds = [
+        given[k_min][2] if k_min in given else network.network_address + size,
+        given[k_max][2] if k_max in given else network.broadcast_address - (size - 1),
+    ]
     smin, smax = bounds
     if int(smin) > int(smax):
         name_b, raw_b = _get(doc, k_min)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 from typing import Callable, Mapping
 
@@ -16,7 +17,7 @@ def prometheus_text(metrics: Mapping[str, int], prefix: str = "udpflannel_") -> 
     """Counters and gauges (see GAUGES) in the Prometheus text format, sorted by name."""
     lines = []
     for name in sorted(metrics):
-        full = prefix + "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+        full = prefix + re.sub(r"[^A-Za-z0-9_]", "_", name)
         lines.append(f"# TYPE {full} {'gauge' if name.endswith(GAUGES) else 'counter'}")
         lines.append(f"{full} {int(metrics[name])}")
     return "\n".join(lines) + "\n"

@@ -24,8 +24,9 @@ from .errors import LeaseParseError
 IPNetwork = Union[IPv4Network, IPv6Network]
 
 _KEY_RE = re.compile(
-    r"^(?P<v4>\d{1,3}(?:\.\d{1,3}){3})-(?P<v4len>\d{1,2})"
-    r"(?:&(?P<v6>[0-9a-fA-F:]+)-(?P<v6len>\d{1,3}))?$"
+    r"(?P<v4>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<v4len>[0-9]{1,2})"
+    r"(?:&(?P<v6>[0-9a-fA-F:]+)-(?P<v6len>[0-9]{1,3}))?",
+    re.ASCII,
 )
 
 
@@ -61,15 +62,16 @@ class LeaseAttrs:
             raise LeaseParseError(f"lease value is not JSON: {e}") from None
         if not isinstance(doc, dict):
             raise LeaseParseError("lease value is not a JSON object")
+        for k in ("PublicIP", "PublicIPv6", "BackendType"):
+            if doc.get(k) is not None and not isinstance(doc[k], str):
+                raise LeaseParseError(f"lease {k} is not a string: {doc[k]!r}")
         try:
             public_ip = IPv4Address(doc.get("PublicIP") or "0.0.0.0")
             v6 = doc.get("PublicIPv6")
             public_ipv6 = IPv6Address(v6) if v6 else None
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             raise LeaseParseError(f"lease value has a bad address: {e}") from None
         btype = doc.get("BackendType") or ""
-        if not isinstance(btype, str):
-            raise LeaseParseError(f"lease BackendType is not a string: {btype!r}")
         return cls(
             public_ip=public_ip,
             public_ipv6=public_ipv6,
@@ -110,7 +112,7 @@ def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] 
 def parse_lease_key(name: str) -> tuple[IPv4Network, Optional[IPv6Network]]:
     """Parse the last element of a lease key. Raises LeaseParseError on anything malformed,
     including host bits set (flannel never writes those)."""
-    m = _KEY_RE.match(name)
+    m = _KEY_RE.fullmatch(name)
     if not m:
         raise LeaseParseError(f"not a lease key: {name!r}")
     try:

@@ -53,5 +53,5 @@ def read_previous(path: str) -> Optional[IPv4Network]:
     """The subnet an earlier run wrote to `path`, if any."""
     try:
         return previous_subnet(Path(path).read_text().splitlines())
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None

@@ -1,0 +1,305 @@
+"""The command line: flanneld's flags (with --) and FLANNELD_* environment variables.
+
+The agent is never started: `choose` (interface selection) and `asyncio.run` are replaced, and the
+Agent that would have run is taken from the coroutine handed to asyncio.run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from ipaddress import IPv4Address
+
+import pytest
+from click.testing import CliRunner
+
+import udpflannel
+from udpflannel import cli
+from udpflannel.backends.base import ExternalInterface
+from udpflannel.errors import InterfaceError, UdpFlannelError
+
+IFACE = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), IPv4Address("192.0.2.10"), 1500)
+
+# every flanneld flag FLANNEL-COMPAT lists (etcd mode)
+FLANNELD_FLAGS = [
+    "--etcd-endpoints",
+    "--etcd-prefix",
+    "--etcd-keyfile",
+    "--etcd-certfile",
+    "--etcd-cafile",
+    "--etcd-username",
+    "--etcd-password",
+    "--iface",
+    "--iface-regex",
+    "--iface-can-reach",
+    "--public-ip",
+    "--subnet-file",
+    "--subnet-lease-renew-margin",
+    "--ip-masq",
+    "--iptables-resync",
+    "--iptables-forward-rules",
+    "--healthz-ip",
+    "--healthz-port",
+    "--version",
+    "-v",
+]
+
+
+class Captured:
+    def __init__(self):
+        self.choose_args = None
+        self.agent = None
+        self.run_calls = 0
+
+
+@pytest.fixture
+def cap(monkeypatch):
+    """Replace interface choice and the event loop; record what the CLI would have run."""
+    c = Captured()
+    for k in list(os.environ):
+        if k.startswith("FLANNELD_"):
+            monkeypatch.delenv(k)
+
+    def fake_choose(*args):
+        c.choose_args = args
+        return IFACE
+
+    def fake_run(coro):
+        c.run_calls += 1
+        c.agent = coro.cr_frame.f_locals["agent"]
+        coro.close()
+
+    monkeypatch.setattr(cli, "choose", fake_choose)
+    monkeypatch.setattr(cli.asyncio, "run", fake_run)
+    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: None)
+    return c
+
+
+def invoke(args=(), env=None):
+    return CliRunner().invoke(cli.main, list(args), env=env or {}, catch_exceptions=False)
+
+
+def ok(args=(), env=None):
+    res = invoke(args, env)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+# -- --help and --version -------------------------------------------------------------------------
+
+
+def test_help_lists_every_flanneld_flag(cap):
+    res = ok(["--help"])
+    for flag in FLANNELD_FLAGS:
+        assert f"{flag} " in res.output or f"{flag}," in res.output or f"{flag}\n" in res.output, flag
+    assert "FLANNELD_" in res.output
+    assert cap.choose_args is None and cap.run_calls == 0
+
+
+def test_help_shows_flanneld_defaults(cap):
+    out = " ".join(ok(["--help"]).output.split())
+    assert "http://127.0.0.1:4001,http://127.0.0.1:2379" in out
+    assert "/coreos.com/network" in out
+    assert "/run/flannel/subnet.env" in out
+
+
+def test_version(cap):
+    res = ok(["--version"])
+    assert udpflannel.__version__ in res.output
+    assert "udpflannel" in res.output
+    assert cap.choose_args is None and cap.run_calls == 0
+
+
+# -- defaults -------------------------------------------------------------------------------------
+
+
+def test_defaults_are_flanneld_s(cap):
+    ok()
+    assert cap.choose_args == ((), (), "", "")
+    assert cap.run_calls == 1
+    a = cap.agent
+    assert a.iface == IFACE
+    etcd = a.registry.opts
+    assert list(etcd.endpoints) == ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    assert etcd.prefix == "/coreos.com/network"
+    assert (etcd.keyfile, etcd.certfile, etcd.cafile, etcd.username, etcd.password) == ("",) * 5
+    o = a.opts
+    assert o.subnet_file == "/run/flannel/subnet.env"
+    assert o.renew_margin_min == 60
+    assert o.ip_masq is False
+    assert o.iptables_resync == 5
+    assert o.iptables_forward_rules is True
+    assert o.healthz_ip == "0.0.0.0"
+    assert o.healthz_port == 0
+
+
+# -- flags ----------------------------------------------------------------------------------------
+
+
+def test_all_flags(cap):
+    ok(
+        [
+            "--etcd-endpoints", "https://10.0.0.1:2379,https://10.0.0.2:2379",
+            "--etcd-prefix", "/my/net",
+            "--etcd-keyfile", "/k.pem",
+            "--etcd-certfile", "/c.pem",
+            "--etcd-cafile", "/ca.pem",
+            "--etcd-username", "root",
+            "--etcd-password", "secret",
+            "--iface", "eth1",
+            "--iface", "192.168.205.10",
+            "--iface-regex", "^enp",
+            "--iface-can-reach", "8.8.8.8",
+            "--public-ip", "198.51.100.7",
+            "--subnet-file", "/tmp/x/subnet.env",
+            "--subnet-lease-renew-margin", "30",
+            "--ip-masq",
+            "--iptables-resync", "7",
+            "--iptables-forward-rules=false",
+            "--healthz-ip", "127.0.0.1",
+            "--healthz-port", "8471",
+            "-v",
+        ]
+    )  # fmt: skip
+    assert cap.choose_args == (("eth1", "192.168.205.10"), ("^enp",), "8.8.8.8", "198.51.100.7")
+    etcd = cap.agent.registry.opts
+    assert list(etcd.endpoints) == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert (etcd.prefix, etcd.keyfile, etcd.certfile, etcd.cafile) == ("/my/net", "/k.pem", "/c.pem", "/ca.pem")
+    assert (etcd.username, etcd.password) == ("root", "secret")
+    o = cap.agent.opts
+    assert o.subnet_file == "/tmp/x/subnet.env"
+    assert o.renew_margin_min == 30
+    assert o.ip_masq is True
+    assert o.iptables_resync == 7
+    assert o.iptables_forward_rules is False
+    assert (o.healthz_ip, o.healthz_port) == ("127.0.0.1", 8471)
+
+
+def test_etcd_endpoints_are_split_and_trimmed(cap):
+    ok(["--etcd-endpoints", " http://a:2379 , http://b:2379 ,"])
+    assert list(cap.agent.registry.opts.endpoints) == ["http://a:2379", "http://b:2379"]
+
+
+@pytest.mark.parametrize("margin", ["1", "1439", "60"])
+def test_renew_margin_bounds_accepted(cap, margin):
+    ok(["--subnet-lease-renew-margin", margin])
+    assert cap.agent.opts.renew_margin_min == int(margin)
+
+
+@pytest.mark.parametrize("margin", ["0", "1440", "-1", "abc", "1.5"])
+def test_renew_margin_out_of_range_flag(cap, margin):
+    res = invoke(["--subnet-lease-renew-margin", margin])
+    assert res.exit_code == 2
+    assert "subnet-lease-renew-margin" in res.output
+    assert cap.choose_args is None and cap.run_calls == 0
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "http"])
+def test_healthz_port_out_of_range(cap, port):
+    res = invoke(["--healthz-port", port])
+    assert res.exit_code == 2
+    assert cap.run_calls == 0
+
+
+@pytest.mark.parametrize("flag,attr,expected", [("--iptables-forward-rules=false", "iptables_forward_rules", False),
+                                                ("--ip-masq=true", "ip_masq", True)])
+def test_flanneld_style_boolean_values(cap, flag, attr, expected):
+    """flanneld's flags are Go bools: `--iptables-forward-rules=false` is the way flanneld users turn
+    the FORWARD rules off, so a drop-in must accept it."""
+    res = invoke([flag])
+    assert res.exit_code == 0, res.output
+    assert getattr(cap.agent.opts, attr) is expected
+
+
+# -- FLANNELD_* environment variables -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "var,value,get,expected",
+    [
+        ("FLANNELD_ETCD_ENDPOINTS", "http://e1:2379,http://e2:2379", lambda a: list(a.registry.opts.endpoints),
+         ["http://e1:2379", "http://e2:2379"]),
+        ("FLANNELD_ETCD_PREFIX", "/env/net", lambda a: a.registry.opts.prefix, "/env/net"),
+        ("FLANNELD_ETCD_KEYFILE", "/e/k.pem", lambda a: a.registry.opts.keyfile, "/e/k.pem"),
+        ("FLANNELD_ETCD_CERTFILE", "/e/c.pem", lambda a: a.registry.opts.certfile, "/e/c.pem"),
+        ("FLANNELD_ETCD_CAFILE", "/e/ca.pem", lambda a: a.registry.opts.cafile, "/e/ca.pem"),
+        ("FLANNELD_ETCD_USERNAME", "alice", lambda a: a.registry.opts.username, "alice"),
+        ("FLANNELD_ETCD_PASSWORD", "pw", lambda a: a.registry.opts.password, "pw"),
+        ("FLANNELD_SUBNET_FILE", "/e/subnet.env", lambda a: a.opts.subnet_file, "/e/subnet.env"),
+        ("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "120", lambda a: a.opts.renew_margin_min, 120),
+        ("FLANNELD_IP_MASQ", "true", lambda a: a.opts.ip_masq, True),
+        ("FLANNELD_IPTABLES_RESYNC", "11", lambda a: a.opts.iptables_resync, 11),
+        ("FLANNELD_IPTABLES_FORWARD_RULES", "false", lambda a: a.opts.iptables_forward_rules, False),
+        ("FLANNELD_HEALTHZ_IP", "127.0.0.2", lambda a: a.opts.healthz_ip, "127.0.0.2"),
+        ("FLANNELD_HEALTHZ_PORT", "9999", lambda a: a.opts.healthz_port, 9999),
+    ],
+)  # fmt: skip
+def test_env_var_is_picked_up(cap, var, value, get, expected):
+    ok(env={var: value})
+    assert get(cap.agent) == expected
+
+
+@pytest.mark.parametrize(
+    "var,value,index,expected",
+    [
+        ("FLANNELD_IFACE", "eth1", 0, ("eth1",)),
+        ("FLANNELD_IFACE_REGEX", "^enp", 1, ("^enp",)),
+        ("FLANNELD_IFACE_CAN_REACH", "8.8.8.8", 2, "8.8.8.8"),
+        ("FLANNELD_PUBLIC_IP", "198.51.100.7", 3, "198.51.100.7"),
+    ],
+)
+def test_env_vars_for_interface_choice(cap, var, value, index, expected):
+    ok(env={var: value})
+    assert cap.choose_args[index] == expected
+
+
+def test_flag_wins_over_env(cap):
+    ok(["--etcd-prefix", "/flag"], env={"FLANNELD_ETCD_PREFIX": "/env"})
+    assert cap.agent.registry.opts.prefix == "/flag"
+
+
+@pytest.mark.parametrize("margin", ["0", "1440"])
+def test_renew_margin_out_of_range_env(cap, margin):
+    res = invoke(env={"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": margin})
+    assert res.exit_code == 2
+    assert margin in res.output
+    assert cap.choose_args is None and cap.run_calls == 0
+
+
+@pytest.mark.parametrize("margin", ["1", "1439"])
+def test_renew_margin_bounds_env(cap, margin):
+    ok(env={"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": margin})
+    assert cap.agent.opts.renew_margin_min == int(margin)
+
+
+# -- errors become exit codes ---------------------------------------------------------------------
+
+
+def test_no_interface_exits_1(cap, monkeypatch, caplog):
+    def no_iface(*args):
+        raise InterfaceError("no interface matches --iface eth9")
+
+    monkeypatch.setattr(cli, "choose", no_iface)
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        res = invoke(["--iface", "eth9"])
+    assert res.exit_code == 1
+    assert cap.run_calls == 0
+    assert "eth9" in caplog.text
+
+
+def test_agent_error_exits_1(cap, monkeypatch, caplog):
+    def failing_run(coro):
+        coro.close()
+        raise UdpFlannelError("out of subnets")
+
+    monkeypatch.setattr(cli.asyncio, "run", failing_run)
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        res = invoke()
+    assert res.exit_code == 1
+    assert "out of subnets" in caplog.text
+
+
+def test_no_etcd_endpoints_exits_1_not_a_traceback(cap):
+    res = invoke(["--etcd-endpoints", " , "])
+    assert res.exit_code == 1
+    assert cap.run_calls == 0

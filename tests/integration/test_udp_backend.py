@@ -173,6 +173,17 @@ def test_spoofed_and_malformed_datagrams_are_dropped_and_counted(udp_lab):
     assert lab.udp["procs"][0].poll() is None
 
 
+def test_forwarding_continues_while_etcd_is_down(udp_lab):
+    lab = udp_lab
+    c1, c2 = lab.udp["containers"]
+    lab.etcd[0].stop()
+    agents.wait_log(lab.udp["procs"][0], "lease watch interrupted")
+    assert c1.ping(c2.ip, 5).returncode == 0
+    assert all(p.poll() is None for p in lab.udp["procs"])
+    lab.etcd[0].start()
+    assert c2.ping(c1.ip, 2).returncode == 0
+
+
 def test_sigterm_removes_the_device_and_keeps_the_lease(udp_lab):
     lab = udp_lab
     h1 = lab.udp["hosts"][0]

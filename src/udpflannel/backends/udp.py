@@ -54,6 +54,14 @@ class UdpBackend(Backend):
         return LeaseAttrs(public_ip=self.iface.public_ip)  # {"PublicIP":"...","PublicIPv6":null}
 
     async def start(self, lease: Lease) -> None:
+        from ..datapath import DataPathError
+
+        try:
+            await self._start(lease)
+        except DataPathError as e:
+            raise BackendError(f"udp data path: {e}") from e
+
+    async def _start(self, lease: Lease) -> None:
         from ..datapath import DataPath, LeaseTable, open_tun, probe_features
 
         if self._tun is None:

@@ -156,30 +156,27 @@ class Agent:
             await self.backend.handle(self.view.set_own(own.key))
             await self.backend.start(own.lease)
             self._write_subnet_file()
-            self._setup_rules()
+            await self._setup_rules()
 
     def _write_subnet_file(self) -> None:
         write(self.opts.subnet_file, render(self.config, self.own.lease, self.backend.mtu(), self.opts.ip_masq))
         self.subnet_written = True
         log.info("wrote %s", self.opts.subnet_file)
 
-    def _setup_rules(self) -> None:
+    async def _setup_rules(self) -> None:
         if not (self.opts.ip_masq or self.opts.iptables_forward_rules) or self.backend.type == "alloc":
             return
-        try:
-            from .ipmasq import IptablesRules
-        except ImportError as e:  # pragma: no cover - only while the module is missing
-            log.error("iptables rules unavailable: %s", e)
-            return
-        if self.rules is not None:
-            self.rules.remove()
+        from .ipmasq import IptablesRules
+
+        # ensure() rewrites the whole chain in one iptables-restore, so a new subnet's
+        # rules replace the old ones without a gap
         self.rules = IptablesRules(self.config.network, self.own.lease.subnet, self.opts.ip_masq,
                                    self.opts.iptables_forward_rules)  # fmt: skip
-        self._ensure_rules()
+        await self._ensure_rules()
 
-    def _ensure_rules(self) -> None:
+    async def _ensure_rules(self) -> None:
         try:
-            if self.rules is not None and self.rules.ensure():
+            if self.rules is not None and await asyncio.to_thread(self.rules.ensure):
                 log.info("iptables rules (re)applied")
         except UdpFlannelError as e:
             log.error("iptables: %s", e)
@@ -227,4 +224,4 @@ class Agent:
     async def _rules_loop(self) -> None:
         while True:
             await asyncio.sleep(self.opts.iptables_resync)
-            self._ensure_rules()
+            await self._ensure_rules()

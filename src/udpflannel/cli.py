@@ -79,6 +79,7 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pyroute2").setLevel(logging.INFO)  # its debug output drowns ours
     try:
         iface = choose(kw["iface"], kw["iface_regex"], kw["iface_can_reach"], kw["public_ip"])
     except (UdpFlannelError, ValueError) as e:

@@ -238,11 +238,15 @@ class Lab:
         self.hosts.append(host)
         return host
 
+    def add_underlay_ns(self, suffix: str, ip: IPv4Address) -> str:
+        """A bare namespace on the underlay with address `ip` (an etcd host, an outside host)."""
+        ns = self._netns(suffix)
+        self._attach(ns, ip)
+        return ns
+
     def add_etcd_host(self) -> str:
         """A namespace of its own for a single etcd member (192.0.2.2), so tests can restart it."""
-        ns = self._netns("etcd")
-        self._attach(ns, ETCD_HOST_IP)
-        return ns
+        return self.add_underlay_ns("etcd", ETCD_HOST_IP)
 
     def start_etcd(self, ns: str, ip: IPv4Address, name: str = "etcd0") -> EtcdServer:
         srv = EtcdServer(name=name, ip=ip, client_port=2379, peer_port=2380,

@@ -1,0 +1,271 @@
+"""host-gw: one kernel route per peer, `<subnet> via <PublicIP> dev <iface>` (as flanneld).
+
+No device and no encapsulation: every host must be on one L2 segment with the others,
+and the lease's PublicIP must be an address of the external interface (a host behind NAT
+cannot be a next hop), which prepare() checks.
+
+Layering, shared with the vxlan backend (whose DirectRouting routes are host-gw routes):
+
+    pure     Route, reconcile()           desired vs actual entries -> (deletions, additions)
+    adapter  RouteNetlink                 blocking pyroute2 calls, run on one worker thread
+    backend  HostGwBackend                keeps the desired state (peer leases), applies diffs
+                                          in handle(), heals in resync()
+
+The desired state is the set of peer leases the agent has handed us. resync() dumps the
+main table and re-adds what someone deleted; once the first handle() has shown us the
+full peer set it also removes routes of ours (inside Network, prefix SubnetLen, via a
+gateway on the interface) that belong to no peer any more, e.g. left from a previous run.
+stop() leaves the routes in place, as flanneld does: traffic keeps flowing while the agent
+restarts, and the next start reconciles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar
+
+from ..errors import BackendError, ConfigError
+from ..subnet import Lease, LeaseAttrs
+from .base import Backend, LeaseEvent
+
+log = logging.getLogger(__name__)
+
+MAIN_TABLE = 254
+RTNH_F_ONLINK = 4
+
+E = TypeVar("E", bound=Hashable)
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """`dst via gateway dev oif [onlink]` in the main table."""
+
+    dst: IPv4Network
+    gateway: IPv4Address
+    oif: int
+    onlink: bool = False
+
+    @property
+    def key(self) -> IPv4Network:
+        # The kernel keys a main-table route by its destination (we never add metrics), so a
+        # "replace" of the same dst overwrites a stale one instead of adding a second.
+        return self.dst
+
+    def __str__(self) -> str:
+        return f"{self.dst} via {self.gateway} dev #{self.oif}{' onlink' if self.onlink else ''}"
+
+
+def reconcile(
+    desired: Iterable[E],
+    actual: Iterable[E],
+    key: Callable[[E], Hashable],
+    prune: bool,
+) -> tuple[list[E], list[E]]:
+    """What to delete and what to add to take `actual` to `desired`. Pure.
+
+    Additions are done with "replace", so an actual entry whose key is also being added is
+    overwritten and needs no deletion. Other actual entries not desired are deleted only
+    when `prune` (we know the full desired set); otherwise they are left alone.
+    """
+    want = set(desired)
+    have = set(actual)
+    add = sorted(want - have, key=repr)
+    add_keys = {key(e) for e in add}
+    delete = [] if not prune else sorted((e for e in have - want if key(e) not in add_keys), key=repr)
+    return delete, add
+
+
+def host_route(lease: Lease, oif: int) -> Optional[Route]:
+    """The host-gw route for a peer lease (None when it has no IPv4 subnet or PublicIP)."""
+    if lease.subnet is None or int(lease.attrs.public_ip) == 0:
+        return None
+    return Route(lease.subnet, lease.attrs.public_ip, oif)
+
+
+def our_route(r: Route, network: IPv4Network, subnet_len: int) -> bool:
+    """Whether a route in the main table looks like one of ours (per-peer subnet routes)."""
+    return r.dst.prefixlen == subnet_len and r.dst.subnet_of(network)
+
+
+class RouteNetlink:
+    """Blocking pyroute2 calls for routes and addresses. One IPRoute socket per instance.
+
+    pyroute2's IPRoute runs its own event loop, so it cannot be used from inside the
+    agent's; the backends call these methods through `call()`, which runs them one at a
+    time on a single worker thread that owns the socket.
+    """
+
+    def __init__(self) -> None:
+        self._ipr = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    async def call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    async def close(self) -> None:
+        await self.call(self._close)
+
+    # -- routes ---------------------------------------------------------------
+    def routes(self, oifs: Sequence[int]) -> list[Route]:
+        """IPv4 main-table routes via a gateway out of one of `oifs`."""
+        out = []
+        for msg in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+            gw, oif, dst = msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"), msg.get_attr("RTA_DST")
+            if gw is None or oif not in oifs or dst is None:
+                continue
+            out.append(
+                Route(
+                    IPv4Network(f"{dst}/{msg['dst_len']}"),
+                    IPv4Address(gw),
+                    oif,
+                    bool(msg["flags"] & RTNH_F_ONLINK),
+                )
+            )
+        return out
+
+    def route_replace(self, r: Route) -> None:
+        kw = {"flags": ["onlink"]} if r.onlink else {}
+        self.ipr.route("replace", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE, **kw)
+
+    def route_del(self, r: Route) -> None:
+        self._ignore_missing(self.ipr.route, "del", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE)
+
+    def directly_reachable(self, addr: IPv4Address) -> bool:
+        """flanneld's ip.DirectRouting: the kernel's route to addr has no gateway."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            res = self.ipr.route("get", dst=str(addr))
+        except NetlinkError:
+            return False
+        return len(res) == 1 and res[0].get_attr("RTA_GATEWAY") is None
+
+    # -- addresses ------------------------------------------------------------
+    def ipv4_addresses(self, index: int) -> list[tuple[IPv4Address, int]]:
+        return [
+            (IPv4Address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+            for a in self.ipr.get_addr(family=socket.AF_INET, index=index)
+        ]
+
+    @staticmethod
+    def _ignore_missing(fn, *args, **kw) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            fn(*args, **kw)
+        except NetlinkError as e:
+            if e.code not in (2, 3, 19):  # ENOENT, ESRCH, ENODEV: already gone
+                raise
+
+
+class HostGwBackend(Backend):
+    type = "host-gw"
+
+    def __init__(self, iface, config):
+        super().__init__(iface, config)
+        if config.v4 is None:
+            raise ConfigError("EnableIPv4", False, "the host-gw backend needs IPv4 (IPv6-only is not supported)")
+        if config.enable_ipv6:
+            log.warning("host-gw: EnableIPv6 is set but only IPv4 routes are programmed")
+        # host-gw has no options; flanneld ignores unknown ones, so do we.
+        self._nl = RouteNetlink()
+        self._own: Optional[Lease] = None
+        self._peers: dict[str, Route] = {}
+        self._synced = False  # handle() has seen the full peer set: pruning is safe
+        self._started = False
+        self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
+
+    def mtu(self) -> int:
+        return self.iface.mtu
+
+    async def prepare(self) -> LeaseAttrs:
+        addrs = await self._nl.call(self._nl.ipv4_addresses, self.iface.index)
+        if self.iface.public_ip not in {a for a, _ in addrs}:
+            raise BackendError(
+                f"host-gw: public IP {self.iface.public_ip} is not an address of {self.iface.name} "
+                f"({', '.join(str(a) for a, _ in addrs) or 'no IPv4 address'}); this host is probably "
+                "behind NAT, which host-gw cannot support (peers route to the PublicIP directly)"
+            )
+        return LeaseAttrs(public_ip=self.iface.public_ip, backend_type=self.type)
+
+    async def start(self, lease: Lease) -> None:
+        self._own = lease
+        # A peer that took over our old subnet is fine; a route to our own subnet is not.
+        self._peers = {k: r for k, r in self._peers.items() if r.dst != lease.subnet}
+        self._started = True
+        log.info("host-gw: started for %s on %s (%s)", lease.subnet, self.iface.name, self.iface.public_ip)
+
+    async def handle(self, events: Sequence[LeaseEvent]) -> None:
+        if not events:
+            # The agent's first batch with peers is its full listing; an empty batch (e.g.
+            # set_own() before the first listing) must not let us prune entries that a
+            # previous run left for peers that are still alive.
+            return
+        for ev in events:
+            lease = ev.lease
+            if not self.same_type(lease):
+                log.info("host-gw: ignoring %s lease %s (type %r)", ev.kind, lease.key, lease.attrs.backend_type)
+                continue
+            if ev.kind == "removed":
+                self._peers.pop(lease.key, None)
+                continue
+            r = host_route(lease, self.iface.index)
+            if r is None or (self._own is not None and r.dst == self._own.subnet):
+                log.warning("host-gw: ignoring lease %s without a usable subnet or PublicIP", lease.key)
+                continue
+            self._peers[lease.key] = r
+        self._synced = True
+        await self._apply(heal=False)
+
+    async def resync(self) -> None:
+        await self._apply(heal=True)
+
+    async def _apply(self, heal: bool) -> None:
+        net, slen = self.config.network, self.config.v4.subnet_len
+        actual = [r for r in await self._nl.call(self._nl.routes, [self.iface.index]) if our_route(r, net, slen)]
+        delete, add = reconcile(self._peers.values(), actual, key=lambda r: r.key, prune=self._synced)
+        for r in delete:
+            log.info("host-gw: removing route %s", r)
+            await self._nl.call(self._nl.route_del, r)
+            self._counters["routes_removed"] += 1
+        for r in add:
+            try:
+                await self._nl.call(self._nl.route_replace, r)
+            except Exception as e:  # one bad peer (e.g. not on our segment) must not stop the rest
+                self._counters["route_errors"] += 1
+                log.error("host-gw: cannot add route %s: %s (is %s on %s's segment?)", r, e, r.gateway, self.iface.name)
+                continue
+            self._counters["routes_healed" if heal else "routes_added"] += 1
+            if heal:
+                log.warning("host-gw: restored route %s", r)
+            else:
+                log.info("host-gw: added route %s", r)
+
+    async def stop(self) -> None:
+        # Routes stay (as flanneld): traffic continues across an agent restart.
+        await self._nl.close()
+        self._started = False
+
+    def metrics(self) -> Mapping[str, int]:
+        return {"peers": len(self._peers), **self._counters}
+
+    def ready(self) -> bool:
+        return self._started

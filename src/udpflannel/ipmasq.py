@@ -1,0 +1,278 @@
+"""flanneld's iptables rules: masquerading (nat FLANNEL-POSTRTG) and forwarding (filter FLANNEL-FWD).
+
+With C = the flannel Network and P = this host's subnet, exactly flanneld's rules:
+
+    nat     -A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+            -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 ... -j RETURN     (kube-proxy marked)
+            -A FLANNEL-POSTRTG -s P -d C ... -j RETURN                        (pod -> pod)
+            -A FLANNEL-POSTRTG -s C -d P ... -j RETURN
+            -A FLANNEL-POSTRTG ! -s C -d P ... -j RETURN                      (external -> our pods)
+            -A FLANNEL-POSTRTG -s C ! -d 224.0.0.0/4 ... -j MASQUERADE --random-fully
+            -A FLANNEL-POSTRTG ! -s C -d C ... -j MASQUERADE --random-fully   (host -> overlay)
+    filter  -A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+            -A FLANNEL-FWD -s C ... -j ACCEPT
+            -A FLANNEL-FWD -d C ... -j ACCEPT
+
+(`--random-fully` only where iptables supports it: >= 1.6.2, as go-iptables decides.)
+
+How they are kept (pure parts first, one thin subprocess adapter):
+- `masq_rules()`/`forward_rules()` produce the rules in iptables-save's canonical spelling,
+  so `ensure()` compares them with `iptables-save -t <table>` output line for line: our
+  chain must hold exactly these rules in this order, and the jump must exist once.
+- Anything missing or wrong -> one `iptables-restore --noflush` transaction per call that
+  re-declares our chain (which flushes it: no window with half the rules) and refills it,
+  adds the jump at the top of POSTROUTING/FORWARD when it is missing (flanneld appends it;
+  first is where its comment says it must be, before e.g. Docker's own MASQUERADE), and
+  deletes duplicate jumps. Other chains and rules are never touched.
+- `remove()` deletes our jumps and chains (when the network or subnet changes the agent
+  removes the old set and ensures a new one).
+iptables-save/-restore work on whichever backend `iptables` is (nf_tables here, or legacy).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Optional, Sequence
+
+from .errors import UdpFlannelError
+
+log = logging.getLogger(__name__)
+
+MASQ_CHAIN = "FLANNEL-POSTRTG"
+FWD_CHAIN = "FLANNEL-FWD"
+MASQ_COMMENT = "flanneld masq"
+FWD_COMMENT = "flanneld forward"
+KUBE_PROXY_MARK = "0x4000/0x4000"
+MULTICAST = "224.0.0.0/4"
+RANDOM_FULLY_MIN = (1, 6, 2)
+LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (legacy backend)
+
+
+class IptablesError(UdpFlannelError):
+    """iptables could not be read or changed."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: str
+    chain: str
+    spec: tuple[str, ...]
+
+    def text(self) -> str:
+        """The rule spec as iptables-save prints it (quoted only where needed)."""
+        return " ".join(f'"{a}"' if (" " in a or not a) else a for a in self.spec)
+
+    def line(self, action: str = "-A") -> str:
+        return f"{action} {self.chain} {self.text()}"
+
+
+# -- the rules (pure) -------------------------------------------------------------------
+
+
+def _c(comment: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", comment)
+
+
+def masq_jump() -> Rule:
+    return Rule("nat", "POSTROUTING", _c(MASQ_COMMENT) + ("-j", MASQ_CHAIN))
+
+
+def forward_jump() -> Rule:
+    return Rule("filter", "FORWARD", _c(FWD_COMMENT) + ("-j", FWD_CHAIN))
+
+
+def masq_rules(network: IPv4Network, subnet: IPv4Network, random_fully: bool) -> list[Rule]:
+    """The FLANNEL-POSTRTG chain, in order (flanneld's MasqRules for one cluster CIDR)."""
+    c, p, m = str(network), str(subnet), _c(MASQ_COMMENT)
+    rf = ("--random-fully",) if random_fully else ()
+    specs = [
+        ("-m", "mark", "--mark", KUBE_PROXY_MARK) + m + ("-j", "RETURN"),
+        ("-s", p, "-d", c) + m + ("-j", "RETURN"),
+        ("-s", c, "-d", p) + m + ("-j", "RETURN"),
+        ("!", "-s", c, "-d", p) + m + ("-j", "RETURN"),
+        ("-s", c, "!", "-d", MULTICAST) + m + ("-j", "MASQUERADE") + rf,
+        ("!", "-s", c, "-d", c) + m + ("-j", "MASQUERADE") + rf,
+    ]
+    return [Rule("nat", MASQ_CHAIN, s) for s in specs]
+
+
+def forward_rules(network: IPv4Network) -> list[Rule]:
+    """The FLANNEL-FWD chain, in order (flanneld's ForwardRules)."""
+    c, f = str(network), _c(FWD_COMMENT)
+    return [
+        Rule("filter", FWD_CHAIN, ("-s", c) + f + ("-j", "ACCEPT")),
+        Rule("filter", FWD_CHAIN, ("-d", c) + f + ("-j", "ACCEPT")),
+    ]
+
+
+@dataclass
+class TableState:
+    """What iptables-save shows of one table: declared chains and each chain's rule texts."""
+
+    chains: set
+    rules: dict  # chain -> [rule text]
+
+    def chain(self, name: str) -> Optional[list[str]]:
+        return self.rules.get(name, []) if name in self.chains else None
+
+    def count(self, rule: Rule) -> int:
+        return self.rules.get(rule.chain, []).count(rule.text())
+
+
+def parse_save(text: str) -> TableState:
+    """Parse `iptables-save -t <table>` output (one table)."""
+    chains, rules = set(), {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(":"):
+            chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            parts = line.split(" ", 2)
+            rules.setdefault(parts[1], []).append(parts[2].strip() if len(parts) > 2 else "")
+    return TableState(chains, rules)
+
+
+def plan_table(state: TableState, jump: Rule, chain_rules: Sequence[Rule]) -> list[str]:
+    """iptables-restore lines (without *table/COMMIT) that make `state` right; [] if it is. Pure."""
+    chain = jump.spec[-1]
+    want = [r.text() for r in chain_rules]
+    have = state.chain(chain)
+    jumps = state.count(jump)
+    out: list[str] = []
+    if have != want:
+        out.append(f":{chain} - [0:0]")  # creates the chain, or flushes it (even with --noflush)
+        out += [r.line() for r in chain_rules]
+    if jumps == 0:
+        out.append(f"-I {jump.chain} 1 {jump.text()}")
+    for _ in range(max(0, jumps - 1)):
+        out.append(jump.line("-D"))
+    return out
+
+
+def plan_remove(state: TableState, jump: Rule) -> list[str]:
+    """Lines that delete our jumps and chain from one table. Pure."""
+    chain = jump.spec[-1]
+    out = [jump.line("-D") for _ in range(state.count(jump))]
+    if chain in state.chains:
+        out += [f":{chain} - [0:0]", f"-X {chain}"]
+    return out
+
+
+def restore_input(plans: dict) -> str:
+    """One iptables-restore document for {table: lines}."""
+    doc = []
+    for table, lines in plans.items():
+        if lines:
+            doc += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(doc) + "\n" if doc else ""
+
+
+def parse_version(text: str) -> Optional[tuple[int, ...]]:
+    m = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+# -- the adapter ---------------------------------------------------------------------------
+
+
+def _run(args: list[str], stdin: Optional[str] = None) -> str:
+    try:
+        p = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise IptablesError(f"{shlex.join(args)}: {e}") from None
+    if p.returncode != 0:
+        detail = (p.stderr or p.stdout).strip()
+        raise IptablesError(f"{shlex.join(args)} failed ({p.returncode}): {detail}")
+    return p.stdout
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise IptablesError(f"{name} not found (install iptables)")
+    return path
+
+
+def random_fully_supported() -> bool:
+    """Whether iptables knows MASQUERADE --random-fully (>= 1.6.2, like go-iptables)."""
+    try:
+        v = parse_version(_run([_binary("iptables"), "--version"]))
+    except IptablesError as e:
+        log.warning("iptables --version: %s; not using --random-fully", e)
+        return False
+    return v is not None and v >= RANDOM_FULLY_MIN
+
+
+class IptablesRules:
+    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place."""
+
+    def __init__(self, network: IPv4Network, subnet: IPv4Network, ip_masq: bool, forward_rules: bool):
+        self.network = IPv4Network(network)
+        self.subnet = IPv4Network(subnet)
+        self.ip_masq = ip_masq
+        self.forward = forward_rules
+        self._random_fully: Optional[bool] = None  # probed on first use
+        self.applied = 0  # how many times ensure() had to change something
+
+    @property
+    def random_fully(self) -> bool:
+        if self._random_fully is None:
+            self._random_fully = random_fully_supported()
+        return self._random_fully
+
+    def wanted(self) -> dict:
+        """{table: (jump, chain rules)} for the enabled parts."""
+        out = {}
+        if self.ip_masq:
+            out["nat"] = (masq_jump(), masq_rules(self.network, self.subnet, self.random_fully))
+        if self.forward:
+            out["filter"] = (forward_jump(), forward_rules(self.network))
+        return out
+
+    @staticmethod
+    def _state(table: str) -> TableState:
+        return parse_save(_run([_binary("iptables-save"), "-t", table]))
+
+    @staticmethod
+    def _restore(doc: str) -> None:
+        _run([_binary("iptables-restore"), "--noflush", "-w", LOCK_WAIT], stdin=doc)
+
+    def plan(self) -> dict:
+        return {t: plan_table(self._state(t), jump, rules) for t, (jump, rules) in self.wanted().items()}
+
+    def ensure(self) -> bool:
+        """Check every rule; re-apply (atomically per table) if any is missing or wrong.
+        Returns True when something was changed. Raises IptablesError."""
+        doc = restore_input(self.plan())
+        if not doc:
+            return False
+        log.info("iptables: applying\n%s", doc.rstrip())
+        try:
+            self._restore(doc)
+        except IptablesError as e:
+            if not (self.ip_masq and self.random_fully and "random-fully" in doc):
+                raise
+            log.warning("iptables: %s; retrying without --random-fully", e)
+            self._random_fully = False
+            doc = restore_input(self.plan())
+            self._restore(doc)
+        self.applied += 1
+        return True
+
+    def remove(self) -> None:
+        """Delete our jump rules and chains from both tables. Logs, never raises."""
+        try:
+            jumps = (("nat", masq_jump()), ("filter", forward_jump()))
+            plans = {t: plan_remove(self._state(t), jump) for t, jump in jumps}
+            doc = restore_input(plans)
+            if doc:
+                log.info("iptables: removing\n%s", doc.rstrip())
+                self._restore(doc)
+        except IptablesError as e:
+            log.error("iptables: cannot remove our rules: %s", e)

@@ -1,0 +1,151 @@
+"""host-gw backend: routes per lease, the NAT check, healing and pruning (no kernel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from udpflannel.backends import backend_class
+from udpflannel.backends.base import ExternalInterface, LeaseEvent
+from udpflannel.backends.hostgw import HostGwBackend, Route, host_route, our_route, reconcile
+from udpflannel.config import parse_config
+from udpflannel.errors import BackendError
+from udpflannel.subnet import Lease, LeaseAttrs
+
+CFG = parse_config(json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0",
+                               "SubnetMax": "10.99.0.0", "Backend": {"Type": "host-gw"}}))  # fmt: skip
+IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
+
+
+def lease(subnet, ip, btype="host-gw"):
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), backend_type=btype))
+
+
+def r(dst, gw, oif=2, onlink=False):
+    return Route(IPv4Network(dst), IPv4Address(gw), oif, onlink)
+
+
+class FakeNetlink:
+    def __init__(self, addrs=(("192.0.2.11", 24),)):
+        self.addrs = [(IPv4Address(a), p) for a, p in addrs]
+        self.table: set = set()
+        self.unreachable: set = set()
+        self._ipr = None
+
+    async def call(self, fn, *args):
+        return fn(*args)
+
+    async def close(self):
+        pass
+
+    def ipv4_addresses(self, index):
+        return self.addrs
+
+    def routes(self, oifs):
+        return [x for x in self.table if x.oif in oifs]
+
+    def route_replace(self, route):
+        if route.gateway in self.unreachable:
+            raise OSError("Nexthop has invalid gateway")
+        self.table = {x for x in self.table if x.dst != route.dst} | {route}
+
+    def route_del(self, route):
+        self.table.discard(route)
+
+
+def make(**kw):
+    b = HostGwBackend(IFACE, CFG)
+    b._nl = FakeNetlink(**kw)
+    return b, b._nl
+
+
+def run(c):
+    return asyncio.run(c)
+
+
+def test_registered_and_mtu():
+    assert backend_class("host-gw") is HostGwBackend
+    assert HostGwBackend(IFACE, CFG).mtu() == 1500
+
+
+def test_lease_json_has_no_backend_data():
+    b, _ = make()
+    attrs = run(b.prepare())
+    assert attrs.to_json() == '{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"host-gw"}'
+
+
+def test_public_ip_not_on_interface_is_refused():
+    nat = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("198.18.7.7"), 1500)
+    b = HostGwBackend(nat, CFG)
+    b._nl = FakeNetlink()
+    with pytest.raises(BackendError, match="NAT"):
+        run(b.prepare())
+
+
+def test_public_ip_as_secondary_address_is_accepted():
+    iface = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.50"), 1500)
+    b = HostGwBackend(iface, CFG)
+    b._nl = FakeNetlink(addrs=(("192.0.2.11", 24), ("192.0.2.50", 24)))
+    assert run(b.prepare()).public_ip == IPv4Address("192.0.2.50")
+
+
+def test_host_route_and_scope():
+    assert host_route(lease("10.13.48.0/20", "192.0.2.12"), 2) == r("10.13.48.0/20", "192.0.2.12")
+    net = IPv4Network("10.0.0.0/8")
+    assert our_route(r("10.13.48.0/20", "192.0.2.12"), net, 20)
+    assert not our_route(r("10.0.0.0/8", "192.0.2.12"), net, 20)
+    assert not our_route(r("172.16.0.0/20", "192.0.2.12"), net, 20)
+
+
+def test_reconcile_replace_vs_prune():
+    want = [r("10.1.0.0/20", "192.0.2.12")]
+    have = [r("10.1.0.0/20", "192.0.2.99"), r("10.2.0.0/20", "192.0.2.13")]
+    # without prune: the conflicting route is overwritten by "replace", the unknown one stays
+    assert reconcile(want, have, key=lambda x: x.key, prune=False) == ([], want)
+    # with prune: the unknown one goes too
+    assert reconcile(want, have, key=lambda x: x.key, prune=True) == ([r("10.2.0.0/20", "192.0.2.13")], want)
+    assert reconcile(want, want, key=lambda x: x.key, prune=True) == ([], [])
+
+
+def test_routes_follow_leases_and_heal():
+    b, nl = make()
+    run(b.prepare())
+    run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
+    run(b.handle([LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12")),
+                  LeaseEvent("added", lease("10.20.0.0/20", "192.0.2.30", btype="vxlan")),
+                  LeaseEvent("added", lease("10.21.0.0/20", "192.0.2.31", btype=""))]))  # fmt: skip
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
+    nl.table.clear()
+    run(b.resync())
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
+    assert b.metrics()["routes_healed"] == 1
+    run(b.handle([LeaseEvent("removed", lease("10.13.48.0/20", "192.0.2.12"))]))
+    assert nl.table == set()
+
+
+def test_unreachable_peer_does_not_block_others():
+    b, nl = make()
+    nl.unreachable = {IPv4Address("198.18.0.1")}
+    run(b.prepare())
+    run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
+    run(b.handle([LeaseEvent("added", lease("10.30.0.0/20", "198.18.0.1")),
+                  LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12"))]))  # fmt: skip
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
+    assert b.metrics()["route_errors"] == 1
+
+
+def test_stale_routes_pruned_only_after_listing():
+    b, nl = make()
+    stale = r("10.40.0.0/20", "192.0.2.40")
+    foreign = r("172.16.0.0/20", "192.0.2.1")  # not inside Network: never ours
+    nl.table = {stale, foreign}
+    run(b.prepare())
+    run(b.handle([]))
+    run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
+    run(b.resync())
+    assert nl.table == {stale, foreign}
+    run(b.handle([LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12"))]))
+    assert nl.table == {foreign, r("10.13.48.0/20", "192.0.2.12")}

@@ -1,0 +1,412 @@
+"""vxlan backend: options, lease JSON, per-peer entries and the desired-vs-actual logic (no kernel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from udpflannel.backends import backend_class
+from udpflannel.backends.base import ExternalInterface, LeaseEvent
+from udpflannel.backends.hostgw import Route
+from udpflannel.backends.vxlan import (
+    DeviceSpec,
+    DeviceState,
+    Fdb,
+    Neigh,
+    VxlanBackend,
+    VxlanOptions,
+    incompatibility,
+    lease_attrs,
+    normalize_mac,
+    peer_entries,
+    plan_entries,
+    random_mac,
+)
+from udpflannel.config import parse_config
+from udpflannel.errors import ConfigError
+from udpflannel.subnet import Lease, LeaseAttrs, parse_lease
+
+SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
+        "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip
+IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
+
+
+def cfg(**backend):
+    doc = dict(SEED, Backend=dict({"Type": "vxlan"}, **backend))
+    return parse_config(json.dumps(doc))
+
+
+def vx_lease(subnet: str, ip: str, mac: str = "9e:e7:65:f3:9d:31", btype: str = "vxlan", data=None) -> Lease:
+    data = {"VNI": 100, "VtepMAC": mac} if data is None else data
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), backend_type=btype, backend_data=data))
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def test_registered_by_name():
+    assert backend_class("vxlan") is VxlanBackend
+    assert backend_class("VXLAN") is VxlanBackend
+
+
+def test_seed_options_and_mtu():
+    b = VxlanBackend(IFACE, parse_config(json.dumps(SEED)))
+    assert b.options == VxlanOptions(vni=100, port=8472)
+    assert b.options.device == "flannel.100"
+    assert b.mtu() == 1450  # FLANNEL_MTU in the tutorial
+
+
+def test_defaults():
+    o = VxlanOptions.from_config(cfg())
+    assert (o.vni, o.port, o.mtu, o.gbp, o.learning, o.direct_routing) == (1, 0, None, False, False, False)
+    assert o.device == "flannel.1"
+
+
+def test_options_case_insensitive_and_mtu_option():
+    c = cfg(vni=7, port=4789, mtu=9000, gbp=True, learning=True, directrouting=True)
+    o = VxlanOptions.from_config(c)
+    assert o == VxlanOptions(7, 4789, 9000, True, True, True)
+    assert VxlanBackend(IFACE, c).mtu() == 8950
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("VNI", "100"), ("VNI", 1.5), ("VNI", True), ("VNI", -1), ("VNI", 16777215), ("Port", 70000),
+     ("Port", "8472"), ("MTU", 100), ("GBP", "yes"), ("Learning", 1), ("DirectRouting", "true")],
+)  # fmt: skip
+def test_bad_options_name_key_and_value(key, value):
+    with pytest.raises(ConfigError) as e:
+        VxlanBackend(IFACE, cfg(**{key: value}))
+    assert e.value.key == f"Backend.{key}"
+    assert e.value.value == value
+
+
+def test_constructor_has_no_side_effects():
+    # No device lookup, no socket: only validation (the agent builds one to check options).
+    b = VxlanBackend(IFACE, parse_config(json.dumps(SEED)))
+    assert b._nl._ipr is None
+
+
+# -- lease and MACs --------------------------------------------------------------------------
+
+
+def test_lease_json_is_flanneld_shape():
+    a = lease_attrs(IPv4Address("192.168.205.10"), 100, "82:53:2e:6a:a9:43")
+    assert a.to_json() == (
+        '{"PublicIP":"192.168.205.10","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":100,"VtepMAC":"82:53:2e:6a:a9:43"}}'
+    )
+
+
+def test_random_mac_is_local_unicast():
+    macs = {random_mac() for _ in range(200)}
+    assert len(macs) == 200
+    for m in macs:
+        first = int(m[:2], 16)
+        assert first & 0x02 and not first & 0x01
+        assert normalize_mac(m) == m
+
+
+@pytest.mark.parametrize(
+    "raw,want",
+    [("82:53:2E:6A:A9:43", "82:53:2e:6a:a9:43"), ("82-53-2e-6a-a9-43", "82:53:2e:6a:a9:43"),
+     ("82:53:2e:6a:a9", None), ("zz:53:2e:6a:a9:43", None), (None, None), (42, None), ("8:53:2e:6a:a9:43", None)],
+)  # fmt: skip
+def test_normalize_mac(raw, want):
+    assert normalize_mac(raw) == want
+
+
+# -- per-peer entries -------------------------------------------------------------------------
+
+
+def test_peer_entries_tutorial_lease():
+    # The tutorial's second host, as written by old flanneld (no VNI in BackendData).
+    lease = parse_lease("10.13.48.0-20", '{"PublicIP":"192.168.205.11","BackendType":"vxlan",'
+                                         '"BackendData":{"VtepMAC":"9e:e7:65:f3:9d:31"}}')  # fmt: skip
+    e = peer_entries(lease, dev_index=5, iface_index=2, direct=False)
+    assert e.neigh == Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:31")
+    assert e.fdb == Fdb("9e:e7:65:f3:9d:31", IPv4Address("192.168.205.11"))
+    assert e.route == Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), 5, onlink=True)
+    assert str(e.neigh) == "10.13.48.0 lladdr 9e:e7:65:f3:9d:31 permanent"
+    assert str(e.fdb) == "9e:e7:65:f3:9d:31 dst 192.168.205.11 self permanent"
+
+
+def test_peer_entries_direct_routing_is_a_plain_route():
+    e = peer_entries(vx_lease("10.13.48.0/20", "192.0.2.12"), 5, 2, direct=True)
+    assert (e.neigh, e.fdb) == (None, None)
+    assert e.route == Route(IPv4Network("10.13.48.0/20"), IPv4Address("192.0.2.12"), 2)
+
+
+@pytest.mark.parametrize("data", [{}, {"VtepMAC": "nope"}, "string", [1]])
+def test_peer_entries_unusable_lease(data):
+    assert peer_entries(vx_lease("10.13.48.0/20", "192.0.2.12", data=data), 5, 2, direct=False) is None
+
+
+# -- device compatibility -----------------------------------------------------------------------
+
+SPEC = DeviceSpec("flannel.100", 100, 8472, IPv4Address("192.0.2.11"), 2, 1450, False, False)
+
+
+def state(**kw):
+    base = dict(index=9, kind="vxlan", mac="02:00:00:00:00:01", mtu=1450, up=True, vni=100, port=8472,
+                local=IPv4Address("192.0.2.11"), link=2, gbp=False, learning=False)  # fmt: skip
+    base.update(kw)
+    return DeviceState(**base)
+
+
+def test_compatible_device_is_reused_even_with_other_mtu_or_down():
+    assert incompatibility(SPEC, state()) is None
+    assert incompatibility(SPEC, state(mtu=1400, up=False)) is None
+
+
+def test_port_zero_accepts_any_port():
+    spec0 = DeviceSpec(**{**SPEC.__dict__, "port": 0})
+    assert incompatibility(spec0, state(port=4789)) is None
+
+
+@pytest.mark.parametrize(
+    "kw,word",
+    [({"kind": "bridge"}, "type"), ({"vni": 1}, "VNI"), ({"link": 3}, "interface"),
+     ({"local": IPv4Address("192.0.2.99")}, "local"), ({"port": 4789}, "port"), ({"gbp": True}, "gbp"),
+     ({"learning": True}, "learning")],
+)  # fmt: skip
+def test_incompatible_device(kw, word):
+    assert word in incompatibility(SPEC, state(**kw))
+
+
+# -- the backend against a fake netlink ----------------------------------------------------------
+
+
+class FakeNetlink:
+    """The VxlanNetlink surface, in memory."""
+
+    def __init__(self):
+        self.dev = None
+        self.addrs = []
+        self.neigh: set = set()
+        self.fdb: set = set()
+        self.routes_: set = set()
+        self.reachable: set = set()
+        self.created = 0
+        self._ipr = None
+
+    async def call(self, fn, *args):
+        return fn(*args)
+
+    async def close(self):
+        pass
+
+    def device(self, name):
+        return self.dev
+
+    def create(self, spec, mac):
+        self.created += 1
+        self.dev = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
+                               vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
+        self.neigh, self.fdb = set(), set()
+        self.routes_ = {r for r in self.routes_ if r.oif != self.dev.index}
+
+    def delete(self, index):
+        self.dev = None
+
+    def set_link(self, index, mtu):
+        self.dev = DeviceState(**{**self.dev.__dict__, "mtu": mtu, "up": True})
+
+    def set_address(self, index, addr, network):
+        self.addrs = [(addr, 32)]
+
+    def disable_ra(self, name):
+        pass
+
+    def neighbours(self, index):
+        return list(self.neigh)
+
+    def fdb_entries(self, index):
+        return list(self.fdb)
+
+    def neigh_replace(self, index, n):
+        self.neigh = {x for x in self.neigh if x.ip != n.ip} | {n}
+
+    def neigh_del(self, index, n):
+        self.neigh.discard(n)
+
+    def fdb_replace(self, index, f):
+        self.fdb.add(f)
+
+    def fdb_del(self, index, f):
+        self.fdb.discard(f)
+
+    def routes(self, oifs):
+        return [r for r in self.routes_ if r.oif in oifs]
+
+    def route_replace(self, r):
+        self.routes_ = {x for x in self.routes_ if x.dst != r.dst} | {r}
+
+    def route_del(self, r):
+        self.routes_.discard(r)
+
+    def directly_reachable(self, addr):
+        return addr in self.reachable
+
+
+def backend(**opts) -> tuple[VxlanBackend, FakeNetlink]:
+    b = VxlanBackend(IFACE, cfg(VNI=100, Port=8472, **opts))
+    b._nl = FakeNetlink()
+    return b, b._nl
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+OWN = vx_lease("10.15.64.0/20", "192.0.2.11")
+PEER = vx_lease("10.13.48.0/20", "192.0.2.12", "9e:e7:65:f3:9d:31")
+
+
+def test_prepare_creates_device_and_returns_its_mac():
+    b, nl = backend()
+    attrs = run(b.prepare())
+    assert nl.created == 1 and nl.dev.up and nl.dev.mtu == 1450
+    assert attrs.backend_data == {"VNI": 100, "VtepMAC": nl.dev.mac}
+    assert attrs.backend_type == "vxlan" and attrs.public_ip == IFACE.public_ip
+
+
+def test_prepare_reuses_compatible_device_and_its_mac():
+    b, nl = backend()
+    nl.dev = state(index=4, mac="02:aa:bb:cc:dd:ee", mtu=1400, up=False)
+    attrs = run(b.prepare())
+    assert nl.created == 0
+    assert attrs.backend_data["VtepMAC"] == "02:aa:bb:cc:dd:ee"
+    assert nl.dev.mtu == 1450 and nl.dev.up  # fixed in place
+    assert b.metrics()["device_reused"] == 1
+
+
+def test_prepare_replaces_incompatible_device():
+    b, nl = backend()
+    nl.dev = state(index=4, port=4789, mac="02:aa:bb:cc:dd:ee")
+    attrs = run(b.prepare())
+    assert nl.created == 1 and nl.dev.port == 8472
+    assert attrs.backend_data["VtepMAC"] != "02:aa:bb:cc:dd:ee"
+    assert b.metrics()["device_replaced"] == 1
+
+
+def test_peer_added_and_removed():
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    assert nl.addrs == [(IPv4Address("10.15.64.0"), 32)]
+    run(b.handle([LeaseEvent("added", PEER)]))
+    dev = nl.dev.index
+    assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:31")}
+    assert nl.fdb == {Fdb("9e:e7:65:f3:9d:31", IPv4Address("192.0.2.12"))}
+    assert nl.routes_ == {Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), dev, True)}
+    run(b.handle([LeaseEvent("removed", PEER)]))
+    assert nl.neigh == set() and nl.fdb == set() and nl.routes_ == set()
+
+
+def test_peer_changing_mac_and_ip_leaves_no_stale_entries():
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    run(b.handle([LeaseEvent("added", PEER)]))
+    moved = vx_lease("10.13.48.0/20", "192.0.2.13", "9e:e7:65:f3:9d:99")
+    run(b.handle([LeaseEvent("added", moved)]))
+    assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:99")}
+    assert nl.fdb == {Fdb("9e:e7:65:f3:9d:99", IPv4Address("192.0.2.13"))}
+    assert len(nl.routes_) == 1
+
+
+def test_other_backend_types_are_ignored():
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    udp = Lease(IPv4Network("10.20.0.0/20"), LeaseAttrs(IPv4Address("192.0.2.30")))  # flanneld udp: no BackendType
+    hgw = vx_lease("10.21.0.0/20", "192.0.2.31", btype="host-gw", data={})
+    run(b.handle([LeaseEvent("added", udp), LeaseEvent("added", hgw)]))
+    assert nl.neigh == set() and nl.fdb == set() and nl.routes_ == set()
+    assert b.metrics()["peers"] == 0
+
+
+def test_malformed_backend_data_is_skipped_not_fatal():
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    bad = vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": 17})
+    run(b.handle([LeaseEvent("added", bad), LeaseEvent("added", PEER)]))
+    assert {r.dst for r in nl.routes_} == {IPv4Network("10.13.48.0/20")}
+
+
+def test_resync_restores_deleted_entries_and_device_with_same_mac():
+    b, nl = backend()
+    mac = run(b.prepare()).backend_data["VtepMAC"]
+    run(b.start(OWN))
+    run(b.handle([LeaseEvent("added", PEER)]))
+    nl.routes_.clear()
+    nl.neigh.clear()
+    run(b.resync())
+    assert len(nl.routes_) == 1 and len(nl.neigh) == 1 and len(nl.fdb) == 1
+    assert b.metrics()["entries_restored"] == 2
+    nl.dev = None  # someone deleted the device (and with it every entry)
+    nl.neigh, nl.fdb = set(), set()
+    run(b.resync())
+    assert nl.dev is not None and nl.dev.mac == mac and nl.dev.up
+    assert nl.addrs == [(IPv4Address("10.15.64.0"), 32)]
+    assert {r.oif for r in nl.routes_} == {nl.dev.index}
+    assert len(nl.neigh) == 1 and len(nl.fdb) == 1
+    assert b.metrics()["device_restored"] == 1
+
+
+def test_no_pruning_before_the_first_peer_listing():
+    # Entries left by a previous run must survive until the agent has listed the peers.
+    b, nl = backend()
+    nl.dev = state(index=4, mac="02:aa:bb:cc:dd:ee")
+    run(b.prepare())
+    stale = Route(IPv4Network("10.40.0.0/20"), IPv4Address("10.40.0.0"), 4, True)
+    alive = Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), 4, True)
+    nl.routes_ = {stale, alive}
+    run(b.handle([]))  # the agent's set_own() before the listing
+    run(b.start(OWN))
+    run(b.resync())
+    assert nl.routes_ == {stale, alive}
+    run(b.handle([LeaseEvent("added", PEER)]))  # the listing: only PEER exists
+    assert nl.routes_ == {alive}
+
+
+def test_own_subnet_is_never_routed():
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    run(b.handle([LeaseEvent("added", vx_lease("10.15.64.0/20", "192.0.2.99"))]))
+    assert nl.routes_ == set()
+
+
+def test_direct_routing_for_peers_on_the_segment():
+    b, nl = backend(DirectRouting=True)
+    run(b.prepare())
+    run(b.start(OWN))
+    far = vx_lease("10.14.0.0/20", "198.18.0.9", "9e:e7:65:f3:9d:40")
+    nl.reachable = {IPv4Address("192.0.2.12")}
+    run(b.handle([LeaseEvent("added", PEER), LeaseEvent("added", far)]))
+    assert Route(IPv4Network("10.13.48.0/20"), IPv4Address("192.0.2.12"), IFACE.index) in nl.routes_
+    assert Route(IPv4Network("10.14.0.0/20"), IPv4Address("10.14.0.0"), nl.dev.index, True) in nl.routes_
+    assert nl.fdb == {Fdb("9e:e7:65:f3:9d:40", IPv4Address("198.18.0.9"))}
+
+
+def test_plan_entries_order_and_repointing():
+    old = peer_entries(vx_lease("10.13.48.0/20", "192.0.2.12", "9e:e7:65:f3:9d:31"), 5, 2, False)
+    new = peer_entries(vx_lease("10.13.48.0/20", "192.0.2.13", "9e:e7:65:f3:9d:31"), 5, 2, False)
+    gone = peer_entries(vx_lease("10.14.0.0/20", "192.0.2.14", "9e:e7:65:f3:9d:44"), 5, 2, False)
+    have = [old, gone]
+    args = ([e.route for e in have], [e.neigh for e in have], [e.fdb for e in have])
+    deletions, additions = plan_entries([new], *args, prune=True)
+    assert deletions == [("route", gone.route), ("neighbour", gone.neigh), ("fdb", old.fdb), ("fdb", gone.fdb)]
+    assert additions == [("fdb", new.fdb)]  # neighbour and route are unchanged
+    # without prune the departed peer stays, but the re-pointed MAC's old remote still goes
+    deletions, additions = plan_entries([new], *args, prune=False)
+    assert deletions == [("fdb", old.fdb)]
+    # from nothing: neighbour and fdb before the route
+    deletions, additions = plan_entries([new], [], [], [], prune=True)
+    assert [k for k, _ in additions] == ["neighbour", "fdb", "route"] and deletions == []

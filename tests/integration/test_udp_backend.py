@@ -173,6 +173,17 @@ def test_spoofed_and_malformed_datagrams_are_dropped_and_counted(udp_lab):
     assert lab.udp["procs"][0].poll() is None
 
 
+def test_leases_of_other_backend_types_are_not_routed(udp_lab):
+    lab = udp_lab
+    h1 = lab.udp["hosts"][0]
+    vx = '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"}}'
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.251.0-24", vx)
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.252.0-24", '{"PublicIP":"192.0.2.14","PublicIPv6":null,"BackendType":"udp"}')
+    agents.wait_log(lab.udp["procs"][0], "peer added: 10.5.252.0/24")
+    agents.wait_log(lab.udp["procs"][0], "peer added: 10.5.251.0/24")
+    assert metric(h1, "dp_leases") == 2  # h2's and the explicit "udp" one; not the vxlan lease
+
+
 def test_forwarding_continues_while_etcd_is_down(udp_lab):
     lab = udp_lab
     c1, c2 = lab.udp["containers"]

@@ -7,7 +7,6 @@ the bad value. IPv6 is validated by the same code as IPv4 (one `_Family` table).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network

@@ -28,6 +28,19 @@ def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40) -> tuple[subprocess.Popen, dict]:
+    """start() and wait until the agent has written its subnet file; fail at once if it exits."""
+    p = start(lab, host, *extra)
+
+    def written() -> bool:
+        if p.poll() is not None:
+            raise AssertionError(f"agent on {host.name} exited {p.returncode}:\n{log_text(p)}")
+        return "wrote " in log_text(p)
+
+    wait_for(written, timeout, what=f"{host.name}'s subnet file")
+    return p, read_subnet_file(subnet_file(lab, host))
+
+
 def wait_subnet(lab: Lab, host: Host, timeout: float = 30) -> dict[str, str]:
     path = subnet_file(lab, host)
     wait_for(path.exists, timeout, what=f"{path}")

@@ -8,27 +8,17 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from udpflannel.netlab import read_subnet_file, wait_for
+from udpflannel.netlab import wait_for
+
+from .agents import start_and_wait as start
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
 PREFIX = "/coreos.com/network"
-ETCD = "http://192.0.2.2:2379"
 CFG = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
        "Backend": {"Type": "host-gw"}}  # fmt: skip
 
 
-def start(lab, host, *extra):
-    sf = lab.workdir / f"{host.name}.env"
-    p = lab.start_agent(host, "--etcd-endpoints", ETCD, "--iface", "eth1", "--subnet-file", str(sf), *extra)
-
-    def written():
-        if p.poll() is not None:
-            raise AssertionError(f"agent on {host.name} exited {p.returncode}:\n{p.log_path.read_text()}")
-        return "wrote " in p.log_path.read_text()
-
-    wait_for(written, 40, what=f"{host.name}'s subnet file")
-    return p, read_subnet_file(sf)
 
 
 def overlay_routes(host):
@@ -82,7 +72,7 @@ def test_public_ip_behind_nat_is_refused(etcd_lab):
     lab.etcd[0].put(f"{PREFIX}/config", json.dumps(CFG))
     h1 = lab.add_host()
     sf = lab.workdir / "nat.env"
-    p = lab.start_agent(h1, "--etcd-endpoints", ETCD, "--iface", "eth1", "--subnet-file", str(sf),
+    p = lab.start_agent(h1, "--etcd-endpoints", lab.etcd_endpoints, "--iface", "eth1", "--subnet-file", str(sf),
                         "--public-ip", "198.18.0.7")  # fmt: skip
     assert p.wait(60) != 0
     log = p.log_path.read_text()

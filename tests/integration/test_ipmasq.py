@@ -12,29 +12,19 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from udpflannel.ipmasq import forward_jump, forward_rules, masq_jump, masq_rules
-from udpflannel.netlab import read_subnet_file, sh, wait_for
+from udpflannel.netlab import sh, wait_for
+
+from .agents import start_and_wait as start
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
 PREFIX = "/coreos.com/network"
-ETCD = "http://192.0.2.2:2379"
 SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
         "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip
 OUTSIDE = IPv4Address("192.0.2.200")  # a namespace on the underlay, outside the Network
 NET = IPv4Network("10.0.0.0/8")
 
 
-def start(lab, host, *extra):
-    sf = lab.workdir / f"{host.name}.env"
-    p = lab.start_agent(host, "--etcd-endpoints", ETCD, "--iface", "eth1", "--subnet-file", str(sf), *extra)
-
-    def written():
-        if p.poll() is not None:
-            raise AssertionError(f"agent on {host.name} exited {p.returncode}:\n{p.log_path.read_text()}")
-        return "wrote " in p.log_path.read_text()
-
-    wait_for(written, 40, what=f"{host.name}'s subnet file")
-    return p, read_subnet_file(sf)
 
 
 def chain(ns, table, name):

@@ -13,12 +13,13 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from udpflannel.netlab import read_subnet_file, wait_for
+from udpflannel.netlab import wait_for
+
+from .agents import start_and_wait as start
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
 PREFIX = "/coreos.com/network"
-ETCD = "http://192.0.2.2:2379"
 SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
         "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip
 DEV = "flannel.100"
@@ -31,18 +32,6 @@ def put_config(lab, cfg=SEED):
     lab.etcd[0].put(f"{PREFIX}/config", json.dumps(cfg))
 
 
-def start(lab, host, *extra):
-    """Start an agent on host and wait until it has written its subnet file (a new log line)."""
-    sf = lab.workdir / f"{host.name}.env"
-    p = lab.start_agent(host, "--etcd-endpoints", ETCD, "--iface", "eth1", "--subnet-file", str(sf), *extra)
-
-    def written():
-        if p.poll() is not None:
-            raise AssertionError(f"agent on {host.name} exited {p.returncode}:\n{p.log_path.read_text()}")
-        return "wrote " in p.log_path.read_text()
-
-    wait_for(written, 40, what=f"{host.name}'s subnet file")
-    return p, read_subnet_file(sf)
 
 
 def stop(p):

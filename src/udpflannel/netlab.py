@@ -90,6 +90,7 @@ class EtcdServer:
     data_dir: Path
     ns: Optional[str] = None
     initial_cluster: str = ""
+    cluster_token: str = ""  # one per cluster: members with different tokens never join
     proc: Optional[subprocess.Popen] = None
     log_path: Optional[Path] = None
 
@@ -114,7 +115,7 @@ class EtcdServer:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", cluster,
             "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"tok-{self.data_dir.name}",
+            "--initial-cluster-token", self.cluster_token or f"tok-{self.data_dir.name}",
         ]  # fmt: skip
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns] + cmd
@@ -132,8 +133,11 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited: see {self.log_path}")
-            if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
-                return
+            try:
+                if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:  # members still electing a leader
+                pass
             time.sleep(0.2)
         raise RuntimeError(f"etcd {self.name} not healthy after {timeout}s: see {self.log_path}")
 
@@ -254,7 +258,7 @@ class Lab:
         self.etcd.append(srv)
         return srv.start()
 
-    def start_etcd_cluster(self, hosts: Sequence[Host]) -> list[EtcdServer]:
+    def start_etcd_cluster(self, hosts: Sequence[Host], timeout: float = 60) -> list[EtcdServer]:
         """One member per host, as the tutorial runs etcd on every node."""
         members = [
             EtcdServer(name=f"etcd-{h.name}", ip=h.ip, client_port=2379, peer_port=2380,
@@ -264,10 +268,11 @@ class Lab:
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
         for m in members:
             m.initial_cluster = cluster
+            m.cluster_token = f"tok-{self.prefix}"
             self.etcd.append(m)
             m.start(wait=False)
         for m in members:
-            m.wait_ready()
+            m.wait_ready(timeout)
         return members
 
     @property
@@ -304,7 +309,8 @@ class Lab:
         log_path = self.workdir / (log_name or f"agent-{host.name}-{len(host.procs)}.log")
         log = open(log_path, "ab")
         cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "udpflannel", *args]
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
+                             start_new_session=True)  # a kept lab's agents outlive the terminal
         log.close()
         p.log_path = log_path  # type: ignore[attr-defined]
         host.procs.append(p)

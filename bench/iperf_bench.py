@@ -1,0 +1,536 @@
+"""Data path comparison between two namespace "hosts": the driver behind bench/run_iperf.sh.
+
+Testbed: one netlab `Lab` (an underlay bridge in its own namespace, 192.0.2.0/24) with one
+pair of host namespaces per data path, so every path stays set up for the whole run and the
+repetitions can be interleaved (rep 1: tcp1 over every path, tcp4 over every path, ...;
+the path order rotates per repetition). Each pair measures host-to-host over its path:
+
+    veth        no overlay: h_a -> h_b's underlay address (the ceiling)
+    vxlan       kernel vxlan set up by hand as flannel's vxlan backend does it: flannel.1,
+                nolearning, static neigh + fdb + "<subnet> via <subnet.0> onlink", MTU - 50
+    socat       naive userspace TUN<->UDP tunnel, one packet per syscall
+                (`socat TUN:...,iff-no-pi,iff-up UDP:peer:port,bind=...`), MTU - 28
+    uf-udp      udpflannel's udp backend, run through the real agent with etcd in the testbed
+    uf-vxlan    udpflannel's vxlan backend   (included when the backend exists)
+    uf-host-gw  udpflannel's host-gw backend (included when the backend exists)
+
+Agent paths address a "docker0" bridge on every host from its subnet file and target the
+peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
+4 streams (receiver Gbit/s), UDP with 64-byte payloads (received packets/s and loss %), ping
+round trip (median over the pings), and for the userspace paths the CPU seconds per GB
+(utime+stime of the tunnel processes on both hosts, from /proc/<pid>/stat, during the
+1-stream TCP test; kernel softirq time is not included). Everything it makes lives in
+namespaces named <prefix>-*, deleted on exit, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Callable, Optional
+
+try:
+    from udpflannel.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
+except ImportError:  # run from a checkout without `pip install`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from udpflannel.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
+
+ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-vxlan", "uf-host-gw"]
+KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw"}
+METRICS = ["tcp1", "tcp4", "udp64", "ping"]
+# label, unit, key in a path's per-rep result
+COLUMNS = [
+    ("TCP 1 stream", "Gbit/s", "tcp1_gbps"),
+    ("TCP 4 streams", "Gbit/s", "tcp4_gbps"),
+    ("UDP 64B rx", "kpps", "udp64_kpps"),
+    ("UDP 64B loss", "%", "udp64_loss_pct"),
+    ("ping median", "ms", "ping_ms"),
+    ("CPU per GB", "s/GB", "cpu_s_per_gb"),
+]
+AGENT_BACKENDS = {"uf-udp": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
+AGENT_NETWORKS = {"udp": "10.110.0.0/16", "vxlan": "10.111.0.0/16", "host-gw": "10.112.0.0/16"}
+IPERF_PORT = 5201
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def random_mac() -> str:
+    b = bytearray(secrets.token_bytes(6))
+    b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (the agent may fork helpers)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+@dataclass
+class PathSetup:
+    """One data path between a client host and a server host, ready to measure."""
+
+    name: str
+    client: Host
+    server: Host
+    target: IPv4Address
+    tunnel_pids: list[int] = field(default_factory=list)  # userspace processes doing the work
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    note: str = ""
+
+    def cpu_seconds(self) -> Optional[float]:
+        if self.name in KERNEL_PATHS or not self.tunnel_pids:
+            return None
+        return sum(proc_cpu_seconds(p) for root in self.tunnel_pids for p in descendants(root))
+
+
+class Testbed:
+    """Builds each requested path in its own pair of host namespaces of one Lab."""
+
+    def __init__(self, lab: Lab, agent_log_level: bool = False):
+        self.lab = lab
+        self.etcd = None
+        self.paths: dict[str, PathSetup] = {}
+        self.skipped: dict[str, str] = {}
+        self.iperf_servers: list[subprocess.Popen] = []
+        self.agent_verbose = agent_log_level
+
+    def _pair(self) -> tuple[Host, Host]:
+        a, b = self.lab.add_host(), self.lab.add_host()
+        for h in (a, b):
+            h.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        return a, b
+
+    def build(self, name: str) -> None:
+        builder: Callable[[], PathSetup] = {
+            "veth": self._veth,
+            "vxlan": self._vxlan,
+            "socat": self._socat,
+        }.get(name) or (lambda: self._agent(name))
+        try:
+            setup = builder()
+            self._check(setup)
+        except Exception as e:  # a path that cannot be built is reported, not fatal
+            self.skipped[name] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            log(f"{name}: skipped: {self.skipped[name]}")
+            return
+        self.paths[name] = setup
+        srv = subprocess.Popen(
+            # bound to the target so UDP replies leave from the address the client is connected to
+            ["ip", "netns", "exec", setup.server.ns, "iperf3", "-s", "-p", str(IPERF_PORT), "-B", str(setup.target)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.iperf_servers.append(srv)
+        log(f"{name}: ready ({setup.client.ns} -> {setup.target}){' ' + setup.note if setup.note else ''}")
+
+    def _check(self, s: PathSetup, timeout: float = 30) -> None:
+        def ok() -> bool:
+            return s.client.run("ping", "-c", "1", "-W", "1", str(s.target), check=False).returncode == 0
+
+        wait_for(ok, timeout=timeout, interval=0.3, what=f"{s.name}: ping {s.target} from {s.client.name}")
+
+    # -- the paths -----------------------------------------------------------------
+    def _veth(self) -> PathSetup:
+        a, b = self._pair()
+        return PathSetup("veth", a, b, b.ip)
+
+    def _vxlan(self, vni: int = 1, port: int = 8472) -> PathSetup:
+        a, b = self._pair()
+        net = IPv4Network("10.101.0.0/16")
+        subnets = {a.name: IPv4Network("10.101.1.0/24"), b.name: IPv4Network("10.101.2.0/24")}
+        macs = {a.name: random_mac(), b.name: random_mac()}
+        dev = f"flannel.{vni}"
+        mtu = self.lab.mtu - 50
+        for h in (a, b):
+            h.run("ip", "link", "add", dev, "type", "vxlan", "id", str(vni), "local", str(h.ip),
+                  "dev", "eth1", "dstport", str(port), "nolearning")  # fmt: skip
+            h.run("ip", "link", "set", dev, "address", macs[h.name], "mtu", str(mtu), "up")
+            h.run("ip", "addr", "add", f"{subnets[h.name].network_address}/32", "dev", dev)
+        for h, peer in ((a, b), (b, a)):
+            gw = str(subnets[peer.name].network_address)
+            h.run("ip", "neigh", "replace", gw, "lladdr", macs[peer.name], "dev", dev, "nud", "permanent")
+            h.run("bridge", "fdb", "append", macs[peer.name], "dev", dev, "dst", str(peer.ip), "self", "permanent")
+            h.run("ip", "route", "replace", str(subnets[peer.name]), "via", gw, "dev", dev, "onlink")
+        assert net.supernet_of(subnets[a.name])
+        return PathSetup("vxlan", a, b, subnets[b.name].network_address)
+
+    def _socat(self, port: int = 8300) -> PathSetup:
+        a, b = self._pair()
+        addrs = {a.name: "10.102.0.1", b.name: "10.102.0.2"}
+        procs, pids = [], []
+        for h in (a, b):  # no IPv6 chatter on tun0 before the peer's socket exists: socat's
+            # connected UDP socket would read the ICMP port unreachable and exit
+            h.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for h, peer in ((a, b), (b, a)):
+            cmd = ["ip", "netns", "exec", h.ns, "socat", "-b", "65536",
+                   f"TUN:{addrs[h.name]}/24,tun-type=tun,tun-name=tun0,iff-no-pi,iff-up",
+                   f"UDP:{peer.ip}:{port},bind={h.ip}:{port}"]  # fmt: skip
+            log_f = open(self.lab.workdir / f"socat-{h.name}.log", "ab")
+            p = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT)
+            log_f.close()
+            procs.append(p)
+            pids.append(p.pid)  # `ip netns exec` execs the command: same pid
+        for h, p in zip((a, b), procs):
+            def up(h=h, p=p) -> bool:
+                if p.poll() is not None:
+                    log_text = (self.lab.workdir / f"socat-{h.name}.log").read_text(errors="replace").strip()
+                    raise RuntimeError(f"socat in {h.name} exited: {log_text[-200:]}")
+                return h.run("ip", "link", "show", "tun0", check=False).returncode == 0
+
+            wait_for(up, timeout=10, what=f"socat tun0 in {h.name}")
+            h.run("ip", "link", "set", "tun0", "mtu", str(self.lab.mtu - 28))
+        return PathSetup("socat", a, b, IPv4Address(addrs[b.name]), tunnel_pids=pids, procs=procs)
+
+    def _ensure_etcd(self) -> str:
+        if self.etcd is None:
+            ns = self.lab.add_etcd_host()
+            self.etcd = self.lab.start_etcd(ns, ETCD_HOST_IP)
+        return self.etcd.endpoint
+
+    def _agent(self, name: str) -> PathSetup:
+        btype = AGENT_BACKENDS.get(name)
+        if btype is None:
+            raise ValueError(f"unknown path {name!r} (known: {', '.join(ALL_PATHS)})")
+        avail = agent_backend_available(btype)
+        if avail is not True:
+            raise RuntimeError(avail)
+        endpoint = self._ensure_etcd()
+        prefix = f"/bench-{btype}/network"
+        cfg = {"Network": AGENT_NETWORKS[btype], "Backend": {"Type": btype}}
+        self.etcd.put(f"{prefix}/config", json.dumps(cfg))
+        a, b = self._pair()
+        procs, envs = [], {}
+        for h in (a, b):
+            subnet_file = self.lab.workdir / f"{name}-{h.name}-subnet.env"
+            args = ["--iface", "eth1", "--etcd-endpoints", endpoint, "--etcd-prefix", prefix,
+                    "--subnet-file", str(subnet_file)]  # fmt: skip
+            if self.agent_verbose:
+                args += ["-v"]
+            p = self.lab.start_agent(h, *args, log_name=f"agent-{name}-{h.name}.log")
+            procs.append(p)
+
+            def written(p=p, f=subnet_file):
+                if p.poll() is not None:
+                    tail = Path(p.log_path).read_text(errors="replace").strip().splitlines()[-3:]
+                    raise RuntimeError(f"agent exited ({p.returncode}): {' | '.join(tail)}")
+                return f.exists() and "FLANNEL_SUBNET" in f.read_text()
+
+            wait_for(written, timeout=60, interval=0.2, what=f"{name}: subnet file of {h.name}")
+            envs[h.name] = read_subnet_file(subnet_file)
+        for h in (a, b):  # the docker0 that dockerd would make from the subnet file
+            bip = IPv4Interface(envs[h.name]["FLANNEL_SUBNET"])
+            h.run("ip", "link", "add", "docker0", "mtu", envs[h.name]["FLANNEL_MTU"], "type", "bridge")
+            h.run("ip", "addr", "add", str(bip), "dev", "docker0")
+            h.run("ip", "link", "set", "docker0", "up")
+        target = IPv4Interface(envs[b.name]["FLANNEL_SUBNET"]).ip
+        pids = [p.pid for p in procs] if name not in KERNEL_PATHS else []
+        return PathSetup(name, a, b, target, tunnel_pids=pids, procs=procs,
+                         note=f"MTU {envs[a.name]['FLANNEL_MTU']}")  # fmt: skip
+
+    def close(self) -> None:
+        for p in self.iperf_servers:
+            if p.poll() is None:
+                p.terminate()
+        for s in self.paths.values():
+            for p in s.procs:
+                if p.poll() is None:
+                    p.terminate()
+        for p in self.iperf_servers + [p for s in self.paths.values() for p in s.procs]:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def agent_backend_available(btype: str) -> "bool | str":
+    """True, or why udpflannel's backend `btype` cannot be run through the agent."""
+    if importlib.util.find_spec("udpflannel.cli") is None:
+        return "the udpflannel agent CLI is not there yet"
+    from udpflannel.lab import backend_available
+
+    return backend_available(btype)
+
+
+# -- measurements ---------------------------------------------------------------------
+def _iperf(s: PathSetup, args: list[str], duration: float) -> Optional[dict]:
+    cmd = ["iperf3", "-c", str(s.target), "-p", str(IPERF_PORT), "-t", str(duration), "-J",
+           "--connect-timeout", "3000", *args]  # fmt: skip
+    for attempt in range(3):  # the server may still be busy finishing the previous test
+        try:
+            p = s.client.run(*cmd, check=False, timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            log(f"{s.name}: iperf3 {' '.join(args)} timed out")
+            return None
+        try:
+            doc = json.loads(p.stdout)
+        except ValueError:
+            doc = {"error": (p.stderr or p.stdout).strip()[:200]}
+        if "error" not in doc:
+            return doc
+        if "busy" in doc["error"] and attempt < 2:
+            time.sleep(1)
+            continue
+        log(f"{s.name}: iperf3 {' '.join(args)}: {doc['error']}")
+        return None
+    return None
+
+
+def measure_tcp(s: PathSetup, streams: int, duration: float) -> dict:
+    cpu0 = s.cpu_seconds()
+    doc = _iperf(s, ["-P", str(streams)], duration)
+    cpu1 = s.cpu_seconds()
+    if doc is None:
+        return {}
+    rx = doc["end"]["sum_received"]
+    out = {f"tcp{streams}_gbps": rx["bits_per_second"] / 1e9}
+    if cpu0 is not None and cpu1 is not None and rx["bytes"] > 0:
+        out["cpu_s_per_gb"] = (cpu1 - cpu0) / (rx["bytes"] / 1e9)
+    return out
+
+
+def measure_udp64(s: PathSetup, duration: float) -> dict:
+    doc = _iperf(s, ["-u", "-l", "64", "-b", "0"], duration)
+    if doc is None:
+        return {}
+    end = doc["end"]
+    summ = end.get("sum_received") or end["sum"]
+    packets = summ.get("packets", 0)
+    lost = summ.get("lost_packets", 0)
+    seconds = summ.get("seconds") or duration
+    received = max(packets - lost, 0)
+    return {"udp64_kpps": received / seconds / 1e3, "udp64_loss_pct": (100.0 * lost / packets) if packets else None}
+
+
+def measure_ping(s: PathSetup, count: int) -> dict:
+    p = s.client.run("ping", "-n", "-c", str(count), "-i", "0.02", "-W", "1", str(s.target),
+                     check=False, timeout=count + 15)  # fmt: skip
+    rtts = [float(tok[5:]) for tok in p.stdout.split() if tok.startswith("time=")]
+    return {"ping_ms": statistics.median(rtts)} if rtts else {}
+
+
+# -- the run ----------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    reps, duration, pings = args.reps, args.duration, args.pings
+    results: dict[str, list[dict]] = {}
+    with Lab(prefix=args.prefix) as lab:
+        bed = Testbed(lab, agent_log_level=args.agent_verbose)
+        try:
+            for name in args.paths:
+                bed.build(name)
+            names = list(bed.paths)
+            if not names:
+                raise SystemExit("no data path could be built")
+            results = {n: [{} for _ in range(reps)] for n in names}
+            for rep in range(reps):
+                order = names[rep % len(names) :] + names[: rep % len(names)]
+                for metric in METRICS:
+                    for n in order:
+                        s = bed.paths[n]
+                        if metric == "tcp1":
+                            r = measure_tcp(s, 1, duration)
+                        elif metric == "tcp4":
+                            r = measure_tcp(s, 4, duration)
+                            r.pop("cpu_s_per_gb", None)  # CPU/GB is quoted for the 1-stream test
+                        elif metric == "udp64":
+                            r = measure_udp64(s, duration)
+                        else:
+                            r = measure_ping(s, pings)
+                        results[n][rep].update(r)
+                        shown = " ".join(f"{k}={v:.3g}" for k, v in r.items() if v is not None)
+                        log(f"rep {rep + 1}/{reps} {metric:5s} {n:10s} {shown}")
+        except BaseException:
+            log(f"failed; logs kept in {lab.workdir}")
+            bed.close()
+            raise
+        bed.close()
+        skipped = dict(bed.skipped)
+        workdir = lab.workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "iperf3": _iperf_version()},
+        "settings": {"reps": reps, "duration_s": duration, "pings": pings, "mtu": 1500, "paths": args.paths},
+        "skipped": skipped,
+        "runs": results,
+        "medians": {n: medians(rs) for n, rs in results.items()},
+    }
+
+
+def _iperf_version() -> str:
+    p = subprocess.run(["iperf3", "--version"], capture_output=True, text=True)
+    return (p.stdout.splitlines() or [""])[0]
+
+
+def medians(reps: list[dict]) -> dict:
+    out = {}
+    for _, _, key in COLUMNS:
+        vals = [r[key] for r in reps if r.get(key) is not None]
+        out[key] = statistics.median(vals) if vals else None
+    return out
+
+
+def _fmt(v: Optional[float], key: str) -> str:
+    if v is None:
+        return "-"
+    if key == "ping_ms":
+        return f"{v:.3f}"
+    if key in ("udp64_kpps",):
+        return f"{v:.0f}"
+    if key == "udp64_loss_pct":
+        return f"{v:.1f}"
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def table(report: dict) -> str:
+    """Markdown tables: medians, then ratios to kernel vxlan and to socat."""
+    med = report["medians"]
+    s = report["settings"]
+    lines = [
+        f"Medians of {s['reps']} run(s) of {s['duration_s']} s, paths interleaved; {report['date']}, "
+        f"kernel {report['machine']['kernel']}, {report['machine']['cpus']} CPUs, {report['machine']['iperf3']}.",
+        "",
+        "| path | " + " | ".join(f"{label} {unit}" for label, unit, _ in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for n, m in med.items():
+        lines.append(f"| {n} | " + " | ".join(_fmt(m.get(k), k) for _, _, k in COLUMNS) + " |")
+    ratio_keys = [("TCP 1", "tcp1_gbps"), ("TCP 4", "tcp4_gbps"), ("UDP 64B pps", "udp64_kpps")]
+    refs = [r for r in ("vxlan", "socat") if r in med]
+    if refs:
+        lines += ["", "| path | " + " | ".join(f"{l} / {r}" for r in refs for l, _ in ratio_keys) + " |",
+                  "|---" * (len(refs) * len(ratio_keys) + 1) + "|"]  # fmt: skip
+        for n, m in med.items():
+            cells = []
+            for r in refs:
+                for _, k in ratio_keys:
+                    a, b = m.get(k), med[r].get(k)
+                    cells.append(f"{a / b:.2f}x" if a is not None and b else "-")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if report.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("--plot needs matplotlib: pip install '.[plot]'")
+        return
+    med = report["medians"]
+    names = list(med)
+    panels = [("TCP 1 stream (Gbit/s)", "tcp1_gbps"), ("TCP 4 streams (Gbit/s)", "tcp4_gbps"),
+              ("UDP 64B received (kpps)", "udp64_kpps"), ("ping median (ms)", "ping_ms")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    for ax, (title, key) in zip(axes, panels):
+        vals = [med[n].get(key) or 0 for n in names]
+        bars = ax.bar(names, vals, color=["#888888" if n in KERNEL_PATHS else "#1f77b4" for n in names])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.suptitle(f"udpflannel data paths, {report['date'][:10]} (medians of {report['settings']['reps']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot written to {path}")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--paths", default=",".join(ALL_PATHS),
+                    help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: all; "
+                    "agent paths whose backend is missing are skipped)")  # fmt: skip
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per iperf3 test (default 10; --quick 3)")
+    ap.add_argument("--pings", type=int, default=None, help="pings per repetition (default 50; --quick 10)")
+    ap.add_argument("--quick", action="store_true", help="one short repetition: under 3 minutes")
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--plot", metavar="FILE", help="draw a bar chart PNG (needs matplotlib: pip install '.[plot]')")
+    ap.add_argument("--prefix", default=None, help="namespace prefix (default: uf + 6 random hex)")
+    ap.add_argument("--agent-verbose", action="store_true", help="run the agents with -v (debug logs in the workdir)")
+    a = ap.parse_args(argv)
+    a.paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    unknown = [p for p in a.paths if p not in ALL_PATHS]
+    if unknown:
+        ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(ALL_PATHS)}")
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.duration = a.duration or (3 if a.quick else 10)
+    a.pings = a.pings or (10 if a.quick else 50)
+    a.prefix = a.prefix or new_prefix()
+    return a
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run_iperf.sh needs root (network namespaces)", file=sys.stderr)
+        return 2
+    missing = [t for t in ("iperf3", "socat", "ip", "bridge", "ping", "etcd", "etcdctl") if not shutil.which(t)]
+    if missing:
+        print(f"missing tools: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    # SIGTERM (e.g. from the shell wrapper or CI) unwinds like Ctrl-C, so the Lab is closed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    log(f"prefix {args.prefix}: paths {','.join(args.paths)}, {args.reps} x {args.duration:g} s")
+    t0 = time.monotonic()
+    report = run(args)
+    report["elapsed_s"] = round(time.monotonic() - t0, 1)
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        log(f"results written to {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+    log(f"done in {report['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""bench/run_iperf.sh --quick, shortened further (1 s per iperf3 test): every path builds,
+carries traffic, lands in the JSON, and the testbed is gone afterwards. No timing asserts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from udpflannel.lab import backend_available
+from udpflannel.netlab import sh
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.etcd,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "run_iperf.sh"
+KERNEL_AND_BASELINES = ["veth", "vxlan", "socat"]
+AGENT_PATHS = {"uf-udp": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
+
+
+def test_run_iperf_quick_smoke(tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    before = set((sh("ip", "netns", "list", check=False).stdout or "").split())
+    p = subprocess.run(
+        ["sh", str(SCRIPT), "--quick", "--duration", "1", "--pings", "3", "--json", str(out_json),
+         "--plot", str(out_png)],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHON=sys.executable),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = json.loads(out_json.read_text())
+    expected = KERNEL_AND_BASELINES + [path for path, b in AGENT_PATHS.items() if backend_available(b) is True]
+    assert sorted(report["medians"]) == sorted(expected), report.get("skipped")
+    for path in expected:
+        m = report["medians"][path]
+        assert m["tcp1_gbps"] and m["tcp1_gbps"] > 0, (path, m)
+        assert m["ping_ms"] and m["ping_ms"] > 0, (path, m)
+    assert report["medians"]["socat"]["cpu_s_per_gb"] is not None
+    assert "| path |" in p.stdout and "/ vxlan" in p.stdout
+    if importlib.util.find_spec("matplotlib"):
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prefix = re.search(r"prefix (uf[0-9a-f]{6})", p.stderr).group(1)
+    after = set((sh("ip", "netns", "list", check=False).stdout or "").split())
+    assert not [n for n in after - before if n.startswith(prefix + "-")]

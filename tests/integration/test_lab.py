@@ -1,0 +1,123 @@
+"""`udpflannel lab` end to end: real etcd members and namespaces, run as the user runs it.
+
+Each run uses its own state directory (tmp_path) so that labs a developer keeps on the
+machine are never touched; the assertions check that the ping crossed and that nothing
+(namespace, state file, work directory) is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from udpflannel.lab import backend_available
+from udpflannel.netlab import new_prefix, sh
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.etcd,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw"]
+
+
+def run_lab(state_dir, *args, timeout=180) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "udpflannel.lab", "--state-dir", str(state_dir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def prefix_of(out: str) -> str:
+    m = re.search(r"prefix (uf[0-9a-f]{6})", out)
+    assert m, out
+    return m.group(1)
+
+
+def namespaces(prefix: str) -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout or ""
+    return [l.split()[0] for l in out.splitlines() if l.strip() and l.split()[0].startswith(prefix + "-")]
+
+
+def assert_nothing_left(state_dir, prefix: str) -> None:
+    assert namespaces(prefix) == []
+    assert not (state_dir / f"{prefix}.json").exists()
+    assert not (state_dir / prefix).exists()
+
+
+def _need(backend: str) -> None:
+    avail = backend_available(backend)
+    if avail is not True:
+        pytest.skip(str(avail))
+
+
+@pytest.mark.parametrize("backend", DATA_PATH_BACKENDS)
+def test_lab_short_pings_across_hosts_and_leaves_nothing(tmp_path, backend):
+    _need(backend)
+    p = run_lab(tmp_path, "--short", "--backend", backend)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    prefix = prefix_of(out)
+    assert "ping crossed the overlay: OK" in out
+    assert re.search(r"\d+ bytes from 10\.\d+\.\d+\.\d+", out), out
+    assert "/coreos.com/network/subnets/" in out and "FLANNEL_SUBNET=" in out
+    assert_nothing_left(tmp_path, prefix)
+
+
+def test_lab_alloc_three_hosts_leases_one_subnet_each(tmp_path):
+    p = run_lab(tmp_path, "--short", "--backend", "alloc", "--hosts", "3")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    subnets = set(re.findall(r"^FLANNEL_SUBNET=(\S+)$", out, re.M))
+    assert len(subnets) == 3, out
+    assert out.count('"PublicIP":"192.0.2.1') >= 3
+    assert_nothing_left(tmp_path, prefix_of(out))
+
+
+def test_lab_keep_then_down(tmp_path):
+    backend = next((b for b in DATA_PATH_BACKENDS if backend_available(b) is True), "alloc")
+    p = run_lab(tmp_path, "--short", "--keep", "--backend", backend)
+    out = p.stdout + p.stderr
+    prefix = prefix_of(out)
+    try:
+        assert p.returncode == 0, out
+        assert f"udpflannel lab --down {prefix}" in out
+        assert len(namespaces(prefix)) == 5  # switch, 2 hosts, 2 containers
+        state = json.loads((tmp_path / f"{prefix}.json").read_text())
+        assert state["keep"] is True
+        listed = run_lab(tmp_path, "--list")
+        assert prefix in listed.stdout and "kept" in listed.stdout
+        if backend != "alloc":  # still carrying traffic after the lab command returned
+            c1, c2 = state["containers"]["h1c1"], state["containers"]["h2c1"]
+            ping = sh("ip", "netns", "exec", c1["ns"], "ping", "-c", "1", "-W", "5", c2["ip"], check=False)
+            assert ping.returncode == 0, ping.stdout
+    finally:
+        down = run_lab(tmp_path, "--down", prefix)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_nothing_left(tmp_path, prefix)
+
+
+def test_crashed_run_is_cleaned_up_by_down_all(tmp_path):
+    """A run that died (state file, dead pid, namespaces still there) is reaped."""
+    prefix = new_prefix()
+    sh("ip", "netns", "add", f"{prefix}-h1")
+    try:
+        (tmp_path / prefix).mkdir()
+        state = {"prefix": prefix, "pid": 999_999_999, "keep": False, "workdir": str(tmp_path / prefix)}
+        (tmp_path / f"{prefix}.json").write_text(json.dumps(state))
+        assert "crashed" in run_lab(tmp_path, "--list").stdout
+        p = run_lab(tmp_path, "--down-all")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert_nothing_left(tmp_path, prefix)
+    finally:
+        sh("ip", "netns", "delete", f"{prefix}-h1", check=False)
+
+
+def test_down_refuses_a_broad_prefix(tmp_path):
+    p = run_lab(tmp_path, "--down", "uf")
+    assert p.returncode != 0
+    assert "not a lab prefix" in p.stdout + p.stderr

@@ -114,10 +114,22 @@ def test_host_joining_later_is_reachable_and_deleted_lease_stops_routing(udp_lab
     before = metric(h1, "dp_icmp_unreachable_sent")
     r = c1.run("ping", "-c", "2", "-W", "1", str(c3.ip), check=False)
     assert r.returncode != 0
-    # a non-ICMP packet to a subnet with no lease gets an ICMP net-unreachable back
-    udp_probe = f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('{c3.ip}', 9))"
-    c1.run("python3", "-c", udp_probe)
-    wait_for(lambda: metric(h1, "dp_icmp_unreachable_sent") > before, 10, what="an ICMP unreachable")
+    # a non-ICMP packet to a subnet with no lease gets an ICMP net-unreachable back, which
+    # the container's connected socket sees as ENETUNREACH
+    udp_probe = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+        s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR: net-unreachable is a soft error
+        s.connect(('{c3.ip}', 9)); s.send(b'x')
+        try:
+            s.recv(100); print('no error')
+        except OSError as e:
+            print(e.errno)
+    """)
+    import errno
+
+    assert c1.run("python3", "-c", udp_probe).stdout.strip() == str(errno.ENETUNREACH)
+    assert metric(h1, "dp_icmp_unreachable_sent") > before
 
 
 SEND = """

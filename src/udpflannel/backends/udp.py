@@ -80,7 +80,9 @@ class UdpBackend(Backend):
             bind=(self.iface.iface_addr, self.port),
             table=self._table,
             network=self.config.network,
-            icmp_source=lease.subnet.network_address,
+            # not flannel0's own address: the kernel drops ICMP from a local address as a
+            # martian, so containers would never see the unreachable (flanneld's bug)
+            icmp_source=self.config.network.network_address,
             mtu=self.mtu(),
             features=self._features,
         )

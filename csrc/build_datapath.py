@@ -1,0 +1,64 @@
+"""cffi build of the C data path (out-of-line API mode) -> udpflannel.datapath._core.
+
+setup.py wires this in with ``cffi_modules=["csrc/build_datapath.py:ffibuilder"]``;
+``python csrc/build_datapath.py`` builds the extension in place under src/.
+
+The cdef is the text between the ``/* cffi:begin */`` and ``/* cffi:end */``
+markers of each header, so declarations live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Order matters: a header's declarations may use types from earlier ones.
+HEADERS = ["common.h", "lookup.h", "packet.h", "offload.h", "features.h", "loop.h"]
+SOURCES = ["lookup.c", "packet.c", "offload.c", "features.c", "loop.c"]
+_REGION = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
+
+
+def _cdef_text() -> str:
+    parts = []
+    for name in HEADERS:
+        text = (HERE / name).read_text()
+        found = _REGION.findall(text)
+        if not found:
+            raise RuntimeError(f"csrc/{name}: no cffi region")
+        parts.extend(found)
+    return "\n".join(parts)
+
+
+def make_ffibuilder(prefix: str = "csrc") -> FFI:
+    """The builder; source paths start with prefix (relative to the repo root for setuptools)."""
+    ffi = FFI()
+    ffi.cdef(_cdef_text())
+    ffi.set_source(
+        "udpflannel.datapath._core",
+        "".join(f'#include "{h}"\n' for h in HEADERS),
+        sources=[f"{prefix}/{s}" for s in SOURCES],
+        # -iquote, not -I: csrc/features.h must not shadow glibc's <features.h>
+        depends=[f"{prefix}/{h}" for h in HEADERS],
+        extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
+        extra_link_args=["-pthread"],
+    )
+    return ffi
+
+
+ffibuilder = make_ffibuilder()
+
+if __name__ == "__main__":
+    # In-place build: cffi compiles inside tmpdir (so it gets absolute paths);
+    # objects stay under build/, only the extension is copied next to the package.
+    import shutil
+
+    tmp = ROOT / "build" / "cffi"
+    built = Path(make_ffibuilder(str(HERE)).compile(tmpdir=str(tmp), verbose="-v" in sys.argv))
+    dest = ROOT / "src" / "udpflannel" / "datapath" / built.name
+    shutil.copy2(built, dest)
+    print(dest)

@@ -1,0 +1,59 @@
+/* common.h - status codes and counter indices shared by every part of the data path.
+ *
+ * Declaration-only. The region between the cffi markers is fed verbatim to
+ * cffi's cdef() by csrc/build_datapath.py, so it may only hold plain
+ * declarations (no macros with expressions, no inline functions).
+ *
+ * Conventions used by every C entry point:
+ *   - functions that can fail return 0 on success or a negative errno
+ *     (-EINVAL, -ENOSPC, ...); they never exit the process and keep no
+ *     global state, so any number of tables and data paths can coexist;
+ *   - pure per-packet checks return UF_PASS (0) or the counter index of the
+ *     drop reason (one of UF_C_DROP_*), which the loop adds to its counters.
+ *   - IPv4 addresses crossing the API are uint32_t in host byte order
+ *     (what Python's int(IPv4Address) gives); inside packets they are in
+ *     network byte order.
+ */
+#ifndef UF_COMMON_H
+#define UF_COMMON_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* cffi:begin */
+enum uf_verdict {
+    UF_PASS = 0
+};
+
+/* Counter indices. Each worker thread owns one array of UF_C__COUNT
+ * counters and works in one direction (tx: TUN->UDP, rx: UDP->TUN); the
+ * Python wrapper exposes them as "tx_<name>" / "rx_<name>" and sums the
+ * drop and icmp counters of both directions under "<name>". */
+enum uf_counter {
+    UF_C_PACKETS = 0,          /* inner packets forwarded */
+    UF_C_BYTES,                /* inner bytes forwarded */
+    UF_C_BATCHES,              /* sendmmsg / recvmmsg calls that moved data */
+    UF_C_SUPER_PACKETS,        /* tx: TSO super-packets read; rx: GRO super-packets written */
+    UF_C_DROP_SHORT,           /* under 20 bytes, or shorter than its IPv4 total length */
+    UF_C_DROP_NOT_IPV4,        /* IP version is not 4 */
+    UF_C_DROP_BAD_HEADER,      /* IHL < 5, header longer than the packet, total length < IHL */
+    UF_C_DROP_TTL,             /* TTL would reach 0 */
+    UF_C_DROP_NO_ROUTE,        /* tx: destination inside the network, no lease */
+    UF_C_DROP_OUTSIDE_NETWORK, /* destination outside the network (rx: a peer asking us to relay) */
+    UF_C_DROP_UNKNOWN_PEER,    /* rx: outer source is no lease's PublicIP */
+    UF_C_DROP_SPOOFED_SOURCE,  /* rx: known peer, inner source outside that peer's subnet */
+    UF_C_DROP_OVERSIZE,        /* larger than the MTU (rx: MSG_TRUNC or length) */
+    UF_C_DROP_BAD_GSO,         /* tx: a super-packet we cannot segment */
+    UF_C_DROP_IO,              /* send / TUN write failed */
+    UF_C_ICMP_UNREACHABLE_SENT,/* tx: ICMP net-unreachable written back to the TUN */
+    UF_C_ICMP_RATELIMITED,     /* tx: ICMP suppressed by the rate limit */
+    UF_C_IO_ERRORS,            /* failed reads (recvmmsg / TUN read) that were retried */
+    UF_C_GSO_FALLBACKS,        /* tx: UDP_SEGMENT refused by the kernel, sent singly since */
+    UF_C__COUNT
+};
+
+/* Name of counter idx ("packets", "drop_short", ...), or NULL when out of range. */
+const char *uf_counter_name(int idx);
+/* cffi:end */
+
+#endif

@@ -1,0 +1,110 @@
+/* offload.h - pure super-packet logic for TUN offloads (virtio-net header).
+ *
+ * TX (TUN -> UDP): with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4)
+ * the kernel hands us TCP super-packets of up to 64 KiB with a virtio-net
+ * header. uf_tso4_split cuts one into MSS-sized IPv4/TCP packets with correct
+ * lengths, IDs, sequence numbers, flags and both checksums, laid out back to
+ * back (all but the last the same size, which is what UDP_SEGMENT wants).
+ * uf_vnet_finish_csum completes a CHECKSUM_PARTIAL packet that is not GSO.
+ *
+ * RX (UDP -> TUN): uf_gro_* coalesces consecutive in-order segments of one
+ * TCP flow into a single super-packet with a GSO_TCPV4 virtio-net header, so
+ * one TUN write delivers many segments (the receiving kernel segments or
+ * consumes it whole). Each segment's TCP checksum is verified before it may
+ * join, because the written super-packet carries CHECKSUM_PARTIAL.
+ *
+ * No file descriptors, no allocation: buffers belong to the caller.
+ */
+#ifndef UF_OFFLOAD_H
+#define UF_OFFLOAD_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "common.h"
+
+/* cffi:begin */
+#define UF_VNET_HDR_LEN 10
+#define UF_VNET_F_NEEDS_CSUM 1
+#define UF_VNET_GSO_NONE 0
+#define UF_VNET_GSO_TCPV4 1
+#define UF_VNET_GSO_ECN 128
+#define UF_GSO_MAX_SEGS 64
+#define UF_GRO_MAX_LEN 65535
+
+/* struct virtio_net_hdr (legacy, native byte order), decoded. */
+typedef struct uf_vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+} uf_vnet_hdr;
+
+void uf_vnet_decode(const uint8_t *raw, uf_vnet_hdr *h);
+void uf_vnet_encode(const uf_vnet_hdr *h, uint8_t *raw);
+
+/* Complete the checksum of a non-GSO packet flagged NEEDS_CSUM: sum from
+ * csum_start to the end and store it at csum_start + csum_offset.
+ * UF_PASS or UF_C_DROP_BAD_GSO when the offsets do not fit. */
+int uf_vnet_finish_csum(const uf_vnet_hdr *h, uint8_t *pkt, size_t len);
+
+/* One segment of a split super-packet: its IP+TCP headers live in a header
+ * arena, its payload stays where it is in the super-packet (zero copy). */
+typedef struct uf_seg {
+    uint32_t hdr_off;   /* offset of the segment's headers in the arena */
+    uint32_t pay_off;   /* offset of its payload in the super-packet */
+    uint16_t hdr_len;   /* IP + TCP header bytes */
+    uint16_t pay_len;   /* payload bytes (<= gso_size) */
+} uf_seg;
+
+/* Segment an IPv4/TCP super-packet (gso_type TCPV4) into packets of at most
+ * gso_size payload bytes: each segment's headers (lengths, IP ID + i, IP
+ * checksum, sequence number, FIN/PSH only on the last and CWR only on the
+ * first, full TCP checksum over header and payload) are written to hdrs
+ * back to back; segs[i] says where its headers and payload are. Returns the
+ * number of segments (>= 1), -UF_C_DROP_BAD_GSO (malformed, not TCPv4, not
+ * a plain TCPV4 GSO type) or -ENOSPC (hdrs or segs too small). */
+int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
+
+/* The same, copying: segments written back to back into out (all but the
+ * last the same size, what UDP_SEGMENT wants), their lengths in seglens. */
+int uf_tso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                  uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs);
+
+/* Coalescing state for one super-packet: the first segment (whose headers
+ * become the super-packet's, patched in place by uf_gro_finish) and the
+ * payloads of the segments appended to it, all left in the caller's buffers
+ * (written with one writev, no copy). */
+typedef struct uf_gro {
+    uint8_t *head;                 /* first segment, NULL when empty */
+    size_t head_len;
+    const uint8_t *pay[64];        /* UF_GSO_MAX_SEGS payloads of segments 2.. */
+    uint16_t pay_len[64];
+    size_t len;                    /* total length of the super-packet */
+    uint16_t gso_size;             /* payload size of the first segment */
+    uint16_t segs;                 /* segments coalesced */
+    uint16_t hdrlen;               /* IP + TCP header bytes */
+    uint8_t closed;                /* a short segment or PSH ended it */
+    uint32_t next_seq;             /* sequence number the next segment must have */
+} uf_gro;
+
+/* 1 if pkt (already checked) is a TCP/IPv4 segment that may take part in
+ * coalescing: no IP options, not a fragment, only ACK (and PSH) set,
+ * non-empty payload, valid TCP checksum. */
+int uf_gro_eligible(const uint8_t *pkt, size_t len);
+/* Start a new super-packet with an eligible pkt (kept by reference). */
+void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
+/* Append an eligible pkt if it continues g's flow in order: 1 appended, 0 not. */
+int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len);
+/* Finish g: when more than one segment was coalesced, patch the head's IP
+ * length and checksum, put the pseudo-header sum in the TCP checksum field
+ * and fill *h for a GSO_TCPV4 write; otherwise the head is untouched and *h
+ * is all zero. Returns the super-packet's length. */
+size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h);
+/* Gather a finished g into out (for tests); bytes written or -ENOSPC. */
+int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap);
+/* cffi:end */
+
+#endif

@@ -1,0 +1,285 @@
+/* packet.c - pure per-packet logic (see packet.h). */
+#include "packet.h"
+
+#include <errno.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#define ADDC(c, a, w) ((c) = _addcarry_u64((c), (a), (w), &(a)))
+#else
+static inline unsigned char addc_generic(unsigned char c, unsigned long long *a, unsigned long long w)
+{
+    unsigned long long s = *a + w, s2 = s + c;
+    unsigned char out = (unsigned char)((s < w) | (s2 < s));
+    *a = s2;
+    return out;
+}
+#define ADDC(c, a, w) ((c) = addc_generic((c), &(a), (w)))
+#endif
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* One's-complement sum of a buffer. The sum is byte-order independent up to
+ * a final swap (RFC 1071), so we add native 64-bit words with end-around
+ * carry (an adc chain: _addcarry_u64), fold to 16 bits in native order and
+ * convert that to the big-endian value once. */
+static uint64_t csum_adc(const uint8_t *p, size_t len)
+{
+    unsigned long long acc = 0, w0, w1, w2, w3;
+    unsigned char c = 0;
+    while (len >= 64) {
+        memcpy(&w0, p, 8);
+        memcpy(&w1, p + 8, 8);
+        memcpy(&w2, p + 16, 8);
+        memcpy(&w3, p + 24, 8);
+        ADDC(c, acc, w0);
+        ADDC(c, acc, w1);
+        ADDC(c, acc, w2);
+        ADDC(c, acc, w3);
+        memcpy(&w0, p + 32, 8);
+        memcpy(&w1, p + 40, 8);
+        memcpy(&w2, p + 48, 8);
+        memcpy(&w3, p + 56, 8);
+        ADDC(c, acc, w0);
+        ADDC(c, acc, w1);
+        ADDC(c, acc, w2);
+        ADDC(c, acc, w3);
+        p += 64;
+        len -= 64;
+    }
+    while (len >= 8) {
+        memcpy(&w0, p, 8);
+        ADDC(c, acc, w0);
+        p += 8;
+        len -= 8;
+    }
+    ADDC(c, acc, 0);  /* end-around carry */
+    acc += c;                            /* cannot carry again */
+    if (len) {
+        uint8_t tail[8] = { 0 };
+        memcpy(tail, p, len);
+        memcpy(&w0, tail, 8);
+        c = 0;
+        ADDC(c, acc, w0);
+        acc += c;
+    }
+    return acc;
+}
+
+#if defined(__x86_64__)
+/* AVX2: add native 32-bit words into 64-bit lanes (no carries to track: a
+ * lane can absorb 2^32 words); the result is congruent to the adc sum. */
+__attribute__((target("avx2"))) static uint64_t csum_avx2(const uint8_t *p, size_t len)
+{
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    __m256i a2 = _mm256_setzero_si256(), a3 = _mm256_setzero_si256();
+    const __m256i z = _mm256_setzero_si256();
+    while (len >= 64) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)p);
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+        a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(v0, z));
+        a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(v0, z));
+        a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(v1, z));
+        a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(v1, z));
+        p += 64;
+        len -= 64;
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t l[4];
+    _mm256_storeu_si256((__m256i *)l, a0);
+    /* each lane < 2^48 for any realistic len, so this sum cannot overflow */
+    uint64_t s = l[0] + l[1] + l[2] + l[3];
+    uint64_t t = csum_adc(p, len);
+    s += t;
+    s += s < t;
+    return s;
+}
+#endif
+
+uint32_t uf_csum_add(const void *buf, size_t len, uint32_t sum)
+{
+    uint64_t acc;
+#if defined(__x86_64__)
+    if (len >= 256 && __builtin_cpu_supports("avx2"))
+        acc = csum_avx2(buf, len);
+    else
+#endif
+        acc = csum_adc(buf, len);
+    /* fold 64 -> 16 in native order, then take the big-endian value */
+    uint64_t f = (acc & 0xffffffffu) + (acc >> 32);
+    f = (f & 0xffffffffu) + (f >> 32);
+    f = (f & 0xffffu) + (f >> 16);
+    f = (f & 0xffffu) + (f >> 16);
+    uint16_t native = (uint16_t)f;
+    uint8_t b[2];
+    memcpy(b, &native, 2);
+    uint32_t be = ((uint32_t)b[0] << 8) | b[1];
+    uint64_t total = (uint64_t)sum + be;
+    total = (total & 0xffffffffu) + (total >> 32);
+    return (uint32_t)total;
+}
+
+uint16_t uf_csum_fold(uint32_t sum)
+{
+    sum = (sum & 0xffffu) + (sum >> 16);
+    sum = (sum & 0xffffu) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+uint16_t uf_checksum(const void *buf, size_t len)
+{
+    return (uint16_t)~uf_csum_fold(uf_csum_add(buf, len, 0));
+}
+
+int uf_pkt_check(const uint8_t *pkt, size_t len)
+{
+    if (len < UF_IPV4_MIN_HEADER)
+        return UF_C_DROP_SHORT;
+    if ((pkt[0] >> 4) != 4)
+        return UF_C_DROP_NOT_IPV4;
+    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
+    size_t tot = rd16(pkt + 2);
+    if (ihl < UF_IPV4_MIN_HEADER || ihl > len || tot < ihl)
+        return UF_C_DROP_BAD_HEADER;
+    if (tot > len)
+        return UF_C_DROP_SHORT;
+    return UF_PASS;
+}
+
+int uf_pkt_dec_ttl(uint8_t *pkt, size_t len)
+{
+    (void)len;
+    if (pkt[8] <= 1)
+        return UF_C_DROP_TTL;
+    pkt[8]--;
+    /* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); the TTL is the high byte of
+     * the 16-bit word at offset 8, so m - m' = 0x0100. */
+    uint32_t hc = rd16(pkt + 10);
+    uint32_t sum = (~hc & 0xffffu) + 0xfeffu; /* ~0x0100 == 0xfeff */
+    wr16(pkt + 10, (uint16_t)~uf_csum_fold(sum));
+    return UF_PASS;
+}
+
+int uf_icmp_eligible(const uint8_t *pkt, size_t len)
+{
+    if (len < UF_IPV4_MIN_HEADER)
+        return 0;
+    if (pkt[9] == 1 /* ICMP */)
+        return 0;
+    if (rd16(pkt + 6) & 0x1fffu)  /* fragment offset != 0 */
+        return 0;
+    uint32_t src = rd32(pkt + 12);
+    if (src == 0 || src == 0xffffffffu || (src >> 28) == 0xe)
+        return 0;
+    return 1;
+}
+
+int uf_icmp_net_unreachable(const uint8_t *pkt, size_t len, uint32_t src,
+                            uint8_t *out, size_t outcap)
+{
+    if (uf_pkt_check(pkt, len) != UF_PASS || !uf_icmp_eligible(pkt, len))
+        return -EINVAL;
+    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
+    size_t tot = rd16(pkt + 2);
+    size_t quote = ihl + 8u;
+    if (quote > tot)
+        quote = tot;
+    size_t total = 20u + 8u + quote;
+    if (outcap < total)
+        return -ENOSPC;
+    uint8_t *ip = out, *icmp = out + 20;
+    memset(out, 0, 28);
+    ip[0] = 0x45;
+    ip[1] = 0xc0;                /* IPTOS_PREC_INTERNETCONTROL, as Linux sends */
+    wr16(ip + 2, (uint16_t)total);
+    ip[8] = 64;
+    ip[9] = 1;
+    wr32(ip + 12, src);
+    memcpy(ip + 16, pkt + 12, 4);  /* back to the sender */
+    wr16(ip + 10, uf_checksum(ip, 20));
+    icmp[0] = 3;                 /* destination unreachable */
+    icmp[1] = 0;                 /* net unreachable */
+    memcpy(icmp + 8, pkt, quote);
+    wr16(icmp + 2, uf_checksum(icmp, 8u + quote));
+    return (int)total;
+}
+
+static inline uint32_t plen_mask(int plen)
+{
+    return plen <= 0 ? 0u : 0xffffffffu << (32 - plen);
+}
+
+int uf_tx_route(const uf_table *t, uint32_t network, int plen,
+                const uint8_t *pkt, size_t len, uint32_t *peer)
+{
+    (void)len;
+    uint32_t dst = rd32(pkt + 16);
+    if ((dst & plen_mask(plen)) != network)
+        return UF_C_DROP_OUTSIDE_NETWORK;
+    if (!uf_table_lookup(t, dst, peer, NULL))
+        return UF_C_DROP_NO_ROUTE;
+    return UF_PASS;
+}
+
+int uf_dst_in_network(const uint8_t *pkt, uint32_t network, int plen)
+{
+    return (rd32(pkt + 16) & plen_mask(plen)) == network;
+}
+
+int uf_rx_accept(const uf_table *t, uint32_t outer_src, const uint8_t *pkt, size_t len)
+{
+    (void)len;
+    uint32_t peer;
+    if (uf_table_lookup(t, rd32(pkt + 12), &peer, NULL) && peer == outer_src)
+        return UF_PASS;
+    return uf_table_peer_known(t, outer_src) ? UF_C_DROP_SPOOFED_SOURCE : UF_C_DROP_UNKNOWN_PEER;
+}
+
+size_t uf_rx_check_batch(const uf_table *t, uint32_t outer_src, uint8_t *const *pkts,
+                         const size_t *lens, size_t n, int *verdicts)
+{
+    size_t passed = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = uf_pkt_check(pkts[i], lens[i]);
+        if (!v)
+            v = uf_rx_accept(t, outer_src, pkts[i], lens[i]);
+        if (!v)
+            v = uf_pkt_dec_ttl(pkts[i], lens[i]);
+        verdicts[i] = v;
+        passed += v == UF_PASS;
+    }
+    return passed;
+}
+
+void uf_ratelimit_init(uf_ratelimit *rl, uint32_t per_sec, uint32_t burst, uint64_t now_ns)
+{
+    if (per_sec == 0)
+        per_sec = 1;
+    rl->cost_ns = 1000000000ull / per_sec;
+    rl->cap_ns = rl->cost_ns * (burst ? burst : 1);
+    rl->credit_ns = rl->cap_ns;
+    rl->last_ns = now_ns;
+}
+
+int uf_ratelimit_allow(uf_ratelimit *rl, uint64_t now_ns)
+{
+    if (now_ns > rl->last_ns) {
+        uint64_t c = rl->credit_ns + (now_ns - rl->last_ns);
+        rl->credit_ns = c > rl->cap_ns ? rl->cap_ns : c;
+        rl->last_ns = now_ns;
+    }
+    if (rl->credit_ns < rl->cost_ns)
+        return 0;
+    rl->credit_ns -= rl->cost_ns;
+    return 1;
+}

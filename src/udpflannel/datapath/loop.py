@@ -1,0 +1,157 @@
+"""DataPath: the C worker threads moving packets between a TUN device and UDP (csrc/loop.h)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.errors import DataPathError, check
+from udpflannel.datapath.features import Features, probe_features
+from udpflannel.datapath.table import LeaseTable
+from udpflannel.datapath.tun import Tun
+
+log = logging.getLogger("udpflannel.datapath")
+
+#: counter names as the C core spells them ("packets", "drop_short", ...)
+COUNTER_NAMES: tuple[str, ...] = tuple(
+    ffi.string(lib.uf_counter_name(i)).decode() for i in range(lib.UF_C__COUNT)
+)
+_TOTALLED = tuple(n for n in COUNTER_NAMES if n.startswith(("drop_", "icmp_")))
+
+
+class DataPath:
+    """Forward between ``tun`` and a UDP socket bound to ``bind`` using ``table``.
+
+    ``features`` (default: probed now) decides the socket offloads: UDP_SEGMENT
+    sends when the TUN gives super-packets, UDP_GRO receives; with a vnet-header
+    TUN, received TCP segments are coalesced into GSO writes. Pass
+    ``Features.none()`` for the plain batched path.
+
+    Construction validates the arguments, creates and binds the sockets;
+    ``start()`` runs the worker threads (C pthreads, no GIL); ``stop()``
+    wakes them through an eventfd, joins them and closes the sockets.
+    """
+
+    def __init__(
+        self,
+        *,
+        tun: Tun,
+        bind: tuple[IPv4Address, int],
+        table: LeaseTable,
+        network: IPv4Network,
+        icmp_source: IPv4Address,
+        mtu: int,
+        features: Features | None = None,
+    ) -> None:
+        if not isinstance(tun, Tun) or tun.closed:
+            raise TypeError("tun must be an open Tun from open_tun()")
+        if not 1 <= len(tun.fds) <= lib.UF_TUN_MAX_QUEUES:
+            raise ValueError(f"tun must have 1..{lib.UF_TUN_MAX_QUEUES} queue fds")
+        if not isinstance(table, LeaseTable):
+            raise TypeError("table must be a LeaseTable")
+        addr, port = bind
+        addr = IPv4Address(addr)
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"bad port {port!r}")
+        network = IPv4Network(network)
+        icmp_source = IPv4Address(icmp_source)
+        if not isinstance(mtu, int) or not 68 <= mtu <= 65535 - 28:
+            raise ValueError(f"bad mtu {mtu!r}")
+        if features is None:
+            features = probe_features()
+
+        cfg = ffi.new("uf_dp_config *")
+        for i, fd in enumerate(tun.fds):
+            cfg.tun_fds[i] = fd
+        cfg.queues = len(tun.fds)
+        cfg.vnet_hdr = int(tun.vnet_hdr)
+        cfg.udp_segment = int(tun.vnet_hdr and features.udp_segment)
+        cfg.udp_gro = int(features.udp_gro)
+        cfg.gro_coalesce = int(tun.vnet_hdr)
+        cfg.bind_addr = int(addr)
+        cfg.port = port
+        cfg.network = int(network.network_address)
+        cfg.plen = network.prefixlen
+        cfg.icmp_source = int(icmp_source)
+        cfg.mtu = mtu
+        cfg.table = table.c_table
+        out = ffi.new("uf_dp **")
+        check(lib.uf_dp_new(cfg, out), f"DataPath(bind={addr}:{port})")
+        self._dp = out[0]
+        self._table = table  # the C side reads it: keep it alive
+        self._tun = tun
+        self._final: dict[str, int] | None = None
+        self.mode = {
+            "queues": cfg.queues,
+            "vnet_hdr": bool(cfg.vnet_hdr),
+            "udp_segment": bool(cfg.udp_segment),
+            "udp_gro": bool(cfg.udp_gro),
+            "gro_coalesce": bool(cfg.gro_coalesce),
+            "batch": lib.UF_BATCH,
+        }
+        log.info(
+            "data path %s <-> %s:%d network %s mtu %d: %s",
+            tun.name, addr, port, network, mtu,
+            " ".join(f"{k}={v}" for k, v in self.mode.items()),
+        )
+
+    def start(self) -> None:
+        if self._dp is None:
+            raise DataPathError(errno.ESHUTDOWN, "DataPath.start: already stopped")
+        check(lib.uf_dp_start(self._dp), "DataPath.start")
+
+    def stop(self) -> None:
+        """Stop the workers (prompt: eventfd), close the sockets. Idempotent."""
+        if self._dp is None:
+            return
+        lib.uf_dp_stop(self._dp)
+        self._final = self._read_counters()
+        err = lib.uf_dp_error(self._dp)
+        lib.uf_dp_free(self._dp)
+        self._dp = None
+        if err < 0:
+            log.warning("data path worker had failed: %s", DataPathError(-err, "worker"))
+
+    @property
+    def running(self) -> bool:
+        return self._dp is not None and bool(lib.uf_dp_running(self._dp))
+
+    def error(self) -> DataPathError | None:
+        """The first fatal worker error, if a worker thread died."""
+        if self._dp is None:
+            return None
+        rc = lib.uf_dp_error(self._dp)
+        return DataPathError(-rc, "data path worker") if rc < 0 else None
+
+    def _read_counters(self) -> dict[str, int]:
+        n = lib.UF_C__COUNT
+        buf = ffi.new("uint64_t[]", n)
+        result: dict[str, int] = {}
+        for prefix, direction in (("tx_", lib.UF_DIR_TX), ("rx_", lib.UF_DIR_RX)):
+            check(lib.uf_dp_counters(self._dp, direction, buf, n), "DataPath.counters")
+            for i, name in enumerate(COUNTER_NAMES):
+                result[prefix + name] = int(buf[i])
+        for name in _TOTALLED:
+            result[name] = result["tx_" + name] + result["rx_" + name]
+        return result
+
+    def counters(self) -> dict[str, int]:
+        """tx_* / rx_* per direction, plus drop_* and icmp_* summed over both."""
+        if self._dp is None:
+            return dict(self._final or {})
+        return self._read_counters()
+
+    def __enter__(self) -> "DataPath":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

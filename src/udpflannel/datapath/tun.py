@@ -1,0 +1,82 @@
+"""TUN device creation (IFF_TUN | IFF_NO_PI, plus the offloads the features allow)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+
+from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.errors import DataPathError, check
+from udpflannel.datapath.features import Features, probe_features
+
+log = logging.getLogger("udpflannel.datapath")
+
+
+@dataclass
+class Tun:
+    """An open TUN device: one fd per queue. Link configuration is the caller's job."""
+
+    name: str
+    fds: tuple[int, ...]
+    vnet_hdr: bool
+    _closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        """Close every queue fd (the kernel removes a non-persistent device). Idempotent.
+
+        Stop the DataPath using it first: a worker whose TUN disappears ends
+        with an error (DataPath.error()) instead of forwarding.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Tun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None = None) -> Tun:
+    """Create TUN `name` with `queues` queues.
+
+    With ``features.tun_offload`` the device gets IFF_VNET_HDR and
+    TUNSETOFFLOAD(CSUM|TSO4), so reads return TCP super-packets; if that
+    fails the device is opened without them (logged) and the plain path runs.
+    """
+    if not isinstance(name, str) or not name or len(name.encode()) >= lib.UF_IFNAMSIZ:
+        raise ValueError(f"bad interface name {name!r}")
+    if not isinstance(queues, int) or not 1 <= queues <= lib.UF_TUN_MAX_QUEUES:
+        raise ValueError(f"queues must be 1..{lib.UF_TUN_MAX_QUEUES}, got {queues!r}")
+    if features is None:
+        features = probe_features()
+    flags = 0
+    if queues > 1:
+        if not features.multi_queue:
+            raise DataPathError(errno.EOPNOTSUPP, f"open_tun({name}): multi-queue TUN")
+        flags |= lib.UF_TUN_MULTI_QUEUE
+    fds = ffi.new("int[]", queues)
+    kname = ffi.new("char[]", lib.UF_IFNAMSIZ)
+    if features.tun_offload:
+        rc = lib.uf_tun_open(name.encode(), queues, flags | lib.UF_TUN_VNET_HDR, fds, kname)
+        if rc == 0:
+            tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=True)
+            log.info("TUN %s: %d queue(s), vnet header with TSO4/CSUM offload", tun.name, queues)
+            return tun
+        log.warning("TUN %s: offload setup failed (%s), using the plain path", name, os.strerror(-rc))
+    check(lib.uf_tun_open(name.encode(), queues, flags, fds, kname), f"open_tun({name})")
+    tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=False)
+    log.info("TUN %s: %d queue(s), no offloads", tun.name, queues)
+    return tun

@@ -1,0 +1,750 @@
+"""The data path alone against the real kernel: two namespaces joined by a veth, a TUN in each.
+
+The first group of tests drives one DataPath in-process, inside a fresh
+namespace (a thread that setns()es into it), with a SOCK_SEQPACKET socketpair
+standing in for the TUN: the test writes inner packets where the kernel
+would and reads back what the data path writes to the "TUN".
+
+No etcd here: each namespace runs a small agent process (AGENT below) that
+opens the TUN, configures the link with `ip`, fills a LeaseTable and runs a
+DataPath; the test talks to it with JSON lines over stdin/stdout.
+
+Every namespace and link name carries a per-run prefix ``ufdp<6 hex>``; all
+of them are deleted in the fixture's teardown. Underlay: 198.18.0.0/24;
+overlay 10.5.0.0/16 (A = 10.5.1.0/24, B = 10.5.2.0/24).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+import udpflannel.datapath as _dp_pkg
+from udpflannel.datapath import DataPath, DataPathError, Features, LeaseTable, Tun
+
+pytestmark = pytest.mark.netns
+
+SRC_DIR = str(Path(_dp_pkg.__file__).resolve().parents[2])
+NETWORK = "10.5.0.0/16"
+PORT = 8285
+MTU = 1472
+
+# The agent: runs inside one namespace, owns one TUN + DataPath (or several,
+# see "extra"), obeys JSON commands on stdin, answers JSON lines on stdout.
+AGENT = textwrap.dedent(
+    r'''
+    import json, logging, subprocess, sys, time
+    from ipaddress import IPv4Address, IPv4Network
+    from udpflannel.datapath import DataPath, Features, LeaseTable, open_tun, probe_features
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    cfg = json.loads(sys.argv[1])
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True)
+
+    feat = {"offload": probe_features, "plain": Features.none,
+            "udp-gro": lambda: Features(udp_segment=True, udp_gro=True)}[cfg["mode"]]()
+    paths = []
+    for inst in cfg["instances"]:
+        table = LeaseTable()
+        for net, peer in inst["peers"].items():
+            table.set(IPv4Network(net), IPv4Address(peer))
+        tun = open_tun(inst["tun"], queues=cfg.get("queues", 1), features=feat)
+        subnet = IPv4Network(inst["subnet"])
+        ip("addr", "add", f"{subnet.network_address}/32", "dev", tun.name)
+        ip("link", "set", tun.name, "mtu", str(cfg["mtu"]), "up")
+        for route in inst["routes"]:
+            ip("route", "add", route, "dev", tun.name)
+        dp = DataPath(tun=tun, bind=(IPv4Address(inst["bind"]), inst["port"]), table=table,
+                      network=IPv4Network(cfg["network"]),
+                      icmp_source=IPv4Address(cfg["icmp_source"] or IPv4Network(cfg["network"]).network_address),
+                      mtu=cfg["mtu"], features=feat)
+        dp.start()
+        paths.append((table, tun, dp))
+    print(json.dumps({"ready": True, "modes": [p[2].mode for p in paths]}), flush=True)
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        table, tun, dp = paths[cmd.get("i", 0)]
+        op = cmd["op"]
+        if op == "set":
+            table.set(IPv4Network(cmd["net"]), IPv4Address(cmd["peer"]))
+            reply = {"ok": True}
+        elif op == "delete":
+            reply = {"ok": table.delete(IPv4Network(cmd["net"]))}
+        elif op == "counters":
+            reply = dp.counters()
+            err = dp.error()
+            reply["error"] = str(err) if err else None
+        elif op == "stop":
+            times = []
+            for _, t, d in paths:
+                t0 = time.monotonic()
+                d.stop()
+                times.append(time.monotonic() - t0)
+                d.stop()  # idempotent
+                t.close()
+            reply = {"stop_seconds": times, "counters": [d.counters() for _, _, d in paths]}
+            print(json.dumps(reply), flush=True)
+            break
+        else:
+            reply = {"error": f"unknown op {op}"}
+        print(json.dumps(reply), flush=True)
+    '''
+)
+
+# A TCP sink: accept one connection, hash everything until EOF.
+SINK = textwrap.dedent(
+    r'''
+    import hashlib, json, socket, sys
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1)
+    print("listening", flush=True)
+    conn, _ = srv.accept()
+    h = hashlib.sha256(); n = 0
+    while True:
+        b = conn.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); n += len(b)
+    print(json.dumps({"sha256": h.hexdigest(), "bytes": n}), flush=True)
+    '''
+)
+
+# A TCP source: send argv[3] bytes of seeded pseudo-random data, print its hash.
+SOURCE = textwrap.dedent(
+    r'''
+    import hashlib, json, random, socket, sys, time
+    total = int(sys.argv[3]); rnd = random.Random(1234); h = hashlib.sha256()
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+    t0 = time.monotonic(); sent = 0
+    while sent < total:
+        chunk = rnd.randbytes(min(1 << 20, total - sent))
+        s.sendall(chunk); h.update(chunk); sent += len(chunk)
+    s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+    print(json.dumps({"sha256": h.hexdigest(), "bytes": sent, "seconds": time.monotonic() - t0}))
+    '''
+)
+
+# Raw datagrams from a chosen outer source: argv = src_ip dst_ip dst_port hexpayload...
+SENDER = textwrap.dedent(
+    r'''
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 0))
+    for hx in sys.argv[4:]:
+        s.sendto(bytes.fromhex(hx), (sys.argv[2], int(sys.argv[3])))
+    '''
+)
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def nsenv() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def ns_python(ns: str, code: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+        env=nsenv(), text=True, **kw,
+    )
+
+
+@dataclass
+class Agent:
+    ns: str
+    proc: subprocess.Popen
+    modes: list = field(default_factory=list)
+
+    def call(self, **cmd) -> dict:
+        assert self.proc.poll() is None, "agent died"
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"agent in {self.ns} exited"
+        return json.loads(line)
+
+    def counters(self, i: int = 0) -> dict:
+        c = self.call(op="counters", i=i)
+        assert c.pop("error") is None
+        return c
+
+    def stop(self) -> dict:
+        if self.proc.poll() is not None:
+            return {}
+        reply = self.call(op="stop")
+        self.proc.wait(timeout=30)
+        return reply
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def start_agent(ns: str, mode: str, instances: list[dict], queues: int = 1,
+                icmp_source: str | None = None) -> Agent:
+    cfg = {"mode": mode, "network": NETWORK, "mtu": MTU, "instances": instances, "queues": queues,
+           "icmp_source": icmp_source}
+    proc = ns_python(ns, AGENT, json.dumps(cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout=30)
+        raise RuntimeError(f"agent in {ns} failed to start (rc={proc.returncode})")
+    hello = json.loads(line)
+    assert hello["ready"]
+    return Agent(ns, proc, hello["modes"])
+
+
+@dataclass
+class Pair:
+    """Two namespaces joined by a veth; optional agents for A and B."""
+
+    prefix: str
+    ns_a: str
+    ns_b: str
+    ip_a: str = "198.18.0.1"
+    ip_b: str = "198.18.0.2"
+    agents: list = field(default_factory=list)
+
+    def start(self, mode: str, queues: int = 1) -> tuple[Agent, Agent]:
+        a = start_agent(self.ns_a, mode, [{
+            "tun": f"{self.prefix}t", "subnet": "10.5.1.0/24", "bind": self.ip_a, "port": PORT,
+            "peers": {"10.5.2.0/24": self.ip_b}, "routes": [NETWORK]}], queues)
+        self.agents.append(a)
+        b = start_agent(self.ns_b, mode, [{
+            "tun": f"{self.prefix}t", "subnet": "10.5.2.0/24", "bind": self.ip_b, "port": PORT,
+            "peers": {"10.5.1.0/24": self.ip_a}, "routes": [NETWORK]}], queues)
+        self.agents.append(b)
+        return a, b
+
+
+def make_pair() -> Pair:
+    prefix = "ufdp" + secrets.token_hex(3)
+    p = Pair(prefix, prefix + "a", prefix + "b")
+    run("ip", "netns", "add", p.ns_a)
+    run("ip", "netns", "add", p.ns_b)
+    run("ip", "link", "add", prefix + "va", "netns", p.ns_a, "type", "veth",
+        "peer", "name", prefix + "vb", "netns", p.ns_b)
+    for ns, dev, addr in ((p.ns_a, prefix + "va", p.ip_a), (p.ns_b, prefix + "vb", p.ip_b)):
+        run("ip", "-n", ns, "addr", "add", addr + "/24", "dev", dev)
+        run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+    return p
+
+
+def destroy_pair(p: Pair) -> None:
+    for a in p.agents:
+        try:
+            a.stop()
+        except Exception:
+            pass
+        a.kill()
+    for ns in (p.ns_a, p.ns_b):
+        run("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def pair():
+    p = make_pair()
+    try:
+        yield p
+    finally:
+        destroy_pair(p)
+
+
+def ping(ns: str, dst: str, count: int = 3, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return run("ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i", "0.2",
+               "-W", "2", *extra, dst, check=False)
+
+
+def tcp_transfer(pair: Pair, nbytes: int, dst: str = "10.5.2.0", port: int = 5001) -> tuple[dict, dict]:
+    sink = ns_python(pair.ns_b, SINK, dst, str(port), stdout=subprocess.PIPE)
+    try:
+        assert sink.stdout.readline().strip() == "listening"
+        src = run("ip", "netns", "exec", pair.ns_a, sys.executable, "-c", SOURCE, dst, str(port),
+                  str(nbytes), env=nsenv(), timeout=240)
+        got = json.loads(sink.stdout.readline())
+        return json.loads(src.stdout), got
+    finally:
+        sink.kill()
+        sink.wait()
+
+
+# Send one UDP datagram to argv[1]:9 with IP_RECVERR and print the error that comes back.
+UDP_PROBE = textwrap.dedent(
+    r'''
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+    s.settimeout(2)
+    s.connect((sys.argv[1], 9))
+    s.send(b"probe")
+    try:
+        s.recv(100)
+        print("no-error")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(e.strerror)
+    '''
+)
+
+
+def udp_probe(ns: str, dst: str) -> str:
+    """What a connected UDP socket sees after one datagram: an ICMP-driven error or timeout."""
+    return run("ip", "netns", "exec", ns, sys.executable, "-c", UDP_PROBE, dst).stdout.strip()
+
+
+# --- inner packets for the spoofing tests -------------------------------------------------
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def icmp_echo(src: str, dst: str, payload: bytes = b"x" * 32, ttl: int = 64) -> bytes:
+    icmp = bytearray(b"\x08\x00\x00\x00\x12\x34\x00\x01" + payload)
+    icmp[2:4] = _csum(bytes(icmp)).to_bytes(2, "big")
+    total = 20 + len(icmp)
+    hdr = bytearray(20)
+    hdr[0], hdr[2:4], hdr[8], hdr[9] = 0x45, total.to_bytes(2, "big"), ttl, 1
+    hdr[12:16] = bytes(int(x) for x in src.split("."))
+    hdr[16:20] = bytes(int(x) for x in dst.split("."))
+    hdr[10:12] = _csum(bytes(hdr)).to_bytes(2, "big")
+    return bytes(hdr) + bytes(icmp)
+
+
+def send_raw(ns: str, src: str, dst: str, payloads: list[bytes]) -> None:
+    run("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, src, dst, str(PORT),
+        *[p.hex() for p in payloads])
+
+
+# --- one DataPath in-process, a socketpair as its TUN ----------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def run_in_netns(ns: str, fn):
+    """Run fn() in a new thread that has joined namespace ns; return its result or raise."""
+    out: dict = {}
+
+    def body():
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            out["error"] = e
+
+    th = threading.Thread(target=body)
+    th.start()
+    th.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.fixture
+def lo_ns():
+    """A fresh namespace with only lo up (127.0.0.0/8)."""
+    ns = "ufdp" + secrets.token_hex(3) + "l"
+    run("ip", "netns", "add", ns)
+    try:
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        run("ip", "netns", "del", ns, check=False)
+
+
+class FakeTun:
+    """A SOCK_SEQPACKET pair: the data path gets one end as its TUN fd, the test keeps the other."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (ours, theirs):  # room for a few hundred packets in flight
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        ours.settimeout(5)
+        self.sock = ours
+        self.tun = Tun(name="fake", fds=(theirs.detach(),), vnet_hdr=False)
+
+    def write(self, pkt: bytes) -> None:
+        self.sock.send(pkt)
+
+    def read(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def close(self) -> None:
+        self.tun.close()
+        self.sock.close()
+
+
+def udp_inner(src: str, dst: str, payload: bytes = b"hello", ttl: int = 64) -> bytes:
+    udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, ttl, 17, 0,
+                                IPv4Address(src).packed, IPv4Address(dst).packed))
+    hdr[10:12] = _csum(bytes(hdr)).to_bytes(2, "big")
+    return bytes(hdr) + udp
+
+
+def loop_datapath(port: int, table: LeaseTable, fake: FakeTun) -> DataPath:
+    return DataPath(tun=fake.tun, bind=(IPv4Address("127.0.0.1"), port), table=table,
+                    network=IPv4Network(NETWORK), icmp_source=IPv4Address("10.5.0.0"), mtu=MTU,
+                    features=Features.none())
+
+
+def test_loopback_round_trip(lo_ns):
+    """TUN -> UDP -> (ourselves) -> TUN: the packet comes back with TTL - 2, valid checksum."""
+
+    def body():
+        table = LeaseTable()
+        table.set(IPv4Network("10.5.1.0/24"), IPv4Address("127.0.0.1"))
+        fake = FakeTun()
+        dp = loop_datapath(PORT, table, fake)
+        dp.start()
+        try:
+            pkt = udp_inner("10.5.1.2", "10.5.1.3")
+            fake.write(pkt)
+            back = fake.read()
+            assert back[8] == 62 and back[:8] == pkt[:8] and back[12:] == pkt[12:]
+            assert _csum(back[:20]) == 0
+            # a burst larger than a batch comes back complete and in order
+            burst = [udp_inner("10.5.1.2", "10.5.1.3", payload=i.to_bytes(4, "big") * 50) for i in range(300)]
+            for p in burst:
+                fake.write(p)
+            got = [fake.read() for _ in burst]
+            assert [g[28:] for g in got] == [p[28:] for p in burst]
+            # no lease for the destination: ICMP net unreachable back into the TUN
+            fake.write(udp_inner("10.5.1.2", "10.5.77.1"))
+            icmp = fake.read()
+            assert icmp[9] == 1 and icmp[20] == 3 and icmp[21] == 0
+            assert icmp[12:16] == IPv4Address("10.5.0.0").packed
+            assert icmp[16:20] == IPv4Address("10.5.1.2").packed
+            # outside the network, too short, not IPv4: dropped
+            fake.write(udp_inner("10.5.1.2", "192.168.1.1"))
+            fake.write(b"\x45" * 10)
+            fake.write(b"\x60" + pkt[1:])
+            fake.write(udp_inner("10.5.1.2", "10.5.1.3", ttl=1))
+            fake.write(pkt)  # a good one after them, to know they were processed
+            assert fake.read()[28:] == pkt[28:]
+            c = dp.counters()
+            assert c["tx_packets"] == c["rx_packets"] == 302
+            assert c["tx_drop_outside_network"] == 1 and c["tx_drop_short"] == 1
+            assert c["tx_drop_not_ipv4"] == 1 and c["tx_drop_ttl"] == 1
+            assert c["tx_drop_no_route"] == 1 and c["icmp_unreachable_sent"] == 1
+            assert c["tx_batches"] >= 1 and c["rx_batches"] >= 1
+        finally:
+            dp.stop()
+            fake.close()
+
+    run_in_netns(lo_ns, body)
+
+
+def test_loopback_receive_rules(lo_ns):
+    """Datagrams from the wrong sender, spoofed inner sources and oversize ones are counted."""
+
+    def body():
+        table = LeaseTable()
+        table.set(IPv4Network("10.5.1.0/24"), IPv4Address("127.0.0.1"))
+        fake = FakeTun()
+        dp = loop_datapath(PORT, table, fake)
+        dp.start()
+        try:
+            def send(src: str, payload: bytes) -> None:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((src, 0))
+                s.sendto(payload, ("127.0.0.1", PORT))
+                s.close()
+
+            send("127.0.0.2", udp_inner("10.5.1.2", "10.5.1.3"))            # unknown sender
+            send("127.0.0.1", udp_inner("10.5.9.2", "10.5.1.3"))            # spoofed inner source
+            send("127.0.0.1", udp_inner("10.5.1.2", "10.5.1.3", b"x" * 2000))  # oversize
+            send("127.0.0.1", udp_inner("10.5.1.2", "192.168.7.7"))         # relay attempt
+            send("127.0.0.1", udp_inner("10.5.1.2", "10.5.1.3", b"x" * (MTU - 28)))  # exactly MTU
+            assert len(fake.read()) == MTU
+            c = dp.counters()
+            assert c["rx_drop_unknown_peer"] == 1
+            assert c["rx_drop_spoofed_source"] == 1
+            assert c["rx_drop_oversize"] == 1
+            assert c["rx_drop_outside_network"] == 1
+            assert c["rx_packets"] == 1
+            assert c["drop_oversize"] == 1  # totals over both directions
+        finally:
+            dp.stop()
+            fake.close()
+
+    run_in_netns(lo_ns, body)
+
+
+def test_lifecycle_and_errors(lo_ns):
+    def body():
+        table = LeaseTable()
+        fake = FakeTun()
+        dp = loop_datapath(PORT, table, fake)
+        with pytest.raises(DataPathError) as e:
+            loop_datapath(PORT, table, fake)  # port taken
+        assert e.value.errno == errno.EADDRINUSE
+        with pytest.raises(ValueError):
+            DataPath(tun=fake.tun, bind=(IPv4Address("127.0.0.1"), PORT + 1), table=table,
+                     network=IPv4Network(NETWORK), icmp_source=IPv4Address("10.5.0.0"), mtu=20)
+        with pytest.raises(DataPathError) as e:
+            DataPath(tun=fake.tun, bind=(IPv4Address("192.0.2.99"), PORT), table=table,
+                     network=IPv4Network(NETWORK), icmp_source=IPv4Address("10.5.0.0"), mtu=MTU,
+                     features=Features.none())
+        assert e.value.errno == errno.EADDRNOTAVAIL
+        dp.start()
+        assert dp.running
+        with pytest.raises(DataPathError):
+            dp.start()
+        # a second data path in the same process runs independently
+        fake2 = FakeTun()
+        dp2 = loop_datapath(PORT + 3, table, fake2)
+        dp2.start()
+        t0 = time.monotonic()
+        dp.stop()
+        elapsed = time.monotonic() - t0
+        print(f"stop() took {elapsed * 1000:.2f} ms")
+        dp.stop()
+        assert not dp.running and dp2.running
+        assert dp.counters()["tx_packets"] == 0  # still readable after stop
+        with pytest.raises(DataPathError):
+            dp.start()
+        # its socket is closed: the port is free again
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", PORT))
+        s.close()
+        dp2.stop()
+        assert dp.error() is None and dp2.error() is None
+        fake.close()
+        fake2.close()
+
+    run_in_netns(lo_ns, body)
+
+
+def test_worker_error_is_reported(lo_ns):
+    """Closing the TUN under a running data path ends its tx worker with an error, not a crash."""
+
+    def body():
+        table = LeaseTable()
+        fake = FakeTun()
+        dp = loop_datapath(PORT, table, fake)
+        dp.start()
+        fake.close()
+        deadline = time.monotonic() + 10
+        while dp.error() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        err = dp.error()
+        dp.stop()
+        assert err is not None and err.errno in (errno.EBADF, errno.ENOTSOCK)
+
+    run_in_netns(lo_ns, body)
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+MODES = ["plain", "offload"]
+
+
+@pytest.mark.parametrize("mode", MODES + ["udp-gro"])
+def test_ping_and_tcp_transfer(pair, mode):
+    """udp-gro: UDP_GRO receives with a plain TUN (one write per inner packet)."""
+    a, b = pair.start(mode)
+    assert a.modes[0]["vnet_hdr"] == (mode == "offload")
+    assert a.modes[0]["udp_gro"] == (mode != "plain")
+    r = ping(pair.ns_a, "10.5.2.0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    nbytes = 48 << 20
+    sent, got = tcp_transfer(pair, nbytes)
+    assert got["bytes"] == sent["bytes"] == nbytes
+    assert got["sha256"] == sent["sha256"]
+    print(f"{mode}: {nbytes >> 20} MiB in {sent['seconds']:.2f}s "
+          f"({nbytes * 8 / sent['seconds'] / 1e9:.2f} Gbit/s, functional run, not a benchmark)")
+    ca, cb = a.counters(), b.counters()
+    print("A", {k: v for k, v in ca.items() if v})
+    print("B", {k: v for k, v in cb.items() if v})
+    assert ca["tx_bytes"] > nbytes and cb["rx_bytes"] > nbytes
+    assert ca["tx_packets"] >= nbytes // MTU
+    assert ca["drop_spoofed_source"] == cb["drop_spoofed_source"] == 0
+    assert cb["drop_unknown_peer"] == 0 and cb["drop_oversize"] == 0
+    if mode == "offload":
+        assert ca["tx_super_packets"] > 0  # the TUN handed us TSO super-packets
+    else:
+        assert ca["tx_super_packets"] == cb["rx_super_packets"] == 0
+
+
+def test_multi_queue_transfer(pair):
+    """Two TUN queues: two workers per direction, two SO_REUSEPORT sockets on one port."""
+    a, b = pair.start("offload", queues=2)
+    assert a.modes[0]["queues"] == 2
+    sent, got = tcp_transfer(pair, 16 << 20)
+    assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_table_updates_and_icmp(pair, mode):
+    a, b = pair.start(mode)
+    assert ping(pair.ns_a, "10.5.2.0").returncode == 0
+    # lease removed: A answers a UDP datagram with ICMP net unreachable from its own TUN
+    assert a.call(op="delete", net="10.5.2.0/24")["ok"]
+    assert udp_probe(pair.ns_a, "10.5.2.0") == "Network is unreachable"
+    assert udp_probe(pair.ns_a, "10.5.2.0") == "Network is unreachable"
+    c = a.counters()
+    assert c["tx_drop_no_route"] >= 2 and c["icmp_unreachable_sent"] == 2
+    # ... but never an ICMP message (as flanneld): ping just times out
+    r = ping(pair.ns_a, "10.5.2.0", count=1)
+    assert r.returncode != 0 and "Unreachable" not in r.stdout
+    assert a.counters()["icmp_unreachable_sent"] == 2
+    # lease back: traffic flows again at once
+    a.call(op="set", net="10.5.2.0/24", peer=pair.ip_b)
+    t0 = time.monotonic()
+    r = ping(pair.ns_a, "10.5.2.0", count=1)
+    print(f"first reply {1000 * (time.monotonic() - t0):.1f} ms after the table update")
+    assert r.returncode == 0, r.stdout
+    # a lease that points somewhere else is followed too (replace)
+    a.call(op="set", net="10.5.2.0/24", peer="198.18.0.77")
+    assert ping(pair.ns_a, "10.5.2.0", count=1).returncode != 0
+    a.call(op="set", net="10.5.2.0/24", peer=pair.ip_b)
+    assert ping(pair.ns_a, "10.5.2.0", count=1).returncode == 0
+    # destination outside the network: dropped and counted
+    run("ip", "-n", pair.ns_a, "route", "add", "10.99.0.0/16", "dev", f"{pair.prefix}t")
+    assert ping(pair.ns_a, "10.99.0.1", count=1).returncode != 0
+    assert a.counters()["tx_drop_outside_network"] >= 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_spoofed_datagrams_dropped_while_traffic_flows(pair, mode):
+    a, b = pair.start(mode)
+    n = 5
+    # a second address on A's veth, which is no lease's PublicIP
+    run("ip", "-n", pair.ns_a, "addr", "add", "198.18.0.99/24", "dev", f"{pair.prefix}va")
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", pair.ns_a, "ping", "-n", "-c", "20", "-i", "0.1", "10.5.2.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        good = icmp_echo("10.5.1.7", "10.5.2.0")
+        send_raw(pair.ns_a, "198.18.0.99", pair.ip_b, [good] * n)                      # wrong outer source
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [icmp_echo("10.5.9.9", "10.5.2.0")] * n)  # inner src not A's
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good[:12]] * n)                       # under 20 bytes
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good[:30]] * n)                       # truncated (tot_len)
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [b"\x60" + good[1:]] * n)               # not IPv4
+        big = icmp_echo("10.5.1.7", "10.5.2.0", payload=b"y" * 2000)
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [big] * n)                             # over the MTU
+        ttl1 = icmp_echo("10.5.1.7", "10.5.2.0", ttl=1)
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [ttl1] * n)                            # TTL runs out
+        out, _ = pinger.communicate(timeout=60)
+    finally:
+        pinger.kill()
+    assert pinger.returncode == 0, out
+    assert " 0% packet loss" in out, out
+    c = b.counters()
+    print({k: v for k, v in c.items() if v})
+    assert c["rx_drop_unknown_peer"] == n
+    assert c["rx_drop_spoofed_source"] == n
+    assert c["rx_drop_short"] == 2 * n
+    assert c["rx_drop_not_ipv4"] == n
+    assert c["rx_drop_oversize"] == n
+    assert c["rx_drop_ttl"] == n
+    assert c["rx_packets"] >= 20
+    # a good datagram from the right peer is accepted
+    before = b.counters()["rx_packets"]
+    send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good])
+    deadline = time.monotonic() + 10
+    while b.counters()["rx_packets"] == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.counters()["rx_packets"] == before + 1
+
+
+@pytest.mark.parametrize("icmp_source,seen", [
+    ("10.5.0.0", "Network is unreachable"),  # Network's address: never a host's, delivered
+    ("10.5.1.0", "timeout"),                 # the TUN's own address: dropped as a martian
+])
+def test_icmp_reaches_a_container_behind_the_host(pair, icmp_source, seen):
+    """A "container" namespace behind host A (10.5.1.5 via 10.5.1.1, as docker0) gets the
+    ICMP net-unreachable only if its source is none of A's own addresses."""
+    c, p = pair.prefix + "c", pair.prefix
+    run("ip", "netns", "add", c)
+    try:
+        run("ip", "link", "add", p + "da", "netns", pair.ns_a, "type", "veth", "peer", "name", p + "dc",
+            "netns", c)
+        run("ip", "-n", pair.ns_a, "addr", "add", "10.5.1.1/24", "dev", p + "da")
+        run("ip", "-n", pair.ns_a, "link", "set", p + "da", "up")
+        run("ip", "netns", "exec", pair.ns_a, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "-n", c, "addr", "add", "10.5.1.5/24", "dev", p + "dc")
+        run("ip", "-n", c, "link", "set", p + "dc", "up")
+        run("ip", "-n", c, "route", "add", "default", "via", "10.5.1.1")
+        agent = start_agent(pair.ns_a, "plain", [{
+            "tun": p + "t", "subnet": "10.5.1.0/24", "bind": pair.ip_a, "port": PORT, "peers": {},
+            "routes": [NETWORK]}], icmp_source=icmp_source)
+        pair.agents.append(agent)
+        assert udp_probe(c, "10.5.77.1") == seen
+        assert agent.counters()["icmp_unreachable_sent"] == 1
+    finally:
+        run("ip", "netns", "del", c, check=False)
+
+
+def test_stop_is_prompt_and_idempotent(pair):
+    a, b = pair.start("offload")
+    assert ping(pair.ns_a, "10.5.2.0", count=1).returncode == 0
+    # stop while a transfer is running on the other side
+    reply = a.stop()
+    print(f"stop() returned after {1000 * reply['stop_seconds'][0]:.2f} ms")
+    assert a.proc.returncode == 0
+    assert reply["counters"][0]["tx_packets"] >= 1
+    # the socket is closed: the port can be bound again in that namespace
+    r = run("ip", "netns", "exec", pair.ns_a, sys.executable, "-c",
+            f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('{pair.ip_a}', {PORT})); print('ok')")
+    assert r.stdout.strip() == "ok"
+
+
+def test_two_datapaths_in_one_process(pair):
+    """No globals in C: two DataPaths in one process each forward and count on their own."""
+    instances = [
+        {"tun": f"{pair.prefix}x{i}", "subnet": f"10.5.{10 + i}.0/24", "bind": pair.ip_a,
+         "port": PORT + i, "peers": {"10.5.2.0/24": pair.ip_b}, "routes": [f"10.5.{20 + i}.0/24"]}
+        for i in (0, 1)
+    ]
+    agent = start_agent(pair.ns_a, "offload", instances)
+    pair.agents.append(agent)
+    # each TUN routes a different unleased /24 -> each data path answers with its own ICMP
+    for _ in range(2):
+        assert udp_probe(pair.ns_a, "10.5.20.1") == "Network is unreachable"
+    for _ in range(3):
+        assert udp_probe(pair.ns_a, "10.5.21.1") == "Network is unreachable"
+    c0, c1 = agent.counters(0), agent.counters(1)
+    assert c0["icmp_unreachable_sent"] == 2
+    assert c1["icmp_unreachable_sent"] == 3
+    reply = agent.stop()
+    assert len(reply["stop_seconds"]) == 2

@@ -43,7 +43,7 @@ def make_ffibuilder(prefix: str = "csrc") -> FFI:
         "".join(f'#include "{h}"\n' for h in HEADERS),
         sources=[f"{prefix}/{s}" for s in SOURCES],
         # -iquote, not -I: csrc/features.h must not shadow glibc's <features.h>
-        depends=[f"{prefix}/{h}" for h in HEADERS],
+        depends=[f"{prefix}/{h}" for h in HEADERS + ["internal.h"]],
         extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
         extra_link_args=["-pthread"],
     )

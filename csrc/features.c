@@ -1,6 +1,7 @@
 /* features.c - kernel feature probes and TUN creation (see features.h). */
 #define _GNU_SOURCE
 #include "features.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,15 +13,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 #ifndef TUN_F_USO4
 #define TUN_F_USO4 0x20
 #endif

@@ -3,6 +3,7 @@
 #include "loop.h"
 #include "offload.h"
 #include "packet.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,15 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
 _Static_assert(UF_TUN_MAX_QUEUES == 16, "uf_dp_config.tun_fds size");
 

@@ -1,5 +1,6 @@
 /* packet.c - pure per-packet logic (see packet.h). */
 #include "packet.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <string.h>
@@ -18,16 +19,6 @@ static inline unsigned char addc_generic(unsigned char c, unsigned long long *a,
 #define ADDC(c, a, w) ((c) = addc_generic((c), &(a), (w)))
 #endif
 
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-static inline void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
-}
 
 /* One's-complement sum of a buffer. The sum is byte-order independent up to
  * a final swap (RFC 1071), so we add native 64-bit words with end-around

@@ -19,12 +19,15 @@ data path is up (for /readyz).
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import ClassVar, Literal, Mapping, Sequence
 
 from ..config import NetworkConfig
 from ..subnet import Lease, LeaseAttrs
+
+log = logging.getLogger("udpflannel.backends")
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,14 @@ class Backend(abc.ABC):
     def same_type(self, lease: Lease) -> bool:
         """Whether a peer lease belongs to this backend (flanneld ignores the others)."""
         return lease.attrs.backend_type.lower() == self.type
+
+    def own_type(self, events: Sequence[LeaseEvent]) -> list[LeaseEvent]:
+        """The events of this backend's type; the others are logged and ignored, as flanneld."""
+        keep = []
+        for ev in events:
+            if self.same_type(ev.lease):
+                keep.append(ev)
+            else:
+                log.info("%s: ignoring %s lease %s (type %r)", self.type, ev.kind, ev.lease.key,
+                         ev.lease.attrs.backend_type or "udp")  # fmt: skip
+        return keep

@@ -219,11 +219,8 @@ class HostGwBackend(Backend):
             # set_own() before the first listing) must not let us prune entries that a
             # previous run left for peers that are still alive.
             return
-        for ev in events:
+        for ev in self.own_type(events):
             lease = ev.lease
-            if not self.same_type(lease):
-                log.info("host-gw: ignoring %s lease %s (type %r)", ev.kind, lease.key, lease.attrs.backend_type)
-                continue
             if ev.kind == "removed":
                 self._peers.pop(lease.key, None)
                 continue

@@ -114,9 +114,9 @@ class UdpBackend(Backend):
             raise BackendError(f"configuring {self._tun.name}: {e}") from e
 
     async def handle(self, events: Sequence[LeaseEvent]) -> None:
-        for ev in events:
+        for ev in self.own_type(events):
             lease = ev.lease
-            if lease.subnet is None or not self.same_type(lease):
+            if lease.subnet is None:
                 continue
             if ev.kind == "added":
                 if lease.attrs.public_ip == self.iface.public_ip:

@@ -475,11 +475,8 @@ class VxlanBackend(Backend):
             # set_own() before the first listing) must not let us prune entries that a
             # previous run left for peers that are still alive.
             return
-        for ev in events:
+        for ev in self.own_type(events):
             lease = ev.lease
-            if not self.same_type(lease):
-                log.info("vxlan: ignoring %s lease %s (type %r)", ev.kind, lease.key, lease.attrs.backend_type)
-                continue
             if ev.kind == "removed":
                 if self._peers.pop(lease.key, None) is not None:
                     log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.public_ip)

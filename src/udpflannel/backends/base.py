@@ -93,5 +93,5 @@ class Backend(abc.ABC):
                 keep.append(ev)
             else:
                 log.info("%s: ignoring %s lease %s (type %r)", self.type, ev.kind, ev.lease.key,
-                         ev.lease.attrs.backend_type or "udp")  # fmt: skip
+                         ev.lease.attrs.backend_type)  # fmt: skip
         return keep

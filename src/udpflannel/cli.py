@@ -80,6 +80,8 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pyroute2").setLevel(logging.INFO)  # its debug output drowns ours
+    if bool(kw["etcd_username"]) != bool(kw["etcd_password"]):
+        raise click.UsageError("--etcd-username and --etcd-password go together")
     try:
         iface = choose(kw["iface"], kw["iface_regex"], kw["iface_can_reach"], kw["public_ip"])
     except (UdpFlannelError, ValueError) as e:

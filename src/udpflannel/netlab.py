@@ -91,12 +91,15 @@ class EtcdServer:
     ns: Optional[str] = None
     initial_cluster: str = ""
     cluster_token: str = ""  # one per cluster: members with different tokens never join
+    scheme: str = "http"  # "https" with TLS flags in extra_args
+    extra_args: Sequence[str] = ()  # more etcd flags (TLS, ...)
+    ctl_args: Sequence[str] = ()  # more etcdctl flags (--cacert, --user, ...)
     proc: Optional[subprocess.Popen] = None
     log_path: Optional[Path] = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.ip}:{self.client_port}"
+        return f"{self.scheme}://{self.ip}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -116,6 +119,7 @@ class EtcdServer:
             "--initial-cluster", cluster,
             "--initial-cluster-state", "new",
             "--initial-cluster-token", self.cluster_token or f"tok-{self.data_dir.name}",
+            *self.extra_args,
         ]  # fmt: skip
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns] + cmd
@@ -153,7 +157,7 @@ class EtcdServer:
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 15, endpoints: str = "") -> subprocess.CompletedProcess:
         """etcdctl (v3 API) against this member, run inside its namespace."""
-        cmd = ["etcdctl", f"--endpoints={endpoints or self.endpoint}", "--dial-timeout=3s", *args]
+        cmd = ["etcdctl", f"--endpoints={endpoints or self.endpoint}", "--dial-timeout=3s", *self.ctl_args, *args]
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns] + cmd
         env = dict(os.environ, ETCDCTL_API="3")

@@ -235,8 +235,18 @@ def test_flanneld_style_boolean_values(cap, flag, attr, expected):
     ],
 )  # fmt: skip
 def test_env_var_is_picked_up(cap, var, value, get, expected):
-    ok(env={var: value})
+    env = {var: value}
+    if var in ("FLANNELD_ETCD_USERNAME", "FLANNELD_ETCD_PASSWORD"):  # they go together
+        env = {"FLANNELD_ETCD_USERNAME": "alice", "FLANNELD_ETCD_PASSWORD": "pw", **env}
+    ok(env=env)
     assert get(cap.agent) == expected
+
+
+@pytest.mark.parametrize("args", [["--etcd-username", "alice"], ["--etcd-password", "pw"]])
+def test_username_and_password_go_together(cap, args):
+    res = invoke(args)
+    assert res.exit_code == 2 and "go together" in res.output
+    assert cap.run_calls == 0
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 import time
 from ipaddress import IPv4Interface, IPv4Network
 
-from udpflannel.netlab import read_subnet_file, wait_for
+from udpflannel.netlab import read_subnet_file, sh, wait_for
 
 from . import agents
 from .agents import PREFIX
@@ -124,6 +124,25 @@ def test_agent_keeps_lease_and_peers_across_etcd_restart(etcd_lab):
     # and removal still flows through the resumed watch
     etcd.delete(f"{PREFIX}/subnets/10.5.250.0-24")
     agents.wait_log(p1, "peer removed: 10.5.250.0/24")
+
+
+def test_watch_recovers_from_a_silent_partition(etcd_lab):
+    """etcd's link goes down (no RST, packets just vanish): keepalives break the watch, and
+    once the link is back a new peer is learned."""
+    lab = etcd_lab
+    put_config(lab)
+    h1 = lab.add_host()
+    p1 = agents.start(lab, h1)
+    agents.wait_subnet(lab, h1)
+    etcd_ns = lab.etcd[0].ns
+    sh("ip", "-n", etcd_ns, "link", "set", "eth1", "down")
+    try:
+        agents.wait_log(p1, "lease watch interrupted", timeout=60)
+    finally:
+        sh("ip", "-n", etcd_ns, "link", "set", "eth1", "up")
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.99","PublicIPv6":null,"BackendType":"alloc"}')
+    agents.wait_log(p1, "peer added: 10.5.250.0/24", timeout=60)
+    assert p1.poll() is None
 
 
 def test_deleted_own_lease_is_reacquired_with_the_same_subnet(etcd_lab):

@@ -132,8 +132,6 @@ class Agent:
                 else:
                     config = parse_config(raw)
                     backend_class(config.backend_option("Type") or config.backend_type)(self.iface, config)
-                    if not config.enable_ipv4:
-                        raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
                     log.info("network config: %s", raw.decode(errors="replace").strip())
                     return config
             except ConfigError as e:

@@ -25,6 +25,7 @@ from ipaddress import IPv4Address
 from typing import ClassVar, Literal, Mapping, Sequence
 
 from ..config import NetworkConfig
+from ..errors import ConfigError
 from ..subnet import Lease, LeaseAttrs
 
 log = logging.getLogger("udpflannel.backends")
@@ -51,6 +52,10 @@ class Backend(abc.ABC):
     type: ClassVar[str]
 
     def __init__(self, iface: ExternalInterface, config: NetworkConfig):
+        if config.v4 is None:
+            raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
+        if config.enable_ipv6:
+            log.warning("%s: EnableIPv6 is set; the IPv6 subnet is leased but only IPv4 is forwarded", self.type)
         self.iface = iface
         self.config = config
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError
 from ..subnet import Lease, LeaseAttrs
 from .base import Backend, LeaseEvent
 
@@ -181,10 +181,6 @@ class HostGwBackend(Backend):
 
     def __init__(self, iface, config):
         super().__init__(iface, config)
-        if config.v4 is None:
-            raise ConfigError("EnableIPv4", False, "the host-gw backend needs IPv4 (IPv6-only is not supported)")
-        if config.enable_ipv6:
-            log.warning("host-gw: EnableIPv6 is set but only IPv4 routes are programmed")
         # host-gw has no options; flanneld ignores unknown ones, so do we.
         self._nl = RouteNetlink()
         self._own: Optional[Lease] = None

@@ -375,10 +375,6 @@ class VxlanBackend(Backend):
 
     def __init__(self, iface, config):
         super().__init__(iface, config)
-        if config.v4 is None:
-            raise ConfigError("EnableIPv4", False, "the vxlan backend needs IPv4 (IPv6-only is not supported)")
-        if config.enable_ipv6:
-            log.warning("vxlan: EnableIPv6 is set but only the IPv4 overlay is programmed (no flannel-v6.<VNI>)")
         self.options = VxlanOptions.from_config(config)
         self._nl = VxlanNetlink()
         self._mac: Optional[str] = None  # the device MAC our lease announces

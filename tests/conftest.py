@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-from ipaddress import IPv4Address
-
 import pytest
 
-from udpflannel.netlab import ETCD_HOST_IP, EtcdServer, Lab, free_port
+from udpflannel.netlab import ETCD_HOST_IP, EtcdServer, Lab
 
 NETWORK_KEY = "/coreos.com/network/config"
 
@@ -15,19 +12,8 @@ NETWORK_KEY = "/coreos.com/network/config"
 @pytest.fixture
 def loopback_etcd(tmp_path):
     """A single etcd member on 127.0.0.1 (free ports) in the current namespace."""
-    srv = EtcdServer(
-        name="etcd0",
-        ip=IPv4Address("127.0.0.1"),
-        client_port=free_port(),
-        peer_port=free_port(),
-        data_dir=tmp_path / "etcd0.data",
-    )
-    srv.start()
-    try:
+    with EtcdServer.loopback(tmp_path / "etcd0.data") as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(srv.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

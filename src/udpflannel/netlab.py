@@ -155,6 +155,19 @@ class EtcdServer:
                 self.proc.wait(5)
         self.proc = None
 
+    @classmethod
+    def loopback(cls, data_dir: Path, **kw) -> "EtcdServer":
+        """A single member on 127.0.0.1 with free ports, in the current namespace."""
+        return cls(name="etcd0", ip=IPv4Address("127.0.0.1"), client_port=free_port(),
+                   peer_port=free_port(), data_dir=data_dir, **kw)  # fmt: skip
+
+    def __enter__(self) -> "EtcdServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def ctl(self, *args: str, check: bool = True, timeout: float = 15, endpoints: str = "") -> subprocess.CompletedProcess:
         """etcdctl (v3 API) against this member, run inside its namespace."""
         cmd = ["etcdctl", f"--endpoints={endpoints or self.endpoint}", "--dial-timeout=3s", *self.ctl_args, *args]

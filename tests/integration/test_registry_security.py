@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from ipaddress import IPv4Address
 
 import pytest
 
 from udpflannel.errors import RegistryError
-from udpflannel.netlab import EtcdServer, free_port
+from udpflannel.netlab import EtcdServer
 from udpflannel.registry import EtcdOptions, EtcdRegistry
 from udpflannel.subnet import LeaseAttrs
 
@@ -37,26 +36,16 @@ def pki(tmp_path):
     return d
 
 
-def _etcd(tmp_path, **kw) -> EtcdServer:
-    return EtcdServer(name="etcd0", ip=IPv4Address("127.0.0.1"), client_port=free_port(),
-                      peer_port=free_port(), data_dir=tmp_path / "etcd0.data", **kw)  # fmt: skip
-
-
 @pytest.fixture
 def tls_etcd(tmp_path, pki):
-    srv = _etcd(
-        tmp_path,
+    with EtcdServer.loopback(
+        tmp_path / "etcd0.data",
         scheme="https",
         extra_args=[f"--cert-file={pki}/server.crt", f"--key-file={pki}/server.key",
                     f"--trusted-ca-file={pki}/ca.crt", "--client-cert-auth"],
         ctl_args=[f"--cacert={pki}/ca.crt", f"--cert={pki}/client.crt", f"--key={pki}/client.key"],
-    )  # fmt: skip
-    srv.start()
-    try:
+    ) as srv:  # fmt: skip
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(srv.data_dir, ignore_errors=True)
 
 
 def test_tls_with_client_certificate(tls_etcd, pki):
@@ -82,9 +71,7 @@ def test_tls_with_client_certificate(tls_etcd, pki):
 
 
 def test_username_and_password(tmp_path):
-    srv = _etcd(tmp_path)
-    srv.start()
-    try:
+    with EtcdServer.loopback(tmp_path / "etcd0.data") as srv:
         srv.ctl("user", "add", "root:rootpw")
         srv.ctl("user", "add", "flannel:s3cret")
         srv.ctl("role", "add", "flannel")
@@ -106,5 +93,3 @@ def test_username_and_password(tmp_path):
         assert cfg == b'{"Network": "10.5.0.0/16"}' and lid
         with pytest.raises(RegistryError):
             asyncio.run(go("flannel", "wrong"))
-    finally:
-        srv.stop()

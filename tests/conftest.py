@@ -6,8 +6,6 @@ import pytest
 
 from udpflannel.netlab import ETCD_HOST_IP, EtcdServer, Lab
 
-NETWORK_KEY = "/coreos.com/network/config"
-
 
 @pytest.fixture
 def loopback_etcd(tmp_path):

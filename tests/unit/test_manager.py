@@ -162,24 +162,29 @@ def test_failed_renewal_retries_and_keeps_the_lease(reg, clock):
     assert "10.5" in next(iter(reg.kv))
 
 
-def test_expired_lease_is_reacquired_with_the_same_subnet(reg, clock):
-    m = manager(reg, clock, ttl=100, renew_margin=1)
-    own = run(m.acquire())
+def maintain_until_adopted(m, own, lost: asyncio.Event) -> list:
+    """Run m.maintain() until it hands a re-acquired lease to `adopt`; return what it adopted."""
     adopted = []
 
     async def adopt(o):
         adopted.append(o)
 
-    async def scenario():
-        lost = asyncio.Event()
-        del reg.etcd_leases[own.lease_id]  # etcd forgot the lease (expired while we were away)
-        reg.kv.pop(own.key)
+    async def go():
         task = asyncio.ensure_future(m.maintain(own, lost, adopt))
         while not adopted:
             await asyncio.sleep(0)
         task.cancel()
 
-    run(scenario())
+    asyncio.run(go())
+    return adopted
+
+
+def test_expired_lease_is_reacquired_with_the_same_subnet(reg, clock):
+    m = manager(reg, clock, ttl=100, renew_margin=1)
+    own = run(m.acquire())
+    del reg.etcd_leases[own.lease_id]  # etcd forgot the lease (expired while we were away)
+    reg.kv.pop(own.key)
+    adopted = maintain_until_adopted(m, own, asyncio.Event())
     assert m.reacquisitions == 1
     assert adopted[0].lease.subnet == own.lease.subnet
     assert own.key in reg.kv
@@ -188,23 +193,12 @@ def test_expired_lease_is_reacquired_with_the_same_subnet(reg, clock):
 def test_watcher_signal_triggers_reacquisition_and_other_subnet_if_taken(reg, clock):
     m = manager(reg, clock)
     own = run(m.acquire())
-    adopted = []
-
-    async def adopt(o):
-        adopted.append(o)
-
-    async def scenario():
-        lost = asyncio.Event()
-        reg.kv.pop(own.key)
-        reg.put(own.key, OTHER)  # someone else took our subnet while our lease was gone
-        lost.set()
-        task = asyncio.ensure_future(m.maintain(own, lost, adopt))
-        while not adopted:
-            await asyncio.sleep(0)
-        task.cancel()
-        assert not lost.is_set()
-
-    run(scenario())
+    reg.kv.pop(own.key)
+    reg.put(own.key, OTHER)  # someone else took our subnet while our lease was gone
+    lost = asyncio.Event()
+    lost.set()
+    adopted = maintain_until_adopted(m, own, lost)
+    assert not lost.is_set()
     assert adopted[0].lease.subnet != own.lease.subnet
     assert reg.kv[own.key][0] == OTHER.to_json()
 

@@ -16,6 +16,7 @@ overlay 10.5.0.0/16 (A = 10.5.1.0/24, B = 10.5.2.0/24).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -425,16 +426,26 @@ def loop_datapath(port: int, table: LeaseTable, fake: FakeTun) -> DataPath:
                     features=Features.none())
 
 
+@contextlib.contextmanager
+def running_loopback():
+    """A started loopback data path whose one lease (10.5.1.0/24) points back at itself."""
+    table = LeaseTable()
+    table.set(IPv4Network("10.5.1.0/24"), IPv4Address("127.0.0.1"))
+    fake = FakeTun()
+    dp = loop_datapath(PORT, table, fake)
+    dp.start()
+    try:
+        yield dp, fake
+    finally:
+        dp.stop()
+        fake.close()
+
+
 def test_loopback_round_trip(lo_ns):
     """TUN -> UDP -> (ourselves) -> TUN: the packet comes back with TTL - 2, valid checksum."""
 
     def body():
-        table = LeaseTable()
-        table.set(IPv4Network("10.5.1.0/24"), IPv4Address("127.0.0.1"))
-        fake = FakeTun()
-        dp = loop_datapath(PORT, table, fake)
-        dp.start()
-        try:
+        with running_loopback() as (dp, fake):
             pkt = udp_inner("10.5.1.2", "10.5.1.3")
             fake.write(pkt)
             back = fake.read()
@@ -465,9 +476,6 @@ def test_loopback_round_trip(lo_ns):
             assert c["tx_drop_not_ipv4"] == 1 and c["tx_drop_ttl"] == 1
             assert c["tx_drop_no_route"] == 1 and c["icmp_unreachable_sent"] == 1
             assert c["tx_batches"] >= 1 and c["rx_batches"] >= 1
-        finally:
-            dp.stop()
-            fake.close()
 
     run_in_netns(lo_ns, body)
 
@@ -476,12 +484,7 @@ def test_loopback_receive_rules(lo_ns):
     """Datagrams from the wrong sender, spoofed inner sources and oversize ones are counted."""
 
     def body():
-        table = LeaseTable()
-        table.set(IPv4Network("10.5.1.0/24"), IPv4Address("127.0.0.1"))
-        fake = FakeTun()
-        dp = loop_datapath(PORT, table, fake)
-        dp.start()
-        try:
+        with running_loopback() as (dp, fake):
             def send(src: str, payload: bytes) -> None:
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.bind((src, 0))
@@ -501,9 +504,6 @@ def test_loopback_receive_rules(lo_ns):
             assert c["rx_drop_outside_network"] == 1
             assert c["rx_packets"] == 1
             assert c["drop_oversize"] == 1  # totals over both directions
-        finally:
-            dp.stop()
-            fake.close()
 
     run_in_netns(lo_ns, body)
 

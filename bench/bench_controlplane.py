@@ -18,8 +18,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from udpflannel.leasediff import PeerView, diff
-from udpflannel.subnet import parse_lease
+from udpflannel.core.leasediff import PeerView, diff
+from udpflannel.core.subnet import parse_lease
 
 N = 10_000
 

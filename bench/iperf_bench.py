@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 try:
-    from udpflannel.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
+    from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from udpflannel.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
+    from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
 ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-vxlan", "uf-host-gw"]
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw"}
@@ -287,7 +287,7 @@ def agent_backend_available(btype: str) -> "bool | str":
     """True, or why udpflannel's backend `btype` cannot be run through the agent."""
     if importlib.util.find_spec("udpflannel.cli") is None:
         return "the udpflannel agent CLI is not there yet"
-    from udpflannel.lab import backend_available
+    from udpflannel.lab.command import backend_available
 
     return backend_available(btype)
 

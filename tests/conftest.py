@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from udpflannel.netlab import ETCD_HOST_IP, EtcdServer, Lab
+from udpflannel.lab.netlab import ETCD_HOST_IP, EtcdServer, Lab
 
 
 @pytest.fixture

@@ -16,14 +16,14 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .adapters.health import HealthServer
+from .adapters.registry import Compacted, EtcdRegistry
+from .adapters.subnetfile import read_previous, render, write
 from .backends import Backend, ExternalInterface, LeaseEvent, backend_class
-from .config import NetworkConfig, parse_config
+from .core.config import NetworkConfig, parse_config
+from .core.leasediff import PeerView
 from .errors import ConfigError, RegistryError, UdpFlannelError
-from .health import HealthServer
-from .leasediff import PeerView
-from .manager import LeaseManager, OwnLease
-from .registry import Compacted, EtcdRegistry
-from .subnetfile import read_previous, render, write
+from .policy.manager import LeaseManager, OwnLease
 
 log = logging.getLogger("udpflannel.agent")
 
@@ -164,7 +164,7 @@ class Agent:
     async def _setup_rules(self) -> None:
         if not (self.opts.ip_masq or self.opts.iptables_forward_rules) or self.backend.type == "alloc":
             return
-        from .ipmasq import IptablesRules
+        from .adapters.ipmasq import IptablesRules
 
         # ensure() rewrites the whole chain in one iptables-restore, so a new subnet's
         # rules replace the old ones without a gap

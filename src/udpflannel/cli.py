@@ -13,11 +13,11 @@ import sys
 import click
 
 from . import __version__
+from .adapters.iface import choose
+from .adapters.registry import DEFAULT_PREFIX, EtcdOptions, EtcdRegistry
+from .adapters.subnetfile import DEFAULT_PATH
 from .agent import Agent, AgentOptions
 from .errors import UdpFlannelError
-from .iface import choose
-from .registry import DEFAULT_PREFIX, EtcdOptions, EtcdRegistry
-from .subnetfile import DEFAULT_PATH
 
 log = logging.getLogger("udpflannel")
 
@@ -127,7 +127,7 @@ async def _run(agent: Agent) -> None:
 
 def _attach_lab() -> None:
     try:
-        from .lab import lab
+        from .lab.command import lab
     except ImportError:  # pragma: no cover - lab module not present
         return
     main.add_command(lab, "lab")

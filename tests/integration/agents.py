@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from udpflannel.netlab import Host, Lab, read_subnet_file, wait_for
+from udpflannel.lab.netlab import Host, Lab, read_subnet_file, wait_for
 
 PREFIX = "/coreos.com/network"
 HEALTHZ_PORT = 8471

@@ -6,7 +6,7 @@ import json
 import time
 from ipaddress import IPv4Interface, IPv4Network
 
-from udpflannel.netlab import read_subnet_file, sh, wait_for
+from udpflannel.lab.netlab import read_subnet_file, sh, wait_for
 
 from . import agents
 from .agents import PREFIX

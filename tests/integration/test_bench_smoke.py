@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from udpflannel.lab import backend_available
-from udpflannel.netlab import sh
+from udpflannel.lab.command import backend_available
+from udpflannel.lab.netlab import sh
 
 pytestmark = [
     pytest.mark.netns,

@@ -11,8 +11,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from udpflannel.ipmasq import forward_jump, forward_rules, masq_jump, masq_rules
-from udpflannel.netlab import sh, wait_for
+from udpflannel.adapters.ipmasq import forward_jump, forward_rules, masq_jump, masq_rules
+from udpflannel.lab.netlab import sh, wait_for
 
 from .agents import start_and_wait as start
 
@@ -102,7 +102,7 @@ def test_rules_are_restored(etcd_lab):
 SCRIPT = """
 import json, sys
 from ipaddress import IPv4Network as N
-from udpflannel.ipmasq import IptablesRules
+from udpflannel.adapters.ipmasq import IptablesRules
 r = IptablesRules(N("10.0.0.0/8"), N(sys.argv[1]), True, True)
 first, second = r.ensure(), r.ensure()
 if sys.argv[2] == "remove":

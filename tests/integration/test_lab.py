@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from udpflannel.lab import backend_available
-from udpflannel.netlab import new_prefix, sh
+from udpflannel.lab.command import backend_available
+from udpflannel.lab.netlab import new_prefix, sh
 
 pytestmark = [
     pytest.mark.netns,

@@ -7,10 +7,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from udpflannel.adapters.registry import Compacted, EtcdOptions, EtcdRegistry
+from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import RegistryError
-from udpflannel.netlab import free_port
-from udpflannel.registry import Compacted, EtcdOptions, EtcdRegistry
-from udpflannel.subnet import LeaseAttrs
+from udpflannel.lab.netlab import free_port
 
 ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"))
 OTHER = LeaseAttrs(public_ip=IPv4Address("192.0.2.12"))

@@ -8,10 +8,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from udpflannel.adapters.registry import EtcdOptions, EtcdRegistry
+from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import RegistryError
-from udpflannel.netlab import EtcdServer
-from udpflannel.registry import EtcdOptions, EtcdRegistry
-from udpflannel.subnet import LeaseAttrs
+from udpflannel.lab.netlab import EtcdServer
 
 ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"))
 

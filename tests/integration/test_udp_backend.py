@@ -9,7 +9,7 @@ from ipaddress import IPv4Interface
 
 import pytest
 
-from udpflannel.netlab import wait_for
+from udpflannel.lab.netlab import wait_for
 
 from . import agents
 from .agents import PREFIX

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from udpflannel.netlab import wait_for
+from udpflannel.lab.netlab import wait_for
 
 from .agents import start_and_wait as start
 

@@ -7,8 +7,8 @@ import itertools
 from ipaddress import IPv4Address
 from typing import Optional
 
+from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import RegistryError
-from udpflannel.subnet import Lease, LeaseAttrs, parse_lease
 
 
 class FakeClock:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
+from udpflannel.adapters.registry import Compacted, WatchEvent
 from udpflannel.agent import Agent, AgentOptions
 from udpflannel.backends.base import Backend, ExternalInterface
-from udpflannel.config import parse_config
+from udpflannel.core.config import parse_config
+from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.errors import RegistryError
-from udpflannel.manager import OwnLease
-from udpflannel.registry import Compacted, WatchEvent
-from udpflannel.subnet import Lease, LeaseAttrs
+from udpflannel.policy.manager import OwnLease
 
 IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
 CONFIG = parse_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}')

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import udpflannel
 from udpflannel import cli
-from udpflannel.backends.base import ExternalInterface
+from udpflannel.core.events import ExternalInterface
 from udpflannel.errors import InterfaceError, UdpFlannelError
 
 IFACE = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), IPv4Address("192.0.2.10"), 1500)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpflannel.config import parse_config
+from udpflannel.core.config import parse_config
 from udpflannel.errors import ConfigError
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpflannel.health import GAUGES, HealthServer, prometheus_text
+from udpflannel.adapters.health import GAUGES, HealthServer, prometheus_text
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 

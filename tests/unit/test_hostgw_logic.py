@@ -9,11 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from udpflannel.backends import backend_class
-from udpflannel.backends.base import ExternalInterface, LeaseEvent
 from udpflannel.backends.hostgw import HostGwBackend, Route, host_route, our_route, reconcile
-from udpflannel.config import parse_config
+from udpflannel.core.config import parse_config
+from udpflannel.core.events import ExternalInterface, LeaseEvent
+from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.errors import BackendError
-from udpflannel.subnet import Lease, LeaseAttrs
 
 CFG = parse_config(json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0",
                                "SubnetMax": "10.99.0.0", "Backend": {"Type": "host-gw"}}))  # fmt: skip

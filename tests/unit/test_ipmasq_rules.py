@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from udpflannel import ipmasq
-from udpflannel.ipmasq import (
+from udpflannel.adapters import ipmasq
+from udpflannel.adapters.ipmasq import (
     IptablesRules,
     TableState,
     forward_jump,

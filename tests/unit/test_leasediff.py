@@ -8,9 +8,9 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpflannel.backends.base import LeaseEvent
-from udpflannel.leasediff import PeerView, diff
-from udpflannel.subnet import Lease, LeaseAttrs
+from udpflannel.core.events import LeaseEvent
+from udpflannel.core.leasediff import PeerView, diff
+from udpflannel.core.subnet import Lease, LeaseAttrs
 
 
 def L(third: int, ip: str = "", vni: int | None = None, lease_id: int | None = None) -> Lease:

@@ -8,10 +8,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from udpflannel.config import parse_config
+from udpflannel.core.config import parse_config
+from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import OutOfSubnets
-from udpflannel.manager import FREE_CANDIDATES, LeaseManager
-from udpflannel.subnet import LeaseAttrs
+from udpflannel.policy.manager import FREE_CANDIDATES, LeaseManager
 
 from .fakes import FakeClock, FakeRegistry
 

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpflannel.errors import LeaseParseError
-from udpflannel.subnet import (
+from udpflannel.core.subnet import (
     Lease,
     LeaseAttrs,
     first_host,
@@ -20,6 +19,7 @@ from udpflannel.subnet import (
     subnet_fits,
     subnets_between,
 )
+from udpflannel.errors import LeaseParseError
 
 # -- strategies -----------------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpflannel import subnetfile
-from udpflannel.config import parse_config
-from udpflannel.subnet import Lease, LeaseAttrs
-from udpflannel.subnetfile import read_previous, render, write
+from udpflannel.adapters import subnetfile
+from udpflannel.adapters.subnetfile import read_previous, render, write
+from udpflannel.core.config import parse_config
+from udpflannel.core.subnet import Lease, LeaseAttrs
 
 V4 = parse_config('{"Network": "10.5.0.0/16"}')
 DUAL = parse_config('{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48"}')

@@ -9,7 +9,6 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from udpflannel.backends import backend_class
-from udpflannel.backends.base import ExternalInterface, LeaseEvent
 from udpflannel.backends.hostgw import Route
 from udpflannel.backends.vxlan import (
     DeviceSpec,
@@ -25,9 +24,10 @@ from udpflannel.backends.vxlan import (
     plan_entries,
     random_mac,
 )
-from udpflannel.config import parse_config
+from udpflannel.core.config import parse_config
+from udpflannel.core.events import ExternalInterface, LeaseEvent
+from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import ConfigError
-from udpflannel.subnet import Lease, LeaseAttrs, parse_lease
 
 SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
         "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip

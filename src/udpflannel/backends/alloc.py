@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..subnet import Lease, LeaseAttrs
+from ..core.subnet import Lease, LeaseAttrs
 from .base import Backend
 
 

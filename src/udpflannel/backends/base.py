@@ -20,32 +20,14 @@ from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import ClassVar, Literal, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
-from ..config import NetworkConfig
+from ..core.config import NetworkConfig
+from ..core.events import ExternalInterface, LeaseEvent
+from ..core.subnet import Lease, LeaseAttrs
 from ..errors import ConfigError
-from ..subnet import Lease, LeaseAttrs
 
 log = logging.getLogger("udpflannel.backends")
-
-
-@dataclass(frozen=True)
-class ExternalInterface:
-    """The host interface that carries the overlay (flanneld's extIface)."""
-
-    name: str
-    index: int
-    iface_addr: IPv4Address  # the address on the interface; sockets bind to it
-    public_ip: IPv4Address  # --public-ip, else iface_addr; goes into the lease
-    mtu: int
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    kind: Literal["added", "removed"]
-    lease: Lease
 
 
 class Backend(abc.ABC):

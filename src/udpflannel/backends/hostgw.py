@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar
 
+from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError
-from ..subnet import Lease, LeaseAttrs
 from .base import Backend, LeaseEvent
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Mapping, Optional, Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError
-from ..subnet import Lease, LeaseAttrs
 from .base import Backend, LeaseEvent
 
 log = logging.getLogger("udpflannel.backends.udp")

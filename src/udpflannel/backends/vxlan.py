@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping, Optional, Sequence
 
+from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError
-from ..subnet import Lease, LeaseAttrs
 from .base import Backend, LeaseEvent
 from .hostgw import Route, RouteNetlink, our_route, reconcile
 

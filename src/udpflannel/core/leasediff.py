@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
 
-from .backends.base import LeaseEvent
+from .events import LeaseEvent
 from .subnet import Lease
 
 

@@ -16,11 +16,11 @@ import random
 import time
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
-from typing import Awaitable, Callable, Optional, Protocol, Sequence
+from typing import Awaitable, Callable, Optional, Protocol
 
-from .config import NetworkConfig, Pool
-from .errors import ConfigError, OutOfSubnets, RegistryError
-from .subnet import Lease, LeaseAttrs, lease_key, subnet_fits, subnets_between
+from ..core.config import NetworkConfig, Pool
+from ..core.subnet import Lease, LeaseAttrs, lease_key, subnet_fits, subnets_between
+from ..errors import ConfigError, OutOfSubnets, RegistryError
 
 log = logging.getLogger("udpflannel.manager")
 
@@ -235,14 +235,3 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     except asyncio.TimeoutError:
         pass
     return event.is_set()
-
-
-def previous_subnet(lines: Sequence[str]) -> Optional[IPv4Network]:
-    """FLANNEL_SUBNET from an old subnet file's lines, as a network, if present and valid."""
-    for line in lines:
-        if line.startswith("FLANNEL_SUBNET="):
-            try:
-                return IPv4Network(line.split("=", 1)[1].strip(), strict=False)
-            except ValueError:
-                return None
-    return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Mapping, Optional, Union
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_BACKEND = "udp"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Iterator, Optional, Union
 
-from .errors import LeaseParseError
+from ..errors import LeaseParseError
 
 IPNetwork = Union[IPv4Network, IPv6Network]
 

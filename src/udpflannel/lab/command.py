@@ -65,7 +65,7 @@ class LabError(click.ClickException):
 def backend_available(btype: str) -> "bool | str":
     """True when udpflannel can run backend `btype`, else the reason it cannot."""
     try:
-        from .backends import _TABLE  # the explicit Backend.Type -> module table
+        from ..backends import _TABLE  # the explicit Backend.Type -> module table
     except Exception as e:  # pragma: no cover - broken install
         return f"udpflannel.backends is not importable: {e}"
     target = _TABLE.get(btype)
@@ -81,7 +81,7 @@ def backend_available(btype: str) -> "bool | str":
 
 def _backend_choices() -> list[str]:
     try:
-        from .backends import known_types
+        from ..backends import known_types
 
         return sorted(set(known_types()) | set(CONFIGS))
     except Exception:  # pragma: no cover
@@ -447,5 +447,3 @@ def lab(backend: str, n_hosts: int, keep: bool, short: bool, config_json: Option
         click.get_current_context().exit(rc)
 
 
-if __name__ == "__main__":
-    lab()

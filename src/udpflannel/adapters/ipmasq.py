@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Optional, Sequence
 
-from .errors import UdpFlannelError
+from ..errors import UdpFlannelError
 
 log = logging.getLogger(__name__)
 

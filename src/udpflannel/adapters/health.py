@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import logging
+import re
 from typing import Callable, Mapping
 
 log = logging.getLogger("udpflannel.health")

@@ -18,8 +18,8 @@ import aetcd
 import aetcd.exceptions as aexc
 import grpc
 
-from .errors import LeaseParseError, RegistryError
-from .subnet import Lease, LeaseAttrs, parse_lease
+from ..core.subnet import Lease, LeaseAttrs, parse_lease
+from ..errors import LeaseParseError, RegistryError
 
 log = logging.getLogger("udpflannel.registry")
 T = TypeVar("T")

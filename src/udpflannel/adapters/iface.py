@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 from pyroute2 import IPRoute
 
-from .backends.base import ExternalInterface
-from .errors import InterfaceError
+from ..core.events import ExternalInterface
+from ..errors import InterfaceError
 
 
 @dataclass(frozen=True)

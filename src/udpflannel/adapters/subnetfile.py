@@ -6,11 +6,10 @@ import os
 import tempfile
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from .config import NetworkConfig
-from .manager import previous_subnet
-from .subnet import Lease, first_host
+from ..core.config import NetworkConfig
+from ..core.subnet import Lease, first_host
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
 
@@ -55,3 +54,14 @@ def read_previous(path: str) -> Optional[IPv4Network]:
         return previous_subnet(Path(path).read_text().splitlines())
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def previous_subnet(lines: Sequence[str]) -> Optional[IPv4Network]:
+    """FLANNEL_SUBNET from an old subnet file's lines, as a network, if present and valid."""
+    for line in lines:
+        if line.startswith("FLANNEL_SUBNET="):
+            try:
+                return IPv4Network(line.split("=", 1)[1].strip(), strict=False)
+            except ValueError:
+                return None
+    return None

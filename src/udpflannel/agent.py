@@ -174,8 +174,8 @@ class Agent:
 
     async def _ensure_rules(self) -> None:
         try:
-            if self.rules is not None and await asyncio.to_thread(self.rules.ensure):
-                log.info("iptables rules (re)applied")
+            if self.rules is not None and (n := await asyncio.to_thread(self.rules.ensure)):
+                log.info("iptables rules (re)applied: %d rules", n)
         except UdpFlannelError as e:
             log.error("iptables: %s", e)
 

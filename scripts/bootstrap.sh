@@ -2,6 +2,12 @@
 # Installs what udpflannel, its lab and its tests need on a fresh Debian 12 machine (as root):
 # Debian packages, then the package itself with its test extras into ./.venv.
 # Idempotent: a second run installs only what is missing. Prints the venv's bin directory.
+#
+# It also puts the command on PATH: /usr/local/bin/udpflannel becomes a symlink to this
+# checkout's .venv/bin/udpflannel when that path is free or already such a symlink (to any
+# checkout's .venv; the last bootstrap wins). Anything else there is never touched: then
+# use .venv/bin/udpflannel. UDPFLANNEL_LINK=/some/dir/udpflannel picks another place,
+# UDPFLANNEL_LINK= (empty) none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +38,18 @@ if [ ! -e "$stamp" ]; then
     .venv/bin/python -m pip install -q ".[test,plot]" >&2
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+link=${UDPFLANNEL_LINK-/usr/local/bin/udpflannel}
+want="$PWD/.venv/bin/udpflannel"
+if [ -n "$link" ] && [ "$(readlink "$link" 2>/dev/null)" != "$want" ]; then
+    if [ -e "$link" ] && ! [ -L "$link" ]; then
+        echo "bootstrap: $link exists and is not ours; left alone (run $want)" >&2
+    elif [ -L "$link" ] && [[ "$(readlink "$link")" != */.venv/bin/udpflannel ]]; then
+        echo "bootstrap: $link links to $(readlink "$link"), not a udpflannel venv; left alone (run $want)" >&2
+    elif ln -sfn "$want" "$link" 2>/dev/null; then
+        echo "bootstrap: $link -> $want" >&2
+    else
+        echo "bootstrap: cannot write $link; run $want" >&2
+    fi
 fi
 echo "$PWD/.venv/bin"

@@ -2,10 +2,17 @@
 # Installs what udpflannel, its lab and its tests need on a fresh Debian 12 machine (as root):
 # Debian packages, then the package itself with its test extras into ./.venv.
 # Idempotent: a second run installs only what is missing. Prints the venv's bin directory.
+#
+# It also puts the command on PATH: /usr/local/bin/udpflannel becomes a symlink to this
+# checkout's .venv/bin/udpflannel when that path is free or already such a symlink (to any
+# checkout's .venv; the last bootstrap wins). Anything else there is never touched: then
+# use .venv/bin/udpflannel. UDPFLANNEL_LINK=/some/dir/udpflannel picks another place,
+# UDPFLANNEL_LINK= (empty) none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev)
+APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
+              containernetworking-plugins)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,5 +39,18 @@ if [ ! -e "$stamp" ]; then
     .venv/bin/python -m pip install -q ".[test,plot]" >&2
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+link=${UDPFLANNEL_LINK-/usr/local/bin/udpflannel}
+want="$PWD/.venv/bin/udpflannel"
+if [ -n "$link" ] && [ "$(readlink "$link" 2>/dev/null)" != "$want" ]; then
+    if [ -e "$link" ] && ! [ -L "$link" ]; then
+        echo "bootstrap: $link exists and is not ours; left alone (run $want)" >&2
+    elif [ -L "$link" ] && [[ "$(readlink "$link")" != */.venv/bin/udpflannel ]]; then
+        echo "bootstrap: $link links to $(readlink "$link"), not a udpflannel venv; left alone (run $want)" >&2
+    elif ln -sfn "$want" "$link" 2>/dev/null; then
+        echo "bootstrap: $link -> $want" >&2
+    else
+        echo "bootstrap: cannot write $link; run $want" >&2
+    fi
 fi
 echo "$PWD/.venv/bin"

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(scripts/bootstrap.sh)
-# Test the installed package, not the source tree.
-exec "$bin/python" -m pytest -p no:cacheprovider tests "$@"
+# Test the installed package, not the source tree. No path given: pyproject's testpaths
+# (tests/); with paths (scripts/test.sh tests/unit/test_x.py -q) only those.
+exec "$bin/python" -m pytest -p no:cacheprovider "$@"

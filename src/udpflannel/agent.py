@@ -77,10 +77,16 @@ class Agent:
             m.update({f"dp_{k}": v for k, v in self.backend.metrics().items()})
         return m
 
+    def info(self) -> dict[str, str]:
+        """What runs, for udpflannel_build_info: backend type and its data-path features."""
+        return {"backend": self.backend.type if self.backend else "",
+                "features": self.backend.features() if self.backend else ""}  # fmt: skip
+
     # -- main ------------------------------------------------------------------------
     async def run(self) -> None:
         if self.opts.healthz_port:
-            self._health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, self.ready, self.metrics)
+            self._health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, self.ready, self.metrics,
+                                        self.info)
             await self._health.start()
         try:
             self.config = await self._wait_config()
@@ -174,8 +180,8 @@ class Agent:
 
     async def _ensure_rules(self) -> None:
         try:
-            if self.rules is not None and await asyncio.to_thread(self.rules.ensure):
-                log.info("iptables rules (re)applied")
+            if self.rules is not None and (n := await asyncio.to_thread(self.rules.ensure)):
+                log.info("iptables rules (re)applied: %d rules", n)
         except UdpFlannelError as e:
             log.error("iptables: %s", e)
 

@@ -53,7 +53,7 @@ class _Root(click.Group):
 @click.option("--etcd-cafile", default="", show_default=False, help="TLS CA file for etcd.")
 @click.option("--etcd-username", default="", show_default=False, help="etcd user name (with --etcd-password).")
 @click.option("--etcd-password", default="", show_default=False, help="etcd password.")
-@click.option("--iface", multiple=True, help="Interface name or IPv4 address to use (repeatable; first found wins).")
+@click.option("--iface", multiple=True, help="Interface name or IPv4 address to use (repeatable; the first usable one wins).")
 @click.option("--iface-regex", multiple=True, help="Regex matched against interface names and addresses (repeatable).")
 @click.option("--iface-can-reach", default="", show_default=False, help="Use the interface that routes to this address.")
 @click.option("--public-ip", default="", show_default=False, help="IP other hosts reach this one at (default: the interface address).")
@@ -68,18 +68,15 @@ class _Root(click.Group):
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
 @click.option("-v", "--verbose", type=click.IntRange(0), is_flag=False, flag_value=1, default=0,
-              help="Log level: 0 info, 1 or more debug (-v alone means 1).")
+              help="Log level: 0 info (changes: leases, peers, rules); 1 (-v alone) adds udpflannel's "
+                   "debug lines (e.g. the iptables documents); 2 or more also the libraries' debug "
+                   "output (grpc, aetcd, asyncio, pyroute2).")
 @click.version_option(__version__, "--version", prog_name="udpflannel")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, **kw) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pyroute2").setLevel(logging.INFO)  # its debug output drowns ours
+    setup_logging(verbose)
     if bool(kw["etcd_username"]) != bool(kw["etcd_password"]):
         raise click.UsageError("--etcd-username and --etcd-password go together")
     try:
@@ -112,6 +109,21 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
     except UdpFlannelError as e:
         log.error("%s", e)
         sys.exit(1)
+
+
+#: libraries whose INFO/DEBUG output drowns ours; shown from -v 2 on
+LIBRARY_LOGGERS = ("grpc", "aetcd", "asyncio", "pyroute2", "hpack", "h2")
+
+
+def setup_logging(verbose: int) -> None:
+    """-v 0: INFO; 1: udpflannel's DEBUG; 2+: everything's DEBUG. Libraries: WARNING below 2."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 async def _run(agent: Agent) -> None:

@@ -69,6 +69,25 @@ def http_get(host: Host, path: str) -> tuple[int, str]:
     return int(code or 0), body
 
 
+def scrape(host: Host) -> dict:
+    """GET /metrics, parsed by prometheus_client: family name (counters without _total) -> family."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, body = http_get(host, "/metrics")
+    assert code == 200, (code, body)
+    return {f.name: f for f in text_string_to_metric_families(body)}
+
+
+def metric(host: Host, family: str, **labels: str) -> float:
+    """The value of the one sample of `family` (udpflannel_ prefix implied) with these labels."""
+    fams = scrape(host)
+    fam = fams.get(f"udpflannel_{family}")
+    assert fam is not None, f"udpflannel_{family} not in /metrics ({sorted(fams)})"
+    hits = [s.value for s in fam.samples if s.labels == labels]
+    assert len(hits) == 1, f"udpflannel_{family}{labels}: {fam.samples}"
+    return hits[0]
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
     proc.terminate()
     return proc.wait(timeout)

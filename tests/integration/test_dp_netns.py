@@ -441,6 +441,31 @@ def running_loopback():
         fake.close()
 
 
+def final_counters(dp: DataPath) -> dict[str, int]:
+    """The counters once the workers have finished with everything already seen.
+
+    A worker adds a packet to its counters just after the write (TUN) or send (UDP) that
+    carried it returns, so a test that has just read the packet can read the counter a
+    moment too early (`301 == 302` under load). stop() joins the workers: what it leaves
+    is final. Not a sleep, and the exact value is still asserted by the caller."""
+    dp.stop()
+    return dp.counters()
+
+
+def settled(read, want: dict[str, int], timeout: float = 10) -> dict[str, int]:
+    """read() again until each counter in `want` has reached its value or the deadline passed.
+
+    For data paths in another process (which cannot be stopped between checks): the same
+    race as final_counters() describes. The caller asserts the exact values on what this
+    returns, so a count that overshoots, or never arrives, still fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = read()
+        if all(c[k] >= v for k, v in want.items()) or time.monotonic() > deadline:
+            return c
+        time.sleep(0.01)
+
+
 def test_loopback_round_trip(lo_ns):
     """TUN -> UDP -> (ourselves) -> TUN: the packet comes back with TTL - 2, valid checksum."""
 
@@ -470,7 +495,7 @@ def test_loopback_round_trip(lo_ns):
             fake.write(udp_inner("10.5.1.2", "10.5.1.3", ttl=1))
             fake.write(pkt)  # a good one after them, to know they were processed
             assert fake.read()[28:] == pkt[28:]
-            c = dp.counters()
+            c = final_counters(dp)
             assert c["tx_packets"] == c["rx_packets"] == 302
             assert c["tx_drop_outside_network"] == 1 and c["tx_drop_short"] == 1
             assert c["tx_drop_not_ipv4"] == 1 and c["tx_drop_ttl"] == 1
@@ -497,7 +522,7 @@ def test_loopback_receive_rules(lo_ns):
             send("127.0.0.1", udp_inner("10.5.1.2", "192.168.7.7"))         # relay attempt
             send("127.0.0.1", udp_inner("10.5.1.2", "10.5.1.3", b"x" * (MTU - 28)))  # exactly MTU
             assert len(fake.read()) == MTU
-            c = dp.counters()
+            c = final_counters(dp)
             assert c["rx_drop_unknown_peer"] == 1
             assert c["rx_drop_spoofed_source"] == 1
             assert c["rx_drop_oversize"] == 1
@@ -620,7 +645,7 @@ def test_table_updates_and_icmp(pair, mode):
     assert a.call(op="delete", net="10.5.2.0/24")["ok"]
     assert udp_probe(pair.ns_a, "10.5.2.0") == "Network is unreachable"
     assert udp_probe(pair.ns_a, "10.5.2.0") == "Network is unreachable"
-    c = a.counters()
+    c = settled(a.counters, {"tx_drop_no_route": 2, "icmp_unreachable_sent": 2})
     assert c["tx_drop_no_route"] >= 2 and c["icmp_unreachable_sent"] == 2
     # ... but never an ICMP message (as flanneld): ping just times out
     r = ping(pair.ns_a, "10.5.2.0", count=1)
@@ -668,7 +693,9 @@ def test_spoofed_datagrams_dropped_while_traffic_flows(pair, mode):
         pinger.kill()
     assert pinger.returncode == 0, out
     assert " 0% packet loss" in out, out
-    c = b.counters()
+    # the last datagrams may still be in B's socket when the ping ends
+    c = settled(b.counters, {"rx_drop_unknown_peer": n, "rx_drop_spoofed_source": n, "rx_drop_short": 2 * n,
+                             "rx_drop_not_ipv4": n, "rx_drop_oversize": n, "rx_drop_ttl": n})
     print({k: v for k, v in c.items() if v})
     assert c["rx_drop_unknown_peer"] == n
     assert c["rx_drop_spoofed_source"] == n
@@ -680,10 +707,7 @@ def test_spoofed_datagrams_dropped_while_traffic_flows(pair, mode):
     # a good datagram from the right peer is accepted
     before = b.counters()["rx_packets"]
     send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good])
-    deadline = time.monotonic() + 10
-    while b.counters()["rx_packets"] == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert b.counters()["rx_packets"] == before + 1
+    assert settled(b.counters, {"rx_packets": before + 1})["rx_packets"] == before + 1
 
 
 @pytest.mark.parametrize("icmp_source,seen", [
@@ -709,7 +733,7 @@ def test_icmp_reaches_a_container_behind_the_host(pair, icmp_source, seen):
             "routes": [NETWORK]}], icmp_source=icmp_source)
         pair.agents.append(agent)
         assert udp_probe(c, "10.5.77.1") == seen
-        assert agent.counters()["icmp_unreachable_sent"] == 1
+        assert settled(agent.counters, {"icmp_unreachable_sent": 1})["icmp_unreachable_sent"] == 1
     finally:
         run("ip", "netns", "del", c, check=False)
 
@@ -743,7 +767,8 @@ def test_two_datapaths_in_one_process(pair):
         assert udp_probe(pair.ns_a, "10.5.20.1") == "Network is unreachable"
     for _ in range(3):
         assert udp_probe(pair.ns_a, "10.5.21.1") == "Network is unreachable"
-    c0, c1 = agent.counters(0), agent.counters(1)
+    c0 = settled(lambda: agent.counters(0), {"icmp_unreachable_sent": 2})
+    c1 = settled(lambda: agent.counters(1), {"icmp_unreachable_sent": 3})
     assert c0["icmp_unreachable_sent"] == 2
     assert c1["icmp_unreachable_sent"] == 3
     reply = agent.stop()

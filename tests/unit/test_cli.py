@@ -20,7 +20,7 @@ from udpflannel.errors import InterfaceError, UdpFlannelError
 
 IFACE = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), IPv4Address("192.0.2.10"), 1500)
 
-# every flanneld flag FLANNEL-COMPAT lists (etcd mode)
+# every flanneld flag docs/flannel-compat.md lists (etcd mode)
 FLANNELD_FLAGS = [
     "--etcd-endpoints",
     "--etcd-prefix",

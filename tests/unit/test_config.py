@@ -1,4 +1,4 @@
-"""The network config (<prefix>/config): every rule of FLANNEL-COMPAT "Network config", in order."""
+"""The network config (<prefix>/config): every rule of docs/flannel-compat.md "Network config", in order."""
 
 from __future__ import annotations
 
@@ -317,7 +317,7 @@ def test_validation_order(doc, key):
 
 
 def test_outside_checks_come_before_alignment_checks():
-    """FLANNEL-COMPAT steps 4-6 (and flannel's CheckNetworkConfig): both 'outside Network' checks run
+    """docs/flannel-compat.md steps 4-6 (and flannel's CheckNetworkConfig): both 'outside Network' checks run
     before either alignment check, so a misaligned SubnetMin with an out-of-range SubnetMax reports
     SubnetMax."""
     e = err({"Network": "10.5.0.0/16", "SubnetMin": "10.5.1.1", "SubnetMax": "11.0.0.0"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ipaddress import IPv4Network
 
 from udpflannel.adapters import ipmasq
@@ -130,18 +132,21 @@ def test_parse_version():
     assert parse_version("garbage") is None
 
 
-def test_ensure_and_remove_with_fake_iptables(monkeypatch):
+def test_ensure_and_remove_with_fake_iptables(monkeypatch, caplog):
     tables = {"nat": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", "filter": "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"}
     docs = []
     monkeypatch.setattr(IptablesRules, "_state", staticmethod(lambda t: parse_save(tables[t])))
     monkeypatch.setattr(IptablesRules, "_restore", staticmethod(docs.append))
     monkeypatch.setattr(ipmasq, "random_fully_supported", lambda: True)
     rules = IptablesRules(C, P, ip_masq=True, forward_rules=True)
-    assert rules.ensure() is True
+    with caplog.at_level(logging.DEBUG, logger="udpflannel.adapters.ipmasq"):
+        assert rules.ensure() == 10  # 6 + 2 rules in our chains, 2 jumps
     assert "*nat" in docs[0] and "*filter" in docs[0]
+    # the document itself is DEBUG; the one INFO line is the agent's
+    assert [r.levelno for r in caplog.records if "FLANNEL-POSTRTG" in r.getMessage()] == [logging.DEBUG]
     tables.update(nat=NAT_SAVE, filter=FILTER_SAVE)
-    assert rules.ensure() is False
+    assert rules.ensure() == 0
     fwd_only = IptablesRules(C, P, ip_masq=False, forward_rules=True)
-    assert fwd_only.ensure() is False  # the nat table is not its business
+    assert fwd_only.ensure() == 0  # the nat table is not its business
     rules.remove()
     assert "-X FLANNEL-POSTRTG" in docs[-1] and "-X FLANNEL-FWD" in docs[-1]

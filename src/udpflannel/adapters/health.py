@@ -1,33 +1,22 @@
-"""/healthz, /readyz and /metrics (Prometheus text) on --healthz-ip:--healthz-port."""
+"""/healthz, /readyz and /metrics (Prometheus text, see metrics.py) on --healthz-ip:--healthz-port."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
+
+from .metrics import CONTENT_TYPE, exposition, registry_for
 
 log = logging.getLogger("udpflannel.health")
 
 
-GAUGES = ("peers", "ready", "leases")  # names ending so are gauges; the rest are counters
-
-
-def prometheus_text(metrics: Mapping[str, int], prefix: str = "udpflannel_") -> str:
-    """Counters and gauges (see GAUGES) in the Prometheus text format, sorted by name."""
-    lines = []
-    for name in sorted(metrics):
-        full = prefix + re.sub(r"[^A-Za-z0-9_]", "_", name)
-        lines.append(f"# TYPE {full} {'gauge' if name.endswith(GAUGES) else 'counter'}")
-        lines.append(f"{full} {int(metrics[name])}")
-    return "\n".join(lines) + "\n"
-
-
 class HealthServer:
-    def __init__(self, ip: str, port: int, ready: Callable[[], bool], metrics: Callable[[], Mapping[str, int]]):
+    def __init__(self, ip: str, port: int, ready: Callable[[], bool], metrics: Callable[[], Mapping[str, int]],
+                 info: Optional[Callable[[], Mapping[str, str]]] = None):
         self.ip, self.port = ip, port
         self._ready = ready
-        self._metrics = metrics
+        self._registry = registry_for(metrics, info)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -45,19 +34,19 @@ class HealthServer:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request.decode(errors="replace").split()
-            path = parts[1] if len(parts) > 1 else "/"
+            path = (parts[1] if len(parts) > 1 else "/").partition("?")[0]
+            ctype = "text/plain; charset=utf-8"
             if path == "/healthz":
-                status, body = 200, "ok\n"
+                status, data = 200, b"ok\n"
             elif path == "/readyz":
-                status, body = (200, "ready\n") if self._ready() else (503, "not ready\n")
+                status, data = (200, b"ready\n") if self._ready() else (503, b"not ready\n")
             elif path == "/metrics":
-                status, body = 200, prometheus_text(self._metrics())
+                status, data, ctype = 200, exposition(self._registry), CONTENT_TYPE
             else:
-                status, body = 404, "not found\n"
+                status, data = 404, b"not found\n"
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            data = body.encode()
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
             )
             await writer.drain()

@@ -173,6 +173,11 @@ def restore_input(plans: dict) -> str:
     return "\n".join(doc) + "\n" if doc else ""
 
 
+def rule_lines(doc: str) -> int:
+    """How many rules an iptables-restore document appends, inserts or deletes. Pure."""
+    return sum(1 for line in doc.splitlines() if line.startswith(("-A ", "-I ", "-D ")))
+
+
 def parse_version(text: str) -> Optional[tuple[int, ...]]:
     m = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(x) for x in m.groups()) if m else None
@@ -246,13 +251,14 @@ class IptablesRules:
     def plan(self) -> dict:
         return {t: plan_table(self._state(t), jump, rules) for t, (jump, rules) in self.wanted().items()}
 
-    def ensure(self) -> bool:
+    def ensure(self) -> int:
         """Check every rule; re-apply (atomically per table) if any is missing or wrong.
-        Returns True when something was changed. Raises IptablesError."""
+        Returns how many rules it wrote or deleted (0: all were in place; the caller logs
+        the one INFO line). Raises IptablesError."""
         doc = restore_input(self.plan())
         if not doc:
-            return False
-        log.info("iptables: applying\n%s", doc.rstrip())
+            return 0
+        log.debug("iptables: applying\n%s", doc.rstrip())
         try:
             self._restore(doc)
         except IptablesError as e:
@@ -261,9 +267,10 @@ class IptablesRules:
             log.warning("iptables: %s; retrying without --random-fully", e)
             self._random_fully = False
             doc = restore_input(self.plan())
+            log.debug("iptables: applying\n%s", doc.rstrip())
             self._restore(doc)
         self.applied += 1
-        return True
+        return rule_lines(doc)
 
     def remove(self) -> None:
         """Delete our jump rules and chains from both tables. Logs, never raises."""
@@ -272,7 +279,8 @@ class IptablesRules:
             plans = {t: plan_remove(self._state(t), jump) for t, jump in jumps}
             doc = restore_input(plans)
             if doc:
-                log.info("iptables: removing\n%s", doc.rstrip())
+                log.debug("iptables: removing\n%s", doc.rstrip())
                 self._restore(doc)
+                log.info("iptables: removed our rules and chains (%d rules)", rule_lines(doc))
         except IptablesError as e:
             log.error("iptables: cannot remove our rules: %s", e)

@@ -65,6 +65,10 @@ class Backend(abc.ABC):
     def metrics(self) -> Mapping[str, int]:
         return {}
 
+    def features(self) -> str:
+        """The data-path features in use, comma-separated (build_info's features label)."""
+        return ""
+
     def ready(self) -> bool:
         return True
 

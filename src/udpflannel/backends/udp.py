@@ -150,5 +150,10 @@ class UdpBackend(Backend):
             m["leases"] = len(self._table)
         return m
 
+    def features(self) -> str:
+        if self._dp is None:
+            return ""
+        return ",".join(k for k, v in self._dp.mode.items() if v is True) or "none"
+
     def ready(self) -> bool:
         return self._dp is not None and self._dp.running

@@ -1,6 +1,6 @@
 """The network config at <prefix>/config: parsing, defaults and validation. Pure.
 
-Rules follow flanneld (see FLANNEL-COMPAT.md): keys are case-insensitive, unknown
+Rules follow flanneld (see docs/flannel-compat.md): keys are case-insensitive, unknown
 keys are ignored, a missing Backend means udp, and every error names the key and
 the bad value. IPv6 is validated by the same code as IPv4 (one `_Family` table).
 """

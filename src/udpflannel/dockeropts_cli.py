@@ -16,6 +16,7 @@ from .core.dockeropts import DEFAULT_KEY, DEFAULT_OUTPUT, SubnetEnvError, from_s
 
 @click.command(
     "docker-opts",
+    short_help="Write Docker's options from the subnet file (as mk-docker-opts.sh).",
     help="Turn the subnet file into Docker daemon options, as flannel's mk-docker-opts.sh: "
     "DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ (--ip-masq=false, only when FLANNEL_IPMASQ=true), DOCKER_OPT_MTU "
     "and the combined DOCKER_OPTS, for `EnvironmentFile=` + `dockerd $DOCKER_OPTS`. "

@@ -46,7 +46,9 @@ def test_no_ipmasq_option_unless_flannel_masquerades():
 
 def test_combined_only_individual_only_and_both():
     o = opts()
-    assert render(o, combined=True, individual=False) == 'DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+    assert (
+        render(o, combined=True, individual=False) == 'DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+    )
     assert render(o, combined=False, individual=True) == "".join(EXPECTED_BOTH.splitlines(True)[:3])
     assert render(o, combined=True, individual=True) == EXPECTED_BOTH
 
@@ -92,12 +94,18 @@ def test_parse_skips_comments_and_blank_lines_and_strips_quotes():
         ("FLANNEL_MTU=1472\n", "FLANNEL_SUBNET is missing"),
         ("FLANNEL_SUBNET=10.5.72.1/24\n", "FLANNEL_MTU is missing"),
         ("", "FLANNEL_SUBNET is missing"),
-        ("FLANNEL_SUBNET=10.5.72.1\nFLANNEL_MTU=1472\n", "FLANNEL_SUBNET='10.5.72.1': must be an IPv4 address with a prefix"),
+        (
+            "FLANNEL_SUBNET=10.5.72.1\nFLANNEL_MTU=1472\n",
+            "FLANNEL_SUBNET='10.5.72.1': must be an IPv4 address with a prefix",
+        ),
         ("FLANNEL_SUBNET=fd00::1/64\nFLANNEL_MTU=1472\n", "FLANNEL_SUBNET='fd00::1/64'"),
         ("FLANNEL_SUBNET=10.5.72.0/24\nFLANNEL_MTU=1472\n", "is the network address"),
         ("FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=abc\n", "FLANNEL_MTU='abc': must be an integer 68..65535"),
         ("FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=40\n", "FLANNEL_MTU='40'"),
-        ("FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=yes\n", "FLANNEL_IPMASQ='yes': must be true or false"),
+        (
+            "FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=yes\n",
+            "FLANNEL_IPMASQ='yes': must be true or false",
+        ),
     ],
 )
 def test_malformed_subnet_files_name_the_key_and_value(text, match):

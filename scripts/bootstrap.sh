@@ -28,6 +28,68 @@ fi
 # Debian starts etcd as a service on install; the lab and the tests run their own members.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd >&2 || true; fi
 
+# Docker (the real-dockerd tests and `udpflannel lab --docker`): Debian's docker.io and a
+# static busybox for the test image. The tests run one dockerd per network namespace; the
+# package must not start a dockerd in the root namespace, so its postinst is held back by a
+# policy-rc.d that exists only during the install, and units or daemons the install
+# enabled or started are disabled and stopped again: the machine is left as it was.
+# An engine already on the machine (docker.io or docker-ce: they conflict) is used as it is.
+DOCKER_UNITS=(docker.service docker.socket containerd.service)
+docker_missing=()
+command -v dockerd >/dev/null || docker_missing+=(docker.io)
+# Without its recommends (needrestart, cgroupfs-mount, ...), except apparmor's parser, which
+# dockerd needs to start containers when the kernel has AppArmor on.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ] && ! command -v apparmor_parser >/dev/null; then
+    docker_missing+=(apparmor)
+fi
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || docker_missing+=(busybox-static)
+root_daemons() {  # pids of dockerd/containerd in this (the root) network namespace
+    local me pid
+    me=$(readlink /proc/self/ns/net)
+    for pid in $(pgrep -x dockerd; pgrep -x containerd); do
+        if [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$me" ]; then echo "$pid"; fi
+    done
+}
+unit_states() {  # "unit enabled-state active-state" per unit
+    local u
+    for u in "${DOCKER_UNITS[@]}"; do
+        echo "$u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"
+    done
+}
+if [ ${#docker_missing[@]} -gt 0 ]; then
+    echo "bootstrap: apt-get install ${docker_missing[*]} (services kept from starting)" >&2
+    units_before=$(unit_states)
+    pids_before=" $(root_daemons | tr '\n' ' ') "
+    our_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        our_policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# udpflannel bootstrap: keep services from starting during its apt install\nexit 101\n' >"$our_policy"
+        chmod 755 "$our_policy"
+        trap 'rm -f "$our_policy"' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${docker_missing[@]}" >&2
+    if [ -n "$our_policy" ]; then rm -f "$our_policy"; trap - EXIT; fi
+    while read -r u enabled active; do
+        before=$(grep "^$u " <<<"$units_before" || true)
+        if [ "$active" = active ] && ! grep -q " active$" <<<"$before"; then
+            echo "bootstrap: stopping $u (started by the install)" >&2
+            systemctl stop "$u" >&2 || true
+        fi
+        if [ "$enabled" = enabled ] && ! grep -q " enabled " <<<"$before"; then
+            echo "bootstrap: disabling $u (enabled by the install)" >&2
+            systemctl disable --quiet "$u" >&2 || true
+        fi
+    done <<<"$(unit_states)"
+    for pid in $(root_daemons); do
+        case "$pids_before" in *" $pid "*) ;; *)
+            echo "bootstrap: stopping $(cat "/proc/$pid/comm" 2>/dev/null) (pid $pid, started by the install)" >&2
+            kill "$pid" 2>/dev/null || true ;;
+        esac
+    done
+fi
+
 python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version' >&2
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv >&2

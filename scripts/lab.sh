@@ -3,10 +3,11 @@
 #
 #   sudo scripts/lab.sh                                  # 2 hosts, udp, ping across, tear down
 #   sudo scripts/lab.sh --backend vxlan --hosts 3 --keep # leave it running
+#   sudo scripts/lab.sh --docker                         # real dockerd and containers (docker.io)
 #   sudo scripts/lab.sh --down-all                       # tear down kept labs
 #
 # scripts/bootstrap.sh installs what is missing (apt: etcd, iproute2, ping, iperf3, socat,
-# iptables, a C compiler; pip: udpflannel into ./.venv), then this runs
+# iptables, a C compiler, docker.io and busybox-static; pip: udpflannel into ./.venv), then this runs
 # `udpflannel lab "$@"` (see `udpflannel lab --help`). The lab lives in network namespaces
 # only: nothing is added to this machine's own addresses or routes.
 set -eu

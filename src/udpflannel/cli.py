@@ -17,7 +17,9 @@ from .adapters.iface import choose
 from .adapters.registry import DEFAULT_PREFIX, EtcdOptions, EtcdRegistry
 from .adapters.subnetfile import DEFAULT_PATH
 from .agent import Agent, AgentOptions
+from .dockeropts_cli import docker_opts
 from .errors import UdpFlannelError
+from .lab.command import lab
 
 log = logging.getLogger("udpflannel")
 
@@ -33,10 +35,10 @@ Every flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_IFACE=eth1).
 
 
 class _Root(click.Group):
-    """The agent is the group's own command; `lab` is an extra subcommand."""
+    """The agent is the group's own command; `lab` and `docker-opts` are extra subcommands."""
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage("udpflannel", "[OPTIONS]  |  udpflannel lab [OPTIONS]")
+        formatter.write_usage("udpflannel", "[OPTIONS]  |  udpflannel lab [OPTIONS]  |  udpflannel docker-opts [OPTIONS]")
 
 
 @click.group(
@@ -137,12 +139,5 @@ async def _run(agent: Agent) -> None:
         log.info("shutting down")
 
 
-def _attach_lab() -> None:
-    try:
-        from .lab.command import lab
-    except ImportError:  # pragma: no cover - lab module not present
-        return
-    main.add_command(lab, "lab")
-
-
-_attach_lab()
+main.add_command(lab)
+main.add_command(docker_opts)

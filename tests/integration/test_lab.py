@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from udpflannel.lab.command import backend_available
+from udpflannel.lab.dockerd import cgroup_mounts
 from udpflannel.lab.netlab import new_prefix, sh
 
 pytestmark = [
@@ -27,9 +30,9 @@ pytestmark = [
 DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw"]
 
 
-def run_lab(state_dir, *args, timeout=180) -> subprocess.CompletedProcess:
+def run_lab(state_dir, *args, timeout=180, env=None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "udpflannel.lab", "--state-dir", str(state_dir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def prefix_of(out: str) -> str:
@@ -47,6 +50,7 @@ def assert_nothing_left(state_dir, prefix: str) -> None:
     assert namespaces(prefix) == []
     assert not (state_dir / f"{prefix}.json").exists()
     assert not (state_dir / prefix).exists()
+    assert [str(c) for m in cgroup_mounts() for c in m.glob(f"{prefix}-*")] == []  # docker's cgroup parents
 
 
 def _need(backend: str) -> None:
@@ -95,9 +99,13 @@ def test_lab_keep_then_down(tmp_path):
             c1, c2 = state["containers"]["h1c1"], state["containers"]["h2c1"]
             ping = sh("ip", "netns", "exec", c1["ns"], "ping", "-c", "1", "-W", "5", c2["ip"], check=False)
             assert ping.returncode == 0, ping.stdout
-    finally:
-        down = run_lab(tmp_path, "--down", prefix)
+    finally:  # the tear-down command exactly as printed (path and --state-dir included)
+        m = re.search(r"tear it down: +(.+)$", out, re.M)
+        printed = shlex.split(m.group(1)) if m else [sys.executable, "-m", "udpflannel", "lab", "--down", prefix]
+        down = subprocess.run(printed, capture_output=True, text=True, timeout=60, cwd="/")
+    assert m, out
     assert down.returncode == 0, down.stdout + down.stderr
+    assert f"{prefix}: removed 5 namespace(s)" in down.stdout
     assert_nothing_left(tmp_path, prefix)
 
 
@@ -121,3 +129,58 @@ def test_down_refuses_a_broad_prefix(tmp_path):
     p = run_lab(tmp_path, "--down", "uf")
     assert p.returncode != 0
     assert "not a lab prefix" in p.stdout + p.stderr
+
+
+def test_lab_docker_is_the_seed_with_real_containers(tmp_path):
+    """`lab --docker`: docker-opts, one dockerd per host, the seed's containers, ping both ways,
+    and each container sees the other at its own address (agents with --ip-masq)."""
+    p = run_lab(tmp_path, "--short", "--docker")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    prefix = prefix_of(out)
+    assert re.search(r'^DOCKER_OPTS=" --bip=10\.5\.\d+\.1/24 --ip-masq=false --mtu=1472 "$', out, re.M), out
+    assert "docker run -d --name test1 busybox sh -c 'while true; do sleep 3600; done'" in out
+    ips = re.findall(r"inet addr:(10\.5\.\d+\.2) ", out)
+    assert len(ips) == 2, out
+    assert f"test2 sees test1 at {ips[0]}: its own address" in out
+    assert f"test1 sees test2 at {ips[1]}: its own address" in out
+    assert "ping crossed the overlay: OK" in out
+    assert_nothing_left(tmp_path, prefix)
+
+
+def test_lab_docker_without_docker_says_what_to_install(tmp_path):
+    """No dockerd on PATH: one clear line, before anything is made."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ip", "etcd", "etcdctl", "ping"):
+        (bindir / tool).symlink_to(shutil.which(tool))
+    state = tmp_path / "state"
+    p = run_lab(state, "--docker", env=dict(os.environ, PATH=str(bindir)))
+    assert p.returncode == 1
+    assert "--docker: Docker is not installed: missing dockerd" in p.stderr
+    assert "apt-get install docker.io busybox-static" in p.stderr
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--config", '{"Network": "10.5.0.0/16", "SubnetLen": 31}'], "SubnetLen=31"),
+        (["--config", '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan", "VNI": "x"}}'], "Backend.VNI='x'"),
+        (["--config", '{"Network": "10.5.0.0/16", "Backend": {"Type": "nope"}}'], "unknown backend type"),
+        (["--config", "{not json"], "not JSON"),
+        (["--backend", "nope"], "'nope' is not one of"),
+    ],
+)
+def test_lab_config_errors_fail_at_once_with_the_reason(tmp_path, args, reason):
+    state = tmp_path / "state"
+    p = run_lab(state, *args, timeout=30)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert reason in p.stderr
+    assert not state.exists()  # no state file, no work directory, no namespace
+
+
+def test_lab_list_says_when_there_is_nothing(tmp_path):
+    p = run_lab(tmp_path, "--list")
+    assert p.returncode == 0
+    assert p.stdout == f"no labs (state directory {tmp_path})\n"

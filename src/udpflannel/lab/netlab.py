@@ -5,13 +5,16 @@ network namespaces named `<prefix>-...` where the prefix is unique per run (`uf`
 nothing is added to the root namespace's addresses or routes. The underlay is a bridge in
 its own "switch" namespace; each host gets an `eth1` with 192.0.2.<10+i>/24 (links inside a
 per-run namespace cannot collide with anything). `Lab.close()` deletes every namespace and
-process it made, and `cleanup_stale()` removes what a crashed run left behind.
+process it made (and the dockerd of `add_docker()` with their containers and cgroups), and
+`cleanup_stale(prefix)` removes what a crashed run with that prefix left behind. Nothing here
+acts on another run's prefix: every clean-up takes one run's full prefix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -29,6 +33,7 @@ UNDERLAY = IPv4Network("192.0.2.0/24")
 ETCD_HOST_IP = IPv4Address("192.0.2.2")
 NETNS_DIR = Path("/run/netns")
 PREFIX_TAG = "uf"  # every namespace this module makes starts with uf<6 hex>-
+PREFIX_RE = re.compile(rf"^{PREFIX_TAG}[0-9a-f]{{6}}$")  # one run's prefix
 
 
 def sh(*args: str, check: bool = True, capture: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -57,15 +62,25 @@ def etcd_binary() -> str:
     raise RuntimeError("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")
 
 
-def cleanup_stale(prefix: str = PREFIX_TAG) -> list[str]:
-    """Delete namespaces whose name starts with `prefix` (killing what runs in them)."""
-    removed = []
+def run_namespaces(prefix: str) -> list[str]:
+    """The namespaces of one run (`<prefix>-*`); ValueError unless `prefix` is one run's prefix."""
+    if not PREFIX_RE.match(prefix):
+        raise ValueError(f"not a run prefix: {prefix!r} (expected {PREFIX_TAG} + 6 hex digits)")
     out = sh("ip", "netns", "list", check=False).stdout or ""
-    for line in out.splitlines():
-        name = line.split()[0] if line.strip() else ""
-        if name.startswith(prefix):
-            _delete_netns(name)
-            removed.append(name)
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(prefix + "-")]
+
+
+def cleanup_stale(prefix: str) -> list[str]:
+    """Delete the namespaces of the run `prefix` (uf + 6 hex), killing what runs in them and in
+    their cgroups (docker containers). Returns the namespaces removed."""
+    from .dockerd import remove_cgroup
+
+    removed = []
+    for name in run_namespaces(prefix):
+        remove_cgroup(name)  # containers live in their own netns: find them by cgroup
+        _delete_netns(name)
+        removed.append(name)
     return removed
 
 
@@ -225,6 +240,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.hosts: list[Host] = []
         self.etcd: list[EtcdServer] = []
+        self.dockers: list = []  # DockerDaemon, stopped first in close()
         self.switch = self._netns("sw")
         sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
@@ -333,7 +349,21 @@ class Lab:
         host.procs.append(p)
         return p
 
+    # -- docker -----------------------------------------------------------------
+    def add_docker(self, host: Host, engine, env_file: Optional[Path] = None, args: Sequence[str] = ()):
+        """A dockerd in the host's namespace (lab/dockerd.py), started; wait with wait_ready().
+        `env_file` (a `udpflannel docker-opts` output) is sourced and $DOCKER_OPTS passed."""
+        from .dockerd import DockerDaemon
+
+        d = DockerDaemon(engine, host.ns, self.workdir / f"docker-{host.name}", env_file=env_file, args=args)
+        self.dockers.append(d)
+        return d.start()
+
     def close(self) -> None:
+        if self.dockers:  # containers, dockerd, containerd and cgroups, in parallel (a few s each)
+            with ThreadPoolExecutor(len(self.dockers)) as pool:
+                list(pool.map(_stop_quietly, self.dockers))
+            self.dockers.clear()
         for h in self.hosts:
             for p in h.procs:
                 if p.poll() is None:
@@ -345,7 +375,10 @@ class Lab:
                     p.kill()
         for srv in self.etcd:
             srv.stop()
+        from .dockerd import remove_cgroup
+
         for ns in reversed(self.namespaces):
+            remove_cgroup(ns)
             _delete_netns(ns)
         self.namespaces.clear()
 
@@ -354,6 +387,13 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stop_quietly(daemon) -> None:
+    try:
+        daemon.stop()
+    except Exception as e:  # the namespaces and cgroups are removed after this anyway
+        print(f"netlab: stopping dockerd in {daemon.ns}: {e}", file=sys.stderr)
 
 
 @dataclass

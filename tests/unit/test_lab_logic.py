@@ -1,0 +1,65 @@
+"""The lab's pure parts: config checks through the product's own code, device names, the
+netstat parsing behind the address-seen check, and the guards that keep clean-ups to one run."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from udpflannel.backends.udp import DEVICE
+from udpflannel.errors import ConfigError
+from udpflannel.lab.command import CONFIGS, backend_available, check_config, device_name, parse_netstat_peer
+from udpflannel.lab.dockerd import remove_cgroup
+from udpflannel.lab.netlab import cleanup_stale, run_namespaces
+
+
+def test_every_default_config_passes_the_products_checks():
+    for backend, cfg in CONFIGS.items():
+        assert check_config(cfg).backend_type == backend
+        assert backend_available(backend) is True
+
+
+def test_backend_options_are_checked_by_the_backend():
+    with pytest.raises(ConfigError, match=r"Backend\.VNI"):
+        check_config({"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan", "VNI": -1}})
+    with pytest.raises(ConfigError, match=r"Backend\.Port"):
+        check_config({"Network": "10.5.0.0/16", "Backend": {"Type": "udp", "Port": 0}})
+    with pytest.raises(ConfigError, match="unknown backend type"):
+        check_config({"Network": "10.5.0.0/16", "Backend": {"Type": "gre"}})
+    assert backend_available("gre") == "udpflannel has no gre backend"
+
+
+def test_device_names_come_from_the_backends():
+    assert device_name(check_config(CONFIGS["udp"])) == DEVICE
+    assert device_name(check_config(CONFIGS["vxlan"])) == "flannel.100"
+    assert device_name(check_config({"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}})) == "flannel.1"
+    assert device_name(check_config(CONFIGS["host-gw"])) is None
+
+
+NETSTAT = """Active Internet connections (w/o servers)
+Proto Recv-Q Send-Q Local Address           Foreign Address         State
+tcp        0      0 10.12.112.2:46116       10.15.240.2:7000        TIME_WAIT
+tcp        0      0 ::ffff:10.12.112.2:7000 ::ffff:10.15.240.2:47956 ESTABLISHED
+"""
+
+
+def test_netstat_peer_is_the_foreign_address_of_the_listening_port():
+    assert parse_netstat_peer(NETSTAT, 7000) == IPv4Address("10.15.240.2")
+    assert parse_netstat_peer(NETSTAT.replace("::ffff:", ""), 7000) == IPv4Address("10.15.240.2")
+    assert parse_netstat_peer(NETSTAT, 7001) is None
+    assert parse_netstat_peer("nc: can't connect to remote host: Connection refused", 7000) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "uf", "uf12345", "uf1234567", "ufabcdeg", "xx123456", "uf123456-"])
+def test_clean_ups_refuse_anything_but_one_runs_prefix(prefix):
+    with pytest.raises(ValueError, match="not a run prefix"):
+        run_namespaces(prefix)
+    with pytest.raises(ValueError, match="not a run prefix"):
+        cleanup_stale(prefix)
+
+
+@pytest.mark.parametrize("name", ["", "/", "a/b", ".", ".."])
+def test_remove_cgroup_takes_one_name(name):
+    with pytest.raises(ValueError, match="not a cgroup name"):
+        remove_cgroup(name)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
-from udpflannel.lab.netlab import Host, Lab, read_subnet_file, wait_for
+from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
 
 PREFIX = "/coreos.com/network"
 HEALTHZ_PORT = 8471
+FILL = Path(__file__).resolve().parents[2] / "bench" / "etcd_fill.py"
+
+
+def fill(etcd: EtcdServer, *args: str, prefix: str = PREFIX) -> None:
+    """bench/etcd_fill.py against `etcd` (inside its namespace): many leases, or garbage."""
+    cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--prefix", prefix, *args]
+    if etcd.ns:
+        cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
 
 
 def subnet_file(lab: Lab, host: Host) -> Path:

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Iterator, Optional, Union
 
@@ -91,8 +92,11 @@ class Lease:
     # etcd lease id and TTL (seconds) at the time it was read; None for fakes/unknown.
     lease_id: Optional[int] = field(default=None, compare=False)
     expiration: Optional[float] = field(default=None, compare=False)
+    # etcd revision of the last write to the key: of two overlapping leases the older
+    # (lower) one wins, the same on every host. None (fakes) sorts as oldest.
+    mod_revision: Optional[int] = field(default=None, compare=False)
 
-    @property
+    @cached_property
     def key(self) -> str:
         return lease_key(self.subnet, self.ipv6_subnet)
 

@@ -66,13 +66,13 @@ class World:
 
     async def stop(self):
         self.agent.stop()
-        await asyncio.wait_for(self.task, 5)
+        await asyncio.wait_for(self.task, 20)
 
     def own_key(self) -> str:
         return self.agent.own.key
 
 
-async def until(pred, timeout: float = 5, what: str = "condition"):
+async def until(pred, timeout: float = 20, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
         if asyncio.get_running_loop().time() > deadline:

@@ -27,7 +27,7 @@ def subnet_file(lab: Lab, host: Host) -> Path:
     return lab.workdir / f"{host.name}.subnet.env"
 
 
-def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
+def start(lab: Lab, host: Host, *extra: str, env: dict | None = None) -> subprocess.Popen:
     """udpflannel --iface eth1 against the lab's etcd, with a per-host subnet file."""
     return lab.start_agent(
         host,
@@ -36,6 +36,7 @@ def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
         "--subnet-file", str(subnet_file(lab, host)),
         "--healthz-port", str(HEALTHZ_PORT),
         *extra,
+        env=env,
     )  # fmt: skip
 
 

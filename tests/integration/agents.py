@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from datetime import datetime
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
@@ -84,3 +88,60 @@ def http_get(host: Host, path: str) -> tuple[int, str]:
 def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
     proc.terminate()
     return proc.wait(timeout)
+
+
+# -- etcd faults ----------------------------------------------------------------------------------
+
+
+def etcd_signal(srv: EtcdServer, sig: int) -> None:
+    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place)."""
+    comm = Path(f"/proc/{srv.proc.pid}/comm").read_text().strip()
+    assert comm == "etcd", f"pid {srv.proc.pid} is {comm!r}, not etcd"
+    os.kill(srv.proc.pid, sig)
+
+
+def etcd_cluster(lab: Lab, n: int = 3) -> list[EtcdServer]:
+    """n etcd members, each in a namespace of its own on the underlay (192.0.2.2, .3, ...)."""
+    members = []
+    for i in range(1, n + 1):
+        ip = IPv4Address("192.0.2.1") + i
+        ns = lab.add_underlay_ns(f"etcd{i}", ip)
+        members.append(EtcdServer(name=f"etcd{i}", ip=ip, client_port=2379, peer_port=2380,
+                                  data_dir=lab.workdir / f"etcd{i}.data", ns=ns))  # fmt: skip
+    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    for m in members:
+        m.initial_cluster = cluster
+        m.cluster_token = f"tok-{lab.prefix}"
+        lab.etcd.append(m)
+        m.start(wait=False)
+    for m in members:
+        m.wait_ready(60)
+    return members
+
+
+class Pinger:
+    """`ping -i 0.01` from a container for `seconds`, in the background; .result() gives
+    (transmitted, received)."""
+
+    def __init__(self, src, dst, seconds: float, interval: float = 0.01):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", src.ns, "ping", "-q", "-n", "-i", str(interval), "-W", "1",
+             "-w", str(int(seconds)), str(dst)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def result(self, timeout: float = 120) -> tuple[int, int]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
+        assert m, out
+        return int(m.group(1)), int(m.group(2))
+
+
+def log_times(proc: subprocess.Popen, text: str) -> list[float]:
+    """Wall-clock times (time.time()) of the agent's log lines containing `text`."""
+    out = []
+    for line in log_text(proc).splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            out.append(stamp.timestamp())
+    return out

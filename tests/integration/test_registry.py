@@ -37,7 +37,7 @@ def test_create_only_if_absent_and_list_with_revision(loopback_etcd):
             listing = await reg.list_leases()
             leases, rev = listing.leases, listing.revision
             assert [(l.key, l.attrs, l.lease_id) for l in leases] == [("10.5.3.0-24", ME, lid)]
-            assert rev > 0 and leases[0].mod_revision == rev
+            assert rev > 0 and leases[0].mod_revision == rev and leases[0].create_revision == rev
             assert await reg.renew(lid) > 3000
             new = await reg.update_lease("10.5.3.0-24", ME, 3600, expect_lease_id=lid)
             assert new and new != lid

@@ -50,7 +50,8 @@ class FakeRegistry:
     def __init__(self, clock: Optional[FakeClock] = None, config: Optional[str] = None):
         self.clock = clock or FakeClock()
         self.config = config.encode() if config else None
-        self.kv: dict[str, tuple[str, int, int]] = {}
+        self.kv: dict[str, tuple[str, int, int]] = {}  # name -> (value, etcd lease, mod revision)
+        self.created: dict[str, int] = {}  # name -> create revision
         self.etcd_leases: dict[int, float] = {}
         self.revision = 1
         self.history: list[WatchEvent] = []
@@ -83,7 +84,7 @@ class FakeRegistry:
         lease, problem = None, ""
         if value is not None:
             try:
-                lease = self._lease(name, value, lid, self.revision)
+                lease = self._lease(name, value, lid, self.revision, self.created.get(name))
             except LeaseParseError as e:
                 problem = str(e)
         self.history.append(WatchEvent(kind, name, lease, self.revision, problem))
@@ -97,11 +98,13 @@ class FakeRegistry:
             self.etcd_leases[lease_id] = self.clock.now + ttl
         self.revision += 1
         self.kv[name] = (value, lease_id, self.revision)
+        self.created.setdefault(name, self.revision)
         self._event("put", name, value, lease_id)
         return lease_id
 
     def remove(self, name: str) -> None:
         if self.kv.pop(name, None) is not None:
+            self.created.pop(name, None)
             self.revision += 1
             self._event("delete", name, None, 0)
 
@@ -112,9 +115,9 @@ class FakeRegistry:
                 self.remove(k)
 
     @staticmethod
-    def _lease(name: str, value: str, lid: int, rev: int) -> Lease:
+    def _lease(name: str, value: str, lid: int, rev: int, created: Optional[int] = None) -> Lease:
         l = parse_lease(name, value)
-        return Lease(l.subnet, l.attrs, l.ipv6_subnet, lease_id=lid, mod_revision=rev)
+        return Lease(l.subnet, l.attrs, l.ipv6_subnet, lease_id=lid, mod_revision=rev, create_revision=created or rev)
 
     # -- the Registry protocol ---------------------------------------------------------------
     async def get_config(self) -> Optional[bytes]:
@@ -127,7 +130,7 @@ class FakeRegistry:
         leases, malformed = [], {}
         for name, (value, lid, rev) in self.kv.items():
             try:
-                leases.append(self._lease(name, value, lid, rev))
+                leases.append(self._lease(name, value, lid, rev, self.created.get(name)))
             except LeaseParseError as e:
                 malformed[name] = str(e)
         return Listing(leases, self.revision, malformed)
@@ -150,7 +153,7 @@ class FakeRegistry:
     async def get_lease(self, name: str) -> Optional[Lease]:
         self._check("get lease")
         got = self.kv.get(name)
-        return self._lease(name, got[0], got[1], got[2]) if got else None
+        return self._lease(name, got[0], got[1], got[2], self.created.get(name)) if got else None
 
     async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]:
         self._check("create")

@@ -22,7 +22,7 @@ def L(third: int, ip: str = "", vni: int | None = None, lease_id: int | None = N
     """Lease 10.5.<third>.0/<plen> owned by `ip` (default 192.0.2.<third>)."""
     data = {"VNI": vni, "VtepMAC": "ca:fe:00:00:00:01"} if vni is not None else None
     attrs = LeaseAttrs(IPv4Address(ip or f"192.0.2.{third}"), backend_type="vxlan" if data else "", backend_data=data)
-    return Lease(IPv4Network(f"10.5.{third}.0/{plen}"), attrs, lease_id=lease_id, mod_revision=rev)
+    return Lease(IPv4Network(f"10.5.{third}.0/{plen}"), attrs, lease_id=lease_id, create_revision=rev)
 
 
 def ctx(own: Lease | None = None) -> LeaseContext:
@@ -240,14 +240,15 @@ def test_incremental_verdicts_match_a_full_validation_and_the_backend_follows(ow
     for op, arg in program:
         rev += 1
         if op == "put":
-            lease = Lease(arg.subnet, arg.attrs, mod_revision=rev)
+            old = etcd.get(arg.key)  # a key keeps its creation revision across writes
+            lease = Lease(arg.subnet, arg.attrs, create_revision=old.create_revision if old else rev, mod_revision=rev)
             etcd[lease.key] = lease
             apply(v.put(lease))
         elif op == "delete":
             etcd.pop(arg.key, None)
             apply(v.delete(arg.key))
         elif op == "reset":
-            etcd = {l.key: Lease(l.subnet, l.attrs, mod_revision=rev) for l in arg}
+            etcd = {l.key: Lease(l.subnet, l.attrs, create_revision=rev, mod_revision=rev) for l in arg}
             apply(v.reset(list(etcd.values())))
         else:
             own_lease = L(arg, ip="192.0.2.200") if arg else None
@@ -260,3 +261,16 @@ def test_incremental_verdicts_match_a_full_validation_and_the_backend_follows(ow
         nets = [l.subnet for l in backend.values()]
         assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :])
         assert own_lease is None or not any(n.overlaps(own_lease.subnet) for n in nets)
+
+
+def test_a_lease_rewritten_in_place_stays_as_old_as_its_key():
+    """h1's lease (key created at revision 5), then a bad /25 inside it (10), then h1's key is
+    rewritten (re-asserted, renewed on a new etcd lease: revision 12). h1's lease keeps
+    winning on every other host: age is the key's creation, not its last write."""
+    h1 = Lease(IPv4Network("10.5.56.0/24"), LeaseAttrs(IPv4Address("192.0.2.11")), create_revision=5, mod_revision=5)
+    bad = Lease(IPv4Network("10.5.56.0/25"), LeaseAttrs(IPv4Address("192.0.2.9")), create_revision=10, mod_revision=10)
+    v = view(listing=[h1, bad])
+    assert set(v.leases) == {h1.key}
+    rewritten = Lease(h1.subnet, LeaseAttrs(IPv4Address("192.0.2.11")), create_revision=5, mod_revision=12)
+    assert v.put(rewritten).events == ()
+    assert set(v.leases) == {h1.key} and "10.5.56.0-25" in v.rejected

@@ -17,7 +17,7 @@ OWN = Lease(IPv4Network("10.5.1.0/24"), LeaseAttrs(IPv4Address("192.0.2.11")))
 
 
 def lease(subnet: str, ip: str = "192.0.2.20", rev: int | None = None, **kw) -> Lease:
-    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), **kw), mod_revision=rev)
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), **kw), create_revision=rev)
 
 
 def ctx(**kw) -> LeaseContext:

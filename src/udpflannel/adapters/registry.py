@@ -87,7 +87,7 @@ class EtcdRegistry:
         """Raises LeaseParseError."""
         lease = parse_lease(self._name(kv.key), kv.value)
         return Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, lease_id=kv.lease or None,
-                     mod_revision=kv.mod_revision)  # fmt: skip
+                     create_revision=kv.create_revision, mod_revision=kv.mod_revision)  # fmt: skip
 
     def _malformed(self, name: str, why: str) -> None:
         if self._reported.get(name) != why:

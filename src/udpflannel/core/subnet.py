@@ -92,8 +92,9 @@ class Lease:
     # etcd lease id and TTL (seconds) at the time it was read; None for fakes/unknown.
     lease_id: Optional[int] = field(default=None, compare=False)
     expiration: Optional[float] = field(default=None, compare=False)
-    # etcd revision of the last write to the key: of two overlapping leases the older
-    # (lower) one wins, the same on every host. None (fakes) sorts as oldest.
+    # etcd revisions of the key's creation and of its last write (None: not read from etcd).
+    # Of two overlapping leases the one created first wins, the same on every host.
+    create_revision: Optional[int] = field(default=None, compare=False)
     mod_revision: Optional[int] = field(default=None, compare=False)
 
     @cached_property

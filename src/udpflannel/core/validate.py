@@ -12,8 +12,11 @@ rejected, with a reason naming what is wrong, when
 4. the backend cannot use it (`LeaseContext.backend_problem`: another backend type,
    vxlan without a usable VtepMAC or with another VNI, ...);
 5. it overlaps another lease that passed 1-4 and is older: among overlapping leases the
-   lowest etcd mod_revision (then the key) wins. Every host sees the same revisions, so
-   every host keeps the same one.
+   one whose key etcd created first (lowest create_revision, then the key) wins. Every
+   host sees the same revisions, so every host keeps the same one. The creation, not the
+   last write (mod_revision), decides: a lease rewritten in place (renewed on a new etcd
+   lease, re-asserted after another writer) stays as old as it is, so a bad lease written
+   in between can never push it out.
 
 Address rules are written once for both families: a dual-stack lease's IPv6 subnet and
 PublicIPv6 are checked by the same code as soon as a config enables IPv6.
@@ -119,7 +122,7 @@ def lease_problem(lease: Lease, ctx: LeaseContext) -> Optional[str]:
 
 
 def _age(lease: Lease) -> tuple[int, str]:
-    return (lease.mod_revision or 0, lease.key)
+    return (lease.create_revision or 0, lease.key)
 
 
 def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
@@ -155,6 +158,6 @@ def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
             accepted[lease.key] = lease
         else:
             rejected[lease.key] = (f"subnet {lease.subnet} overlaps lease {winner.key}, which is older "
-                                   f"(etcd mod revision {winner.mod_revision or 0} vs {lease.mod_revision or 0}; "
+                                   f"(created at etcd revision {winner.create_revision or 0} vs {lease.create_revision or 0}; "
                                    "the older one wins)")  # fmt: skip
     return Verdict(accepted, rejected)

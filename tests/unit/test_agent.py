@@ -118,22 +118,22 @@ def test_empty_listing_still_gives_the_backend_a_snapshot(tmp_path):
 def test_watch_events_are_deltas_and_a_compacted_watch_relists_as_a_snapshot(tmp_path):
     async def go():
         w = World(tmp_path)
-        w.reg.put("10.5.20.0-24", attrs("192.0.2.20"))
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
         await w.start()
         b = w.backend
-        assert b.updates[-1] == Snapshot(tuple(b.routes.values())) and set(b.routes) == {"10.5.20.0-24"}
-        w.reg.put("10.5.21.0-24", attrs("192.0.2.21"))
-        await until(lambda: "10.5.21.0-24" in b.routes)
+        assert b.updates[-1] == Snapshot(tuple(b.routes.values())) and set(b.routes) == {"10.5.220.0-24"}
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in b.routes)
         assert isinstance(b.updates[-1], Delta)
         # the watch is compacted while a change happens: re-list, and the whole set comes again
         from udpflannel.adapters.registry import Compacted
 
         w.reg.compacted = w.reg.revision + 1
         w.reg.break_watch.append(Compacted("compacted"))
-        w.reg.remove("10.5.20.0-24")
-        w.reg.put("10.5.22.0-24", attrs("192.0.2.22"))
+        w.reg.remove("10.5.220.0-24")
+        w.reg.put("10.5.222.0-24", attrs("192.0.2.22"))
         w.reg.compacted = 0
-        await until(lambda: set(b.routes) == {"10.5.21.0-24", "10.5.22.0-24"})
+        await until(lambda: set(b.routes) == {"10.5.221.0-24", "10.5.222.0-24"})
         await w.stop()
         return w
 
@@ -151,19 +151,19 @@ def test_bad_leases_never_reach_the_backend_and_are_logged_once(tmp_path, caplog
         b = w.backend
         inside_own = f"{own.network_address}-25"
         w.reg.put(inside_own, attrs("192.0.2.9"))  # a /25 inside our /24
-        w.reg.put("10.5.40.0-24", "{}")  # no PublicIP
+        w.reg.put("10.5.240.0-24", "{}")  # no PublicIP
         w.reg.put("10.9.1.0-24", attrs("192.0.2.41"))  # outside the Network
-        w.reg.put("10.5.50.0-24", attrs("192.0.2.50"))  # fine ...
-        w.reg.put("10.5.50.0-23", attrs("192.0.2.51"))  # ... and a younger lease overlapping it
-        w.reg.put("10.5.40.0-24", "{}")  # the same bad value again: logged once
-        await until(lambda: "10.5.50.0-24" in b.routes)
+        w.reg.put("10.5.250.0-24", attrs("192.0.2.50"))  # fine ...
+        w.reg.put("10.5.250.0-23", attrs("192.0.2.51"))  # ... and a younger lease overlapping it
+        w.reg.put("10.5.240.0-24", "{}")  # the same bad value again: logged once
+        await until(lambda: "10.5.250.0-24" in b.routes)
         await asyncio.sleep(0.05)
-        assert set(b.routes) == {"10.5.50.0-24"}
+        assert set(b.routes) == {"10.5.250.0-24"}
         rejected = w.agent.metrics()["rejected_leases"]
         # a rejected lease fixed is accepted; the older overlapping lease deleted lets the younger in
-        w.reg.put("10.5.40.0-24", attrs("192.0.2.40"))
-        w.reg.remove("10.5.50.0-24")
-        await until(lambda: set(b.routes) == {"10.5.40.0-24", "10.5.50.0-23"})
+        w.reg.put("10.5.240.0-24", attrs("192.0.2.40"))
+        w.reg.remove("10.5.250.0-24")
+        await until(lambda: set(b.routes) == {"10.5.240.0-24", "10.5.250.0-23"})
         await w.stop()
         return rejected, inside_own
 
@@ -171,10 +171,10 @@ def test_bad_leases_never_reach_the_backend_and_are_logged_once(tmp_path, caplog
         rejected, inside_own = run(go())
     assert rejected == 4
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "rejecting" in r.getMessage()]
-    assert sum("10.5.40.0-24" in m and "PublicIP is missing" in m for m in warnings) == 1
+    assert sum("10.5.240.0-24" in m and "PublicIP is missing" in m for m in warnings) == 1
     assert any(inside_own in m and "overlaps this host's subnet" in m for m in warnings)
     assert any("10.9.1.0-24" in m and "outside the Network" in m for m in warnings)
-    assert any("10.5.50.0-23" in m and "older" in m for m in warnings)
+    assert any("10.5.250.0-23" in m and "older" in m for m in warnings)
 
 
 def test_own_key_overwritten_by_another_writer_is_reasserted(tmp_path, caplog):
@@ -217,12 +217,12 @@ def test_own_key_deleted_is_reacquired_and_the_old_etcd_lease_revoked(tmp_path):
 def test_a_foreign_cancellation_or_a_failing_task_is_logged_and_restarted(tmp_path, caplog):
     async def go():
         w = World(tmp_path)
-        w.reg.put("10.5.20.0-24", attrs("192.0.2.20"))
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
         w.reg.cancel_next = 3  # get config, then list (in acquire) raise CancelledError, as grpc.aio does
         await w.start()
         w.backend.fail_apply.append(RuntimeError("boom"))
-        w.reg.put("10.5.21.0-24", attrs("192.0.2.21"))
-        await until(lambda: "10.5.21.0-24" in w.backend.routes)
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in w.backend.routes)
         restarts = w.agent.metrics()["task_restarts"]
         await w.stop()
         return w, restarts
@@ -241,8 +241,8 @@ def test_cancellation_leaking_from_etcd_calls_is_survived(tmp_path, caplog):
         await w.start()
         w.reg.cancel_next = 2
         w.reg.break_watch.append(RegistryError("watch broke"))
-        w.reg.put("10.5.21.0-24", attrs("192.0.2.21"))
-        await until(lambda: "10.5.21.0-24" in w.backend.routes)
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in w.backend.routes)
         await w.stop()
         return w
 
@@ -303,22 +303,22 @@ def test_unwritable_subnet_file_is_fatal_before_etcd(tmp_path):
 def test_etcd_outage_keeps_the_backend_s_peers_and_logs_still_waiting(tmp_path, caplog):
     async def go():
         w = World(tmp_path, still_waiting_every=0.05)
-        w.reg.put("10.5.20.0-24", attrs("192.0.2.20"))
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
         await w.start()
         updates = len(w.backend.updates)
         w.reg.down = True
         w.reg.break_watch.append(RegistryError("etcd went away"))
-        w.reg.put("10.5.99.0-24", attrs("192.0.2.99"))  # wakes the watch, which breaks
+        w.reg.put("10.5.199.0-24", attrs("192.0.2.99"))  # wakes the watch, which breaks
         await asyncio.sleep(0.3)
         during = (dict(w.backend.routes), len(w.backend.updates) - updates, w.agent.ready())
         w.reg.down = False
-        await until(lambda: "10.5.99.0-24" in w.backend.routes)
+        await until(lambda: "10.5.199.0-24" in w.backend.routes)
         await w.stop()
         return during
 
     with caplog.at_level(logging.INFO, logger="udpflannel"):
         routes, new_updates, ready = run(go())
-    assert set(routes) == {"10.5.20.0-24"} and new_updates == 0 and ready  # the last table stays
+    assert set(routes) == {"10.5.220.0-24"} and new_updates == 0 and ready  # the last table stays
     assert "still waiting for etcd (listing the leases;" in caplog.text
     assert "attempts, since" in caplog.text
     assert "listing the leases: succeeded after" in caplog.text

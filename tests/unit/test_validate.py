@@ -132,3 +132,16 @@ def test_netindex_finds_super_and_subnets_and_forgets():
     assert idx.overlapping(IPv4Network("10.5.0.0/21")) == {"b"}
     idx.add(IPv4Network("10.5.4.0/24"), "d")
     assert idx.overlapping(IPv4Network("10.5.4.128/25")) == {"b", "d"}
+
+
+def test_netindex_several_keys_on_one_network():
+    idx = NetIndex()
+    net = IPv4Network("10.5.4.0/24")
+    idx.add(net, "a")
+    idx.add(net, "a")  # again: still one
+    idx.add(net, "b")
+    assert idx.overlapping(net) == {"a", "b"}
+    idx.remove(net, "a")
+    assert idx.overlapping(IPv4Network("10.5.0.0/16")) == {"b"}
+    idx.remove(net, "b")
+    assert idx.overlapping(IPv4Network("10.5.0.0/16")) == set()

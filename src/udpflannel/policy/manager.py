@@ -99,7 +99,7 @@ class LeaseManager:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wait_event: Optional[Callable[[asyncio.Event, float], Awaitable[bool]]] = None,
         retry_interval: float = 5.0,
-        still_waiting_every: float = 60.0,
+        still_waiting_every: float = 30.0,
         status: Optional[Callable[[str], None]] = None,
     ):
         if not config.enable_ipv4:
@@ -115,6 +115,7 @@ class LeaseManager:
         self.sleep = sleep
         self.wait_event = wait_event or _wait_event
         self.retry_interval = retry_interval
+        self.listing: Optional[Listing] = None  # the one the last acquisition used
         self.renewals = 0
         self.reacquisitions = 0
         self.reasserts = 0
@@ -169,7 +170,7 @@ class LeaseManager:
         raise OutOfSubnets(f"could not win a subnet after {RACE_RETRIES} attempts")
 
     async def _try_acquire(self) -> Optional[OwnLease]:
-        listing = await self.registry.list_leases()
+        listing = self.listing = await self.registry.list_leases()
         leases = listing.leases
         # (1) a lease with our PublicIP
         for lease in leases:
@@ -318,6 +319,7 @@ class LeaseManager:
         self.previous = old.lease.subnet
         self.reacquisitions += 1
         own = await self.acquire_forever()
+        self.listing = None  # only the first acquisition's listing seeds the watcher
         if own.lease_id != old.lease_id:
             await self.registry.revoke(old.lease_id, quiet=True)
         await adopt(own)

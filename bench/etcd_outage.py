@@ -68,8 +68,9 @@ def freeze(seconds: float) -> None:
             failed = [t - t_freeze for t in agents.log_times(p, "waiting for etcd (renewing lease")]
             renewed = [t - t_thaw for t in agents.log_times(p, "renewed lease")]
             still = len(agents.log_times(p, "still waiting for etcd"))
-            print(f"  {h.name}: renewal first failed {failed[0]:.1f}s into the freeze, {still} 'still waiting' lines, "
-                  f"renewed {renewed[0]:.1f}s after the thaw")
+            when = f"first failed {failed[0]:.1f}s into the freeze" if failed else "did not fall due in the freeze"
+            print(f"  {h.name}: the renewal {when}, {still} 'still waiting' lines, renewed {renewed[0]:.1f}s after "
+                  "the thaw")
 
 
 def failover(reps: int) -> None:

@@ -353,3 +353,14 @@ def test_metrics_stay_a_dict_of_ints(tmp_path):
     m = run(go())
     assert all(isinstance(v, int) for v in m.values())
     assert {"peers", "rejected_leases", "lease_reasserts", "task_restarts", "ready"} <= set(m)
+
+
+def test_watchdog_pings_systemd_while_running(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        w.notifier.watchdog_interval = 0.01
+        await w.start()
+        await until(lambda: sum("WATCHDOG" in m for m in w.notifier.sent) >= 3)
+        await w.stop()
+
+    run(go())

@@ -85,9 +85,12 @@ def test_bad_options_name_key_and_value(key, value):
 
 
 def test_constructor_has_no_side_effects():
-    # No device lookup, no socket: only validation (the agent builds one to check options).
-    b = VxlanBackend(IFACE, parse_config(json.dumps(SEED)))
-    assert b._nl._ipr is None
+    # No device lookup, no netlink call: only validation (the agent builds one to check options).
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the constructor used netlink.{name}")
+
+    VxlanBackend(IFACE, parse_config(json.dumps(SEED)), netlink=Untouchable())
 
 
 # -- lease and MACs --------------------------------------------------------------------------

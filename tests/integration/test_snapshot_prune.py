@@ -5,6 +5,7 @@ was down are removed (vxlan and host-gw used to keep them until some peer showed
 from __future__ import annotations
 
 import json
+import re
 from ipaddress import IPv4Interface
 
 import pytest
@@ -38,3 +39,27 @@ def test_first_snapshot_prunes_routes_of_peers_gone_while_down_even_when_empty(e
     p1, _ = agents.start_and_wait(lab, h1)
     agents.wait_log(p1, "0 peers")
     wait_for(lambda: peer_routes(h1) == set(), 10, what="the stale route to be pruned")
+
+
+def test_udp_table_follows_a_snapshot_after_a_lost_watch(etcd_lab):
+    """A peer deleted while h1's watch was cut off is pruned from the data path's table by
+    the re-listing's Snapshot (there is no delete event for it)."""
+    lab = etcd_lab
+    lab.etcd[0].put(f"{PREFIX}/config", '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}')
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.99","PublicIPv6":null}')
+    h1 = lab.add_host()
+    p1, _ = agents.start_and_wait(lab, h1)
+    wait_for(lambda: dp_leases(h1) == 1, 20, what="the peer in the table")
+    h1.run("ip", "link", "set", "eth1", "down")
+    try:
+        agents.wait_log(p1, "lease watch interrupted", timeout=30)
+        lab.etcd[0].delete(f"{PREFIX}/subnets/10.5.250.0-24")
+    finally:
+        h1.run("ip", "link", "set", "eth1", "up")
+    wait_for(lambda: dp_leases(h1) == 0, 40, what="the table to lose the peer")
+    assert "peer removed: 10.5.250.0/24" in agents.log_text(p1)
+
+
+def dp_leases(host) -> int:
+    code, body = agents.http_get(host, "/metrics")
+    return int(re.search(r"^udpflannel_dp_leases (\d+)$", body, re.M).group(1))

@@ -77,7 +77,7 @@ def failover(reps: int) -> None:
     detect, seen = [], []
     for _ in range(reps):
         with Lab() as lab:
-            members = agents.etcd_cluster(lab, 3)
+            members = lab.add_etcd_cluster(3)
             members[0].put(f"{PREFIX}/config", ALLOC)
             h = lab.add_host()
             p = agents.start(lab, h, "--subnet-lease-ttl", "60", "--subnet-lease-renew-margin-seconds", "50")

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from datetime import datetime
-from ipaddress import IPv4Address
 from pathlib import Path
 
 from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
@@ -98,25 +97,6 @@ def etcd_signal(srv: EtcdServer, sig: int) -> None:
     comm = Path(f"/proc/{srv.proc.pid}/comm").read_text().strip()
     assert comm == "etcd", f"pid {srv.proc.pid} is {comm!r}, not etcd"
     os.kill(srv.proc.pid, sig)
-
-
-def etcd_cluster(lab: Lab, n: int = 3) -> list[EtcdServer]:
-    """n etcd members, each in a namespace of its own on the underlay (192.0.2.2, .3, ...)."""
-    members = []
-    for i in range(1, n + 1):
-        ip = IPv4Address("192.0.2.1") + i
-        ns = lab.add_underlay_ns(f"etcd{i}", ip)
-        members.append(EtcdServer(name=f"etcd{i}", ip=ip, client_port=2379, peer_port=2380,
-                                  data_dir=lab.workdir / f"etcd{i}.data", ns=ns))  # fmt: skip
-    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    for m in members:
-        m.initial_cluster = cluster
-        m.cluster_token = f"tok-{lab.prefix}"
-        lab.etcd.append(m)
-        m.start(wait=False)
-    for m in members:
-        m.wait_ready(60)
-    return members
 
 
 class Pinger:

@@ -99,7 +99,7 @@ def test_etcd_killed_with_a_renewal_due_and_restarted(etcd_lab):
 
 
 def test_cluster_member_in_use_frozen_then_killed_fails_over(lab):
-    members = agents.etcd_cluster(lab, 3)
+    members = lab.add_etcd_cluster(3)
     members[0].put(f"{PREFIX}/config", ALLOC)
     h1 = lab.add_host()
     p = agents.start(lab, h1, "--subnet-lease-ttl", "60", "--subnet-lease-renew-margin-seconds", "50")

@@ -119,14 +119,7 @@ def test_watch_raises_when_etcd_goes_away(loopback_etcd):
     async def go():
         reg = registry(loopback_etcd.endpoint)
         try:
-            rev = (await reg.list_leases()).revision
-
-            async def watch():
-                async for _ in reg.watch_leases(rev + 1):
-                    pass
-
-            task = asyncio.ensure_future(watch())
-            await asyncio.sleep(0.5)
+            task = await watching(reg)
             await asyncio.get_running_loop().run_in_executor(None, loopback_etcd.stop)
             with pytest.raises(RegistryError):
                 await asyncio.wait_for(task, 20)
@@ -134,6 +127,19 @@ def test_watch_raises_when_etcd_goes_away(loopback_etcd):
             await reg.close()
 
     asyncio.run(go())
+
+
+async def watching(reg) -> asyncio.Task:
+    """A task draining reg's watch from the current revision, once it has started."""
+    rev = (await reg.list_leases()).revision
+
+    async def watch():
+        async for _ in reg.watch_leases(rev + 1):
+            pass
+
+    task = asyncio.ensure_future(watch())
+    await asyncio.sleep(0.5)
+    return task
 
 
 def test_put_get_revoke(loopback_etcd):
@@ -198,14 +204,7 @@ def test_a_frozen_etcd_fails_calls_within_the_deadline_and_the_watch_within_its_
     async def go():
         reg = registry(loopback_etcd.endpoint)
         try:
-            rev = (await reg.list_leases()).revision
-
-            async def watch():
-                async for _ in reg.watch_leases(rev + 1):
-                    pass
-
-            task = asyncio.ensure_future(watch())
-            await asyncio.sleep(0.5)
+            task = await watching(reg)
             os.kill(loopback_etcd.proc.pid, signal.SIGSTOP)
             try:
                 t0 = time.monotonic()

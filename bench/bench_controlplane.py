@@ -20,6 +20,9 @@ import pytest
 
 from udpflannel.core.leasediff import PeerView, diff
 from udpflannel.core.subnet import parse_lease
+from udpflannel.core.validate import LeaseContext, validate
+
+CTX = LeaseContext((IPv4Network("10.0.0.0/8"),))
 
 N = 10_000
 
@@ -80,14 +83,22 @@ def test_diff_churn_10k(benchmark, leases, churned):
     assert len(events) == 3 * (N // 100)
 
 
+def test_validate_10k(benchmark, leases):
+    """core.validate over a 10,000-lease listing (every check, overlaps included)."""
+    verdict = benchmark(validate, list(leases.values()), CTX)
+    assert len(verdict.accepted) == N
+
+
 def test_peerview_reset_10k(benchmark, leases):
-    """PeerView.reset with a 10,000-lease snapshot into an empty view (the agent's start-up)."""
+    """PeerView.reset with a 10,000-lease listing into an empty view (the agent's start-up):
+    validation and the Snapshot."""
+    own = leases["10.0.1.0-24"]
 
     def run():
-        return PeerView(own_key="10.0.1.0-24").reset(leases.values())
+        return PeerView(LeaseContext(CTX.networks, own)).reset(leases.values())
 
-    events = benchmark(run)
-    assert len(events) == N - 1
+    snap = benchmark(run)
+    assert len(snap.leases) == N - 1
 
 
 def test_peerview_watch_events_10k(benchmark, leases):
@@ -95,10 +106,10 @@ def test_peerview_watch_events_10k(benchmark, leases):
     values = list(leases.values())
 
     def run():
-        view = PeerView()
+        view = PeerView(CTX)
         n = 0
         for lease in values:
-            n += len(view.put(lease))
+            n += len(view.put(lease).events)
         return n
 
     assert benchmark(run) == N

@@ -1,31 +1,57 @@
-"""The agent: config -> backend -> lease -> subnet file -> peers, kept alive until stopped.
+"""The agent: config -> backend -> lease -> peers -> host set up -> subnet file, kept alive.
 
-Tasks once the lease is held:
-  renew  - LeaseManager.maintain: refresh at expiry - margin, retry on etcd trouble,
-           re-acquire (same subnet if still free) when the lease is gone
-  peers  - list <prefix>/subnets, then watch from the next revision; on a broken or
-           compacted watch, re-list and diff against what the backend has (no loss, no dups)
-  resync - every few seconds let the backend heal its devices/routes, and re-check iptables
-Nothing here exits the process: errors are logged and retried; the CLI owns exit codes.
+Start-up, in this order (each waits and retries through etcd trouble, logging
+"still waiting ..." now and then and telling systemd via STATUS=):
+  1. privileges and the subnet file's directory are checked before etcd is touched
+     (the capabilities a backend needs are checked again once the config names it,
+     before any lease is written);
+  2. the network config is read; the backend is built and prepared (vxlan: its device);
+  3. a lease is acquired; the backend starts on it (device address, routes);
+  4. the first listing of the leases reaches the backend as a Snapshot (peer routes);
+  5. the iptables rules are in place;
+  6. only then the subnet file is written, /readyz turns 200 and systemd hears READY=1.
+Then these tasks run under a Supervisor (supervise.py: a task that fails, or is cancelled
+by anyone but us, is logged with its traceback and restarted with backoff):
+  renew     - LeaseManager.maintain: renew, re-assert or re-acquire our lease
+  peers     - list, then watch from the next revision; a broken or compacted watch re-lists;
+              every lease goes through core.validate before the backend sees it
+  resync    - let the backend heal its devices and routes
+  iptables  - re-check the rules
+  watchdog  - systemd WATCHDOG=1 (when WatchdogSec is set)
+The data path keeps forwarding with its last table however long etcd is away.
+`run()` returns only after `stop()` (the CLI calls it on SIGTERM/SIGINT); it raises
+FatalError for a local problem no retry can fix. The CLI owns exit codes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional
 
 from .adapters.health import HealthServer
-from .adapters.registry import Compacted, EtcdRegistry
+from .adapters.ipmasq import IptablesMissing, IptablesRules
+from .adapters.registry import Compacted
+from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
+from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
-from .backends import Backend, ExternalInterface, LeaseEvent, backend_class
+from .backends import Backend, backend_class
 from .core.config import NetworkConfig, parse_config
-from .core.leasediff import PeerView
-from .errors import ConfigError, RegistryError, UdpFlannelError
-from .policy.manager import LeaseManager, OwnLease
+from .core.events import ExternalInterface, PeerUpdate, Snapshot
+from .core.leasediff import PeerView, diff
+from .core.validate import Ignored, LeaseContext
+from .errors import BackendError, ConfigError, FatalError, RegistryError, UdpFlannelError
+from .policy.manager import LeaseManager, OwnLease, Registry
+from .policy.retry import Waiting, foreign_cancel
+from .supervise import Supervisor
 
 log = logging.getLogger("udpflannel.agent")
+
+LOG_EACH_PEER_UPTO = 100  # a bigger change is logged as counts (peer lines at debug level)
 
 
 @dataclass
@@ -40,39 +66,77 @@ class AgentOptions:
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
+    renew_margin_s: Optional[float] = None  # overrides renew_margin_min (tests: short leases)
+    still_waiting_every: float = 30.0  # repeat "still waiting for ..." this often
+
+    @property
+    def renew_margin(self) -> float:
+        return self.renew_margin_s if self.renew_margin_s is not None else self.renew_margin_min * 60.0
 
 
 class Agent:
-    def __init__(self, registry: EtcdRegistry, iface: ExternalInterface, opts: AgentOptions):
+    """Built from its parts (the one seam): a Registry, the external interface, options,
+    and optionally the backend factory, the systemd notifier, the iptables rules factory,
+    the capability probe and the clock. Tests pass fakes for any of them."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        iface: ExternalInterface,
+        opts: AgentOptions,
+        *,
+        backends: Callable[[str], type[Backend]] = backend_class,
+        notifier: Optional[SdNotify] = None,
+        rules: Callable[..., IptablesRules] = IptablesRules,
+        capabilities: Callable[[], int] = effective_capabilities,
+        clock: Callable[[], float] = time.monotonic,
+        supervisor: Optional[Supervisor] = None,
+    ):
         self.registry = registry
         self.iface = iface
         self.opts = opts
+        self.backends = backends
+        self.notifier = notifier or SdNotify({})
+        self.rules_factory = rules
+        self.capabilities = capabilities
+        self.clock = clock
+        self.supervisor = supervisor or Supervisor()
         self.watch_restarts = 0
         self.etcd_errors = 0
         self.backend: Optional[Backend] = None
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
-        self.view = PeerView()
-        self.lost = asyncio.Event()
+        self.view = PeerView(LeaseContext(()))
+        self.rules: Optional[IptablesRules] = None
+        self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
         self.subnet_written = False
-        self.rules = None
+        self._ready = False
+        self._listed = asyncio.Event()  # the backend has had its first Snapshot
+        self._peers_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
         self._health: Optional[HealthServer] = None
 
     # -- health --------------------------------------------------------------------
     def ready(self) -> bool:
-        return self.subnet_written and self.backend is not None and self.backend.ready()
+        return self._ready and self.backend is not None and self.backend.ready()
 
     def metrics(self) -> dict[str, int]:
         mgr = self.manager
         m = {
             "peers": len(self.view.leases),
+            "rejected_leases": len(self.view.rejected),
             "lease_renewals": mgr.renewals if mgr else 0,
             "lease_reacquisitions": mgr.reacquisitions if mgr else 0,
+            "lease_reasserts": mgr.reasserts if mgr else 0,
             "watch_restarts": self.watch_restarts,
             "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
+            "task_restarts": sum(self.supervisor.restarts.values()),
             "ready": int(self.ready()),
         }
+        failovers = getattr(getattr(self.registry, "etcd", None), "failovers", None)
+        if isinstance(failovers, int):
+            m["etcd_failovers"] = failovers
         if self.backend is not None:
             m.update({f"dp_{k}": v for k, v in self.backend.metrics().items()})
         return m
@@ -82,37 +146,29 @@ class Agent:
         return {"backend": self.backend.type if self.backend else "",
                 "features": self.backend.features() if self.backend else ""}  # fmt: skip
 
-    # -- main ------------------------------------------------------------------------
+    # -- run and stop ----------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask run() to shut down (signal handlers call this)."""
+        self._stop.set()
+
     async def run(self) -> None:
-        if self.opts.healthz_port:
-            self._health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, self.ready, self.metrics,
-                                        self.info)
-            await self._health.start()
+        """Set the host up and keep it so until stop(). Raises FatalError."""
+        main = asyncio.ensure_future(self._main())
+        stopped = asyncio.ensure_future(self._stop.wait())
         try:
-            self.config = await self._wait_config()
-            self.backend = backend_class(self.config.backend_type)(self.iface, self.config)
-            log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
-            attrs = await self.backend.prepare()
-            self.manager = LeaseManager(
-                self.registry,
-                self.config,
-                attrs,
-                previous=read_previous(self.opts.subnet_file),
-                ttl=self.opts.lease_ttl,
-                renew_margin=self.opts.renew_margin_min * 60,
-                retry_interval=self.opts.retry_interval,
-            )
-            await self._take_lease(await self.manager.acquire_forever())
-            await asyncio.gather(
-                self.manager.maintain(self.own, self.lost, self._take_lease),
-                self._peer_loop(),
-                self._resync_loop(),
-                self._rules_loop(),
-            )
+            await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if main.done():
+                main.result()  # FatalError (or a bug) ends the agent
+                raise FatalError("the agent's tasks ended without a reason")
         finally:
+            for t in (main, stopped):
+                t.cancel()
+            await asyncio.gather(main, stopped, return_exceptions=True)
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        await self.supervisor.close()
         if self.backend is not None:
             try:
                 await self.backend.stop()
@@ -124,98 +180,257 @@ class Agent:
         if self.own is not None:
             log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.subnet)
 
-    async def _retry_sleep(self) -> None:
-        await asyncio.sleep(self.opts.retry_interval)
+    async def _main(self) -> None:
+        self._preflight()
+        if self.opts.healthz_port:
+            self._health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, self.ready, self.metrics,
+                                        self.info)
+            try:
+                await self._health.start()
+            except OSError as e:
+                raise FatalError(f"cannot serve /healthz on {self.opts.healthz_ip}:{self.opts.healthz_port}: {e}")
+        if self.notifier.watchdog_interval:
+            self.supervisor.start("watchdog", self._watchdog_loop)
+        self.config, self.backend = await self._wait_config()
+        self._check_privileges(self.backend)
+        log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
+        try:
+            attrs = await self.backend.prepare()
+        except BackendError as e:
+            raise FatalError(str(e)) from e
+        self.manager = LeaseManager(
+            self.registry,
+            self.config,
+            attrs,
+            previous=read_previous(self.opts.subnet_file),
+            ttl=self.opts.lease_ttl,
+            renew_margin=self.opts.renew_margin,
+            clock=self.clock,
+            retry_interval=self.opts.retry_interval,
+            still_waiting_every=self.opts.still_waiting_every,
+            status=self.notifier.status,
+        )
+        self.notifier.status("acquiring a lease")
+        await self._adopt(await self.manager.acquire_forever(), initial=True)
+        self.supervisor.start("renew", self._renew_loop)
+        self.supervisor.start("peers", self._peer_loop)
+        self.notifier.status("listing the peers")
+        await self.supervisor.wait(self._listed.wait())
+        await self.supervisor.wait(self._rules_first())
+        self._write_subnet_file()
+        self._ready = True
+        status = f"subnet {self.own.lease.subnet}, {len(self.view.leases)} peers"
+        self.notifier.ready(status)
+        log.info("ready: %s", status)
+        self.supervisor.start("resync", self._resync_loop)
+        self.supervisor.start("iptables", self._rules_loop)
+        await self.supervisor.wait()
 
-    async def _wait_config(self) -> NetworkConfig:
-        """Read <prefix>/config until it exists and is valid; log each new problem once."""
-        last = None
+    # -- start-up steps ------------------------------------------------------------
+    def _preflight(self) -> None:
+        """Before etcd: the subnet file's directory must be writable; say early if the
+        network backends will be refused for lack of CAP_NET_ADMIN."""
+        path = Path(self.opts.subnet_file).absolute()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as e:
+            raise FatalError(f"cannot write the subnet file {path}: {e}") from e
+        if not self.capabilities() & (1 << CAP_NET_ADMIN):
+            log.warning("this process lacks CAP_NET_ADMIN: only the alloc backend can run "
+                        "(udp, vxlan and host-gw will be refused once the config is read)")  # fmt: skip
+
+    def _needs(self, backend: Backend) -> dict[int, str]:
+        needs = dict(backend.capabilities())
+        if self._rules_wanted(backend):
+            needs.setdefault(CAP_NET_ADMIN, "iptables rules (--ip-masq, --iptables-forward-rules)")
+        return needs
+
+    def _check_privileges(self, backend: Backend) -> None:
+        lacking = missing(self._needs(backend), self.capabilities())
+        if lacking:
+            raise FatalError(f"missing privileges: {'; '.join(lacking)}; run as root or grant them "
+                             f"(e.g. AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)")  # fmt: skip
+
+    def _rules_wanted(self, backend: Backend) -> bool:
+        return (self.opts.ip_masq or self.opts.iptables_forward_rules) and backend.type != "alloc"
+
+    async def _wait_config(self) -> tuple[NetworkConfig, Backend]:
+        """Read <prefix>/config until it exists and is valid."""
+        waiting = self._waiting()
+        key = self.registry.config_key.decode()
+        self.notifier.status("reading the network config")
         while True:
             try:
                 raw = await self.registry.get_config()
                 if raw is None:
-                    msg = f"no network config at {self.registry.config_key.decode()}; waiting for it"
+                    waiting.failed("the network config", f"reading {key}", f"no network config at {key}", logging.INFO)
                 else:
                     config = parse_config(raw)
-                    backend_class(config.backend_option("Type") or config.backend_type)(self.iface, config)
+                    backend = self.backends(config.backend_option("Type") or config.backend_type)(self.iface, config)
+                    waiting.done(f"reading {key}")
                     log.info("network config: %s", raw.decode(errors="replace").strip())
-                    return config
+                    return config, backend
             except ConfigError as e:
-                msg = f"{e}; waiting for a corrected config"
+                waiting.failed("a corrected network config", f"reading {key}", e, logging.ERROR)
             except RegistryError as e:
                 self.etcd_errors += 1
-                msg = f"cannot read the network config: {e}"
-            if msg != last:
-                (log.info if msg.startswith("no network config") else log.error)("%s", msg)
-                last = msg
-            await self._retry_sleep()
+                waiting.failed("etcd", "reading the network config", e)
+            except asyncio.CancelledError:
+                if not foreign_cancel():
+                    raise
+                log.error("reading the network config: cancelled, but not by us; retrying", exc_info=True)
+            await asyncio.sleep(self.opts.retry_interval)
 
-    async def _take_lease(self, own: OwnLease) -> None:
-        """Adopt a (new or re-acquired) lease: subnet file, backend, peers, iptables."""
+    def _waiting(self) -> Waiting:
+        return Waiting(log, every=self.opts.still_waiting_every, interval=self.opts.retry_interval,
+                       clock=self.clock, status=self.notifier.status)  # fmt: skip
+
+    def _context(self) -> LeaseContext:
+        cfg = self.config
+        nets = tuple(p.network for p in (cfg.v4, cfg.v6) if p is not None)
+        own = self.own.lease if self.own is not None else None
+        return LeaseContext(nets, own, self.backend.lease_problem)
+
+    async def _adopt(self, own: OwnLease, initial: bool = False) -> None:
+        """A new lease (first, or re-acquired): backend, peers, rules and subnet file follow."""
         previous = self.own
-        self.own = own
         log.info("leased subnet %s (%s), public IP %s, etcd lease %x",
                  own.lease.subnet, own.reason, own.lease.attrs.public_ip, own.lease_id)  # fmt: skip
-        if previous is None or previous.lease.subnet != own.lease.subnet:
-            await self.backend.handle(self.view.set_own(own.key))
+        if previous is not None and previous.lease.subnet == own.lease.subnet:
+            self.own = own
+            async with self._peers_lock:
+                self.view.ctx = self._context()  # same subnet and value: no verdict changes
+            return
+        try:
             await self.backend.start(own.lease)
+        except BackendError as e:
+            if initial:
+                raise FatalError(str(e)) from e
+            raise
+        self.own = own
+        async with self._peers_lock:
+            before = self.view.leases
+            update = self.view.set_context(self._context())
+            if self._listed.is_set():  # never a Snapshot before the first listing
+                await self._deliver(update, before)
+        if not initial:
+            await self._rules_first()
             self._write_subnet_file()
-            await self._setup_rules()
 
     def _write_subnet_file(self) -> None:
-        write(self.opts.subnet_file, render(self.config, self.own.lease, self.backend.mtu(), self.opts.ip_masq))
+        try:
+            write(self.opts.subnet_file, render(self.config, self.own.lease, self.backend.mtu(), self.opts.ip_masq))
+        except OSError as e:
+            raise FatalError(f"cannot write the subnet file {self.opts.subnet_file}: {e}") from e
         self.subnet_written = True
         log.info("wrote %s", self.opts.subnet_file)
 
-    async def _setup_rules(self) -> None:
-        if not (self.opts.ip_masq or self.opts.iptables_forward_rules) or self.backend.type == "alloc":
+    async def _rules_first(self) -> None:
+        """The iptables rules for the current subnet, retried until they are in place."""
+        if not self._rules_wanted(self.backend):
             return
-        from .adapters.ipmasq import IptablesRules
-
-        # ensure() rewrites the whole chain in one iptables-restore, so a new subnet's
-        # rules replace the old ones without a gap
-        self.rules = IptablesRules(self.config.network, self.own.lease.subnet, self.opts.ip_masq,
-                                   self.opts.iptables_forward_rules)  # fmt: skip
-        await self._ensure_rules()
-
-    async def _ensure_rules(self) -> None:
-        try:
-            if self.rules is not None and (n := await asyncio.to_thread(self.rules.ensure)):
-                log.info("iptables rules (re)applied: %d rules", n)
-        except UdpFlannelError as e:
-            log.error("iptables: %s", e)
-
-    # -- loops -------------------------------------------------------------------------
-    async def _deliver(self, events: Sequence[LeaseEvent]) -> None:
-        for ev in events:
-            a = ev.lease.attrs
-            log.info("peer %s: %s at %s (%s)", ev.kind, ev.lease.subnet, a.public_ip, a.backend_type or "udp")
-        if events:
-            await self.backend.handle(events)
-
-    async def _peer_loop(self) -> None:
+        self.rules = self.rules_factory(self.config.network, self.own.lease.subnet, self.opts.ip_masq,
+                                        self.opts.iptables_forward_rules)  # fmt: skip
+        waiting = self._waiting()
         while True:
             try:
-                leases, rev = await self.registry.list_leases()
-                own_key = self.own.key
-                if not any(l.key == own_key for l in leases):
-                    self.lost.set()
-                await self._deliver(self.view.reset(leases))
-                async for ev in self.registry.watch_leases(rev + 1):
-                    if ev.kind == "put":
-                        await self._deliver(self.view.put(ev.lease))
-                    elif ev.name == self.own.key:
-                        self.lost.set()
-                    else:
-                        await self._deliver(self.view.delete(ev.name))
+                if n := await asyncio.to_thread(self.rules.ensure):
+                    log.info("iptables rules (re)applied: %d rules", n)
+                waiting.done("applying the iptables rules")
+                return
+            except IptablesMissing as e:
+                raise FatalError(str(e)) from e
+            except UdpFlannelError as e:
+                waiting.failed("iptables", "applying the rules", e, logging.ERROR)
+            await asyncio.sleep(self.opts.retry_interval)
+
+    # -- peers ----------------------------------------------------------------------
+    def _log_rejections(self) -> None:
+        for key, why in self.view.new_rejections():
+            if isinstance(why, Ignored):
+                log.info("ignoring lease %s: %s", key, why)
+            else:
+                log.warning("rejecting lease %s: %s", key, why)
+
+    async def _deliver(self, update: PeerUpdate, before: Optional[dict] = None) -> None:
+        """Log what changes (a Snapshot against `before`, the backend's last set), then hand
+        `update` to the backend."""
+        self._log_rejections()
+        if isinstance(update, Snapshot):
+            changes = diff(before or {}, self.view.leases)
+        else:
+            changes = list(update.events)
+        level = logging.INFO if len(changes) <= LOG_EACH_PEER_UPTO else logging.DEBUG
+        for ev in changes:
+            a = ev.lease.attrs
+            log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.subnet, a.public_ip, a.backend_type or "udp")
+        if level == logging.DEBUG:
+            added = sum(ev.kind == "added" for ev in changes)
+            log.info("peers: %d added or changed, %d removed (%d in all)", added, len(changes) - added,
+                     len(self.view.leases))  # fmt: skip
+        await self.backend.apply(update)
+
+    def _own_changed(self, lease_id: Optional[int], attrs) -> bool:
+        own = self.own
+        return own is None or lease_id != own.lease_id or attrs != own.lease.attrs
+
+    async def _peer_loop(self) -> None:
+        waiting = self._waiting()
+        # The listing the acquisition made (just before our lease was written) serves as the
+        # first: one listing less at start-up (100,000 leases: seconds and 50 MB). The watch
+        # from its revision + 1 then brings our own lease's creation, and whatever followed.
+        seeded, self.manager.listing = self.manager.listing, None
+        while True:
+            if seeded is not None:
+                listing, seeded = seeded, None
+                fresh = False
+            else:
+                try:
+                    listing = await self.registry.list_leases()
+                except RegistryError as e:
+                    self.etcd_errors += 1
+                    waiting.failed("etcd", "listing the leases", e)
+                    await asyncio.sleep(self.opts.retry_interval)
+                    continue
+                waiting.done("listing the leases")
+                fresh = True
+            async with self._peers_lock:
+                mine = next((l for l in listing.leases if l.key == self.own.key), None)
+                if fresh and (mine is None or self._own_changed(mine.lease_id, mine.attrs)):
+                    self.check_own.set()
+                before = self.view.leases
+                await self._deliver(self.view.reset(listing.leases), before)
+            self._listed.set()
+            started = self.clock()
+            try:
+                async for ev in self.registry.watch_leases(listing.revision + 1):
+                    async with self._peers_lock:
+                        if ev.name == self.own.key:
+                            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
+                                self.check_own.set()
+                            continue
+                        if ev.kind == "put" and ev.lease is not None:
+                            update = self.view.put(ev.lease)
+                        else:  # deleted, or overwritten with something that is not a lease
+                            update = self.view.delete(ev.name)
+                        if update.events:
+                            await self._deliver(update)
+                        else:
+                            self._log_rejections()
             except Compacted as e:
-                log.info("%s; re-listing", e)
                 self.watch_restarts += 1
+                log.info("%s; re-listing", e)
+                continue
             except RegistryError as e:
                 self.watch_restarts += 1
                 self.etcd_errors += 1
-                log.warning("lease watch interrupted (%s); re-listing in %.0fs", e, self.opts.retry_interval)
-                await self._retry_sleep()
+                log.warning("lease watch interrupted (%s); re-listing", e)
+                if self.clock() - started < self.opts.retry_interval:  # failing fast: don't spin
+                    await asyncio.sleep(self.opts.retry_interval)
+
+    async def _renew_loop(self) -> None:
+        await self.manager.maintain(self.own, self.check_own, self._adopt)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -228,4 +443,15 @@ class Agent:
     async def _rules_loop(self) -> None:
         while True:
             await asyncio.sleep(self.opts.iptables_resync)
-            await self._ensure_rules()
+            if self.rules is None:
+                continue
+            try:
+                if n := await asyncio.to_thread(self.rules.ensure):
+                    log.info("iptables rules (re)applied: %d rules", n)
+            except UdpFlannelError as e:
+                log.error("iptables: %s", e)
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval)

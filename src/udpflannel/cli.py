@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -15,6 +16,7 @@ import click
 from . import __version__
 from .adapters.iface import choose
 from .adapters.registry import DEFAULT_PREFIX, EtcdOptions, EtcdRegistry
+from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import DEFAULT_PATH
 from .agent import Agent, AgentOptions
 from .dockeropts_cli import docker_opts
@@ -62,6 +64,11 @@ class _Root(click.Group):
 @click.option("--subnet-file", default=DEFAULT_PATH, help="Where to write the subnet environment.")
 @click.option("--subnet-lease-renew-margin", type=click.IntRange(1, 1439), default=60,
               help="Renew the 24 h lease this many minutes before it expires.")
+# For tests only (hidden): short leases, so a renewal falls due within seconds.
+@click.option("--subnet-lease-ttl", type=click.IntRange(10, 86400), default=86400, hidden=True,
+              help="[testing] etcd lease TTL in seconds (flanneld: always 24 h).")
+@click.option("--subnet-lease-renew-margin-seconds", type=click.IntRange(1), default=None, hidden=True,
+              help="[testing] renewal margin in seconds; overrides --subnet-lease-renew-margin.")
 @click.option("--ip-masq", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Masquerade traffic leaving the overlay network (--ip-masq or --ip-masq=true).")
 @click.option("--iptables-resync", type=click.FloatRange(min=0.1), default=5.0, help="Seconds between iptables checks.")
@@ -81,6 +88,9 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
     setup_logging(verbose)
     if bool(kw["etcd_username"]) != bool(kw["etcd_password"]):
         raise click.UsageError("--etcd-username and --etcd-password go together")
+    margin_s = kw["subnet_lease_renew_margin_seconds"]
+    if margin_s is not None and margin_s >= kw["subnet_lease_ttl"]:
+        raise click.UsageError("--subnet-lease-renew-margin-seconds must be less than --subnet-lease-ttl")
     try:
         iface = choose(kw["iface"], kw["iface_regex"], kw["iface_can_reach"], kw["public_ip"])
     except (UdpFlannelError, ValueError) as e:
@@ -88,6 +98,16 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
         sys.exit(1)
     log.info("using interface %s (index %d), address %s, public IP %s, MTU %d",
              iface.name, iface.index, iface.iface_addr, iface.public_ip, iface.mtu)  # fmt: skip
+    try:
+        agent = build(iface, kw)
+    except UdpFlannelError as e:
+        log.error("%s", e)
+        sys.exit(1)
+    sys.exit(serve(agent))
+
+
+def build(iface, kw: dict) -> Agent:
+    """The agent the flags describe (the CLI's one seam: tests replace `serve`)."""
     etcd = EtcdOptions(
         endpoints=[e.strip() for e in kw["etcd_endpoints"].split(",") if e.strip()],
         prefix=kw["etcd_prefix"],
@@ -105,12 +125,20 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
         iptables_forward_rules=kw["iptables_forward_rules"],
         healthz_ip=kw["healthz_ip"],
         healthz_port=kw["healthz_port"],
+        lease_ttl=kw["subnet_lease_ttl"],
+        renew_margin_s=kw["subnet_lease_renew_margin_seconds"],
     )
+    return Agent(EtcdRegistry(etcd), iface, opts, notifier=SdNotify(os.environ))
+
+
+def serve(agent: Agent) -> int:
+    """Run the agent until SIGTERM/SIGINT (exit code 0) or a fatal error (1, with the reason)."""
     try:
-        asyncio.run(_run(Agent(EtcdRegistry(etcd), iface, opts)))
+        asyncio.run(_run(agent))
     except UdpFlannelError as e:
         log.error("%s", e)
-        sys.exit(1)
+        return 1
+    return 0
 
 
 #: libraries whose INFO/DEBUG output drowns ours; shown from -v 2 on
@@ -129,14 +157,15 @@ def setup_logging(verbose: int) -> None:
 
 
 async def _run(agent: Agent) -> None:
-    task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s: shutting down", sig.name)
+        agent.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await agent.run()
-    except asyncio.CancelledError:
-        log.info("shutting down")
+        loop.add_signal_handler(sig, on_signal, sig)
+    await agent.run()
 
 
 main.add_command(lab)

@@ -33,3 +33,8 @@ class InterfaceError(UdpFlannelError):
 
 class BackendError(UdpFlannelError):
     """A backend could not set up its devices or routes."""
+
+
+class FatalError(UdpFlannelError):
+    """A local problem no retry can fix (no TUN, no privileges, no iptables, an unwritable
+    subnet file): the agent stops and the CLI exits non-zero with this message."""

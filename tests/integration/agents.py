@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
-from udpflannel.lab.netlab import Host, Lab, read_subnet_file, wait_for
+from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
 
 PREFIX = "/coreos.com/network"
 HEALTHZ_PORT = 8471
+FILL = Path(__file__).resolve().parents[2] / "bench" / "etcd_fill.py"
+
+
+def fill(etcd: EtcdServer, *args: str, prefix: str = PREFIX) -> None:
+    """bench/etcd_fill.py against `etcd` (inside its namespace): many leases, or garbage."""
+    cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--prefix", prefix, *args]
+    if etcd.ns:
+        cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
 
 
 def subnet_file(lab: Lab, host: Host) -> Path:
     return lab.workdir / f"{host.name}.subnet.env"
 
 
-def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
+def start(lab: Lab, host: Host, *extra: str, env: dict | None = None) -> subprocess.Popen:
     """udpflannel --iface eth1 against the lab's etcd, with a per-host subnet file."""
     return lab.start_agent(
         host,
@@ -25,6 +39,7 @@ def start(lab: Lab, host: Host, *extra: str) -> subprocess.Popen:
         "--subnet-file", str(subnet_file(lab, host)),
         "--healthz-port", str(HEALTHZ_PORT),
         *extra,
+        env=env,
     )  # fmt: skip
 
 
@@ -91,3 +106,41 @@ def metric(host: Host, family: str, **labels: str) -> float:
 def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
     proc.terminate()
     return proc.wait(timeout)
+
+
+# -- etcd faults ----------------------------------------------------------------------------------
+
+
+def etcd_signal(srv: EtcdServer, sig: int) -> None:
+    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place)."""
+    comm = Path(f"/proc/{srv.proc.pid}/comm").read_text().strip()
+    assert comm == "etcd", f"pid {srv.proc.pid} is {comm!r}, not etcd"
+    os.kill(srv.proc.pid, sig)
+
+
+class Pinger:
+    """`ping -i 0.01` from a container for `seconds`, in the background; .result() gives
+    (transmitted, received)."""
+
+    def __init__(self, src, dst, seconds: float, interval: float = 0.01):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", src.ns, "ping", "-q", "-n", "-i", str(interval), "-W", "1",
+             "-w", str(int(seconds)), str(dst)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def result(self, timeout: float = 120) -> tuple[int, int]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
+        assert m, out
+        return int(m.group(1)), int(m.group(2))
+
+
+def log_times(proc: subprocess.Popen, text: str) -> list[float]:
+    """Wall-clock times (time.time()) of the agent's log lines containing `text`."""
+    out = []
+    for line in log_text(proc).splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            out.append(stamp.timestamp())
+    return out

@@ -1,16 +1,23 @@
-"""The etcd registry's verbs against a real etcd on loopback."""
+"""The etcd registry's verbs against a real etcd on loopback: paging, oversize values,
+deadlines on a frozen etcd, gRPC cancellations turned into RegistryError."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from ipaddress import IPv4Address
 
 import pytest
 
+from udpflannel.adapters.etcd import PAGE_KEYS, RPC_TIMEOUT, WATCH_SILENCE
 from udpflannel.adapters.registry import Compacted, EtcdOptions, EtcdRegistry
 from udpflannel.core.subnet import LeaseAttrs
-from udpflannel.errors import RegistryError
+from udpflannel.errors import LeaseParseError, RegistryError
 from udpflannel.lab.netlab import free_port
+
+from .agents import fill
 
 ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"))
 OTHER = LeaseAttrs(public_ip=IPv4Address("192.0.2.12"))
@@ -27,9 +34,10 @@ def test_create_only_if_absent_and_list_with_revision(loopback_etcd):
             lid = await reg.create_lease("10.5.3.0-24", ME, 3600)
             assert lid
             assert await reg.create_lease("10.5.3.0-24", OTHER, 3600) is None
-            leases, rev = await reg.list_leases()
+            listing = await reg.list_leases()
+            leases, rev = listing.leases, listing.revision
             assert [(l.key, l.attrs, l.lease_id) for l in leases] == [("10.5.3.0-24", ME, lid)]
-            assert rev > 0
+            assert rev > 0 and leases[0].mod_revision == rev and leases[0].create_revision == rev
             assert await reg.renew(lid) > 3000
             new = await reg.update_lease("10.5.3.0-24", ME, 3600, expect_lease_id=lid)
             assert new and new != lid
@@ -75,10 +83,10 @@ def test_watch_from_a_compacted_revision_raises_compacted(loopback_etcd):
         reg = registry(loopback_etcd.endpoint)
         try:
             await reg.create_lease("10.5.3.0-24", ME, 3600)
-            _, rev = await reg.list_leases()
+            rev = (await reg.list_leases()).revision
             for i in range(5):
                 loopback_etcd.put(f"/test/net/subnets/10.5.{10 + i}.0-24", OTHER.to_json())
-            _, latest = await reg.list_leases()
+            latest = (await reg.list_leases()).revision
             loopback_etcd.ctl("compact", str(latest))
             with pytest.raises(Compacted):
                 async for _ in reg.watch_leases(rev + 1):
@@ -98,7 +106,9 @@ def test_watch_from_a_compacted_revision_raises_compacted(loopback_etcd):
             loopback_etcd.put("/test/net/subnets/10.5.98.0-24", OTHER.to_json())
             loopback_etcd.delete("/test/net/subnets/10.5.10.0-24")
             await asyncio.wait_for(task, 10)
-            assert [(e.kind, e.name) for e in events] == [("put", "10.5.98.0-24"), ("delete", "10.5.10.0-24")]
+            assert [(e.kind, e.name, e.lease is None) for e in events] == [
+                ("put", "10.5.99.0-24", True), ("put", "10.5.98.0-24", False)]  # fmt: skip
+            assert "not JSON" in events[0].problem
         finally:
             await reg.close()
 
@@ -109,17 +119,129 @@ def test_watch_raises_when_etcd_goes_away(loopback_etcd):
     async def go():
         reg = registry(loopback_etcd.endpoint)
         try:
-            _, rev = await reg.list_leases()
-
-            async def watch():
-                async for _ in reg.watch_leases(rev + 1):
-                    pass
-
-            task = asyncio.ensure_future(watch())
-            await asyncio.sleep(0.5)
+            task = await watching(reg)
             await asyncio.get_running_loop().run_in_executor(None, loopback_etcd.stop)
             with pytest.raises(RegistryError):
                 await asyncio.wait_for(task, 20)
+        finally:
+            await reg.close()
+
+    asyncio.run(go())
+
+
+async def watching(reg) -> asyncio.Task:
+    """A task draining reg's watch from the current revision, once it has started."""
+    rev = (await reg.list_leases()).revision
+
+    async def watch():
+        async for _ in reg.watch_leases(rev + 1):
+            pass
+
+    task = asyncio.ensure_future(watch())
+    await asyncio.sleep(0.5)
+    return task
+
+
+def test_put_get_revoke(loopback_etcd):
+    async def go():
+        reg = registry(loopback_etcd.endpoint)
+        try:
+            lid = await reg.create_lease("10.5.3.0-24", ME, 3600)
+            assert (await reg.get_lease("10.5.3.0-24")).attrs == ME
+            loopback_etcd.put("/test/net/subnets/10.5.3.0-24", OTHER.to_json())  # another writer
+            assert (await reg.get_lease("10.5.3.0-24")).lease_id is None
+            assert await reg.put_lease("10.5.3.0-24", ME, lid)
+            got = await reg.get_lease("10.5.3.0-24")
+            assert got.attrs == ME and got.lease_id == lid
+            loopback_etcd.put("/test/net/subnets/10.5.3.0-24", "junk")
+            with pytest.raises(LeaseParseError):
+                await reg.get_lease("10.5.3.0-24")
+            await reg.revoke(lid)
+            await reg.revoke(lid)  # gone already: fine
+            assert await reg.put_lease("10.5.3.0-24", ME, lid) is False
+            assert await reg.renew(lid) <= 0
+        finally:
+            await reg.close()
+
+    asyncio.run(go())
+
+
+def test_listing_is_paged_at_one_revision(loopback_etcd):
+    n = 2 * PAGE_KEYS + 17
+    fill(loopback_etcd, "--count", str(n), "--network", "10.5.0.0/16", "--subnet-len", "28", prefix="/test/net")
+
+    async def go():
+        reg = registry(loopback_etcd.endpoint)
+        try:
+            listing = await reg.list_leases()
+        finally:
+            await reg.close()
+        return listing
+
+    listing = asyncio.run(go())
+    assert len(listing.leases) == n and len({l.key for l in listing.leases}) == n
+    assert listing.malformed == {}
+
+
+def test_oversize_garbage_values_do_not_break_the_listing(loopback_etcd):
+    """20 values of 1 MB (20 MB, over the 16 MiB receive limit in one page) among leases."""
+    fill(loopback_etcd, "--garbage", "20", "--garbage-size", str(1 << 20), prefix="/test/net")
+    for i in range(5):
+        loopback_etcd.put(f"/test/net/subnets/10.5.{10 + i}.0-24", OTHER.to_json())
+
+    async def go():
+        reg = registry(loopback_etcd.endpoint)
+        try:
+            return await reg.list_leases()
+        finally:
+            await reg.close()
+
+    listing = asyncio.run(go())
+    assert len(listing.leases) == 5 and len(listing.malformed) == 20
+
+
+def test_a_frozen_etcd_fails_calls_within_the_deadline_and_the_watch_within_its_silence(loopback_etcd):
+    async def go():
+        reg = registry(loopback_etcd.endpoint)
+        try:
+            task = await watching(reg)
+            os.kill(loopback_etcd.proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(RegistryError, match="no answer from the watch"):
+                    await asyncio.wait_for(task, 30)
+                watch_s = time.monotonic() - t0
+                t0 = time.monotonic()
+                with pytest.raises(RegistryError, match="DEADLINE_EXCEEDED"):
+                    await reg.get_config()
+                call_s = time.monotonic() - t0
+            finally:
+                os.kill(loopback_etcd.proc.pid, signal.SIGCONT)
+            assert await reg.get_config() is None  # and back once it thaws
+        finally:
+            await reg.close()
+        return watch_s, call_s
+
+    watch_s, call_s = asyncio.run(go())
+    print(f"frozen etcd: watch failed after {watch_s:.1f}s, a call after {call_s:.1f}s")
+    assert watch_s < WATCH_SILENCE + 3 and call_s < 2 * RPC_TIMEOUT + 2
+
+
+def test_a_channel_closed_under_a_call_is_a_registry_error_not_a_cancellation(loopback_etcd):
+    async def go():
+        reg = registry(loopback_etcd.endpoint)
+        try:
+            await reg.get_config()
+            os.kill(loopback_etcd.proc.pid, signal.SIGSTOP)
+            try:
+                call = asyncio.ensure_future(reg.get_config())
+                await asyncio.sleep(0.5)
+                await reg.etcd.close()  # as another task's failover would: the call's channel goes
+                with pytest.raises(RegistryError):
+                    await asyncio.wait_for(call, 30)
+                assert not call.cancelled()
+            finally:
+                os.kill(loopback_etcd.proc.pid, signal.SIGCONT)
         finally:
             await reg.close()
 

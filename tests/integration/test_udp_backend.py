@@ -196,7 +196,7 @@ def test_leases_of_other_backend_types_are_not_routed(udp_lab):
     lab.etcd[0].put(f"{PREFIX}/subnets/10.5.251.0-24", vx)
     lab.etcd[0].put(f"{PREFIX}/subnets/10.5.252.0-24", '{"PublicIP":"192.0.2.14","PublicIPv6":null,"BackendType":"udp"}')
     agents.wait_log(lab.udp["procs"][0], "peer added: 10.5.252.0/24")
-    agents.wait_log(lab.udp["procs"][0], "peer added: 10.5.251.0/24")
+    agents.wait_log(lab.udp["procs"][0], "ignoring lease 10.5.251.0-24: BackendType 'vxlan' is not udp")
     assert metric(h1, "leases") == 2  # h2's and the explicit "udp" one; not the vxlan lease
 
 

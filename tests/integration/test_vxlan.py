@@ -244,7 +244,7 @@ def test_udp_lease_is_ignored_in_a_mixed_cluster(etcd_lab):
     wait_for(lambda: entries(h1) == want, 20, what="the vxlan peer's entries")
     routes = {r["dst"] for r in ipj(h1, "ip", "-j", "-4", "route", "show")}
     assert "10.50.0.0/20" not in routes
-    assert "ignoring added lease 10.50.0.0-20 (type '')" in a1.log_path.read_text()
+    assert "ignoring lease 10.50.0.0-20: BackendType 'udp' is not vxlan" in a1.log_path.read_text()
 
 
 def test_direct_routing_on_one_segment(etcd_lab):

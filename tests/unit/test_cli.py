@@ -1,7 +1,7 @@
 """The command line: flanneld's flags (with --) and FLANNELD_* environment variables.
 
-The agent is never started: `choose` (interface selection) and `asyncio.run` are replaced, and the
-Agent that would have run is taken from the coroutine handed to asyncio.run.
+The agent is never started: `choose` (interface selection) and `serve` (the CLI's seam that
+runs an agent) are replaced; the Agent the CLI built is what `serve` was handed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from click.testing import CliRunner
 import udpflannel
 from udpflannel import cli
 from udpflannel.core.events import ExternalInterface
-from udpflannel.errors import InterfaceError, UdpFlannelError
+from udpflannel.errors import FatalError, InterfaceError
+
+SERVE = cli.serve  # the real one, before the fixture replaces it
 
 IFACE = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), IPv4Address("192.0.2.10"), 1500)
 
@@ -64,13 +66,13 @@ def cap(monkeypatch):
         c.choose_args = args
         return IFACE
 
-    def fake_run(coro):
+    def fake_serve(agent):
         c.run_calls += 1
-        c.agent = coro.cr_frame.f_locals["agent"]
-        coro.close()
+        c.agent = agent
+        return 0
 
     monkeypatch.setattr(cli, "choose", fake_choose)
-    monkeypatch.setattr(cli.asyncio, "run", fake_run)
+    monkeypatch.setattr(cli, "serve", fake_serve)
     monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: None)
     return c
 
@@ -297,16 +299,41 @@ def test_no_interface_exits_1(cap, monkeypatch, caplog):
     assert "eth9" in caplog.text
 
 
-def test_agent_error_exits_1(cap, monkeypatch, caplog):
-    def failing_run(coro):
-        coro.close()
-        raise UdpFlannelError("out of subnets")
+def test_fatal_agent_error_exits_1_with_the_reason(cap, monkeypatch, caplog):
+    class Failing:
+        async def run(self):
+            raise FatalError("open_tun(flannel0): Permission denied")
 
-    monkeypatch.setattr(cli.asyncio, "run", failing_run)
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(cli, "serve", SERVE)
+    monkeypatch.setattr(cli, "build", lambda iface, kw: Failing())
     with caplog.at_level(logging.ERROR, logger="udpflannel"):
         res = invoke()
     assert res.exit_code == 1
-    assert "out of subnets" in caplog.text
+    assert "Permission denied" in caplog.text
+
+
+def test_agent_that_returns_after_stop_exits_0(cap, monkeypatch):
+    class Stopped:
+        async def run(self):
+            return None  # run() returns only after stop(): a signal
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(cli, "serve", SERVE)
+    monkeypatch.setattr(cli, "build", lambda iface, kw: Stopped())
+    assert invoke().exit_code == 0
+
+
+def test_hidden_testing_options(cap):
+    ok(["--subnet-lease-ttl", "60", "--subnet-lease-renew-margin-seconds", "50"])
+    assert cap.agent.opts.lease_ttl == 60 and cap.agent.opts.renew_margin == 50
+    assert "--subnet-lease-ttl" not in ok(["--help"]).output
+    res = invoke(["--subnet-lease-ttl", "60", "--subnet-lease-renew-margin-seconds", "60"])
+    assert res.exit_code == 2 and "less than" in res.output
 
 
 def test_no_etcd_endpoints_exits_1_not_a_traceback(cap):

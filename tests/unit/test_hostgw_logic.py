@@ -1,4 +1,5 @@
-"""host-gw backend: routes per lease, the NAT check, healing and pruning (no kernel)."""
+"""host-gw backend: routes per lease, the NAT check, healing and pruning against snapshots
+(no kernel: a fake netlink passed to the constructor)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from udpflannel.backends import backend_class
 from udpflannel.backends.hostgw import HostGwBackend, Route, host_route, our_route, reconcile
 from udpflannel.core.config import parse_config
-from udpflannel.core.events import ExternalInterface, LeaseEvent
+from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.errors import BackendError
 
@@ -57,9 +58,8 @@ class FakeNetlink:
 
 
 def make(**kw):
-    b = HostGwBackend(IFACE, CFG)
-    b._nl = FakeNetlink(**kw)
-    return b, b._nl
+    nl = FakeNetlink(**kw)
+    return HostGwBackend(IFACE, CFG, netlink=nl), nl
 
 
 def run(c):
@@ -79,16 +79,14 @@ def test_lease_json_has_no_backend_data():
 
 def test_public_ip_not_on_interface_is_refused():
     nat = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("198.18.7.7"), 1500)
-    b = HostGwBackend(nat, CFG)
-    b._nl = FakeNetlink()
+    b = HostGwBackend(nat, CFG, netlink=FakeNetlink())
     with pytest.raises(BackendError, match="NAT"):
         run(b.prepare())
 
 
 def test_public_ip_as_secondary_address_is_accepted():
     iface = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.50"), 1500)
-    b = HostGwBackend(iface, CFG)
-    b._nl = FakeNetlink(addrs=(("192.0.2.11", 24), ("192.0.2.50", 24)))
+    b = HostGwBackend(iface, CFG, netlink=FakeNetlink(addrs=(("192.0.2.11", 24), ("192.0.2.50", 24))))
     assert run(b.prepare()).public_ip == IPv4Address("192.0.2.50")
 
 
@@ -110,20 +108,27 @@ def test_reconcile_replace_vs_prune():
     assert reconcile(want, want, key=lambda x: x.key, prune=True) == ([], [])
 
 
-def test_routes_follow_leases_and_heal():
+def test_other_backend_types_are_not_usable():
+    b, _ = make()
+    assert b.lease_problem(lease("10.13.48.0/20", "192.0.2.12")) is None
+    assert "not host-gw" in b.lease_problem(lease("10.20.0.0/20", "192.0.2.30", btype="vxlan"))
+    assert "not host-gw" in b.lease_problem(lease("10.21.0.0/20", "192.0.2.31", btype=""))
+
+
+def test_routes_follow_snapshots_and_deltas_and_heal():
     b, nl = make()
     run(b.prepare())
     run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
-    run(b.handle([LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12")),
-                  LeaseEvent("added", lease("10.20.0.0/20", "192.0.2.30", btype="vxlan")),
-                  LeaseEvent("added", lease("10.21.0.0/20", "192.0.2.31", btype=""))]))  # fmt: skip
+    run(b.apply(Snapshot((lease("10.13.48.0/20", "192.0.2.12"),))))
     assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
     nl.table.clear()
     run(b.resync())
     assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
     assert b.metrics()["routes_healed"] == 1
-    run(b.handle([LeaseEvent("removed", lease("10.13.48.0/20", "192.0.2.12"))]))
-    assert nl.table == set()
+    run(b.apply(Delta((LeaseEvent("added", lease("10.14.0.0/20", "192.0.2.14")),))))
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12"), r("10.14.0.0/20", "192.0.2.14")}
+    run(b.apply(Delta((LeaseEvent("removed", lease("10.13.48.0/20", "192.0.2.12")),))))
+    assert nl.table == {r("10.14.0.0/20", "192.0.2.14")}
 
 
 def test_unreachable_peer_does_not_block_others():
@@ -131,21 +136,21 @@ def test_unreachable_peer_does_not_block_others():
     nl.unreachable = {IPv4Address("198.18.0.1")}
     run(b.prepare())
     run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
-    run(b.handle([LeaseEvent("added", lease("10.30.0.0/20", "198.18.0.1")),
-                  LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12"))]))  # fmt: skip
+    run(b.apply(Snapshot((lease("10.30.0.0/20", "198.18.0.1"), lease("10.13.48.0/20", "192.0.2.12")))))
     assert nl.table == {r("10.13.48.0/20", "192.0.2.12")}
     assert b.metrics()["route_errors"] == 1
 
 
-def test_stale_routes_pruned_only_after_listing():
+def test_a_snapshot_prunes_what_it_lacks_even_when_empty():
     b, nl = make()
     stale = r("10.40.0.0/20", "192.0.2.40")
+    alive = r("10.13.48.0/20", "192.0.2.12")
     foreign = r("172.16.0.0/20", "192.0.2.1")  # not inside Network: never ours
-    nl.table = {stale, foreign}
+    nl.table = {stale, alive, foreign}
     run(b.prepare())
-    run(b.handle([]))
     run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
-    run(b.resync())
-    assert nl.table == {stale, foreign}
-    run(b.handle([LeaseEvent("added", lease("10.13.48.0/20", "192.0.2.12"))]))
-    assert nl.table == {foreign, r("10.13.48.0/20", "192.0.2.12")}
+    assert nl.table == {stale, alive, foreign}  # nothing pruned before the agent's first listing
+    run(b.apply(Snapshot((lease("10.13.48.0/20", "192.0.2.12"),))))
+    assert nl.table == {foreign, alive}
+    run(b.apply(Snapshot(())))  # the last peer is gone: an empty snapshot removes its route
+    assert nl.table == {foreign}

@@ -193,14 +193,54 @@ def test_expired_lease_is_reacquired_with_the_same_subnet(reg, clock):
 def test_watcher_signal_triggers_reacquisition_and_other_subnet_if_taken(reg, clock):
     m = manager(reg, clock)
     own = run(m.acquire())
+    del reg.etcd_leases[own.lease_id]  # our etcd lease expired (etcd was away too long) ...
     reg.kv.pop(own.key)
-    reg.put(own.key, OTHER)  # someone else took our subnet while our lease was gone
-    lost = asyncio.Event()
-    lost.set()
-    adopted = maintain_until_adopted(m, own, lost)
-    assert not lost.is_set()
+    reg.put(own.key, OTHER)  # ... and someone else took the subnet
+    check = asyncio.Event()
+    check.set()
+    adopted = maintain_until_adopted(m, own, check)
+    assert not check.is_set()
     assert adopted[0].lease.subnet != own.lease.subnet
     assert reg.kv[own.key][0] == OTHER.to_json()
+    assert m.reasserts == 0
+
+
+def test_own_key_overwritten_while_our_etcd_lease_lives_is_reasserted(reg, clock):
+    m = manager(reg, clock)
+    own = run(m.acquire())
+    reg.put(own.key, OTHER)  # another writer, on its own etcd lease
+    check = asyncio.Event()
+    check.set()
+
+    async def go():
+        task = asyncio.ensure_future(m.maintain(own, check, lambda o: None))
+        while m.reasserts < 1:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    run(go())
+    value, lease_id, _ = reg.kv[own.key]
+    assert value == ME.to_json() and lease_id == own.lease_id
+    assert m.reacquisitions == 0
+
+
+def test_reacquisition_revokes_the_old_etcd_lease(reg, clock):
+    m = manager(reg, clock)
+    own = run(m.acquire())
+    reg.kv.pop(own.key)  # deleted by hand; its etcd lease lives on, empty
+    check = asyncio.Event()
+    check.set()
+    adopted = maintain_until_adopted(m, own, check)
+    assert adopted[0].lease.subnet == own.lease.subnet
+    assert list(reg.etcd_leases) == [adopted[0].lease_id]
+
+
+def test_allocation_skips_subnets_overlapping_other_leases_or_malformed_keys(reg, clock):
+    # 10.5.0.32/27 covers .32 and .48 (/28s); 10.5.0.16-28 holds a value that is not a lease
+    reg.put("10.5.0.32-27", OTHER)
+    reg.put("10.5.0.16-28", "not json")
+    with pytest.raises(OutOfSubnets):
+        run(manager(reg, clock, config=SMALL).acquire())
 
 
 def test_ipv6_pool_gets_a_dual_stack_key(reg, clock):

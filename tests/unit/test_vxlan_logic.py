@@ -25,7 +25,7 @@ from udpflannel.backends.vxlan import (
     random_mac,
 )
 from udpflannel.core.config import parse_config
-from udpflannel.core.events import ExternalInterface, LeaseEvent
+from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import ConfigError
 
@@ -85,9 +85,12 @@ def test_bad_options_name_key_and_value(key, value):
 
 
 def test_constructor_has_no_side_effects():
-    # No device lookup, no socket: only validation (the agent builds one to check options).
-    b = VxlanBackend(IFACE, parse_config(json.dumps(SEED)))
-    assert b._nl._ipr is None
+    # No device lookup, no netlink call: only validation (the agent builds one to check options).
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the constructor used netlink.{name}")
+
+    VxlanBackend(IFACE, parse_config(json.dumps(SEED)), netlink=Untouchable())
 
 
 # -- lease and MACs --------------------------------------------------------------------------
@@ -253,9 +256,16 @@ class FakeNetlink:
 
 
 def backend(**opts) -> tuple[VxlanBackend, FakeNetlink]:
-    b = VxlanBackend(IFACE, cfg(VNI=100, Port=8472, **opts))
-    b._nl = FakeNetlink()
-    return b, b._nl
+    nl = FakeNetlink()
+    return VxlanBackend(IFACE, cfg(VNI=100, Port=8472, **opts), netlink=nl), nl
+
+
+def added(*leases):
+    return Delta(tuple(LeaseEvent("added", l) for l in leases))
+
+
+def removed(*leases):
+    return Delta(tuple(LeaseEvent("removed", l) for l in leases))
 
 
 def run(coro):
@@ -298,12 +308,13 @@ def test_peer_added_and_removed():
     run(b.prepare())
     run(b.start(OWN))
     assert nl.addrs == [(IPv4Address("10.15.64.0"), 32)]
-    run(b.handle([LeaseEvent("added", PEER)]))
+    run(b.apply(Snapshot(())))
+    run(b.apply(added(PEER)))
     dev = nl.dev.index
     assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:31")}
     assert nl.fdb == {Fdb("9e:e7:65:f3:9d:31", IPv4Address("192.0.2.12"))}
     assert nl.routes_ == {Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), dev, True)}
-    run(b.handle([LeaseEvent("removed", PEER)]))
+    run(b.apply(removed(PEER)))
     assert nl.neigh == set() and nl.fdb == set() and nl.routes_ == set()
 
 
@@ -311,39 +322,32 @@ def test_peer_changing_mac_and_ip_leaves_no_stale_entries():
     b, nl = backend()
     run(b.prepare())
     run(b.start(OWN))
-    run(b.handle([LeaseEvent("added", PEER)]))
+    run(b.apply(Snapshot((PEER,))))
     moved = vx_lease("10.13.48.0/20", "192.0.2.13", "9e:e7:65:f3:9d:99")
-    run(b.handle([LeaseEvent("added", moved)]))
+    run(b.apply(added(moved)))
     assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:99")}
     assert nl.fdb == {Fdb("9e:e7:65:f3:9d:99", IPv4Address("192.0.2.13"))}
     assert len(nl.routes_) == 1
 
 
-def test_other_backend_types_are_ignored():
-    b, nl = backend()
-    run(b.prepare())
-    run(b.start(OWN))
+def test_lease_problem_other_types_mac_and_vni():
+    b, _ = backend()
+    assert b.lease_problem(PEER) is None
     udp = Lease(IPv4Network("10.20.0.0/20"), LeaseAttrs(IPv4Address("192.0.2.30")))  # flanneld udp: no BackendType
-    hgw = vx_lease("10.21.0.0/20", "192.0.2.31", btype="host-gw", data={})
-    run(b.handle([LeaseEvent("added", udp), LeaseEvent("added", hgw)]))
-    assert nl.neigh == set() and nl.fdb == set() and nl.routes_ == set()
-    assert b.metrics()["peers"] == 0
-
-
-def test_malformed_backend_data_is_skipped_not_fatal():
-    b, nl = backend()
-    run(b.prepare())
-    run(b.start(OWN))
-    bad = vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": 17})
-    run(b.handle([LeaseEvent("added", bad), LeaseEvent("added", PEER)]))
-    assert {r.dst for r in nl.routes_} == {IPv4Network("10.13.48.0/20")}
+    assert "not vxlan" in b.lease_problem(udp)
+    assert "not vxlan" in b.lease_problem(vx_lease("10.21.0.0/20", "192.0.2.31", btype="host-gw", data={}))
+    assert "VtepMAC" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": 17, "VNI": 100}))
+    assert "VtepMAC" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data="junk"))
+    assert "VNI" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": "9e:e7:65:f3:9d:31"}))
+    assert "VNI 7 is not" in b.lease_problem(
+        vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": "9e:e7:65:f3:9d:31", "VNI": 7}))
 
 
 def test_resync_restores_deleted_entries_and_device_with_same_mac():
     b, nl = backend()
     mac = run(b.prepare()).backend_data["VtepMAC"]
     run(b.start(OWN))
-    run(b.handle([LeaseEvent("added", PEER)]))
+    run(b.apply(Snapshot((PEER,))))
     nl.routes_.clear()
     nl.neigh.clear()
     run(b.resync())
@@ -359,28 +363,19 @@ def test_resync_restores_deleted_entries_and_device_with_same_mac():
     assert b.metrics()["device_restored"] == 1
 
 
-def test_no_pruning_before_the_first_peer_listing():
-    # Entries left by a previous run must survive until the agent has listed the peers.
+def test_previous_run_entries_stay_until_the_first_snapshot_which_prunes_even_when_empty():
     b, nl = backend()
     nl.dev = state(index=4, mac="02:aa:bb:cc:dd:ee")
     run(b.prepare())
     stale = Route(IPv4Network("10.40.0.0/20"), IPv4Address("10.40.0.0"), 4, True)
     alive = Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), 4, True)
     nl.routes_ = {stale, alive}
-    run(b.handle([]))  # the agent's set_own() before the listing
     run(b.start(OWN))
-    run(b.resync())
-    assert nl.routes_ == {stale, alive}
-    run(b.handle([LeaseEvent("added", PEER)]))  # the listing: only PEER exists
+    assert nl.routes_ == {stale, alive}  # start() prunes nothing: peers come with the listing
+    run(b.apply(Snapshot((PEER,))))  # the listing: only PEER exists
     assert nl.routes_ == {alive}
-
-
-def test_own_subnet_is_never_routed():
-    b, nl = backend()
-    run(b.prepare())
-    run(b.start(OWN))
-    run(b.handle([LeaseEvent("added", vx_lease("10.15.64.0/20", "192.0.2.99"))]))
-    assert nl.routes_ == set()
+    run(b.apply(Snapshot(())))  # and then none: an empty snapshot empties the tables
+    assert nl.routes_ == set() and nl.neigh == set() and nl.fdb == set()
 
 
 def test_direct_routing_for_peers_on_the_segment():
@@ -389,7 +384,7 @@ def test_direct_routing_for_peers_on_the_segment():
     run(b.start(OWN))
     far = vx_lease("10.14.0.0/20", "198.18.0.9", "9e:e7:65:f3:9d:40")
     nl.reachable = {IPv4Address("192.0.2.12")}
-    run(b.handle([LeaseEvent("added", PEER), LeaseEvent("added", far)]))
+    run(b.apply(Snapshot((PEER, far))))
     assert Route(IPv4Network("10.13.48.0/20"), IPv4Address("192.0.2.12"), IFACE.index) in nl.routes_
     assert Route(IPv4Network("10.14.0.0/20"), IPv4Address("10.14.0.0"), nl.dev.index, True) in nl.routes_
     assert nl.fdb == {Fdb("9e:e7:65:f3:9d:40", IPv4Address("198.18.0.9"))}

@@ -58,6 +58,10 @@ class IptablesError(UdpFlannelError):
     """iptables could not be read or changed."""
 
 
+class IptablesMissing(IptablesError):
+    """The iptables tools are not installed (no retry fixes that)."""
+
+
 @dataclass(frozen=True)
 class Rule:
     table: str
@@ -200,7 +204,8 @@ def _run(args: list[str], stdin: Optional[str] = None) -> str:
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise IptablesError(f"{name} not found (install iptables)")
+        raise IptablesMissing(f"{name} not found (install iptables, or run with --iptables-forward-rules=false "
+                              "and without --ip-masq)")
     return path
 
 

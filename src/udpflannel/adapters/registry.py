@@ -1,172 +1,72 @@
 """The etcd registry: flannel's storage verbs, nothing about allocation policy.
 
-Verbs: get the config, list leases (with the revision to watch from), create a lease
-only if its key is absent, renew, delete, and watch the subnets prefix. Every verb
-goes to the current endpoint and, on a connection failure, fails over to the next
-one (`--etcd-endpoints` is a list) before raising RegistryError. Callers retry.
+Verbs (the `Registry` protocol in policy/manager.py names them all): get the config;
+list the leases (paged, with the revision to watch from and the keys whose value is not a
+lease); watch the subnets prefix; create a lease only if its key is absent; replace our
+own lease; put our value back under our key (re-assert); get one lease; renew, revoke;
+delete. Each call has a deadline and fails over between `--etcd-endpoints`; see
+adapters/etcd.py for the timing, and docs/etcd.md. Callers retry on RegistryError.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Optional, Sequence, TypeVar
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Optional
 
-import aetcd
-import aetcd.exceptions as aexc
-import grpc
+from aetcd import rpc
 
 from ..core.subnet import Lease, LeaseAttrs, parse_lease
 from ..errors import LeaseParseError, RegistryError
+from .etcd import Compacted, EtcdClient, EtcdError, EtcdOptions
 
 log = logging.getLogger("udpflannel.registry")
-T = TypeVar("T")
 
 DEFAULT_PREFIX = "/coreos.com/network"
-RPC_TIMEOUT = 5.0
-# HTTP/2 pings on the etcd channel: a silent partition (no RST) breaks a watch within ~15 s
-# instead of hanging it forever. etcd accepts pings every 5 s or more.
-GRPC_OPTIONS = {
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    "grpc.http2.max_pings_without_data": 0,
-}
 
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    endpoints: Sequence[str]
-    prefix: str = DEFAULT_PREFIX
-    keyfile: str = ""
-    certfile: str = ""
-    cafile: str = ""
-    username: str = ""
-    password: str = ""
+__all__ = ["Compacted", "EtcdOptions", "EtcdRegistry", "Listing", "WatchEvent", "DEFAULT_PREFIX"]
 
 
 @dataclass(frozen=True)
 class WatchEvent:
     kind: str  # "put" | "delete"
     name: str  # last key element ("10.5.3.0-24")
-    lease: Optional[Lease]  # parsed lease for "put"; None for "delete"
+    lease: Optional[Lease]  # parsed lease for "put"; None for "delete" or a malformed value
     revision: int
+    problem: str = ""  # why a put's value is not a lease
 
 
-class Compacted(RegistryError):
-    """The watch's start revision was compacted: re-list and resume."""
+@dataclass(frozen=True)
+class Listing:
+    leases: list[Lease]
+    revision: int
+    malformed: dict[str, str] = field(default_factory=dict)  # key name -> why it is not a lease
 
 
-class _TlsClient(aetcd.Client):
-    """aetcd.Client over a TLS channel (aetcd itself only opens insecure channels)."""
-
-    def __init__(self, *args, credentials: grpc.ChannelCredentials, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        from aetcd import rpc, watcher
-
-        self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._credentials,
-                                               options=list(self._options.items()))
-        if self._username is not None:
-            auth = rpc.AuthStub(self.channel)
-            resp = await auth.Authenticate(
-                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
-            )
-            self.metadata = (("token", resp.token),)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
-        self._connected.set()
-
-
-def _read(path: str) -> Optional[bytes]:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+def _range_end(prefix: bytes) -> bytes:
+    """The end of the range holding every key that starts with `prefix`."""
+    b = bytearray(prefix)
+    while b and b[-1] == 0xFF:
+        b.pop()
+    if not b:
+        return b"\0"
+    b[-1] += 1
+    return bytes(b)
 
 
 class EtcdRegistry:
-    def __init__(self, opts: EtcdOptions):
-        if not opts.endpoints:
-            raise RegistryError("no etcd endpoints given")
+    def __init__(self, opts: EtcdOptions, client: Optional[EtcdClient] = None):
         self.opts = opts
         self.prefix = opts.prefix.rstrip("/")
-        self._endpoint_index = 0
-        self._client: Optional[aetcd.Client] = None
-        self._healthy = True
+        self.etcd = client or EtcdClient(opts)
+        self._reported: dict[str, str] = {}  # malformed keys already logged, with the reason
 
-    # -- connection and failover ---------------------------------------------
     @property
     def endpoint(self) -> str:
-        return self.opts.endpoints[self._endpoint_index]
-
-    def _make_client(self, endpoint: str) -> aetcd.Client:
-        u = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        kwargs = dict(
-            host=u.hostname or "127.0.0.1",
-            port=u.port or 2379,
-            username=self.opts.username or None,
-            password=self.opts.password or None,
-            timeout=RPC_TIMEOUT,
-            options=dict(GRPC_OPTIONS),
-        )
-        if u.scheme == "https" or self.opts.cafile or self.opts.certfile:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(self.opts.cafile),
-                private_key=_read(self.opts.keyfile),
-                certificate_chain=_read(self.opts.certfile),
-            )
-            return _TlsClient(credentials=creds, **kwargs)
-        return aetcd.Client(**kwargs)
-
-    async def _client_now(self) -> aetcd.Client:
-        if self._client is None:
-            self._client = self._make_client(self.endpoint)
-            await self._client.connect()
-        return self._client
-
-    async def _drop_client(self) -> None:
-        c, self._client = self._client, None
-        if c is not None:
-            try:
-                await c.close()
-            except Exception:  # closing a broken channel may itself fail
-                pass
-
-    async def _call(self, what: str, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run `fn` against the current endpoint; on a connection failure try each other
-        endpoint once. Raises RegistryError when none answered."""
-        errors = []
-        for _ in range(len(self.opts.endpoints)):
-            try:
-                result = await fn(await self._client_now())
-                if not self._healthy:
-                    log.info("etcd is reachable again at %s", self.endpoint)
-                    self._healthy = True
-                return result
-            except (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError, aexc.InternalError,
-                    grpc.RpcError, asyncio.TimeoutError, OSError) as e:  # fmt: skip
-                errors.append(f"{self.endpoint}: {type(e).__name__}: {e}")
-                await self._drop_client()
-                self._endpoint_index = (self._endpoint_index + 1) % len(self.opts.endpoints)
-            except aexc.ClientError as e:
-                raise RegistryError(f"etcd {what} failed at {self.endpoint}: {e}") from e
-        if self._healthy:
-            log.warning("etcd unreachable (%s): %s", what, "; ".join(errors))
-            self._healthy = False
-        raise RegistryError(f"etcd {what} failed on every endpoint: {'; '.join(errors)}")
+        return self.etcd.endpoint
 
     async def close(self) -> None:
-        await self._drop_client()
+        await self.etcd.close()
 
     # -- keys --------------------------------------------------------------------
     @property
@@ -180,122 +80,149 @@ class EtcdRegistry:
     def lease_key(self, name: str) -> bytes:
         return self.subnets_prefix + name.encode()
 
+    def _name(self, key: bytes) -> str:
+        return key[len(self.subnets_prefix) :].decode(errors="replace")
+
+    def _parse(self, kv) -> Lease:
+        """Raises LeaseParseError."""
+        lease = parse_lease(self._name(kv.key), kv.value)
+        return Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, lease_id=kv.lease or None,
+                     create_revision=kv.create_revision, mod_revision=kv.mod_revision)  # fmt: skip
+
+    def _malformed(self, name: str, why: str) -> None:
+        if self._reported.get(name) != why:
+            self._reported[name] = why
+            log.warning("skipping malformed lease %s: %s", (self.subnets_prefix + name.encode()).decode(errors="replace"), why)
+
     # -- verbs -------------------------------------------------------------------
     async def get_config(self) -> Optional[bytes]:
-        got = await self._call("get config", lambda c: c.get(self.config_key))
-        return got.value if got is not None else None
+        resp = await self.etcd.kv("get config", "Range", rpc.RangeRequest(key=self.config_key))
+        return resp.kvs[0].value if resp.kvs else None
 
-    async def list_leases(self) -> tuple[list[Lease], int]:
-        """All well-formed leases under <prefix>/subnets and the revision of the listing.
-        Malformed keys or values are skipped with a warning."""
+    async def list_leases(self) -> Listing:
+        """Every key under <prefix>/subnets, in pages at one revision. Malformed keys or
+        values are logged once each and returned apart."""
+        leases: list[Lease] = []
+        malformed: dict[str, str] = {}
 
-        async def op(c: aetcd.Client):
-            return await c.get_prefix(self.subnets_prefix)
+        def each(kv) -> None:
+            try:
+                leases.append(self._parse(kv))
+            except LeaseParseError as e:
+                malformed[self._name(kv.key)] = str(e)
 
-        rng = await self._call("list leases", op)
-        leases = [l for l in (self._parse(kv.key, kv.value, kv.lease) for kv in rng) if l is not None]
-        return leases, rng.header.revision
-
-    def _parse(self, key: bytes, value: bytes, lease_id: int = 0) -> Optional[Lease]:
-        name = key[len(self.subnets_prefix) :].decode(errors="replace")
-        try:
-            lease = parse_lease(name, value)
-        except LeaseParseError as e:
-            log.warning("skipping malformed lease %s: %s", key.decode(errors="replace"), e)
-            return None
-        return Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, lease_id=lease_id or None)
+        revision = await self.etcd.range_all("list leases", self.subnets_prefix, _range_end(self.subnets_prefix), each)
+        for name, why in malformed.items():
+            self._malformed(name, why)
+        for name in set(self._reported) - set(malformed):
+            del self._reported[name]
+        return Listing(leases, revision, malformed)
 
     async def get_lease(self, name: str) -> Optional[Lease]:
-        got = await self._call("get lease", lambda c: c.get(self.lease_key(name)))
-        if got is None:
-            return None
-        return self._parse(got.key, got.value, got.lease)
+        """Our own key, read back. None when absent; LeaseParseError when not a lease."""
+        resp = await self.etcd.kv("get lease", "Range", rpc.RangeRequest(key=self.lease_key(name)))
+        return self._parse(resp.kvs[0]) if resp.kvs else None
+
+    async def _grant(self, ttl: int) -> int:
+        resp = await self.etcd.lease("grant lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+        if resp.error:
+            raise RegistryError(f"etcd lease grant failed: {resp.error}")
+        return resp.ID
+
+    async def _txn(self, what: str, compare, put: rpc.PutRequest) -> bool:
+        req = rpc.TxnRequest(compare=[compare], success=[rpc.RequestOp(request_put=put)], failure=[])
+        return (await self.etcd.kv(what, "Txn", req)).succeeded
 
     async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]:
-        """Create <prefix>/subnets/<name> attached to a new etcd lease of `ttl` seconds, only if
-        the key does not exist. Returns the etcd lease id, or None when the key exists."""
+        """Create <prefix>/subnets/<name> on a new etcd lease of `ttl` seconds, only if the
+        key does not exist. Returns the etcd lease id, or None when the key exists."""
         key = self.lease_key(name)
-        value = attrs.to_json().encode()
-
-        async def op(c: aetcd.Client):
-            grant = await c.lease(ttl)
-            ok, _ = await c.transaction(
-                compare=[c.transactions.create(key) == 0],
-                success=[c.transactions.put(key, value, grant.id)],
-                failure=[],
-            )
-            if not ok:
-                await c.revoke_lease(grant.id)
-                return None
-            return grant.id
-
-        return await self._call("create lease", op)
+        lease_id = await self._grant(ttl)
+        try:
+            cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=0)
+            ok = await self._txn("create lease", cmp, rpc.PutRequest(key=key, value=attrs.to_json().encode(), lease=lease_id))
+        except BaseException:
+            await self.revoke(lease_id, quiet=True)  # don't leave an empty etcd lease behind
+            raise
+        if not ok:
+            await self.revoke(lease_id, quiet=True)
+            return None
+        return lease_id
 
     async def update_lease(self, name: str, attrs: LeaseAttrs, ttl: int, expect_lease_id: Optional[int]) -> Optional[int]:
-        """Re-write an existing lease key (ours) with a fresh etcd lease, only if it still
-        carries `expect_lease_id`. Returns the new etcd lease id, or None if the key changed."""
+        """Re-write an existing lease key (ours from an earlier run) on a fresh etcd lease,
+        only if it still carries `expect_lease_id`; revoke the old etcd lease. Returns the
+        new etcd lease id, or None if the key changed meanwhile."""
         key = self.lease_key(name)
-        value = attrs.to_json().encode()
+        resp = await self.etcd.kv("update lease", "Range", rpc.RangeRequest(key=key))
+        got = resp.kvs[0] if resp.kvs else None
+        if got is None or (expect_lease_id is not None and got.lease != expect_lease_id):
+            return None
+        lease_id = await self._grant(ttl)
+        try:
+            cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=got.mod_revision)
+            ok = await self._txn("update lease", cmp, rpc.PutRequest(key=key, value=attrs.to_json().encode(), lease=lease_id))
+        except BaseException:
+            await self.revoke(lease_id, quiet=True)
+            raise
+        if not ok:
+            await self.revoke(lease_id, quiet=True)
+            return None
+        if got.lease:  # the old etcd lease holds nothing now; let it go at once
+            await self.revoke(got.lease, quiet=True)
+        return lease_id
 
-        async def op(c: aetcd.Client):
-            grant = await c.lease(ttl)
-            got = await c.get(key)
-            if got is None or (expect_lease_id is not None and got.lease != expect_lease_id):
-                await c.revoke_lease(grant.id)
-                return None
-            ok, _ = await c.transaction(
-                compare=[c.transactions.mod(key) == got.mod_revision],
-                success=[c.transactions.put(key, value, grant.id)],
-                failure=[],
-            )
-            if not ok:
-                await c.revoke_lease(grant.id)
-                return None
-            if got.lease:
-                try:  # the old etcd lease holds nothing now; let it go at once
-                    await c.revoke_lease(got.lease)
-                except aexc.ClientError:
-                    pass
-            return grant.id
-
-        return await self._call("update lease", op)
+    async def put_lease(self, name: str, attrs: LeaseAttrs, lease_id: int) -> bool:
+        """Write our value under our key on our (existing) etcd lease, whatever is there now.
+        False when that etcd lease no longer exists (the caller acquires a new one)."""
+        put = rpc.PutRequest(key=self.lease_key(name), value=attrs.to_json().encode(), lease=lease_id)
+        try:
+            await self.etcd.kv("re-assert lease", "Put", put)
+        except EtcdError as e:
+            if "lease not found" in e.details:
+                return False
+            raise
+        return True
 
     async def renew(self, lease_id: int) -> int:
         """Refresh an etcd lease; returns the new TTL in seconds (<= 0: the lease is gone)."""
+        return await self.etcd.keepalive(lease_id)
 
-        async def op(c: aetcd.Client):
-            reply = await c.refresh_lease(lease_id)
-            return int(reply.TTL) if reply is not None else 0
-
+    async def revoke(self, lease_id: int, quiet: bool = False) -> None:
+        """Revoke an etcd lease (and delete its keys). A lease already gone is fine. With
+        `quiet`, etcd trouble is logged, not raised (the lease then expires on its own)."""
         try:
-            return await self._call("renew lease", op)
+            await self.etcd.lease("revoke lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
+        except EtcdError as e:
+            if "not found" not in e.details:
+                if not quiet:
+                    raise
+                log.warning("could not revoke etcd lease %x: %s (it expires on its own)", lease_id, e)
         except RegistryError as e:
-            if isinstance(e.__cause__, aexc.ClientError) and "not found" in str(e.__cause__).lower():
-                return 0
-            raise
+            if not quiet:
+                raise
+            log.warning("could not revoke etcd lease %x: %s (it expires on its own)", lease_id, e)
 
     async def delete_lease(self, name: str) -> None:
-        await self._call("delete lease", lambda c: c.delete(self.lease_key(name)))
+        await self.etcd.kv("delete lease", "DeleteRange", rpc.DeleteRangeRequest(key=self.lease_key(name)))
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Events under <prefix>/subnets from `start_revision`. Raises Compacted when that
-        revision is gone and RegistryError when the stream breaks; the caller re-lists."""
-        client = await self._client_now()
-        try:
-            watch = await client.watch_prefix(self.subnets_prefix, start_revision=start_revision)
-            async for ev in watch:
-                name = ev.kv.key[len(self.subnets_prefix) :].decode(errors="replace")
-                if ev.kind == aetcd.rtypes.EventKind.PUT:
-                    lease = self._parse(ev.kv.key, ev.kv.value, ev.kv.lease)
-                    if lease is None:
+        """Events under <prefix>/subnets from `start_revision`. A put whose value is not a
+        lease comes with lease None and the problem. Raises Compacted when that revision is
+        gone and RegistryError when the stream breaks or goes silent; the caller re-lists."""
+        prefix = self.subnets_prefix
+        async for batch in self.etcd.watch(prefix, _range_end(prefix), start_revision):
+            for ev in batch:
+                name = self._name(ev.kv.key)
+                if ev.type == rpc.Event.PUT:
+                    try:
+                        lease = self._parse(ev.kv)
+                    except LeaseParseError as e:
+                        self._malformed(name, str(e))
+                        yield WatchEvent("put", name, None, ev.kv.mod_revision, str(e))
                         continue
+                    self._reported.pop(name, None)
                     yield WatchEvent("put", name, lease, ev.kv.mod_revision)
                 else:
+                    self._reported.pop(name, None)
                     yield WatchEvent("delete", name, None, ev.kv.mod_revision)
-        except aexc.RevisionCompactedError as e:
-            raise Compacted(f"watch revision {start_revision} compacted (now {e.compacted_revision})") from e
-        except (aexc.ClientError, grpc.RpcError, OSError) as e:
-            await self._drop_client()
-            self._endpoint_index = (self._endpoint_index + 1) % len(self.opts.endpoints)
-            raise RegistryError(f"etcd watch broke: {type(e).__name__}: {e}") from e
-        raise RegistryError("etcd watch ended")

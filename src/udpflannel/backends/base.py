@@ -3,15 +3,22 @@
 Life cycle, as the agent calls it:
 
     b = BackendClass(iface, config)   # validate Backend options (raise ConfigError), no side effects
+    b.capabilities()                  # what the process needs (checked before any lease is written)
     attrs = await b.prepare()         # create what the lease must describe (vxlan: the device
                                       # and its MAC); returns this host's LeaseAttrs
-    ... the agent acquires a lease with `attrs` and writes the subnet file with b.mtu() ...
+    ... the agent acquires a lease with `attrs` ...
     await b.start(lease)              # address the device with our subnet, start the data path;
                                       # called again if the lease is re-acquired with another subnet
-    await b.handle(events)            # peer leases added/removed (every backend type: filter yourself)
-    await b.resync()                  # every few seconds: heal devices/routes someone removed
-    await b.stop()                    # remove what prepare()/start() made; the lease stays in etcd
+    await b.apply(Snapshot(...))      # all usable peers (also when none): make the state equal to
+                                      # it, pruning whatever it lacks
+    await b.apply(Delta(...))         # then changes: "added" = add or replace, "removed"
+    await b.resync()                  # every few seconds after the first snapshot: heal devices,
+                                      # routes and entries someone changed
+    await b.stop()                    # remove what must not outlive us; the lease stays in etcd
 
+A Snapshot comes first, after start(), and again after every re-listing and every new own
+lease. Every lease handed over has passed `core.validate` with this backend's
+`lease_problem` hook, so backends need no checks of their own beyond it (core/events.py).
 `metrics()` returns counters (name -> int) served at /metrics; `ready()` says whether the
 data path is up (for /readyz).
 """
@@ -20,14 +27,18 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Optional
 
+from ..adapters.privileges import CAP_NET_ADMIN
 from ..core.config import NetworkConfig
-from ..core.events import ExternalInterface, LeaseEvent
+from ..core.events import ExternalInterface, LeaseEvent, PeerUpdate
 from ..core.subnet import Lease, LeaseAttrs
+from ..core.validate import Ignored
 from ..errors import ConfigError
 
 log = logging.getLogger("udpflannel.backends")
+
+__all__ = ["Backend", "ExternalInterface", "LeaseEvent"]
 
 
 class Backend(abc.ABC):
@@ -41,6 +52,10 @@ class Backend(abc.ABC):
         self.iface = iface
         self.config = config
 
+    def capabilities(self) -> dict[int, str]:
+        """Capabilities this backend needs (number -> what for)."""
+        return {CAP_NET_ADMIN: f"the {self.type} backend configures devices and routes"}
+
     @abc.abstractmethod
     def mtu(self) -> int:
         """FLANNEL_MTU for the subnet file."""
@@ -53,8 +68,9 @@ class Backend(abc.ABC):
     async def start(self, lease: Lease) -> None:
         """Configure the data path for our own lease."""
 
-    async def handle(self, events: Sequence[LeaseEvent]) -> None:
-        """Apply peer lease changes."""
+    @abc.abstractmethod
+    async def apply(self, update: PeerUpdate) -> None:
+        """Make the peers a Snapshot lists (pruning others), or apply a Delta."""
 
     async def resync(self) -> None:
         """Re-create devices, routes or entries that disappeared."""
@@ -76,13 +92,9 @@ class Backend(abc.ABC):
         """Whether a peer lease belongs to this backend (flanneld ignores the others)."""
         return lease.attrs.backend_type.lower() == self.type
 
-    def own_type(self, events: Sequence[LeaseEvent]) -> list[LeaseEvent]:
-        """The events of this backend's type; the others are logged and ignored, as flanneld."""
-        keep = []
-        for ev in events:
-            if self.same_type(ev.lease):
-                keep.append(ev)
-            else:
-                log.info("%s: ignoring %s lease %s (type %r)", self.type, ev.kind, ev.lease.key,
-                         ev.lease.attrs.backend_type)  # fmt: skip
-        return keep
+    def lease_problem(self, lease: Lease) -> Optional[str]:
+        """Why this backend cannot use a peer lease (None: it can). Pure: it runs inside
+        `core.validate`. The base rule: leases of another backend type are not ours."""
+        if not self.same_type(lease):
+            return Ignored(f"BackendType {lease.attrs.backend_type or 'udp'!r} is not {self.type}, as flanneld")
+        return None

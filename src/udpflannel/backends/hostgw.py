@@ -9,12 +9,13 @@ Layering, shared with the vxlan backend (whose DirectRouting routes are host-gw 
     pure     Route, reconcile()           desired vs actual entries -> (deletions, additions)
     adapter  RouteNetlink                 blocking pyroute2 calls, run on one worker thread
     backend  HostGwBackend                keeps the desired state (peer leases), applies diffs
-                                          in handle(), heals in resync()
+                                          in apply(), heals in resync()
 
-The desired state is the set of peer leases the agent has handed us. resync() dumps the
-main table and re-adds what someone deleted; once the first handle() has shown us the
-full peer set it also removes routes of ours (inside Network, prefix SubnetLen, via a
-gateway on the interface) that belong to no peer any more, e.g. left from a previous run.
+The desired state is the set of peer leases the agent has handed us: a Snapshot replaces
+it, a Delta changes it. Each apply() and resync() dumps the main table, re-adds what is
+missing and removes routes of ours (inside Network, prefix SubnetLen, via a gateway on the
+interface) that belong to no current peer, e.g. left from a previous run; the agent only
+calls resync() after the first Snapshot, so a previous run's routes to live peers stay.
 stop() leaves the routes in place, as flanneld does: traffic keeps flowing while the agent
 restarts, and the next start reconciles them.
 """
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar
 
+from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError
-from .base import Backend, LeaseEvent
+from .base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,8 @@ def reconcile(
     return delete, add
 
 
-def host_route(lease: Lease, oif: int) -> Optional[Route]:
-    """The host-gw route for a peer lease (None when it has no IPv4 subnet or PublicIP)."""
-    if lease.subnet is None or int(lease.attrs.public_ip) == 0:
-        return None
+def host_route(lease: Lease, oif: int) -> Route:
+    """The host-gw route for a (validated) peer lease."""
     return Route(lease.subnet, lease.attrs.public_ip, oif)
 
 
@@ -179,13 +179,12 @@ class RouteNetlink:
 class HostGwBackend(Backend):
     type = "host-gw"
 
-    def __init__(self, iface, config):
+    def __init__(self, iface, config, netlink: Optional[RouteNetlink] = None):
         super().__init__(iface, config)
         # host-gw has no options; flanneld ignores unknown ones, so do we.
-        self._nl = RouteNetlink()
+        self._nl = netlink or RouteNetlink()
         self._own: Optional[Lease] = None
         self._peers: dict[str, Route] = {}
-        self._synced = False  # handle() has seen the full peer set: pruning is safe
         self._started = False
         self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
 
@@ -204,28 +203,18 @@ class HostGwBackend(Backend):
 
     async def start(self, lease: Lease) -> None:
         self._own = lease
-        # A peer that took over our old subnet is fine; a route to our own subnet is not.
-        self._peers = {k: r for k, r in self._peers.items() if r.dst != lease.subnet}
         self._started = True
         log.info("host-gw: started for %s on %s (%s)", lease.subnet, self.iface.name, self.iface.public_ip)
 
-    async def handle(self, events: Sequence[LeaseEvent]) -> None:
-        if not events:
-            # The agent's first batch with peers is its full listing; an empty batch (e.g.
-            # set_own() before the first listing) must not let us prune entries that a
-            # previous run left for peers that are still alive.
-            return
-        for ev in self.own_type(events):
-            lease = ev.lease
-            if ev.kind == "removed":
-                self._peers.pop(lease.key, None)
-                continue
-            r = host_route(lease, self.iface.index)
-            if r is None or (self._own is not None and r.dst == self._own.subnet):
-                log.warning("host-gw: ignoring lease %s without a usable subnet or PublicIP", lease.key)
-                continue
-            self._peers[lease.key] = r
-        self._synced = True
+    async def apply(self, update: PeerUpdate) -> None:
+        if isinstance(update, Snapshot):
+            self._peers = {l.key: host_route(l, self.iface.index) for l in update.leases}
+        elif isinstance(update, Delta):
+            for ev in update.events:
+                if ev.kind == "removed":
+                    self._peers.pop(ev.lease.key, None)
+                else:
+                    self._peers[ev.lease.key] = host_route(ev.lease, self.iface.index)
         await self._apply(heal=False)
 
     async def resync(self) -> None:
@@ -234,7 +223,7 @@ class HostGwBackend(Backend):
     async def _apply(self, heal: bool) -> None:
         net, slen = self.config.network, self.config.v4.subnet_len
         actual = [r for r in await self._nl.call(self._nl.routes, [self.iface.index]) if our_route(r, net, slen)]
-        delete, add = reconcile(self._peers.values(), actual, key=lambda r: r.key, prune=self._synced)
+        delete, add = reconcile(self._peers.values(), actual, key=lambda r: r.key, prune=True)
         for r in delete:
             log.info("host-gw: removing route %s", r)
             await self._nl.call(self._nl.route_del, r)

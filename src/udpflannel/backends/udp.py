@@ -3,7 +3,8 @@
 The backend's whole job is configuration: it opens the TUN `flannel0` through the data
 path package, addresses it with `<subnet network address>/32`, sets MTU = interface MTU - 28
 and one route `<Network> dev flannel0` (pyroute2), and keeps the data path's lease table in
-step with the peers' leases. Packets never pass through Python.
+step with the peers' leases: a Snapshot makes the table equal to it (entries it lacks are
+deleted), a Delta adds, replaces and deletes. Packets never pass through Python.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import asyncio
 import errno
 import logging
 from ipaddress import IPv4Address
-from typing import Mapping, Optional, Sequence
+from ipaddress import IPv4Network
+from typing import Mapping, Optional
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
+from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError
-from .base import Backend, LeaseEvent
+from .base import Backend
 
 log = logging.getLogger("udpflannel.backends.udp")
 
@@ -42,6 +46,14 @@ class UdpBackend(Backend):
         self._table = None
         self._lease: Optional[Lease] = None
         self._final: dict[str, int] = {}
+        self._routes: dict[IPv4Network, IPv4Address] = {}  # what the lease table holds
+        self._table_errors = 0
+
+    def capabilities(self) -> dict[int, str]:
+        caps = {CAP_NET_ADMIN: f"the udp backend creates {DEVICE} and sets its address and route"}
+        if self.port < 1024:
+            caps[CAP_NET_BIND_SERVICE] = f"the udp backend binds port {self.port}"
+        return caps
 
     def mtu(self) -> int:
         return self.iface.mtu - OVERHEAD
@@ -113,17 +125,38 @@ class UdpBackend(Backend):
         except NetlinkError as e:
             raise BackendError(f"configuring {self._tun.name}: {e}") from e
 
-    async def handle(self, events: Sequence[LeaseEvent]) -> None:
-        for ev in self.own_type(events):
-            lease = ev.lease
-            if lease.subnet is None:
-                continue
-            if ev.kind == "added":
-                if lease.attrs.public_ip == self.iface.public_ip:
-                    continue  # our own (stale) lease: never route to ourselves
-                self._table.set(lease.subnet, lease.attrs.public_ip)
-            else:
-                self._table.delete(lease.subnet)
+    async def apply(self, update: PeerUpdate) -> None:
+        if self._table is None:
+            raise BackendError("udp: peers before start()")
+        if isinstance(update, Snapshot):
+            want = {l.subnet: l.attrs.public_ip for l in update.leases}
+            for net in [n for n in self._routes if n not in want]:
+                self._delete(net)
+            for net, ip in want.items():
+                if self._routes.get(net) != ip:
+                    self._set(net, ip)
+        elif isinstance(update, Delta):
+            for ev in update.events:
+                if ev.kind == "removed":
+                    self._delete(ev.lease.subnet)
+                else:
+                    self._set(ev.lease.subnet, ev.lease.attrs.public_ip)
+
+    def _set(self, net: IPv4Network, ip: IPv4Address) -> None:
+        from ..datapath import DataPathError
+
+        try:
+            self._table.set(net, ip)
+        except DataPathError as e:  # e.g. the table is full: this peer is unreachable, the rest work
+            self._table_errors += 1
+            log.error("udp: cannot route %s via %s: %s", net, ip, e)
+            self._routes.pop(net, None)
+            return
+        self._routes[net] = ip
+
+    def _delete(self, net: IPv4Network) -> None:
+        self._table.delete(net)
+        self._routes.pop(net, None)
 
     async def resync(self) -> None:
         if self._dp is None:
@@ -148,6 +181,7 @@ class UdpBackend(Backend):
         m = dict(self._dp.counters() if self._dp is not None else self._final)
         if self._table is not None:
             m["leases"] = len(self._table)
+            m["table_errors"] = self._table_errors
         return m
 
     def features(self) -> str:

@@ -18,13 +18,15 @@ Design notes (see docs/kernel-backends.md):
       route      <subnet> via <subnet .0> dev flannel.<VNI> onlink
   With DirectRouting and a peer whose PublicIP the kernel reaches without a gateway, only
   the host-gw route `<subnet> via <PublicIP> dev <iface>` instead.
-- Healing: resync() recreates a deleted device (with the same MAC, so the lease stays
-  true), re-adds the address and the entries someone deleted, and (after the first
-  handle() showed the full peer set) removes entries that belong to no current peer.
-  Everything is computed as desired-vs-actual sets by pure functions (`peer_entries`,
-  `reconcile`) and applied by a thin pyroute2 adapter.
-- Leases of other backend types (udp, host-gw) are ignored, as flanneld does: a mixed
-  cluster only connects hosts of the same type.
+- Peers come as a Snapshot (the full set: entries of ours that belong to no peer in it
+  are removed, e.g. left from a previous run) or a Delta. Healing: resync() (only after
+  the first Snapshot) recreates a deleted device (with the same MAC, so the lease stays
+  true), re-adds the address and the entries someone deleted, and removes entries that
+  belong to no current peer. Everything is computed as desired-vs-actual sets by pure
+  functions (`peer_entries`, `reconcile`) and applied by a thin pyroute2 adapter.
+- `lease_problem` rejects (before the agent hands a lease over) leases of other backend
+  types (udp, host-gw: ignored, as flanneld does; a mixed cluster only connects hosts of
+  the same type), and vxlan leases without a valid VtepMAC or with another VNI.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping, Optional, Sequence
 
+from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError
-from .base import Backend, LeaseEvent
+from .base import Backend
 from .hostgw import Route, RouteNetlink, our_route, reconcile
 
 log = logging.getLogger(__name__)
@@ -373,15 +376,14 @@ class VxlanNetlink(RouteNetlink):
 class VxlanBackend(Backend):
     type = "vxlan"
 
-    def __init__(self, iface, config):
+    def __init__(self, iface, config, netlink: Optional[VxlanNetlink] = None):
         super().__init__(iface, config)
         self.options = VxlanOptions.from_config(config)
-        self._nl = VxlanNetlink()
+        self._nl = netlink or VxlanNetlink()
         self._mac: Optional[str] = None  # the device MAC our lease announces
         self._dev: Optional[int] = None  # device ifindex
         self._own: Optional[Lease] = None
         self._peers: dict[str, Lease] = {}  # lease key -> vxlan lease
-        self._synced = False
         self._counters = {
             "device_created": 0,
             "device_reused": 0,
@@ -455,7 +457,6 @@ class VxlanBackend(Backend):
         if lease.subnet is None:
             raise BackendError("vxlan: the lease has no IPv4 subnet")
         self._own = lease
-        self._peers = {k: l for k, l in self._peers.items() if l.subnet != lease.subnet}
         await self._nl.call(self._configure, False)
         log.info("vxlan: %s has %s/32", self.options.device, lease.subnet.network_address)
 
@@ -465,33 +466,38 @@ class VxlanBackend(Backend):
             self._nl.set_address(self._dev, self._own.subnet.network_address, self.config.network)
 
     # -- peers -------------------------------------------------------------------
-    async def handle(self, events: Sequence[LeaseEvent]) -> None:
-        if not events:
-            # The agent's first batch with peers is its full listing; an empty batch (e.g.
-            # set_own() before the first listing) must not let us prune entries that a
-            # previous run left for peers that are still alive.
-            return
-        for ev in self.own_type(events):
-            lease = ev.lease
-            if ev.kind == "removed":
-                if self._peers.pop(lease.key, None) is not None:
-                    log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.public_ip)
-                continue
-            if lease.subnet is None or (self._own is not None and lease.subnet == self._own.subnet):
-                continue
-            mac = vtep_mac(lease)
-            if mac is None and not self.options.direct_routing:
-                log.warning("vxlan: ignoring lease %s: BackendData %r has no valid VtepMAC",
-                            lease.key, lease.attrs.backend_data)  # fmt: skip
-                self._peers.pop(lease.key, None)
-                continue
-            data = lease.attrs.backend_data if isinstance(lease.attrs.backend_data, dict) else {}
-            if data.get("VNI") not in (None, self.options.vni):
-                log.warning("vxlan: lease %s announces VNI %r, ours is %d",
-                            lease.key, data.get("VNI"), self.options.vni)  # fmt: skip
-            log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.public_ip, mac)
-            self._peers[lease.key] = lease
-        self._synced = True
+    def lease_problem(self, lease: Lease) -> Optional[str]:
+        why = super().lease_problem(lease)
+        if why:
+            return why
+        data = lease.attrs.backend_data
+        if vtep_mac(lease) is None:
+            got = data.get("VtepMAC") if isinstance(data, dict) else None
+            return f"BackendData has no valid VtepMAC ({got!r})"
+        vni = data.get("VNI")
+        if isinstance(vni, bool) or not isinstance(vni, int):
+            return f"BackendData has no valid VNI ({vni!r})"
+        if vni != self.options.vni:
+            return f"VNI {vni} is not this network's {self.options.vni} (the kernel would drop its packets)"
+        return None
+
+    async def apply(self, update: PeerUpdate) -> None:
+        if isinstance(update, Snapshot):
+            new = update.by_key()
+            for key in self._peers.keys() - new.keys():
+                log.info("vxlan: peer %s is gone", key)
+            for key in new.keys() - self._peers.keys():
+                log.info("vxlan: peer %s at %s", key, new[key].attrs.public_ip)
+            self._peers = new
+        elif isinstance(update, Delta):
+            for ev in update.events:
+                lease = ev.lease
+                if ev.kind == "removed":
+                    if self._peers.pop(lease.key, None) is not None:
+                        log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.public_ip)
+                else:
+                    log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.public_ip, vtep_mac(lease))
+                    self._peers[lease.key] = lease
         await self._nl.call(self._reconcile, False)
 
     async def resync(self) -> None:
@@ -525,7 +531,7 @@ class VxlanBackend(Backend):
         routes_have = [r for r in nl.routes(oifs) if our_route(r, net, slen)]
         neigh_have = [n for n in nl.neighbours(dev) if n.ip in net]
         fdb_have = nl.fdb_entries(dev)
-        deletions, additions = plan_entries(want, routes_have, neigh_have, fdb_have, prune=self._synced)
+        deletions, additions = plan_entries(want, routes_have, neigh_have, fdb_have, prune=True)
         remove = {"route": nl.route_del, "neighbour": nl.neigh_del, "fdb": nl.fdb_del}
         add = {"route": nl.route_replace, "neighbour": nl.neigh_replace, "fdb": nl.fdb_replace}
         for what, item in deletions:

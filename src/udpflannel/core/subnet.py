@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Iterator, Optional, Union
@@ -30,7 +31,7 @@ _KEY_RE = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a host publishes about itself in its lease's value."""
 
@@ -71,7 +72,7 @@ class LeaseAttrs:
             public_ipv6 = IPv6Address(v6) if v6 else None
         except ValueError as e:
             raise LeaseParseError(f"lease value has a bad address: {e}") from None
-        btype = doc.get("BackendType") or ""
+        btype = sys.intern(doc.get("BackendType") or "")  # one string per type, not per lease
         return cls(
             public_ip=public_ip,
             public_ipv6=public_ipv6,
@@ -81,7 +82,7 @@ class LeaseAttrs:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """One host's subnet (and optional IPv6 subnet) with its attributes."""
 
@@ -91,10 +92,15 @@ class Lease:
     # etcd lease id and TTL (seconds) at the time it was read; None for fakes/unknown.
     lease_id: Optional[int] = field(default=None, compare=False)
     expiration: Optional[float] = field(default=None, compare=False)
+    # etcd revisions of the key's creation and of its last write (None: not read from etcd).
+    # Of two overlapping leases the one created first wins, the same on every host.
+    create_revision: Optional[int] = field(default=None, compare=False)
+    mod_revision: Optional[int] = field(default=None, compare=False)
+    # the last element of the etcd key ("10.5.52.0-24"); computed, kept (100,000s of leases)
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return lease_key(self.subnet, self.ipv6_subnet)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", lease_key(self.subnet, self.ipv6_subnet))
 
 
 def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] = None) -> str:

@@ -308,6 +308,15 @@ class Lab:
             m.wait_ready(timeout)
         return members
 
+    def add_etcd_cluster(self, n: int = 3, timeout: float = 60) -> list[EtcdServer]:
+        """n members, each in a namespace of its own on the underlay (192.0.2.2, .3, ...), so a
+        test can freeze or kill one without touching any host."""
+        nodes = []
+        for i in range(n):
+            ip = ETCD_HOST_IP + i
+            nodes.append(Host(name=f"etcd{i + 1}", ns=self.add_underlay_ns(f"etcd{i + 1}", ip), ip=ip, index=0))
+        return self.start_etcd_cluster(nodes, timeout)
+
     @property
     def etcd_endpoints(self) -> str:
         return ",".join(m.endpoint for m in self.etcd)

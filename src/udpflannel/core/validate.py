@@ -1,0 +1,163 @@
+"""Which peer leases may be routed: the one place that decides. Pure.
+
+The agent runs every lease it lists or watches through `validate` before any backend
+sees it; a rejected lease never reaches a data path or a routing table. A lease is
+rejected, with a reason naming what is wrong, when
+
+1. its PublicIP is missing or unusable: unspecified (a value of `{}` parses as 0.0.0.0),
+   loopback, multicast, reserved/broadcast, IPv6 link-local, inside the overlay Network
+   (the tunnel would carry itself), or this host's own PublicIP;
+2. a subnet of it lies outside the Network (or is the whole Network);
+3. it overlaps this host's own subnet;
+4. the backend cannot use it (`LeaseContext.backend_problem`: another backend type,
+   vxlan without a usable VtepMAC or with another VNI, ...);
+5. it overlaps another lease that passed 1-4 and is older: among overlapping leases the
+   one whose key etcd created first (lowest create_revision, then the key) wins. Every
+   host sees the same revisions, so every host keeps the same one. The creation, not the
+   last write (mod_revision), decides: a lease rewritten in place (renewed on a new etcd
+   lease, re-asserted after another writer) stays as old as it is, so a bad lease written
+   in between can never push it out.
+
+Address rules are written once for both families: a dual-stack lease's IPv6 subnet and
+PublicIPv6 are checked by the same code as soon as a config enables IPv6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+from .netindex import NetIndex
+from .subnet import Lease
+
+Addr = Union[IPv4Address, IPv6Address]
+Net = Union[IPv4Network, IPv6Network]
+
+
+class Ignored(str):
+    """A rejection that is no fault of the lease: it belongs to another backend type
+    (flanneld ignores those too). Logged at info level, not as a warning."""
+
+
+@dataclass(frozen=True)
+class LeaseContext:
+    """What peer leases are checked against."""
+
+    networks: Sequence[Net]  # the overlay Network per enabled family
+    own: Optional[Lease] = None  # this host's lease (None before it has one)
+    backend_problem: Callable[[Lease], Optional[str]] = field(default=lambda lease: None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_version", {n.version: n for n in self.networks})
+
+    def network(self, version: int) -> Optional[Net]:
+        return self._by_version.get(version)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: dict[str, Lease]  # key -> lease, safe to route
+    rejected: dict[str, str]  # key -> why not
+
+
+def address_problem(addr: Optional[Addr], what: str, network: Optional[Net]) -> Optional[str]:
+    """Why `addr` cannot be a tunnel endpoint (None: it can). Both families."""
+    if addr is None or addr.is_unspecified:
+        return f"{what} is missing or {addr or 'empty'}"
+    for bad, name in ((addr.is_loopback, "loopback"), (addr.is_multicast, "multicast"),
+                      (addr.is_reserved, "reserved"),
+                      (addr.version == 6 and addr.is_link_local, "link-local")):  # fmt: skip
+        if bad:
+            return f"{what} {addr} is a {name} address"
+    if network is not None and addr in network:
+        return f"{what} {addr} is inside the overlay Network {network}"
+    return None
+
+
+def _subnets(lease: Lease, ctx: LeaseContext) -> list[Net]:
+    """The lease's subnets in the families the config enables."""
+    if lease.ipv6_subnet is None:
+        return [lease.subnet] if lease.subnet is not None and 4 in ctx._by_version else []
+    return [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None and s.version in ctx._by_version]
+
+
+def _inside(sub: Net, net: Net) -> bool:
+    """sub lies within net (same family); ipaddress.subnet_of without its overhead."""
+    shift = net.max_prefixlen - net.prefixlen
+    return sub.prefixlen >= net.prefixlen and int(sub.network_address) >> shift == int(net.network_address) >> shift
+
+
+def lease_problem(lease: Lease, ctx: LeaseContext) -> Optional[str]:
+    """Rules 1-4 for one lease (None: it passes them)."""
+    a = lease.attrs
+    v4net, v6net = ctx.network(4), ctx.network(6)
+    if v4net is not None:
+        if lease.subnet is None:
+            return "no IPv4 subnet"
+        why = address_problem(a.public_ip, "PublicIP", v4net)
+        if why:
+            return why
+    if v6net is not None and a.public_ipv6 is not None:
+        why = address_problem(a.public_ipv6, "PublicIPv6", v6net)
+        if why:
+            return why
+    own = ctx.own
+    if own is not None:
+        for mine, theirs, what in ((own.attrs.public_ip, a.public_ip, "PublicIP"),
+                                   (own.attrs.public_ipv6, a.public_ipv6, "PublicIPv6")):  # fmt: skip
+            if mine is not None and mine == theirs:
+                return f"{what} {theirs} is this host's own (a stale lease of this host?)"
+    for sub in _subnets(lease, ctx):
+        net = ctx.network(sub.version)
+        if not _inside(sub, net):
+            return f"subnet {sub} is outside the Network {net}"
+        if sub.prefixlen == net.prefixlen:
+            return f"subnet {sub} is the whole Network"
+        if own is not None:
+            for mine in (own.subnet, own.ipv6_subnet):
+                if mine is not None and mine.version == sub.version and (_inside(sub, mine) or _inside(mine, sub)):
+                    return f"subnet {sub} overlaps this host's subnet {mine}"
+    return ctx.backend_problem(lease)
+
+
+def _age(lease: Lease) -> tuple[int, str]:
+    return (lease.create_revision or 0, lease.key)
+
+
+def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
+    """Split peer leases into those to route and those to reject (with the reason)."""
+    rejected: dict[str, str] = {}
+    cands: dict[str, Lease] = {}
+    for lease in leases:
+        why = lease_problem(lease, ctx)
+        if why is None:
+            cands[lease.key] = lease
+        else:
+            rejected[lease.key] = why
+    index = NetIndex((s, k) for k, l in cands.items() for s in _subnets(l, ctx))
+
+    def others(lease: Lease) -> set[str]:
+        out: set[str] = set()
+        for s in _subnets(lease, ctx):
+            out |= index.overlapping(s)
+        out.discard(lease.key)
+        return out
+
+    # Almost every lease overlaps nothing; only the few that do need the age order.
+    accepted: dict[str, Lease] = {}
+    conflicted = []
+    for key, lease in cands.items():
+        if others(lease):
+            conflicted.append(lease)
+        else:
+            accepted[key] = lease
+    for lease in sorted(conflicted, key=_age):
+        winner = min((cands[k] for k in others(lease) if k in accepted), key=_age, default=None)
+        if winner is None:
+            accepted[lease.key] = lease
+        else:
+            rejected[lease.key] = (f"subnet {lease.subnet} overlaps lease {winner.key}, which is older "
+                                   f"(created at etcd revision {winner.create_revision or 0} vs {lease.create_revision or 0}; "
+                                   "the older one wins)")  # fmt: skip
+    return Verdict(accepted, rejected)

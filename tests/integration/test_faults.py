@@ -1,0 +1,134 @@
+"""etcd faults with real etcd and real namespaces: the agents never exit and never stop
+forwarding. Short leases through the hidden testing options make a renewal fall due while
+etcd is away: --subnet-lease-ttl 120 --subnet-lease-renew-margin-seconds 100 renews 20 s
+after the lease is taken.
+
+The numbers (pings lost, failover time) are printed (`-s`); the assertions are about
+behaviour: alive, renewed, forwarding, the same lease.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from udpflannel.lab.netlab import wait_for
+
+from . import agents
+from .agents import PREFIX, Pinger, etcd_signal
+
+pytestmark = [pytest.mark.netns, pytest.mark.etcd]
+
+UDP = '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'
+ALLOC = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
+SHORT_LEASE = ("--subnet-lease-ttl", "120", "--subnet-lease-renew-margin-seconds", "100")  # renew after 20 s
+FREEZE = 30  # seconds; bench/etcd_outage.py measures a 60 s one
+
+
+def udp_pair(lab, *extra):
+    hosts = [lab.add_host(), lab.add_host()]
+    procs = [agents.start(lab, h, *extra) for h in hosts]
+    envs = [agents.wait_subnet(lab, h) for h in hosts]
+    t_lease = time.monotonic()
+    containers = [lab.add_container(h, e) for h, e in zip(hosts, envs)]
+    for p in procs:
+        agents.wait_log(p, "peer added")
+    return hosts, procs, envs, containers, t_lease
+
+
+def etcd_lease_ids(lab) -> dict[str, str]:
+    out = lab.etcd[0].ctl("get", f"{PREFIX}/subnets/", "--prefix", "-w", "fields").stdout
+    keys = [l.split(" : ")[1].strip('"') for l in out.splitlines() if l.startswith('"Key"')]
+    ids = [l.split(" : ")[1] for l in out.splitlines() if l.startswith('"Lease"')]
+    return dict(zip(keys, ids))
+
+
+def test_etcd_frozen_with_a_renewal_due_agents_stay_up_and_keep_forwarding(etcd_lab):
+    lab = etcd_lab
+    lab.etcd[0].put(f"{PREFIX}/config", UDP)
+    hosts, procs, envs, (c1, c2), t_lease = udp_pair(lab, *SHORT_LEASE)
+    before = etcd_lease_ids(lab)
+    assert all("renewed lease" not in agents.log_text(p) for p in procs)
+    assert time.monotonic() - t_lease < 15, "setup took too long: the renewal would not fall in the freeze"
+
+    pinger = Pinger(c1, c2.ip, FREEZE + 4)
+    time.sleep(2)
+    etcd_signal(lab.etcd[0], signal.SIGSTOP)
+    t_freeze = time.monotonic()
+    try:
+        for p in procs:  # the renewal falls due, and fails, while etcd is frozen
+            agents.wait_log(p, "waiting for etcd (renewing lease", timeout=FREEZE)
+        time.sleep(max(0.0, FREEZE - (time.monotonic() - t_freeze)))
+        assert all(p.poll() is None for p in procs), "an agent exited during the freeze"
+    finally:
+        etcd_signal(lab.etcd[0], signal.SIGCONT)
+    sent, received = pinger.result()
+    print(f"\netcd frozen {FREEZE}s with a renewal due: {sent - received} of {sent} pings lost")
+    for p in procs:
+        agents.wait_log(p, "renewed lease", timeout=30)
+    assert all(p.poll() is None for p in procs)
+    assert etcd_lease_ids(lab) == before  # the same leases on the same etcd leases
+    assert received >= 0.95 * sent, f"{sent - received} of {sent} pings lost while etcd was frozen"
+    assert c2.ping(c1.ip, 3).returncode == 0
+    # and the control plane works again: a new peer is learned
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.250.0-24", '{"PublicIP":"192.0.2.99","PublicIPv6":null}')
+    agents.wait_log(procs[0], "peer added: 10.5.250.0/24", timeout=30)
+
+
+def test_etcd_killed_with_a_renewal_due_and_restarted(etcd_lab):
+    lab = etcd_lab
+    lab.etcd[0].put(f"{PREFIX}/config", UDP)
+    hosts, procs, envs, (c1, c2), _ = udp_pair(lab, *SHORT_LEASE)
+    before = etcd_lease_ids(lab)
+    etcd = lab.etcd[0]
+    etcd_signal(etcd, signal.SIGKILL)
+    etcd.proc.wait(10)
+    etcd.proc = None
+    for p in procs:
+        agents.wait_log(p, "waiting for etcd (renewing lease", timeout=40)
+    assert c1.ping(c2.ip, 5).returncode == 0  # forwarding with the last table
+    assert all(p.poll() is None for p in procs)
+    etcd.start()
+    for p in procs:
+        agents.wait_log(p, "renewed lease", timeout=40)
+    assert all(p.poll() is None for p in procs)
+    assert etcd_lease_ids(lab) == before
+    assert c2.ping(c1.ip, 3).returncode == 0
+
+
+def test_cluster_member_in_use_frozen_then_killed_fails_over(lab):
+    members = lab.add_etcd_cluster(3)
+    members[0].put(f"{PREFIX}/config", ALLOC)
+    h1 = lab.add_host()
+    p = agents.start(lab, h1, "--subnet-lease-ttl", "60", "--subnet-lease-renew-margin-seconds", "50")
+    agents.wait_subnet(lab, h1)
+    agents.wait_log(p, "ready:")
+    time.sleep(1)  # the watch is on members[0], the first endpoint
+
+    t_stop = time.time()
+    etcd_signal(members[0], signal.SIGSTOP)
+    try:
+        # (the frozen member may have been the leader: the others elect a new one first)
+        wait_for(lambda: members[1].ctl("put", f"{PREFIX}/subnets/10.5.250.0-24",
+                                        '{"PublicIP":"192.0.2.99","PublicIPv6":null}', check=False,
+                                        timeout=30).returncode == 0, 60, interval=0.5, what="a put via etcd2")  # fmt: skip
+        agents.wait_log(p, "peer added: 10.5.250.0/24", timeout=60)
+        switched = [t for t in agents.log_times(p, "switching to") if t >= t_stop - 1]
+        seen = agents.log_times(p, "peer added: 10.5.250.0/24")[0]
+        print(f"\nfrozen member: failover detected after {switched[0] - t_stop:.1f}s, "
+              f"a new lease seen after {seen - t_stop:.1f}s")
+        assert switched, agents.log_text(p)
+        assert p.poll() is None
+    finally:
+        etcd_signal(members[0], signal.SIGKILL)  # and then it dies for good
+    members[0].proc.wait(10)
+    members[0].proc = None
+    t_kill = time.time()
+    members[2].ctl("put", f"{PREFIX}/subnets/10.5.251.0-24", '{"PublicIP":"192.0.2.98","PublicIPv6":null}', timeout=30)
+    agents.wait_log(p, "peer added: 10.5.251.0/24", timeout=30)
+    renewals = len(agents.log_times(p, "renewed lease"))
+    agents.wait_log(p, "renewed lease", count=renewals + 1, timeout=40)  # renewals go on through the others
+    assert p.poll() is None
+    print(f"after the kill: a new lease seen after {agents.log_times(p, 'peer added: 10.5.251.0/24')[0] - t_kill:.1f}s")

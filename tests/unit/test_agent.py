@@ -1,0 +1,366 @@
+"""The agent through its one seam (Agent(registry, iface, opts, backends=..., notifier=...,
+rules=..., capabilities=...)) with an in-memory registry and a recording backend: the
+readiness order, the snapshot/delta contract, lease validation, our own key, supervision,
+fatal errors and retry logs. Nothing private is touched: only run(), stop(), ready(),
+metrics() and what the fakes recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from udpflannel.adapters.privileges import CAP_NET_ADMIN
+from udpflannel.agent import Agent, AgentOptions
+from udpflannel.core.events import Delta, ExternalInterface, Snapshot
+from udpflannel.core.subnet import LeaseAttrs
+from udpflannel.errors import BackendError, FatalError, RegistryError
+from udpflannel.supervise import Supervisor
+
+from .fakes import FakeNotifier, FakeRegistry, FakeRules, Recorder
+
+IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
+CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
+
+
+def attrs(ip: str) -> LeaseAttrs:
+    return LeaseAttrs(public_ip=IPv4Address(ip), backend_type="alloc")
+
+
+class World:
+    """An agent wired to fakes, with everything it did in `timeline`."""
+
+    def __init__(self, tmp_path, config=CONFIG, caps=1 << CAP_NET_ADMIN, backend_caps=None, fail_start=None, **opts):
+        self.timeline: list = []
+        self.subnet_file = str(tmp_path / "run" / "subnet.env")
+        self.reg = FakeRegistry(config=config)
+        self.backend = None
+        self.notifier = FakeNotifier(self.timeline, self.subnet_file)
+        self.rules = FakeRules(self.timeline, self.subnet_file)
+
+        def backends(btype):
+            def make(iface, cfg):
+                self.backend = Recorder(iface, cfg, self.timeline, fail_start=fail_start, caps=backend_caps)
+                self.backend.type = "udp" if btype == "udp" else "alloc"
+                return self.backend
+
+            return make
+
+        opts.setdefault("retry_interval", 0.01)
+        opts.setdefault("resync_interval", 3600)
+        opts.setdefault("iptables_resync", 3600)
+        self.agent = Agent(
+            self.reg, IFACE, AgentOptions(subnet_file=self.subnet_file, **opts), backends=backends,
+            notifier=self.notifier, rules=self.rules, capabilities=lambda: caps,
+            supervisor=Supervisor(backoff=(0.01, 0.02)),
+        )  # fmt: skip
+        self.task = None
+
+    async def start(self):
+        self.task = asyncio.ensure_future(self.agent.run())
+        await until(lambda: self.agent.ready() or self.task.done(), what="ready")
+        if self.task.done():
+            self.task.result()
+
+    async def stop(self):
+        self.agent.stop()
+        await asyncio.wait_for(self.task, 20)
+
+    def own_key(self) -> str:
+        return self.agent.own.key
+
+
+async def until(pred, timeout: float = 20, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- readiness and the contract ------------------------------------------------------------------
+
+
+def test_readiness_order_device_peers_rules_subnet_file_then_ready(tmp_path):
+    async def go():
+        w = World(tmp_path, config='{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}', ip_masq=True)
+        await w.start()
+        await w.stop()
+        return w
+
+    w = run(go())
+    steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
+    assert steps[:6] == ["prepare", "start", "snapshot", "rules", "READY=1", "stop"]
+    assert ("rules", False) in w.timeline  # the rules were in place before the subnet file
+    assert ("READY=1", True) in w.timeline  # ...which existed when systemd heard READY=1
+    assert {"STOPPING": 1} in w.notifier.sent
+    assert any("STATUS" in m and "waiting" not in m["STATUS"] for m in w.notifier.sent)
+
+
+def test_empty_listing_still_gives_the_backend_a_snapshot(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        await w.stop()
+        return w
+
+    w = run(go())
+    assert w.backend.updates == [Snapshot(())]
+    assert not (tmp_path / "run").exists() or (tmp_path / "run" / "subnet.env").exists()
+
+
+def test_watch_events_are_deltas_and_a_compacted_watch_relists_as_a_snapshot(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
+        await w.start()
+        b = w.backend
+        assert b.updates[-1] == Snapshot(tuple(b.routes.values())) and set(b.routes) == {"10.5.220.0-24"}
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in b.routes)
+        assert isinstance(b.updates[-1], Delta)
+        # the watch is compacted while a change happens: re-list, and the whole set comes again
+        from udpflannel.adapters.registry import Compacted
+
+        w.reg.compacted = w.reg.revision + 1
+        w.reg.break_watch.append(Compacted("compacted"))
+        w.reg.remove("10.5.220.0-24")
+        w.reg.put("10.5.222.0-24", attrs("192.0.2.22"))
+        w.reg.compacted = 0
+        await until(lambda: set(b.routes) == {"10.5.221.0-24", "10.5.222.0-24"})
+        await w.stop()
+        return w
+
+    w = run(go())
+    kinds = [type(u).__name__ for u in w.backend.updates]
+    assert kinds[0] == "Snapshot" and "Delta" in kinds and kinds[-1] in ("Snapshot", "Delta")
+    assert w.agent.metrics()["watch_restarts"] >= 1
+
+
+def test_bad_leases_never_reach_the_backend_and_are_logged_once(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        own = w.agent.own.lease.subnet
+        b = w.backend
+        inside_own = f"{own.network_address}-25"
+        w.reg.put(inside_own, attrs("192.0.2.9"))  # a /25 inside our /24
+        w.reg.put("10.5.240.0-24", "{}")  # no PublicIP
+        w.reg.put("10.9.1.0-24", attrs("192.0.2.41"))  # outside the Network
+        w.reg.put("10.5.250.0-24", attrs("192.0.2.50"))  # fine ...
+        w.reg.put("10.5.250.0-23", attrs("192.0.2.51"))  # ... and a younger lease overlapping it
+        w.reg.put("10.5.240.0-24", "{}")  # the same bad value again: logged once
+        await until(lambda: "10.5.250.0-24" in b.routes)
+        await asyncio.sleep(0.05)
+        assert set(b.routes) == {"10.5.250.0-24"}
+        rejected = w.agent.metrics()["rejected_leases"]
+        # a rejected lease fixed is accepted; the older overlapping lease deleted lets the younger in
+        w.reg.put("10.5.240.0-24", attrs("192.0.2.40"))
+        w.reg.remove("10.5.250.0-24")
+        await until(lambda: set(b.routes) == {"10.5.240.0-24", "10.5.250.0-23"})
+        await w.stop()
+        return rejected, inside_own
+
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        rejected, inside_own = run(go())
+    assert rejected == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "rejecting" in r.getMessage()]
+    assert sum("10.5.240.0-24" in m and "PublicIP is missing" in m for m in warnings) == 1
+    assert any(inside_own in m and "overlaps this host's subnet" in m for m in warnings)
+    assert any("10.9.1.0-24" in m and "outside the Network" in m for m in warnings)
+    assert any("10.5.250.0-23" in m and "older" in m for m in warnings)
+
+
+def test_own_key_overwritten_by_another_writer_is_reasserted(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        key, lease_id = w.own_key(), w.agent.own.lease_id
+        w.reg.put(key, attrs("192.0.2.66"))  # someone else writes our key on its own lease
+        await until(lambda: w.agent.metrics()["lease_reasserts"] == 1)
+        value, lid, _ = w.reg.kv[key]
+        await w.stop()
+        return value, lid, lease_id
+
+    with caplog.at_level(logging.WARNING, logger="udpflannel"):
+        value, lid, lease_id = run(go())
+    assert value == attrs("192.0.2.11").to_json() and lid == lease_id
+    assert "was overwritten by another writer" in caplog.text
+
+
+def test_own_key_deleted_is_reacquired_and_the_old_etcd_lease_revoked(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        key = w.own_key()
+        for n in range(3):
+            w.reg.remove(key)
+            await until(lambda: w.agent.metrics()["lease_reacquisitions"] == n + 1 and key in w.reg.kv)
+        await until(lambda: len(w.reg.etcd_leases) == 1)
+        await w.stop()
+        return w, key
+
+    w, key = run(go())
+    assert w.own_key() == key  # the same subnet each time
+    assert list(w.reg.etcd_leases) == [w.reg.kv[key][1]]  # no empty etcd lease left behind
+
+
+# -- supervision and failures --------------------------------------------------------------------
+
+
+def test_a_foreign_cancellation_or_a_failing_task_is_logged_and_restarted(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
+        w.reg.cancel_next = 3  # get config, then list (in acquire) raise CancelledError, as grpc.aio does
+        await w.start()
+        w.backend.fail_apply.append(RuntimeError("boom"))
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in w.backend.routes)
+        restarts = w.agent.metrics()["task_restarts"]
+        await w.stop()
+        return w, restarts
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        w, restarts = run(go())
+    assert w.task.result() is None  # a clean stop, not an error
+    assert restarts >= 1
+    assert "task peers failed: boom" in caplog.text
+    assert any(r.exc_info for r in caplog.records if "task peers failed" in r.getMessage())
+
+
+def test_cancellation_leaking_from_etcd_calls_is_survived(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        w.reg.cancel_next = 2
+        w.reg.break_watch.append(RegistryError("watch broke"))
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in w.backend.routes)
+        await w.stop()
+        return w
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        w = run(go())
+    assert "cancelled, but not by us" in caplog.text
+    assert w.task.result() is None
+
+
+def test_fatal_backend_error_ends_run_with_the_reason(tmp_path):
+    async def go():
+        w = World(tmp_path, fail_start=BackendError("udp data path: open_tun(flannel0): Permission denied"))
+        with pytest.raises(FatalError, match="Permission denied"):
+            await asyncio.wait_for(w.agent.run(), 5)
+        return w
+
+    w = run(go())
+    assert w.backend.stopped and w.reg.closed
+    assert not (tmp_path / "run" / "subnet.env").exists()
+
+
+def test_missing_capability_is_fatal_before_any_lease(tmp_path):
+    async def go():
+        w = World(tmp_path, caps=0, backend_caps={CAP_NET_ADMIN: "the udp backend creates flannel0"})
+        with pytest.raises(FatalError, match="CAP_NET_ADMIN"):
+            await asyncio.wait_for(w.agent.run(), 5)
+        return w
+
+    w = run(go())
+    assert w.reg.kv == {} and not any(c in w.reg.calls for c in ("create", "update", "list"))
+
+
+def test_alloc_needs_no_capability(tmp_path):
+    async def go():
+        w = World(tmp_path, caps=0)
+        await w.start()
+        await w.stop()
+        return w
+
+    assert len(run(go()).reg.kv) == 1
+
+
+def test_unwritable_subnet_file_is_fatal_before_etcd(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        (tmp_path / "a-file").write_text("")
+        w.agent.opts.subnet_file = str(tmp_path / "a-file" / "subnet.env")
+        with pytest.raises(FatalError, match="subnet file"):
+            await asyncio.wait_for(w.agent.run(), 5)
+        return w
+
+    assert run(go()).reg.calls == []
+
+
+# -- etcd outages -----------------------------------------------------------------------------------
+
+
+def test_etcd_outage_keeps_the_backend_s_peers_and_logs_still_waiting(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path, still_waiting_every=0.05)
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
+        await w.start()
+        updates = len(w.backend.updates)
+        w.reg.down = True
+        w.reg.break_watch.append(RegistryError("etcd went away"))
+        w.reg.put("10.5.199.0-24", attrs("192.0.2.99"))  # wakes the watch, which breaks
+        await asyncio.sleep(0.3)
+        during = (dict(w.backend.routes), len(w.backend.updates) - updates, w.agent.ready())
+        w.reg.down = False
+        await until(lambda: "10.5.199.0-24" in w.backend.routes)
+        await w.stop()
+        return during
+
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        routes, new_updates, ready = run(go())
+    assert set(routes) == {"10.5.220.0-24"} and new_updates == 0 and ready  # the last table stays
+    assert "still waiting for etcd (listing the leases;" in caplog.text
+    assert "attempts, since" in caplog.text
+    assert "listing the leases: succeeded after" in caplog.text
+
+
+def test_config_wait_logs_still_waiting_and_tells_systemd(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path, config=None, still_waiting_every=0.02)
+        task = asyncio.ensure_future(w.agent.run())
+        await asyncio.sleep(0.2)
+        w.reg.config = CONFIG.encode()
+        await until(w.agent.ready)
+        w.agent.stop()
+        await task
+        return w
+
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        w = run(go())
+    assert "no network config at /coreos.com/network/config" in caplog.text
+    assert "still waiting for the network config (reading /coreos.com/network/config;" in caplog.text
+    assert {"STATUS": "waiting for the network config (reading /coreos.com/network/config)"} in w.notifier.sent
+
+
+def test_metrics_stay_a_dict_of_ints(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        await w.start()
+        m = w.agent.metrics()
+        await w.stop()
+        return m
+
+    m = run(go())
+    assert all(isinstance(v, int) for v in m.values())
+    assert {"peers", "rejected_leases", "lease_reasserts", "task_restarts", "ready"} <= set(m)
+
+
+def test_watchdog_pings_systemd_while_running(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        w.notifier.watchdog_interval = 0.01
+        await w.start()
+        await until(lambda: sum("WATCHDOG" in m for m in w.notifier.sent) >= 3)
+        await w.stop()
+
+    run(go())

@@ -1,0 +1,121 @@
+"""The Supervisor: failures and foreign cancellations restart a task with backoff and a
+logged traceback; FatalError ends everything; close() is a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from udpflannel.errors import FatalError
+from udpflannel.supervise import Supervisor
+
+from .fakes import FakeClock
+
+
+def test_exceptions_and_foreign_cancellations_restart_with_backoff(caplog):
+    clock = FakeClock()
+    runs = []
+
+    async def flaky():
+        runs.append(clock.now)
+        if len(runs) == 1:
+            raise RuntimeError("boom")
+        if len(runs) <= 4:
+            raise asyncio.CancelledError()  # e.g. grpc.aio's, from a closed channel
+        await asyncio.Event().wait()
+
+    async def go():
+        sup = Supervisor(backoff=(1, 4), sleep=clock.sleep, clock=clock)
+        sup.start("flaky", flaky)
+        while len(runs) < 5:
+            await asyncio.sleep(0)
+        await sup.close()
+        return sup
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        sup = asyncio.run(go())
+    assert sup.restarts == {"flaky": 4}
+    assert clock.sleeps == [1, 2, 4, 4]  # doubling, capped
+    assert "task flaky failed: boom" in caplog.text
+    assert caplog.text.count("was cancelled, but not by us") == 3
+    assert all(r.exc_info for r in caplog.records)
+
+
+def test_backoff_resets_after_a_healthy_run():
+    clock = FakeClock()
+    runs = []
+
+    async def sometimes():
+        runs.append(1)
+        if len(runs) == 3:
+            clock.now += 120  # ran well for two minutes, then failed
+        raise RuntimeError("x")
+
+    async def go():
+        sup = Supervisor(backoff=(1, 30), healthy_after=60, sleep=clock.sleep, clock=clock)
+        sup.start("t", sometimes)
+        while len(runs) < 5:
+            await asyncio.sleep(0)
+        await sup.close()
+
+    asyncio.run(go())
+    assert clock.sleeps[:4] == [1, 2, 1, 2]
+
+
+def test_a_task_that_returns_is_restarted():
+    clock = FakeClock()
+    runs = []
+
+    async def quits():
+        runs.append(1)
+        if len(runs) > 2:
+            await asyncio.Event().wait()
+
+    async def go():
+        sup = Supervisor(sleep=clock.sleep, clock=clock)
+        sup.start("quits", quits)
+        while len(runs) < 3:
+            await asyncio.sleep(0)
+        await sup.close()
+        return sup
+
+    assert asyncio.run(go()).restarts == {"quits": 2}
+
+
+def test_fatal_error_ends_wait_and_close_cancels_the_rest():
+    clock = FakeClock()
+    cancelled = []
+
+    async def forever():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.append(1)
+
+    async def fatal():
+        raise FatalError("cannot open /dev/net/tun")
+
+    async def go():
+        sup = Supervisor(sleep=clock.sleep, clock=clock)
+        sup.start("forever", forever)
+        sup.start("fatal", fatal)
+        with pytest.raises(FatalError, match="tun"):
+            await sup.wait()
+        await sup.close()
+
+    asyncio.run(go())
+    assert cancelled == [1]
+
+
+def test_wait_returns_when_its_awaitables_do():
+    async def go():
+        sup = Supervisor()
+        sup.start("idle", lambda: asyncio.Event().wait())
+        ev = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.01, ev.set)
+        await sup.wait(ev.wait())
+        await sup.close()
+
+    asyncio.run(go())

@@ -132,11 +132,9 @@ class Agent:
             "watch_restarts": self.watch_restarts,
             "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
             "task_restarts": sum(self.supervisor.restarts.values()),
+            "etcd_failovers": self.registry.failovers,
             "ready": int(self.ready()),
         }
-        failovers = getattr(getattr(self.registry, "etcd", None), "failovers", None)
-        if isinstance(failovers, int):
-            m["etcd_failovers"] = failovers
         if self.backend is not None:
             m.update({f"dp_{k}": v for k, v in self.backend.metrics().items()})
         return m

@@ -5,7 +5,6 @@ overwritten by another writer is re-asserted. A rejected lease that is fixed is 
 from __future__ import annotations
 
 import json
-import re
 from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
@@ -29,9 +28,7 @@ def value(backend: str, ip: str) -> str:
 def routed(host, backend: str) -> set[str]:
     """The peer subnets the host's data path routes."""
     if backend == "udp":
-        code, body = agents.http_get(host, "/metrics")
-        n = int(re.search(r"^udpflannel_dp_leases (\d+)$", body, re.M).group(1))
-        return {f"{n} leases"}
+        return {f"{int(agents.metric(host, 'datapath_leases'))} leases"}
     out = host.run("ip", "-4", "route", "show", "dev", "flannel.1").stdout
     return {l.split()[0] for l in out.splitlines() if " via " in l}
 

@@ -17,7 +17,6 @@ import subprocess
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-import pytest
 
 from . import agents
 from .agents import PREFIX

@@ -6,7 +6,6 @@ bench/bench_scale.py prints time to ready and RSS for these sizes against an emp
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -22,10 +21,7 @@ ALLOC = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
 
 
 def metric(host, name: str) -> int:
-    code, body = agents.http_get(host, "/metrics")
-    m = re.search(rf"^udpflannel_{name} (\d+)$", body, re.M)
-    assert code == 200 and m, body
-    return int(m.group(1))
+    return int(agents.metric(host, name))
 
 
 def rss_kib(proc) -> int:

@@ -5,7 +5,6 @@ was down are removed (vxlan and host-gw used to keep them until some peer showed
 from __future__ import annotations
 
 import json
-import re
 from ipaddress import IPv4Interface
 
 import pytest
@@ -61,5 +60,4 @@ def test_udp_table_follows_a_snapshot_after_a_lost_watch(etcd_lab):
 
 
 def dp_leases(host) -> int:
-    code, body = agents.http_get(host, "/metrics")
-    return int(re.search(r"^udpflannel_dp_leases (\d+)$", body, re.M).group(1))
+    return int(agents.metric(host, "datapath_leases"))

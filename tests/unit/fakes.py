@@ -46,6 +46,7 @@ class FakeRegistry:
     `compacted` (revisions below it are gone)."""
 
     config_key = b"/coreos.com/network/config"
+    failovers = 0
 
     def __init__(self, clock: Optional[FakeClock] = None, config: Optional[str] = None):
         self.clock = clock or FakeClock()

@@ -53,6 +53,15 @@ AGENT: dict[str, Family] = {
     "watch_restarts": Family("watch_restarts", "counter",
                              "Times the etcd watch on the leases broke or was compacted and the agent re-listed."),
     "etcd_errors": Family("etcd_errors", "counter", "etcd requests that failed (each is retried)."),
+    "etcd_failovers": Family("etcd_failovers", "counter",
+                             "Times the agent moved to another etcd endpoint (one failed or stopped answering)."),
+    "rejected_leases": Family("rejected_leases", "gauge",
+                              "Leases in etcd the agent rejects (bad PublicIP, outside the Network, overlapping, "
+                              "unusable backend data); never routed."),
+    "lease_reasserts": Family("lease_reasserts", "counter",
+                              "Times another writer changed this host's lease key and the agent put its lease back."),
+    "task_restarts": Family("task_restarts", "counter",
+                            "Agent tasks (renewal, peer watch, resync, iptables) that failed and were restarted."),
 }  # fmt: skip
 
 #: the udp data path's per-direction counters (datapath.COUNTER_NAMES without drop_*)
@@ -96,6 +105,7 @@ BACKEND_HELP: dict[str, str] = {
     "routes_removed": "host-gw: routes to peers removed.",
     "routes_healed": "host-gw: routes found missing or wrong at a resync and set again.",
     "route_errors": "host-gw: routes the kernel refused, e.g. a peer not on this L2 segment (retried).",
+    "table_errors": "udp: peer leases the lease table refused (e.g. full); that peer is unreachable.",
 }
 
 DROPPED = "datapath_dropped_packets"

@@ -65,6 +65,11 @@ class EtcdRegistry:
     def endpoint(self) -> str:
         return self.etcd.endpoint
 
+    @property
+    def failovers(self) -> int:
+        """Times the client moved to another endpoint."""
+        return self.etcd.failovers
+
     async def close(self) -> None:
         await self.etcd.close()
 

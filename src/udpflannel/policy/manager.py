@@ -56,6 +56,7 @@ class Registry(Protocol):
     All raise RegistryError when etcd cannot be reached; callers retry."""
 
     config_key: bytes
+    failovers: int  # times the registry moved to another endpoint (for /metrics)
 
     async def get_config(self) -> Optional[bytes]: ...
     async def list_leases(self) -> Listing: ...

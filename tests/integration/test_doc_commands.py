@@ -90,6 +90,9 @@ def test_command_runs_as_written(doc, cmd):
     if args[:3] == [".venv/bin/python", "-m", "pytest"]:
         r = run(args + ["--collect-only", "-q", "-p", "no:cacheprovider"])
         assert r.returncode == 0, f"{cmd}\n{r.stdout}{r.stderr}"
+    elif prog == ".venv/bin/python" and args[1:2] and args[1].endswith(".py"):
+        assert (ROOT / args[1]).exists(), f"{args[1]} ({doc}) does not exist"
+        flags_in_help(args, [prog, args[1], "--help"])
     elif prog == ".venv/bin/pytest-benchmark":
         flags_in_help(args, [prog, args[1], "--help"])
     elif prog in ("udpflannel", "etcdctl") or prog.startswith(("scripts/", "bench/")):

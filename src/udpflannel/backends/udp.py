@@ -36,7 +36,12 @@ class UdpBackend(Backend):
     type = "udp"
 
     def __init__(self, iface, config):
+        if config.v4 is None:
+            raise ConfigError("EnableIPv4", False, "the udp backend forwards IPv4 only: an IPv6-only "
+                              "network needs vxlan or host-gw")  # fmt: skip
         super().__init__(iface, config)
+        if config.v6 is not None:
+            log.warning("udp: EnableIPv6 is set; the IPv6 subnet is leased but IPv6 is not forwarded yet")
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
@@ -57,6 +62,10 @@ class UdpBackend(Backend):
 
     def mtu(self) -> int:
         return self.iface.mtu - OVERHEAD
+
+    def underlay(self) -> dict[int, int]:
+        # every family travels in the IPv4 UDP tunnel to the peer's PublicIP
+        return {v: 4 for v in self.families()}
 
     def same_type(self, lease: Lease) -> bool:
         # flanneld's udp backend writes no BackendType at all

@@ -1,7 +1,7 @@
 /* common.h - status codes and counter indices shared by every part of the data path.
  *
- * Declaration-only. The region between the cffi markers is fed verbatim to
- * cffi's cdef() by csrc/build_datapath.py, so it may only hold plain
+ * Declarations (the counter names are in common.c). The region between the
+ * cffi markers is fed verbatim to cffi's cdef() by csrc/build_datapath.py, so it may only hold plain
  * declarations (no macros with expressions, no inline functions).
  *
  * Conventions used by every C entry point:

@@ -1,8 +1,7 @@
-/* loop.c - the worker threads (see loop.h for the pipeline and threading). */
+/* loop.c - the worker threads (see loop.h): system calls and threads only;
+ * every decision about a packet is made by pipeline.c. */
 #define _GNU_SOURCE
 #include "loop.h"
-#include "offload.h"
-#include "packet.h"
 #include "internal.h"
 
 #include <errno.h>
@@ -20,24 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-
-_Static_assert(UF_TUN_MAX_QUEUES == 16, "uf_dp_config.tun_fds size");
-
-#define RBUF_SIZE 65536u                 /* one TUN read / one recvmmsg buffer */
-#define SPLIT_MAX_SEGS 256u              /* segments one super-packet may yield */
-#define HDRS_PER_READ (SPLIT_MAX_SEGS * 120u) /* segment headers of one TUN read */
-#define MAX_SEGS 4096u                   /* segments (and sendmmsg messages) per batch */
-#define MAX_UNITS MAX_SEGS
-#define UDP_GSO_MAX_SEGS 64u             /* UDP_MAX_SEGMENTS of older kernels */
-#define UDP_GSO_MAX_BYTES 65000u         /* payload of one UDP_SEGMENT send */
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CMSG_U16_SPACE CMSG_SPACE(sizeof(uint16_t))
 #define CMSG_INT_SPACE CMSG_SPACE(sizeof(int))
+#define RX_CMSG_SPACE (2 * CMSG_INT_SPACE)       /* UDP_GRO + SO_RXQ_OVFL */
 
-struct tx_unit {                          /* one sendmmsg message */
-    uint32_t peer;
-    uint16_t segs;
-    uint32_t bytes;
-};
+_Static_assert(ARRAY_LEN(((uf_dp_config *)0)->tun_fds) == UF_TUN_MAX_QUEUES, "uf_dp_config.tun_fds");
 
 struct uf_worker {
     uint64_t ctr[UF_C__COUNT];            /* written only by this worker */
@@ -48,28 +35,23 @@ struct uf_worker {
     int error;                            /* fatal error, -errno */
     pthread_t thread;
     int started;
-    uint8_t *mem;                         /* one mapping for all buffers */
+    uint8_t *mem;                         /* one mapping for everything below */
     size_t mem_len;
-    /* shared */
-    struct mmsghdr *msgs;
-    struct iovec *iovs;                   /* tx: 2 per segment; rx: 1 per message */
+    uint8_t *bufs;                        /* UF_BATCH x UF_FRAME_SIZE: TUN frames / datagrams */
+    struct mmsghdr *msgs;                 /* tx: UF_TX_MAX_SEGS; rx: UF_BATCH */
     struct sockaddr_in *addrs;
-    uint8_t *cmsgs;                       /* MAX_UNITS (tx) / UF_BATCH (rx) control buffers */
-    uint8_t *rbufs;                       /* UF_BATCH x RBUF_SIZE */
-    /* tx */
-    uint8_t *hdrs;                        /* UF_BATCH x HDRS_PER_READ segment headers */
-    struct tx_unit *units;
-    uf_seg *segs;                         /* SPLIT_MAX_SEGS, reused per super-packet */
-    unsigned niov;                        /* iovecs used in this batch */
-    int no_gso;                           /* UDP_SEGMENT failed once: send segments singly */
-    uf_ratelimit icmp_rl;
-    /* rx */
-    uf_gro gro;
-    struct iovec gro_iov[UF_GSO_MAX_SEGS + 2];
+    uint8_t *cmsgs;                       /* one control buffer per message */
+    uf_tx *tx;                            /* tx: pipeline state and result */
+    uf_rx *rx;                            /* rx: pipeline result */
+    struct iovec riov[UF_BATCH];          /* rx: one buffer per message */
+    uint8_t *frames[UF_BATCH];            /* tx: the frames read in this batch */
+    uint32_t lens[UF_BATCH];
+    uf_dgram dgrams[UF_BATCH];
 } __attribute__((aligned(64)));
 
 struct uf_dp {
     uf_dp_config cfg;
+    uf_pipe_cfg pipe;
     int socks[UF_TUN_MAX_QUEUES];
     int efd;
     int running;
@@ -79,10 +61,22 @@ struct uf_dp {
     struct uf_worker *workers;            /* 2 * queues, aligned */
 };
 
-static inline void cadd(struct uf_worker *w, int idx, uint64_t n)
+_Static_assert(ARRAY_LEN(((uf_dp *)0)->socks) == UF_TUN_MAX_QUEUES, "uf_dp.socks");
+
+static void cadd(struct uf_worker *w, int idx, uint64_t n)
 {
     __atomic_store_n(&w->ctr[idx], __atomic_load_n(&w->ctr[idx], __ATOMIC_RELAXED) + n,
                      __ATOMIC_RELAXED);
+}
+
+/* Publish what the pipeline counted in a batch. */
+static void cadd_all(struct uf_worker *w, uint64_t *local)
+{
+    for (int i = 0; i < UF_C__COUNT; i++)
+        if (local[i]) {
+            cadd(w, i, local[i]);
+            local[i] = 0;
+        }
 }
 
 static inline int stopping(const uf_dp *dp)
@@ -95,6 +89,11 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void set_error(struct uf_worker *w, int rc)
+{
+    __atomic_store_n(&w->error, rc, __ATOMIC_RELAXED);
 }
 
 /* Wait until fd has events or the data path is told to stop.
@@ -125,24 +124,11 @@ static int fatal_errno(int e)
     return e == EBADF || e == EFAULT || e == EINVAL || e == ENOTSOCK || e == EBADFD;
 }
 
-/* Write one packet (optionally with a virtio-net header) to the TUN. */
-static int tun_write(struct uf_worker *w, const uf_vnet_hdr *h, const uint8_t *pkt, size_t len)
+/* writev() one pipeline message to the TUN: 0 or -errno. */
+static int tun_write(struct uf_worker *w, const uf_iov *iov, const uf_msg *m)
 {
-    uint8_t raw[UF_VNET_HDR_LEN];
-    struct iovec iov[2];
-    int n = 0;
-    if (w->dp->cfg.vnet_hdr) {
-        if (h)
-            uf_vnet_encode(h, raw);
-        else
-            memset(raw, 0, sizeof(raw));
-        iov[n].iov_base = raw;
-        iov[n++].iov_len = sizeof(raw);
-    }
-    iov[n].iov_base = (void *)pkt;
-    iov[n++].iov_len = len;
     for (;;) {
-        ssize_t r = writev(w->tun_fd, iov, n);
+        ssize_t r = writev(w->tun_fd, (const struct iovec *)(iov + m->first), m->niov);
         if (r >= 0)
             return 0;
         if (errno != EINTR)
@@ -150,80 +136,42 @@ static int tun_write(struct uf_worker *w, const uf_vnet_hdr *h, const uint8_t *p
     }
 }
 
+static void tun_write_all(struct uf_worker *w, const uf_iov *iov, const uf_msg *msgs, uint32_t n,
+                          int sent_ctr)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const uf_msg *m = &msgs[i];
+        if (tun_write(w, iov, m) == 0) {
+            if (sent_ctr < 0)
+                continue;
+            cadd(w, UF_C_PACKETS, m->segs);
+            cadd(w, UF_C_BYTES, m->bytes);
+            if (m->segs > 1)
+                cadd(w, UF_C_SUPER_PACKETS, 1);
+        } else if (sent_ctr >= 0) {
+            cadd(w, UF_C_DROP_IO, m->segs);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* TUN -> UDP                                                          */
 
-static void tx_send_icmp(struct uf_worker *w, const uint8_t *pkt, size_t len)
+/* Send a UDP_SEGMENT message's segments one message each (after the kernel
+ * refused the GSO send: e.g. EIO when the egress device cannot checksum).
+ * Every segment but the last is seg_size bytes, made of whole iovecs. */
+static void tx_send_singly(struct uf_worker *w, const uf_msg *u, struct msghdr *tmpl)
 {
-    if (!uf_icmp_eligible(pkt, len))
-        return;
-    if (!uf_ratelimit_allow(&w->icmp_rl, now_ns())) {
-        cadd(w, UF_C_ICMP_RATELIMITED, 1);
-        return;
-    }
-    uint8_t out[UF_ICMP_MAX_LEN];
-    int n = uf_icmp_net_unreachable(pkt, len, w->dp->cfg.icmp_source, out, sizeof(out));
-    if (n > 0 && tun_write(w, NULL, out, (size_t)n) == 0)
-        cadd(w, UF_C_ICMP_UNREACHABLE_SENT, 1);
-}
-
-/* Queue one sendmmsg message made of iovecs iov[0..niov) (already filled),
- * carrying `segs` inner packets; more than one means a UDP_SEGMENT send. */
-static void tx_add_unit(struct uf_worker *w, unsigned *nu, uint32_t peer, struct iovec *iov,
-                        unsigned niov, uint32_t bytes, uint16_t segs, uint16_t gso_size)
-{
-    unsigned i = (*nu)++;
-    struct tx_unit *u = &w->units[i];
-    u->peer = peer;
-    u->segs = segs;
-    u->bytes = bytes;
-    w->addrs[i].sin_family = AF_INET;
-    w->addrs[i].sin_port = htons(w->dp->cfg.port);
-    w->addrs[i].sin_addr.s_addr = htonl(peer);
-    struct msghdr *m = &w->msgs[i].msg_hdr;
-    m->msg_name = &w->addrs[i];
-    m->msg_namelen = sizeof(struct sockaddr_in);
-    m->msg_iov = iov;
-    m->msg_iovlen = niov;
-    m->msg_flags = 0;
-    if (segs > 1) {
-        uint8_t *cb = w->cmsgs + (size_t)i * CMSG_U16_SPACE;
-        memset(cb, 0, CMSG_U16_SPACE);
-        m->msg_control = cb;
-        m->msg_controllen = CMSG_U16_SPACE;
-        struct cmsghdr *c = CMSG_FIRSTHDR(m);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        memcpy(CMSG_DATA(c), &gso_size, sizeof(gso_size));
-    } else {
-        m->msg_control = NULL;
-        m->msg_controllen = 0;
-    }
-}
-
-static void tx_add_packet(struct uf_worker *w, unsigned *nu, uint32_t peer, uint8_t *pkt, size_t len)
-{
-    struct iovec *iov = &w->iovs[w->niov++];
-    iov->iov_base = pkt;
-    iov->iov_len = len;
-    tx_add_unit(w, nu, peer, iov, 1, (uint32_t)len, 1, 0);
-}
-
-/* Send a GSO unit's segments one message each (after UDP_SEGMENT failed:
- * e.g. EIO when the egress device cannot checksum). Segments are the
- * unit's iovecs taken two at a time (headers, payload). */
-static void tx_send_singly(struct uf_worker *w, unsigned i)
-{
-    struct msghdr m = w->msgs[i].msg_hdr;
-    struct iovec *iov = m.msg_iov;
-    size_t left = m.msg_iovlen;
+    const uf_iov *iov = w->tx->iov + u->first, *end = iov + u->niov;
+    struct msghdr m = *tmpl;
     m.msg_control = NULL;
     m.msg_controllen = 0;
-    while (left) {
-        m.msg_iov = iov;
-        m.msg_iovlen = left >= 2 ? 2 : 1;
-        size_t bytes = iov[0].iov_len + (m.msg_iovlen == 2 ? iov[1].iov_len : 0);
+    while (iov < end) {
+        size_t bytes = 0, n = 0;
+        while (iov + n < end && bytes < u->seg_size)
+            bytes += iov[n++].len;
+        m.msg_iov = (struct iovec *)iov;
+        m.msg_iovlen = n;
         ssize_t r;
         do {
             r = sendmsg(w->sock, &m, 0);
@@ -234,22 +182,49 @@ static void tx_send_singly(struct uf_worker *w, unsigned i)
         } else {
             cadd(w, UF_C_DROP_IO, 1);
         }
-        iov += m.msg_iovlen;
-        left -= m.msg_iovlen;
+        iov += n;
     }
 }
 
-/* sendmmsg every queued unit; 1 to go on, or <= 0 from wait_fd on stop / error. */
-static int tx_flush(struct uf_worker *w, unsigned nu)
+/* sendmmsg() the pipeline's messages; 1 to go on, or <= 0 from wait_fd on stop / error. */
+static int tx_send(struct uf_worker *w)
 {
-    unsigned i = 0;
+    const uf_tx *tx = w->tx;
+    const uint16_t port = htons(w->dp->cfg.port);
+    for (uint32_t i = 0; i < tx->nmsgs; i++) {
+        const uf_msg *u = &tx->msgs[i];
+        w->addrs[i].sin_family = AF_INET;
+        w->addrs[i].sin_port = port;
+        w->addrs[i].sin_addr.s_addr = htonl(u->peer);
+        struct msghdr *m = &w->msgs[i].msg_hdr;
+        m->msg_name = &w->addrs[i];
+        m->msg_namelen = sizeof(struct sockaddr_in);
+        m->msg_iov = (struct iovec *)(tx->iov + u->first);
+        m->msg_iovlen = u->niov;
+        m->msg_flags = 0;
+        if (u->segs > 1) {
+            uint8_t *cb = w->cmsgs + (size_t)i * CMSG_U16_SPACE;
+            memset(cb, 0, CMSG_U16_SPACE);
+            m->msg_control = cb;
+            m->msg_controllen = CMSG_U16_SPACE;
+            struct cmsghdr *c = CMSG_FIRSTHDR(m);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            memcpy(CMSG_DATA(c), &u->seg_size, sizeof(u->seg_size));
+        } else {
+            m->msg_control = NULL;
+            m->msg_controllen = 0;
+        }
+    }
+    uint32_t i = 0;
     int sent_any = 0;
-    while (i < nu) {
-        int r = sendmmsg(w->sock, &w->msgs[i], nu - i, MSG_DONTWAIT);
+    while (i < tx->nmsgs) {
+        int r = sendmmsg(w->sock, &w->msgs[i], tx->nmsgs - i, MSG_DONTWAIT);
         if (r > 0) {
             for (int k = 0; k < r; k++) {
-                cadd(w, UF_C_PACKETS, w->units[i + k].segs);
-                cadd(w, UF_C_BYTES, w->units[i + k].bytes);
+                cadd(w, UF_C_PACKETS, tx->msgs[i + k].segs);
+                cadd(w, UF_C_BYTES, tx->msgs[i + k].bytes);
             }
             i += (unsigned)r;
             sent_any = 1;
@@ -266,16 +241,16 @@ static int tx_flush(struct uf_worker *w, unsigned nu)
         }
         if (e == EBADF || e == ENOTSOCK)
             return -e;
-        if (w->units[i].segs > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
+        if (tx->msgs[i].segs > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
             /* the kernel refused the GSO send: fall back for good */
-            w->no_gso = 1;
+            w->tx->no_gso = 1;
             cadd(w, UF_C_GSO_FALLBACKS, 1);
-            tx_send_singly(w, i);
+            tx_send_singly(w, &tx->msgs[i], &w->msgs[i].msg_hdr);
             i++;
             continue;
         }
         /* this message failed (no route, EMSGSIZE, ...): count and skip it */
-        cadd(w, UF_C_DROP_IO, w->units[i].segs);
+        cadd(w, UF_C_DROP_IO, tx->msgs[i].segs);
         i++;
     }
     if (sent_any)
@@ -283,236 +258,72 @@ static int tx_flush(struct uf_worker *w, unsigned nu)
     return 1;
 }
 
-/* Queue a split super-packet: each segment is two iovecs (its headers in
- * the arena, its payload in place); with UDP_SEGMENT, runs of equal-size
- * segments (a shorter one only last) share one message. */
-static void tx_queue_segments(struct uf_worker *w, unsigned *nu, uint32_t peer, uint8_t *hdrs,
-                              uint8_t *pkt, const uf_seg *segs, int nsegs)
-{
-    const uf_dp_config *c = &w->dp->cfg;
-    int i = 0;
-    while (i < nsegs) {
-        struct iovec *first = &w->iovs[w->niov];
-        uint16_t g = (uint16_t)(segs[i].hdr_len + segs[i].pay_len);
-        uint32_t bytes = 0;
-        uint16_t n = 0;
-        while (i < nsegs && n < UDP_GSO_MAX_SEGS) {
-            uint16_t sl = (uint16_t)(segs[i].hdr_len + segs[i].pay_len);
-            if (sl > g || bytes + sl > UDP_GSO_MAX_BYTES)
-                break;
-            struct iovec *iov = &w->iovs[w->niov];
-            iov[0].iov_base = hdrs + segs[i].hdr_off;
-            iov[0].iov_len = segs[i].hdr_len;
-            iov[1].iov_base = pkt + segs[i].pay_off;
-            iov[1].iov_len = segs[i].pay_len;
-            w->niov += segs[i].pay_len ? 2 : 1;
-            bytes += sl;
-            n++;
-            i++;
-            if (sl < g || !c->udp_segment || w->no_gso)
-                break;  /* a shorter segment must be the last of a GSO send */
-        }
-        tx_add_unit(w, nu, peer, first, (unsigned)(&w->iovs[w->niov] - first), bytes, n, g);
-    }
-}
-
 static void *routine_read_from_tun(void *arg)
 {
     struct uf_worker *w = arg;
     uf_dp *dp = w->dp;
-    const uf_dp_config *c = &dp->cfg;
-    const size_t vh = c->vnet_hdr ? UF_VNET_HDR_LEN : 0;
+    uint64_t local[UF_C__COUNT] = { 0 };
     int idle = 1;
 
     for (;;) {
         if (idle) {
             int r = wait_fd(w, w->tun_fd, POLLIN);
             if (r <= 0) {
-                __atomic_store_n(&w->error, r, __ATOMIC_RELAXED);
+                set_error(w, r);
                 break;
             }
         }
         if (stopping(dp))
             break;
-        unsigned nu = 0;
-        int nread = 0;
-        w->niov = 0;
-        for (unsigned b = 0; b < UF_BATCH && nu + SPLIT_MAX_SEGS <= MAX_UNITS &&
-                             w->niov + 2 * SPLIT_MAX_SEGS <= 2 * MAX_SEGS; b++) {
-            uint8_t *buf = w->rbufs + (size_t)b * RBUF_SIZE;
-            ssize_t n = read(w->tun_fd, buf, RBUF_SIZE);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    b--;
+        int n = 0;
+        while (n < UF_BATCH) {
+            ssize_t r = read(w->tun_fd, w->frames[n], UF_FRAME_SIZE);
+            if (r < 0) {
+                if (errno == EINTR)
                     continue;
-                }
                 if (errno == EAGAIN)
                     break;
                 if (fatal_errno(errno)) {
-                    __atomic_store_n(&w->error, -errno, __ATOMIC_RELAXED);
-                    goto out;
+                    set_error(w, -errno);
+                    return NULL;
                 }
                 cadd(w, UF_C_IO_ERRORS, 1);
                 break;
             }
-            nread++;
-            if ((size_t)n < vh) {
-                cadd(w, UF_C_DROP_SHORT, 1);
-                continue;
-            }
-            uint8_t *pkt = buf + vh;
-            size_t len = (size_t)n - vh;
-            uf_vnet_hdr h;
-            memset(&h, 0, sizeof(h));
-            if (vh)
-                uf_vnet_decode(buf, &h);
-            int v = uf_pkt_check(pkt, len);
-            if (v) {
-                cadd(w, v, 1);
-                continue;
-            }
-            uint32_t peer = 0;
-            v = uf_tx_route(c->table, c->network, c->plen, pkt, len, &peer);
-            if (v) {
-                cadd(w, v, 1);
-                if (v == UF_C_DROP_NO_ROUTE)
-                    tx_send_icmp(w, pkt, len);
-                continue;
-            }
-            size_t tot = ((size_t)pkt[2] << 8) | pkt[3];
-            if (h.gso_type != UF_VNET_GSO_NONE) {
-                v = uf_pkt_dec_ttl(pkt, len);
-                if (v) {
-                    cadd(w, v, 1);
-                    continue;
-                }
-                uint8_t *hdrs = w->hdrs + (size_t)b * HDRS_PER_READ;
-                int ns = uf_tso4_segment(&h, pkt, len, hdrs, HDRS_PER_READ, w->segs, SPLIT_MAX_SEGS);
-                if (ns < 0) {
-                    cadd(w, UF_C_DROP_BAD_GSO, 1);
-                    continue;
-                }
-                if ((size_t)w->segs[0].hdr_len + w->segs[0].pay_len > c->mtu) {
-                    cadd(w, UF_C_DROP_OVERSIZE, (uint64_t)ns);
-                    continue;
-                }
-                cadd(w, UF_C_SUPER_PACKETS, 1);
-                tx_queue_segments(w, &nu, peer, hdrs, pkt, w->segs, ns);
-                continue;
-            }
-            if (tot > c->mtu) {
-                cadd(w, UF_C_DROP_OVERSIZE, 1);
-                continue;
-            }
-            if (vh && (v = uf_vnet_finish_csum(&h, pkt, tot))) {
-                cadd(w, v, 1);
-                continue;
-            }
-            v = uf_pkt_dec_ttl(pkt, tot);
-            if (v) {
-                cadd(w, v, 1);
-                continue;
-            }
-            tx_add_packet(w, &nu, peer, pkt, tot);
+            w->lens[n++] = (uint32_t)r;
         }
-        idle = nread == 0;
-        if (nu) {
-            int r = tx_flush(w, nu);
-            if (r <= 0) {
-                __atomic_store_n(&w->error, r, __ATOMIC_RELAXED);
-                break;
+        idle = n == 0;
+        uint64_t now = n ? now_ns() : 0;
+        for (int done = 0; done < n;) {
+            done += uf_tx_batch(&dp->pipe, w->tx, w->frames + done, w->lens + done, n - done, now, local);
+            cadd_all(w, local);
+            tun_write_all(w, w->tx->wiov, w->tx->writes, w->tx->nwrites, -1);
+            if (w->tx->nmsgs) {
+                int r = tx_send(w);
+                if (r <= 0) {
+                    set_error(w, r);
+                    return NULL;
+                }
             }
         }
     }
-out:
     return NULL;
 }
 
 /* ------------------------------------------------------------------ */
 /* UDP -> TUN                                                          */
 
-static void rx_flush_gro(struct uf_worker *w)
-{
-    uf_gro *g = &w->gro;
-    if (!g->head)
-        return;
-    uf_vnet_hdr h;
-    uint8_t raw[UF_VNET_HDR_LEN];
-    uint16_t segs = g->segs, hl = g->hdrlen;
-    size_t n = uf_gro_finish(g, &h);
-    uf_vnet_encode(&h, raw);
-    struct iovec *iov = w->gro_iov;
-    iov[0].iov_base = raw;
-    iov[0].iov_len = sizeof(raw);
-    iov[1].iov_base = g->head;
-    iov[1].iov_len = g->head_len;
-    for (unsigned i = 0; i + 1 < segs; i++) {
-        iov[2 + i].iov_base = (void *)g->pay[i];
-        iov[2 + i].iov_len = g->pay_len[i];
-    }
-    ssize_t r;
-    do {
-        r = writev(w->tun_fd, iov, (int)segs + 1);
-    } while (r < 0 && errno == EINTR);
-    if (r >= 0) {
-        cadd(w, UF_C_PACKETS, segs);
-        cadd(w, UF_C_BYTES, n + (size_t)(segs - 1) * hl);
-        if (segs > 1)
-            cadd(w, UF_C_SUPER_PACKETS, 1);
-    } else {
-        cadd(w, UF_C_DROP_IO, segs);
-    }
-    g->head = NULL;
-}
-
-static void rx_inner(struct uf_worker *w, uint32_t outer_src, uint8_t *pkt, size_t len)
-{
-    const uf_dp_config *c = &w->dp->cfg;
-    if (len > c->mtu) {
-        cadd(w, UF_C_DROP_OVERSIZE, 1);
-        return;
-    }
-    int v = uf_pkt_check(pkt, len);
-    if (!v)
-        v = uf_rx_accept(c->table, outer_src, pkt, len);
-    /* overlay traffic is always for the overlay: never relay elsewhere */
-    if (!v && !uf_dst_in_network(pkt, c->network, c->plen))
-        v = UF_C_DROP_OUTSIDE_NETWORK;
-    if (!v)
-        v = uf_pkt_dec_ttl(pkt, len);
-    if (v) {
-        cadd(w, v, 1);
-        return;
-    }
-    len = ((size_t)pkt[2] << 8) | pkt[3];
-    if (c->gro_coalesce) {
-        if (uf_gro_eligible(pkt, len)) {
-            if (!uf_gro_append(&w->gro, pkt, len)) {
-                rx_flush_gro(w);
-                uf_gro_start(&w->gro, pkt, len);
-            }
-            return;
-        }
-        rx_flush_gro(w);
-    }
-    if (tun_write(w, NULL, pkt, len) == 0) {
-        cadd(w, UF_C_PACKETS, 1);
-        cadd(w, UF_C_BYTES, len);
-    } else {
-        cadd(w, UF_C_DROP_IO, 1);
-    }
-}
-
 static void *routine_read_from_udp(void *arg)
 {
     struct uf_worker *w = arg;
     uf_dp *dp = w->dp;
     const uf_dp_config *c = &dp->cfg;
-    const size_t cap = c->udp_gro ? RBUF_SIZE : c->mtu;
+    const size_t cap = c->udp_gro ? UF_FRAME_SIZE : c->mtu;
+    uint64_t local[UF_C__COUNT] = { 0 };
 
     for (unsigned i = 0; i < UF_BATCH; i++) {
-        w->iovs[i].iov_base = w->rbufs + (size_t)i * RBUF_SIZE;
-        w->iovs[i].iov_len = cap;
+        w->riov[i].iov_base = w->bufs + (size_t)i * UF_FRAME_SIZE;
+        w->riov[i].iov_len = cap;
     }
     for (;;) {
         if (stopping(dp))
@@ -521,10 +332,10 @@ static void *routine_read_from_udp(void *arg)
             struct msghdr *m = &w->msgs[i].msg_hdr;
             m->msg_name = &w->addrs[i];
             m->msg_namelen = sizeof(struct sockaddr_in);
-            m->msg_iov = &w->iovs[i];
+            m->msg_iov = &w->riov[i];
             m->msg_iovlen = 1;
-            m->msg_control = w->cmsgs + (size_t)i * CMSG_INT_SPACE;
-            m->msg_controllen = c->udp_gro ? CMSG_INT_SPACE : 0;
+            m->msg_control = w->cmsgs + (size_t)i * RX_CMSG_SPACE;
+            m->msg_controllen = c->udp_gro ? RX_CMSG_SPACE : 0;
             m->msg_flags = 0;
         }
         int r = recvmmsg(w->sock, w->msgs, UF_BATCH, MSG_DONTWAIT, NULL);
@@ -535,57 +346,47 @@ static void *routine_read_from_udp(void *arg)
             if (e == EAGAIN) {
                 int wr = wait_fd(w, w->sock, POLLIN);
                 if (wr <= 0) {
-                    __atomic_store_n(&w->error, wr, __ATOMIC_RELAXED);
+                    set_error(w, wr);
                     break;
                 }
                 continue;
             }
             if (fatal_errno(e)) {
-                __atomic_store_n(&w->error, -e, __ATOMIC_RELAXED);
+                set_error(w, -e);
                 break;
             }
             cadd(w, UF_C_IO_ERRORS, 1);
             continue;
         }
         cadd(w, UF_C_BATCHES, 1);
+        int nd = 0;
         for (int i = 0; i < r; i++) {
             struct msghdr *m = &w->msgs[i].msg_hdr;
-            size_t len = w->msgs[i].msg_len;
-            if (m->msg_flags & MSG_TRUNC) {
-                cadd(w, UF_C_DROP_OVERSIZE, 1);
-                continue;
-            }
             if (m->msg_namelen < sizeof(struct sockaddr_in) || w->addrs[i].sin_family != AF_INET) {
                 cadd(w, UF_C_DROP_UNKNOWN_PEER, 1);
                 continue;
             }
-            uint32_t src = ntohl(w->addrs[i].sin_addr.s_addr);
-            size_t gso = 0;
-            if (c->udp_gro) {
-                for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
-                    if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                        int g;
-                        memcpy(&g, CMSG_DATA(cm), sizeof(g));
-                        if (g > 0)
-                            gso = (size_t)g;
-                    }
+            uf_dgram *d = &w->dgrams[nd++];
+            d->buf = w->riov[i].iov_base;
+            d->len = w->msgs[i].msg_len;
+            d->src = ntohl(w->addrs[i].sin_addr.s_addr);
+            d->trunc = !!(m->msg_flags & MSG_TRUNC);
+            d->gso_size = 0;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm && c->udp_gro; cm = CMSG_NXTHDR(m, cm)) {
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int g;
+                    memcpy(&g, CMSG_DATA(cm), sizeof(g));
+                    if (g > 0 && g <= UINT16_MAX)
+                        d->gso_size = (uint16_t)g;
                 }
             }
-            uint8_t *p = w->iovs[i].iov_base;
-            if (!gso || gso >= len) {
-                rx_inner(w, src, p, len);
-                continue;
-            }
-            if (gso > c->mtu) {
-                cadd(w, UF_C_DROP_OVERSIZE, (len + gso - 1) / gso);
-                continue;
-            }
-            for (size_t off = 0; off < len; off += gso)
-                rx_inner(w, src, p + off, len - off < gso ? len - off : gso);
         }
-        rx_flush_gro(w);
+        for (int done = 0; done < nd;) {
+            done += uf_rx_batch(&dp->pipe, w->rx, w->dgrams + done, nd - done, local);
+            cadd_all(w, local);
+            tun_write_all(w, w->rx->iov, w->rx->writes, w->rx->nwrites, 0);
+        }
     }
-    rx_flush_gro(w);
     return NULL;
 }
 
@@ -623,35 +424,36 @@ fail:
     return rc;
 }
 
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+
 static int worker_map(struct uf_worker *w)
 {
-    size_t rb = (size_t)UF_BATCH * RBUF_SIZE;
-    size_t msgs = (size_t)MAX_UNITS * sizeof(struct mmsghdr);
-    size_t iovs = (size_t)2 * MAX_SEGS * sizeof(struct iovec);
-    size_t addrs = (size_t)MAX_UNITS * sizeof(struct sockaddr_in);
-    size_t cm = (size_t)MAX_UNITS * (CMSG_U16_SPACE > CMSG_INT_SPACE ? CMSG_U16_SPACE : CMSG_INT_SPACE);
-    size_t arena = w->dir == UF_DIR_TX ? (size_t)UF_BATCH * HDRS_PER_READ : 0;
-    size_t units = (size_t)MAX_UNITS * sizeof(struct tx_unit);
-    size_t segl = SPLIT_MAX_SEGS * sizeof(uf_seg);
-#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
-    size_t total = ALIGN64(rb) + ALIGN64(msgs) + ALIGN64(iovs) + ALIGN64(addrs) + ALIGN64(cm) +
-                   ALIGN64(arena) + ALIGN64(units) + ALIGN64(segl);
+    int tx = w->dir == UF_DIR_TX;
+    size_t nmsg = tx ? UF_TX_MAX_SEGS : UF_BATCH;
+    size_t bufs = (size_t)UF_BATCH * UF_FRAME_SIZE;
+    size_t msgs = nmsg * sizeof(struct mmsghdr);
+    size_t addrs = nmsg * sizeof(struct sockaddr_in);
+    size_t cm = nmsg * (tx ? CMSG_U16_SPACE : RX_CMSG_SPACE);
+    size_t state = tx ? sizeof(uf_tx) : sizeof(uf_rx);
+    size_t total = ALIGN64(bufs) + ALIGN64(msgs) + ALIGN64(addrs) + ALIGN64(cm) + ALIGN64(state);
     void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return -errno;
     uint8_t *p = m;
     w->mem = m;
     w->mem_len = total;
-    w->rbufs = p; p += ALIGN64(rb);
+    w->bufs = p; p += ALIGN64(bufs);
     w->msgs = (void *)p; p += ALIGN64(msgs);
-    w->iovs = (void *)p; p += ALIGN64(iovs);
     w->addrs = (void *)p; p += ALIGN64(addrs);
     w->cmsgs = p; p += ALIGN64(cm);
-    w->hdrs = arena ? p : NULL; p += ALIGN64(arena);
-    w->units = (void *)p; p += ALIGN64(units);
-    w->segs = (void *)p;
-    w->gro.head = NULL;
-#undef ALIGN64
+    if (tx) {
+        w->tx = (void *)p;
+        uf_tx_init(w->tx, now_ns());
+    } else {
+        w->rx = (void *)p;  /* zero-filled mapping: empty */
+    }
+    for (unsigned i = 0; i < UF_BATCH; i++)
+        w->frames[i] = w->bufs + (size_t)i * UF_FRAME_SIZE;
     return 0;
 }
 
@@ -674,6 +476,18 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
     if (!dp)
         return -ENOMEM;
     dp->cfg = *cfg;
+    dp->pipe = (uf_pipe_cfg){
+        .table = cfg->table,
+        .network = cfg->network,
+        .plen = cfg->plen,
+        .icmp_source = cfg->icmp_source,
+        .mtu = cfg->mtu,
+        .vnet_hdr = cfg->vnet_hdr,
+        .udp_segment = cfg->udp_segment,
+        .coalesce_tx = 0,
+        .gro_tcp = cfg->gro_coalesce,
+        .gro_udp = 0,
+    };
     dp->efd = -1;
     for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
         dp->socks[i] = -1;
@@ -694,14 +508,12 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         if (rc)
             goto fail;
     }
-    uint64_t t0 = now_ns();
     for (int i = 0; i < dp->nworkers; i++) {
         struct uf_worker *w = &dp->workers[i];
         w->dp = dp;
         w->dir = i < cfg->queues ? UF_DIR_TX : UF_DIR_RX;
         w->tun_fd = cfg->tun_fds[i % cfg->queues];
         w->sock = dp->socks[i % cfg->queues];
-        uf_ratelimit_init(&w->icmp_rl, UF_ICMP_RATE_PER_SEC, UF_ICMP_BURST, t0);
         rc = worker_map(w);
         if (rc)
             goto fail;
@@ -810,31 +622,4 @@ int uf_dp_error(const uf_dp *dp)
 int uf_dp_running(const uf_dp *dp)
 {
     return dp && dp->running;
-}
-
-static const char *const counter_names[UF_C__COUNT] = {
-    [UF_C_PACKETS] = "packets",
-    [UF_C_BYTES] = "bytes",
-    [UF_C_BATCHES] = "batches",
-    [UF_C_SUPER_PACKETS] = "super_packets",
-    [UF_C_DROP_SHORT] = "drop_short",
-    [UF_C_DROP_NOT_IPV4] = "drop_not_ipv4",
-    [UF_C_DROP_BAD_HEADER] = "drop_bad_header",
-    [UF_C_DROP_TTL] = "drop_ttl",
-    [UF_C_DROP_NO_ROUTE] = "drop_no_route",
-    [UF_C_DROP_OUTSIDE_NETWORK] = "drop_outside_network",
-    [UF_C_DROP_UNKNOWN_PEER] = "drop_unknown_peer",
-    [UF_C_DROP_SPOOFED_SOURCE] = "drop_spoofed_source",
-    [UF_C_DROP_OVERSIZE] = "drop_oversize",
-    [UF_C_DROP_BAD_GSO] = "drop_bad_gso",
-    [UF_C_DROP_IO] = "drop_io",
-    [UF_C_ICMP_UNREACHABLE_SENT] = "icmp_unreachable_sent",
-    [UF_C_ICMP_RATELIMITED] = "icmp_ratelimited",
-    [UF_C_IO_ERRORS] = "io_errors",
-    [UF_C_GSO_FALLBACKS] = "gso_fallbacks",
-};
-
-const char *uf_counter_name(int idx)
-{
-    return idx >= 0 && idx < UF_C__COUNT ? counter_names[idx] : NULL;
 }

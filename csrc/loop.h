@@ -1,33 +1,23 @@
-/* loop.h - the data path: worker threads that move packets TUN <-> UDP.
+/* loop.h - the data path's threads: the only code that makes system calls on packets.
  *
- * Pipeline (one pair of workers per TUN queue; queue i owns TUN fd i and
- * UDP socket i, the sockets share the port through SO_REUSEPORT):
+ * One pair of workers per TUN queue; queue i owns TUN fd i and UDP socket i
+ * (with several queues the sockets share the port through SO_REUSEPORT):
  *
- *   routine_read_from_tun (tx worker)
- *     read() up to UF_BATCH packets from the TUN (non-blocking) ->
- *     [vnet hdr: split TSO super-packets / finish partial checksums] ->
- *     uf_pkt_check -> uf_tx_route (lease table, lock-free) ->
- *     no lease: ICMP net-unreachable back into the TUN (rate-limited) ->
- *     uf_pkt_dec_ttl -> sendmmsg() of the whole batch, each message either
- *     one inner packet or, with UDP_SEGMENT, a run of equal-size segments.
+ *   tx worker: poll() the TUN -> read() up to UF_BATCH frames ->
+ *              uf_tx_batch (pipeline.h) -> sendmmsg() the messages, write the
+ *              ICMP errors back to the TUN;
+ *   rx worker: recvmmsg() up to UF_BATCH datagrams (UDP_GRO: each may hold
+ *              many) -> uf_rx_batch -> writev() each TUN write.
  *
- *   routine_read_from_udp (rx worker)
- *     recvmmsg() up to UF_BATCH datagrams (with UDP_GRO each may hold many
- *     equal-size datagrams; MSG_TRUNC = oversize) -> per inner packet:
- *     size <= MTU -> uf_pkt_check -> uf_rx_accept (outer source must be the
- *     PublicIP of the lease covering the inner source; the inner destination
- *     must be inside the network) -> uf_pkt_dec_ttl ->
- *     [vnet hdr: coalesce in-order TCP segments into one GSO write] ->
- *     write to the TUN.
- *
- * Threads are plain pthreads created by uf_dp_start; Python never runs in
- * them and the GIL is not involved. Each worker waits in poll() on its fd
- * and the data path's eventfd; uf_dp_stop writes the eventfd (and sets a
- * flag checked between batches) and joins every worker, so it returns as
- * soon as the current batch is done. No allocation after uf_dp_new; each
- * worker owns its buffers and its counters (single writer, relaxed atomics;
- * readers sum them). The only shared mutable state is the lease table,
- * read under its seqlock (lookup.h).
+ * Every decision about a packet is in pipeline.c; this file only moves
+ * bytes, handles errno and runs threads. Threads are plain pthreads created by
+ * uf_dp_start; Python never runs in them and the GIL is not involved. Each
+ * worker waits in poll() on its fd and the data path's eventfd; uf_dp_stop
+ * writes the eventfd (and sets a flag checked between batches) and joins
+ * every worker, so it returns as soon as the current batch is done. No
+ * allocation after uf_dp_new; each worker owns its buffers and its counters
+ * (single writer, relaxed atomics; readers sum them). The only shared
+ * mutable state is the lease table, read under its seqlock (lookup.h).
  */
 #ifndef UF_LOOP_H
 #define UF_LOOP_H
@@ -37,9 +27,9 @@
 #include "common.h"
 #include "lookup.h"
 #include "features.h"
+#include "pipeline.h"
 
 /* cffi:begin */
-#define UF_BATCH 64
 #define UF_DIR_TX 0
 #define UF_DIR_RX 1
 

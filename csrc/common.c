@@ -21,6 +21,8 @@ static const char *const counter_names[] = {
     [UF_C_ICMP_RATELIMITED] = "icmp_ratelimited",
     [UF_C_IO_ERRORS] = "io_errors",
     [UF_C_GSO_FALLBACKS] = "gso_fallbacks",
+    [UF_C_DROP_BAD_CHECKSUM] = "drop_bad_checksum",
+    [UF_C_DROP_SOCKET_OVERFLOW] = "drop_socket_overflow",
 };
 
 /* a name for every index, and no more */

@@ -49,6 +49,8 @@ enum uf_counter {
     UF_C_ICMP_RATELIMITED,     /* tx: ICMP suppressed by the rate limit */
     UF_C_IO_ERRORS,            /* failed reads (recvmmsg / TUN read) that were retried */
     UF_C_GSO_FALLBACKS,        /* tx: UDP_SEGMENT refused by the kernel, sent singly since */
+    UF_C_DROP_BAD_CHECKSUM,    /* rx: inner IPv4 header checksum wrong (the kernel would drop it) */
+    UF_C_DROP_SOCKET_OVERFLOW, /* rx: dropped by the kernel at our socket, receive buffer full (SO_RXQ_OVFL) */
     UF_C__COUNT
 };
 

@@ -47,6 +47,7 @@ struct uf_worker {
     uint8_t *frames[UF_BATCH];            /* tx: the frames read in this batch */
     uint32_t lens[UF_BATCH];
     uf_dgram dgrams[UF_BATCH];
+    uint32_t sock_drops;                  /* rx: the socket's drop count last seen (SO_RXQ_OVFL) */
 } __attribute__((aligned(64)));
 
 struct uf_dp {
@@ -335,7 +336,7 @@ static void *routine_read_from_udp(void *arg)
             m->msg_iov = &w->riov[i];
             m->msg_iovlen = 1;
             m->msg_control = w->cmsgs + (size_t)i * RX_CMSG_SPACE;
-            m->msg_controllen = c->udp_gro ? RX_CMSG_SPACE : 0;
+            m->msg_controllen = RX_CMSG_SPACE;
             m->msg_flags = 0;
         }
         int r = recvmmsg(w->sock, w->msgs, UF_BATCH, MSG_DONTWAIT, NULL);
@@ -372,12 +373,20 @@ static void *routine_read_from_udp(void *arg)
             d->src = ntohl(w->addrs[i].sin_addr.s_addr);
             d->trunc = !!(m->msg_flags & MSG_TRUNC);
             d->gso_size = 0;
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm && c->udp_gro; cm = CMSG_NXTHDR(m, cm)) {
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
                 if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
                     int g;
                     memcpy(&g, CMSG_DATA(cm), sizeof(g));
                     if (g > 0 && g <= UINT16_MAX)
                         d->gso_size = (uint16_t)g;
+                } else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
+                    /* the socket's drop count when this datagram was queued */
+                    uint32_t drops;
+                    memcpy(&drops, CMSG_DATA(cm), sizeof(drops));
+                    if ((int32_t)(drops - w->sock_drops) > 0) {
+                        cadd(w, UF_C_DROP_SOCKET_OVERFLOW, drops - w->sock_drops);
+                        w->sock_drops = drops;
+                    }
                 }
             }
         }
@@ -411,6 +420,9 @@ static int open_socket(const uf_dp_config *c, int *out)
     set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, bufsz);
     set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, bufsz);
     if (c->udp_gro && setsockopt(s, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+        goto fail;
+    /* every datagram the kernel drops at this socket is counted (drop_socket_overflow) */
+    if (setsockopt(s, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
         goto fail;
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(c->port),
                              .sin_addr.s_addr = htonl(c->bind_addr) };

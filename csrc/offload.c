@@ -206,6 +206,10 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
         return 0;
     if (rd16(pkt + 2) != len)
         return 0;
+    /* the super-packet gets a fresh header checksum: never let a bad one in
+     * (the kernel would drop it; coalescing must not "repair" it) */
+    if (!uf_ip4_csum_ok(pkt))
+        return 0;
     const uint8_t *l4 = pkt + 20;
     int type;
     if (pkt[9] == PROTO_TCP) {

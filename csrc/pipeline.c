@@ -257,6 +257,8 @@ static int rx_check(const uf_pipe_cfg *c, uint32_t src, uint8_t *pkt, size_t len
     int v = uf_pkt_check(pkt, len);   /* IPv4 only for now: IPv6 checks go here */
     if (v)
         return v;
+    if (!uf_ip4_csum_ok(pkt))
+        return UF_C_DROP_BAD_CHECKSUM;
     v = uf_rx_accept(c->table, src, pkt, len);
     if (v)
         return v;

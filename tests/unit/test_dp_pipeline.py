@@ -244,3 +244,24 @@ def test_rx_same_flow_non_coalescable_packet_keeps_order(table):
     _, writes = rx.run([(str(PEER_A), p, 0) for p in seg + [fin]])
     assert [h.gso_type for h, _ in writes] == [lib.UF_VNET_GSO_TCPV4, 0]
     assert writes[1][1][33] == 0x11
+
+
+def test_rx_bad_ipv4_header_checksum_is_dropped_never_repaired(table):
+    """Regression: GRO coalescing accepted a head whose IPv4 header checksum was wrong and
+    wrote the super-packet with a freshly computed one (the kernel drops such a packet)."""
+    segs = [ip4("10.5.1.2", "10.5.2.3", 6, tcp("10.5.1.2", "10.5.2.3", b"b" * 200, seq=5000 + 200 * i))
+            for i in range(4)]
+    bad = bytearray(segs[0])
+    bad[10] ^= 0x5A  # header checksum only: the TCP checksum is still right
+    assert tcp_ok(bytes(bad)) and not ip_ok(bytes(bad))
+    assert lib.uf_gro_eligible(bytes(bad), len(bad), 1) == 0
+    assert lib.uf_gro_eligible(segs[0], len(segs[0]), 1) == lib.UF_VNET_GSO_TCPV4
+    rx = Rx(pipe_cfg(table, vnet_hdr=True, gro_tcp=True))
+    _, writes = rx.run([(str(PEER_A), bytes(bad), 0)] + [(str(PEER_A), s, 0) for s in segs[1:]])
+    assert counters(rx.ctr) == {"drop_bad_checksum": 1}
+    assert all(ip_ok(p) for _, p in writes)
+    assert b"".join(p[40:] for _, p in writes) == b"b" * 600  # the three good ones, coalesced
+    # the plain path drops it too, and counts it
+    rx = Rx(pipe_cfg(table))
+    _, writes = rx.run([(str(PEER_A), bytes(bad), 0)])
+    assert writes == [] and counters(rx.ctr) == {"drop_bad_checksum": 1}

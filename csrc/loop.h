@@ -1,23 +1,32 @@
 /* loop.h - the data path's threads: the only code that makes system calls on packets.
  *
- * One pair of workers per TUN queue; queue i owns TUN fd i and UDP socket i
- * (with several queues the sockets share the port through SO_REUSEPORT):
+ * One worker thread per TUN queue serves both directions; queue i owns TUN fd
+ * i and UDP socket i (with several queues the sockets share the port through
+ * SO_REUSEPORT, and a classic BPF program picks the socket by the inner
+ * addresses and ports, so each flow stays on one worker). The worker sleeps in
+ * poll() on its TUN fd, its socket and the data path's eventfd, then:
  *
- *   tx worker: poll() the TUN -> read() up to UF_BATCH frames ->
- *              uf_tx_batch (pipeline.h) -> sendmmsg() the messages, write the
- *              ICMP errors back to the TUN;
- *   rx worker: recvmmsg() up to UF_BATCH datagrams (UDP_GRO: each may hold
- *              many) -> uf_rx_batch -> writev() each TUN write.
+ *   TUN readable:    read() frames (one, or while the TUN stays busy up to
+ *                    UF_BATCH) -> uf_tx_batch (pipeline.h) -> sendmmsg() the
+ *                    messages, write the ICMP errors back to the TUN;
+ *   socket readable: one recvmmsg() of up to UF_BATCH datagrams (UDP_GRO: each
+ *                    may hold many) -> uf_rx_batch -> writev() each TUN write.
+ *
+ * A reply that the kernel produces for a packet we just wrote into the TUN is
+ * read by the same thread on its next poll(), with no other thread to wake.
+ * With busy_poll_us, a worker that moved packets keeps polling without
+ * sleeping for that long before it blocks (lower latency, a CPU kept busy
+ * while traffic flows). With pin_cpus, worker i runs on the i-th CPU the
+ * process may use.
  *
  * Every decision about a packet is in pipeline.c; this file only moves
  * bytes, handles errno and runs threads. Threads are plain pthreads created by
- * uf_dp_start; Python never runs in them and the GIL is not involved. Each
- * worker waits in poll() on its fd and the data path's eventfd; uf_dp_stop
- * writes the eventfd (and sets a flag checked between batches) and joins
- * every worker, so it returns as soon as the current batch is done. No
+ * uf_dp_start; Python never runs in them and the GIL is not involved.
+ * uf_dp_stop writes the eventfd (and sets a flag checked between batches) and
+ * joins every worker, so it returns as soon as the current batch is done. No
  * allocation after uf_dp_new; each worker owns its buffers and its counters
- * (single writer, relaxed atomics; readers sum them). The only shared
- * mutable state is the lease table, read under its seqlock (lookup.h).
+ * (single writer, relaxed atomics; readers sum them). The only shared mutable
+ * state is the lease table, read under its seqlock (lookup.h).
  */
 #ifndef UF_LOOP_H
 #define UF_LOOP_H
@@ -30,6 +39,8 @@
 #include "pipeline.h"
 
 /* cffi:begin */
+#define UF_SOCK_BUF_DEFAULT 16777216
+#define UF_BUSY_POLL_MAX_US 100000
 #define UF_DIR_TX 0
 #define UF_DIR_RX 1
 
@@ -42,13 +53,16 @@ typedef struct uf_dp_config {
     int udp_segment;       /* send TSO segments as UDP_SEGMENT super-datagrams */
     int udp_gro;           /* enable UDP_GRO on the sockets */
     int gro_coalesce;      /* coalesce TCP segments into GSO TUN writes (needs vnet_hdr) */
+    int tun_uso;           /* coalesce UDP datagrams into GSO_UDP_L4 TUN writes (needs vnet_hdr) */
+    int busy_poll_us;      /* keep polling this long after the last packet before sleeping; 0 = off */
+    int pin_cpus;          /* pin worker i to the i-th allowed CPU */
     uint32_t bind_addr;    /* host order */
     uint16_t port;
     uint32_t network;      /* overlay network, host order */
     int plen;
     uint32_t icmp_source;  /* source of ICMP errors we generate */
     uint32_t mtu;          /* largest inner packet, = TUN MTU */
-    int sock_buf;          /* SO_SNDBUF/SO_RCVBUF bytes; 0 = 4 MiB */
+    int sock_buf;          /* SO_SNDBUF/SO_RCVBUF bytes; 0 = UF_SOCK_BUF_DEFAULT */
     uf_table *table;       /* read lock-free; must outlive the data path */
 } uf_dp_config;
 

@@ -37,9 +37,14 @@ class AgentOptions:
     iptables_forward_rules: bool = True
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
+
+    def backend_options(self, backend_type: str) -> dict:
+        """Keyword arguments for the backend's constructor (data-path tuning flags)."""
+        return {"busy_poll_us": self.udp_busy_poll_us} if backend_type == "udp" else {}
 
 
 class Agent:
@@ -84,7 +89,8 @@ class Agent:
             await self._health.start()
         try:
             self.config = await self._wait_config()
-            self.backend = backend_class(self.config.backend_type)(self.iface, self.config)
+            cls = backend_class(self.config.backend_type)
+            self.backend = cls(self.iface, self.config, **self.opts.backend_options(cls.type))
             log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
             attrs = await self.backend.prepare()
             self.manager = LeaseManager(

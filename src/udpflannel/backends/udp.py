@@ -31,8 +31,9 @@ OVERHEAD = 28  # outer IPv4 + UDP headers
 class UdpBackend(Backend):
     type = "udp"
 
-    def __init__(self, iface, config):
+    def __init__(self, iface, config, busy_poll_us: int = 0):
         super().__init__(iface, config)
+        self.busy_poll_us = busy_poll_us
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
@@ -85,6 +86,7 @@ class UdpBackend(Backend):
             icmp_source=self.config.network.network_address,
             mtu=self.mtu(),
             features=self._features,
+            busy_poll_us=self.busy_poll_us,
         )
         self._dp.start()
         log.info("udp data path up: %s %s/32 mtu %d, UDP %s:%d",

@@ -29,6 +29,13 @@ class DataPath:
     TUN, received TCP segments are coalesced into GSO writes. Pass
     ``Features.none()`` for the plain batched path.
 
+    One worker thread per TUN queue serves both directions. ``busy_poll_us``
+    (0 = off) keeps a worker polling that long after it last moved a packet
+    before it sleeps: lower latency for a CPU kept busy while traffic flows.
+    ``pin_cpus`` (default: when there are several queues) pins worker i to the
+    i-th CPU the process may use. ``sock_buf`` sets the tunnel sockets' send
+    and receive buffers (0: UF_SOCK_BUF_DEFAULT, 16 MiB).
+
     Construction validates the arguments, creates and binds the sockets;
     ``start()`` runs the worker threads (C pthreads, no GIL); ``stop()``
     wakes them through an eventfd, joins them and closes the sockets.
@@ -44,6 +51,9 @@ class DataPath:
         icmp_source: IPv4Address,
         mtu: int,
         features: Features | None = None,
+        busy_poll_us: int = 0,
+        pin_cpus: bool | None = None,
+        sock_buf: int = 0,
     ) -> None:
         if not isinstance(tun, Tun) or tun.closed:
             raise TypeError("tun must be an open Tun from open_tun()")
@@ -59,8 +69,14 @@ class DataPath:
         icmp_source = IPv4Address(icmp_source)
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535 - 28:
             raise ValueError(f"bad mtu {mtu!r}")
+        if not isinstance(busy_poll_us, int) or not 0 <= busy_poll_us <= lib.UF_BUSY_POLL_MAX_US:
+            raise ValueError(f"busy_poll_us must be 0..{lib.UF_BUSY_POLL_MAX_US}, got {busy_poll_us!r}")
+        if not isinstance(sock_buf, int) or not 0 <= sock_buf < 2**31:
+            raise ValueError(f"bad sock_buf {sock_buf!r}")
         if features is None:
             features = probe_features()
+        if pin_cpus is None:  # pin when there is a worker per CPU to spread
+            pin_cpus = len(tun.fds) > 1
 
         cfg = ffi.new("uf_dp_config *")
         for i, fd in enumerate(tun.fds):
@@ -76,6 +92,9 @@ class DataPath:
         cfg.plen = network.prefixlen
         cfg.icmp_source = int(icmp_source)
         cfg.mtu = mtu
+        cfg.busy_poll_us = busy_poll_us
+        cfg.pin_cpus = int(pin_cpus)
+        cfg.sock_buf = sock_buf
         cfg.table = table.c_table
         out = ffi.new("uf_dp **")
         check(lib.uf_dp_new(cfg, out), f"DataPath(bind={addr}:{port})")
@@ -89,6 +108,8 @@ class DataPath:
             "udp_segment": bool(cfg.udp_segment),
             "udp_gro": bool(cfg.udp_gro),
             "gro_coalesce": bool(cfg.gro_coalesce),
+            "busy_poll_us": busy_poll_us,
+            "pin_cpus": bool(pin_cpus),
             "batch": lib.UF_BATCH,
         }
         log.info(

@@ -670,9 +670,9 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         .mtu = cfg->mtu,
         .vnet_hdr = cfg->vnet_hdr,
         .udp_segment = cfg->udp_segment,
-        .coalesce_tx = 0,
+        .coalesce_tx = cfg->udp_segment,
         .gro_tcp = cfg->gro_coalesce,
-        .gro_udp = 0,
+        .gro_udp = cfg->tun_uso,
     };
     for (int i = 0; i < dp->nworkers; i++) {
         struct uf_worker *w = &dp->workers[i];

@@ -50,7 +50,7 @@ typedef struct uf_dp_config {
     int tun_fds[16];       /* UF_TUN_MAX_QUEUES; not owned: the caller closes them */
     int queues;            /* number of tun_fds in use, 1..UF_TUN_MAX_QUEUES */
     int vnet_hdr;          /* the TUN fds carry a virtio-net header (UF_TUN_VNET_HDR) */
-    int udp_segment;       /* send TSO segments as UDP_SEGMENT super-datagrams */
+    int udp_segment;       /* send runs of equal-size packets/segments as UDP_SEGMENT super-datagrams */
     int udp_gro;           /* enable UDP_GRO on the sockets */
     int gro_coalesce;      /* coalesce TCP segments into GSO TUN writes (needs vnet_hdr) */
     int tun_uso;           /* coalesce UDP datagrams into GSO_UDP_L4 TUN writes (needs vnet_hdr) */

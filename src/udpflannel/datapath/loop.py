@@ -25,8 +25,9 @@ class DataPath:
     """Forward between ``tun`` and a UDP socket bound to ``bind`` using ``table``.
 
     ``features`` (default: probed now) decides the socket offloads: UDP_SEGMENT
-    sends when the TUN gives super-packets, UDP_GRO receives; with a vnet-header
-    TUN, received TCP segments are coalesced into GSO writes. Pass
+    sends (runs of equal-size packets to one peer share one send), UDP_GRO
+    receives; with a vnet-header TUN, received TCP segments (and, with a USO
+    TUN, UDP datagrams) of one flow are coalesced into GSO writes. Pass
     ``Features.none()`` for the plain batched path.
 
     One worker thread per TUN queue serves both directions. ``busy_poll_us``
@@ -83,9 +84,10 @@ class DataPath:
             cfg.tun_fds[i] = fd
         cfg.queues = len(tun.fds)
         cfg.vnet_hdr = int(tun.vnet_hdr)
-        cfg.udp_segment = int(tun.vnet_hdr and features.udp_segment)
+        cfg.udp_segment = int(features.udp_segment)
         cfg.udp_gro = int(features.udp_gro)
         cfg.gro_coalesce = int(tun.vnet_hdr)
+        cfg.tun_uso = int(tun.vnet_hdr and tun.uso)
         cfg.bind_addr = int(addr)
         cfg.port = port
         cfg.network = int(network.network_address)
@@ -108,6 +110,7 @@ class DataPath:
             "udp_segment": bool(cfg.udp_segment),
             "udp_gro": bool(cfg.udp_gro),
             "gro_coalesce": bool(cfg.gro_coalesce),
+            "uso": bool(cfg.tun_uso),
             "busy_poll_us": busy_poll_us,
             "pin_cpus": bool(pin_cpus),
             "batch": lib.UF_BATCH,

@@ -762,15 +762,27 @@ void uf_dp_free(uf_dp *dp)
     free(dp);
 }
 
-int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n)
+static int sum_counters(const uf_dp *dp, int first, int last, int direction, uint64_t *out, int n)
 {
     if (!dp || n < 0 || n > UF_C__COUNT || (direction != UF_DIR_TX && direction != UF_DIR_RX))
         return -EINVAL;
     memset(out, 0, sizeof(uint64_t) * (size_t)n);
-    for (int i = 0; i < dp->nworkers; i++)
+    for (int i = first; i < last; i++)
         for (int k = 0; k < n; k++)
             out[k] += __atomic_load_n(&dp->workers[i].ctr[direction][k], __ATOMIC_RELAXED);
     return 0;
+}
+
+int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n)
+{
+    return sum_counters(dp, 0, dp ? dp->nworkers : 0, direction, out, n);
+}
+
+int uf_dp_queue_counters(const uf_dp *dp, int queue, int direction, uint64_t *out, int n)
+{
+    if (!dp || queue < 0 || queue >= dp->nworkers)
+        return -EINVAL;
+    return sum_counters(dp, queue, queue + 1, direction, out, n);
 }
 
 int uf_dp_error(const uf_dp *dp)

@@ -79,6 +79,8 @@ void uf_dp_free(uf_dp *dp);
 /* Sum of the counters of the workers of one direction (UF_DIR_TX/RX) into
  * out[0..n-1] (n <= UF_C__COUNT). 0 or -EINVAL. */
 int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n);
+/* The same for the worker of one queue (0..queues-1). 0 or -EINVAL. */
+int uf_dp_queue_counters(const uf_dp *dp, int queue, int direction, uint64_t *out, int n);
 /* First fatal error of any worker (-errno), or 0 while all are healthy. */
 int uf_dp_error(const uf_dp *dp);
 /* 1 while worker threads are running. */

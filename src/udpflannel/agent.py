@@ -37,6 +37,7 @@ class AgentOptions:
     iptables_forward_rules: bool = True
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
@@ -44,7 +45,9 @@ class AgentOptions:
 
     def backend_options(self, backend_type: str) -> dict:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
-        return {"busy_poll_us": self.udp_busy_poll_us} if backend_type == "udp" else {}
+        if backend_type == "udp":
+            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+        return {}
 
 
 class Agent:

@@ -67,6 +67,9 @@ class _Root(click.Group):
               help="Add FORWARD ACCEPT rules for the network (--iptables-forward-rules=false: don't).")
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
+@click.option("--udp-queues", type=click.IntRange(0, 16), default=0, metavar="N",
+              help="udp backend: TUN queues, each with its own worker thread pinned to a CPU "
+              "(0: one per CPU the agent may use, at most 16).")
 @click.option("--udp-busy-poll", type=click.IntRange(0, 100000), default=0, metavar="USEC",
               help="udp backend: after moving packets, each worker keeps polling this many microseconds "
               "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "
@@ -110,6 +113,7 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
         iptables_forward_rules=kw["iptables_forward_rules"],
         healthz_ip=kw["healthz_ip"],
         healthz_port=kw["healthz_port"],
+        udp_queues=kw["udp_queues"],
         udp_busy_poll_us=kw["udp_busy_poll"],
     )
     try:

@@ -93,6 +93,8 @@ AGENT = textwrap.dedent(
             reply = dp.counters()
             err = dp.error()
             reply["error"] = str(err) if err else None
+        elif op == "queue_counters":
+            reply = {"queues": dp.queue_counters()}
         elif op == "stop":
             times = []
             for _, t, d in paths:
@@ -668,11 +670,28 @@ def test_ping_and_tcp_transfer(pair, mode):
 
 
 def test_multi_queue_transfer(pair):
-    """Two TUN queues: two workers per direction, two SO_REUSEPORT sockets on one port."""
+    """Two TUN queues: two workers, two SO_REUSEPORT sockets on one port; the BPF program
+    spreads flows over the sockets by inner addresses and ports although every datagram has
+    the same outer addresses and ports."""
     a, b = pair.start("offload", queues=2)
-    assert a.modes[0]["queues"] == 2
+    assert a.modes[0]["queues"] == 2 and a.modes[0]["pin_cpus"]
     sent, got = tcp_transfer(pair, 16 << 20)
     assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
+    before = [q["rx_packets"] for q in b.call(op="queue_counters")["queues"]]
+    # 16 UDP flows (source ports) from A to B: both of B's sockets get some
+    run("ip", "netns", "exec", pair.ns_a, sys.executable, "-c",
+        "import socket\n"
+        "for p in range(16):\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.5.1.0', 41000 + p))\n"
+        "    for _ in range(20): s.sendto(b'x' * 100, ('10.5.2.0', 9))\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        per_q = [q["rx_packets"] - b0 for q, b0 in zip(b.call(op="queue_counters")["queues"], before)]
+        if sum(per_q) >= 16 * 20:
+            break
+        time.sleep(0.05)
+    print("rx packets per queue", per_q)
+    assert sum(per_q) >= 16 * 20 and min(per_q) > 0, per_q
 
 
 # UDP sink: count datagrams and check their content until argv[3] arrived or 10 s of silence.

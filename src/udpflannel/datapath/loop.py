@@ -149,12 +149,16 @@ class DataPath:
         rc = lib.uf_dp_error(self._dp)
         return DataPathError(-rc, "data path worker") if rc < 0 else None
 
-    def _read_counters(self) -> dict[str, int]:
+    def _read_counters(self, queue: int | None = None) -> dict[str, int]:
         n = lib.UF_C__COUNT
         buf = ffi.new("uint64_t[]", n)
         result: dict[str, int] = {}
         for prefix, direction in (("tx_", lib.UF_DIR_TX), ("rx_", lib.UF_DIR_RX)):
-            check(lib.uf_dp_counters(self._dp, direction, buf, n), "DataPath.counters")
+            if queue is None:
+                rc = lib.uf_dp_counters(self._dp, direction, buf, n)
+            else:
+                rc = lib.uf_dp_queue_counters(self._dp, queue, direction, buf, n)
+            check(rc, "DataPath.counters")
             for i, name in enumerate(COUNTER_NAMES):
                 result[prefix + name] = int(buf[i])
         for name in _TOTALLED:
@@ -166,6 +170,12 @@ class DataPath:
         if self._dp is None:
             return dict(self._final or {})
         return self._read_counters()
+
+    def queue_counters(self) -> list[dict[str, int]]:
+        """counters() of each queue's worker (empty after stop)."""
+        if self._dp is None:
+            return []
+        return [self._read_counters(q) for q in range(self.mode["queues"])]
 
     def __enter__(self) -> "DataPath":
         self.start()

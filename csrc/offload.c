@@ -62,55 +62,64 @@ static uint32_t pseudo_sum(const uint8_t *ip, uint8_t proto, size_t l4len)
     return s + proto + (uint32_t)l4len;
 }
 
-int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
+/* Segment an IPv4 super-packet of protocol proto (TCP or UDP): each segment's
+ * IPv4 header (length, ID + i, checksum) and TCP header (sequence number,
+ * FIN/PSH only on the last, CWR only on the first) or UDP header (length),
+ * with a full L4 checksum over header and payload, go to hdrs back to back. */
+static int gso4_segment(const uf_vnet_hdr *h, uint8_t proto, const uint8_t *pkt, size_t len,
+                        uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
 {
-    if ((h->gso_type & ~UF_VNET_GSO_ECN) != UF_VNET_GSO_TCPV4 || h->gso_size == 0)
-        return -UF_C_DROP_BAD_GSO;
-    if (uf_pkt_check(pkt, len) != UF_PASS || pkt[9] != PROTO_TCP)
+    if (h->gso_size == 0 || uf_pkt_check(pkt, len) != UF_PASS || pkt[9] != proto)
         return -UF_C_DROP_BAD_GSO;
     size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
     size_t tot = rd16(pkt + 2);
     if (tot < len)
         len = tot;  /* ignore trailing bytes beyond the IP total length */
-    if (ihl + 20 > len)
+    if (ihl + (proto == PROTO_TCP ? 20 : 8) > len)
         return -UF_C_DROP_BAD_GSO;
-    size_t thl = (size_t)(pkt[ihl + 12] >> 4) * 4u;
-    if (thl < 20 || ihl + thl > len)
+    size_t l4hl = proto == PROTO_TCP ? (size_t)(pkt[ihl + 12] >> 4) * 4u : 8;
+    if (l4hl < 8 || ihl + l4hl > len || (proto == PROTO_TCP && l4hl < 20))
         return -UF_C_DROP_BAD_GSO;
-    size_t hl = ihl + thl, payload = len - hl, mss = h->gso_size;
+    size_t hl = ihl + l4hl, payload = len - hl, mss = h->gso_size;
     size_t nsegs = payload == 0 ? 1 : (payload + mss - 1) / mss;
     if (nsegs > maxsegs || hdrcap < nsegs * hl)
         return -ENOSPC;
 
     uint16_t id0 = rd16(pkt + 4);
-    uint32_t seq0 = rd32(pkt + ihl + 4);
-    uint8_t flags0 = pkt[ihl + 13];
+    uint32_t seq0 = proto == PROTO_TCP ? rd32(pkt + ihl + 4) : 0;
+    uint8_t flags0 = proto == PROTO_TCP ? pkt[ihl + 13] : 0;
     /* addresses + protocol, shared by every segment's pseudo-header */
-    uint32_t addr_sum = uf_csum_add(pkt + 12, 8, 0) + 6u;
+    uint32_t addr_sum = uf_csum_add(pkt + 12, 8, 0) + proto;
     size_t off = 0;
     for (size_t i = 0; i < nsegs; i++) {
         size_t plen = payload - off < mss ? payload - off : mss;
-        uint8_t *o = hdrs + i * hl;
+        uint8_t *o = hdrs + i * hl, *l4 = o + ihl;
         memcpy(o, pkt, hl);
-        /* IP: total length, id, checksum */
         wr16(o + 2, (uint16_t)(hl + plen));
         wr16(o + 4, (uint16_t)(id0 + i));
         o[10] = o[11] = 0;
         wr16(o + 10, uf_checksum(o, ihl));
-        /* TCP: sequence, flags, checksum over header + payload (in place) */
-        uint8_t *th = o + ihl;
-        wr32(th + 4, seq0 + (uint32_t)off);
-        uint8_t fl = flags0;
-        if (i + 1 < nsegs)
-            fl &= (uint8_t)~(TCP_FIN | TCP_PSH);
-        if (i > 0)
-            fl &= (uint8_t)~TCP_CWR;
-        th[13] = fl;
-        th[16] = th[17] = 0;
-        uint32_t s = uf_csum_add(th, thl, addr_sum + (uint32_t)(thl + plen));
-        s = uf_csum_add(pkt + hl + off, plen, s);
-        wr16(th + 16, (uint16_t)~uf_csum_fold(s));
+        size_t csum_at;
+        if (proto == PROTO_TCP) {
+            wr32(l4 + 4, seq0 + (uint32_t)off);
+            uint8_t fl = flags0;
+            if (i + 1 < nsegs)
+                fl &= (uint8_t)~(TCP_FIN | TCP_PSH);
+            if (i > 0)
+                fl &= (uint8_t)~TCP_CWR;
+            l4[13] = fl;
+            csum_at = 16;
+        } else {
+            wr16(l4 + 4, (uint16_t)(8 + plen));
+            csum_at = 6;
+        }
+        l4[csum_at] = l4[csum_at + 1] = 0;
+        uint32_t cs = uf_csum_add(l4, l4hl, addr_sum + (uint32_t)(l4hl + plen));
+        cs = uf_csum_add(pkt + hl + off, plen, cs);
+        uint16_t c = (uint16_t)~uf_csum_fold(cs);
+        if (proto == PROTO_UDP && c == 0)
+            c = 0xffffu;   /* 0 means "no checksum" in UDP/IPv4 */
+        wr16(l4 + csum_at, c);
         segs[i].hdr_off = (uint32_t)(i * hl);
         segs[i].hdr_len = (uint16_t)hl;
         segs[i].pay_off = (uint32_t)(hl + off);
@@ -120,48 +129,20 @@ int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
     return (int)nsegs;
 }
 
+int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
+{
+    if ((h->gso_type & ~UF_VNET_GSO_ECN) != UF_VNET_GSO_TCPV4)
+        return -UF_C_DROP_BAD_GSO;
+    return gso4_segment(h, PROTO_TCP, pkt, len, hdrs, hdrcap, segs, maxsegs);
+}
+
 int uf_uso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
                     uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
 {
-    if (h->gso_type != UF_VNET_GSO_UDP_L4 || h->gso_size == 0)
+    if (h->gso_type != UF_VNET_GSO_UDP_L4)
         return -UF_C_DROP_BAD_GSO;
-    if (uf_pkt_check(pkt, len) != UF_PASS || pkt[9] != PROTO_UDP)
-        return -UF_C_DROP_BAD_GSO;
-    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
-    size_t tot = rd16(pkt + 2);
-    if (tot < len)
-        len = tot;
-    if (ihl + 8 > len)
-        return -UF_C_DROP_BAD_GSO;
-    size_t hl = ihl + 8, payload = len - hl, mss = h->gso_size;
-    size_t nsegs = payload == 0 ? 1 : (payload + mss - 1) / mss;
-    if (nsegs > maxsegs || hdrcap < nsegs * hl)
-        return -ENOSPC;
-    uint16_t id0 = rd16(pkt + 4);
-    uint32_t addr_sum = uf_csum_add(pkt + 12, 8, 0) + PROTO_UDP;
-    size_t off = 0;
-    for (size_t i = 0; i < nsegs; i++) {
-        size_t plen = payload - off < mss ? payload - off : mss;
-        uint8_t *o = hdrs + i * hl;
-        memcpy(o, pkt, hl);
-        wr16(o + 2, (uint16_t)(hl + plen));
-        wr16(o + 4, (uint16_t)(id0 + i));
-        o[10] = o[11] = 0;
-        wr16(o + 10, uf_checksum(o, ihl));
-        uint8_t *uh = o + ihl;
-        wr16(uh + 4, (uint16_t)(8 + plen));
-        uh[6] = uh[7] = 0;
-        uint32_t cs = uf_csum_add(uh, 8, addr_sum + (uint32_t)(8 + plen));
-        cs = uf_csum_add(pkt + hl + off, plen, cs);
-        uint16_t c = (uint16_t)~uf_csum_fold(cs);
-        wr16(uh + 6, c ? c : 0xffffu);   /* 0 means "no checksum" in UDP/IPv4 */
-        segs[i].hdr_off = (uint32_t)(i * hl);
-        segs[i].hdr_len = (uint16_t)hl;
-        segs[i].pay_off = (uint32_t)(hl + off);
-        segs[i].pay_len = (uint16_t)plen;
-        off += plen;
-    }
-    return (int)nsegs;
+    return gso4_segment(h, PROTO_UDP, pkt, len, hdrs, hdrcap, segs, maxsegs);
 }
 
 int uf_gso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,

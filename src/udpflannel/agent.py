@@ -77,7 +77,7 @@ class AgentOptions:
 
     def backend_options(self, backend_type: str) -> dict:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
-        if backend_type == "udp":
+        if backend_type.lower() == "udp":
             return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
         return {}
 
@@ -273,8 +273,8 @@ class Agent:
                     waiting.failed("the network config", f"reading {key}", f"no network config at {key}", logging.INFO)
                 else:
                     config = parse_config(raw)
-                    cls = self.backends(config.backend_option("Type") or config.backend_type)
-                    backend = cls(self.iface, config, **self.opts.backend_options(cls.type))
+                    kind = config.backend_option("Type") or config.backend_type
+                    backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
                     log.info("network config: %s", raw.decode(errors="replace").strip())
                     return config, backend

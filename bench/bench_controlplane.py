@@ -1,8 +1,8 @@
 """Control-plane benchmarks (pytest-benchmark): what a host does when a big cluster changes.
 
-    python3 -m pytest bench/bench_controlplane.py --benchmark-enable
-    python3 -m pytest bench/bench_controlplane.py --benchmark-enable --benchmark-autosave
-    python3 -m pytest bench/bench_controlplane.py --benchmark-enable --benchmark-compare
+    .venv/bin/python -m pytest bench/bench_controlplane.py --benchmark-enable
+    .venv/bin/python -m pytest bench/bench_controlplane.py --benchmark-enable --benchmark-autosave
+    .venv/bin/python -m pytest bench/bench_controlplane.py --benchmark-enable --benchmark-compare
 
 (--benchmark-enable, not --benchmark-only: pyproject's addopts has --benchmark-disable.)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Time to ready and memory of one agent against an etcd holding N leases.
 
-    sudo .venv/bin/python bench/bench_scale.py                 # N = 0 and 100,000, 3 runs each
-    sudo .venv/bin/python bench/bench_scale.py --sizes 0,10000,100000 --reps 5
+    .venv/bin/python bench/bench_scale.py                 # N = 0 and 100,000, 3 runs each
+    .venv/bin/python bench/bench_scale.py --sizes 0,10000,100000 --reps 5
 
 For each size, in a namespace lab (one etcd, one host): fill etcd with N alloc leases
 (/26s of 10.0.0.0/8, bench/etcd_fill.py), start `udpflannel` (alloc backend), and measure

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What an etcd outage costs the data path, and how fast a frozen cluster member is left.
 
-    sudo .venv/bin/python bench/etcd_outage.py --freeze 60      # pings lost during a 60 s freeze
-    sudo .venv/bin/python bench/etcd_outage.py --failover --reps 5
+    .venv/bin/python bench/etcd_outage.py --freeze 60      # pings lost during a 60 s freeze
+    .venv/bin/python bench/etcd_outage.py --failover --reps 5
 
 --freeze S: two udp hosts with a container each (namespace lab, one etcd), agents with
 a lease renewal due 10 s after they start (hidden testing options --subnet-lease-ttl 300

@@ -11,16 +11,21 @@ the path order rotates per repetition). Each pair measures host-to-host over its
     socat       naive userspace TUN<->UDP tunnel, one packet per syscall
                 (`socat TUN:...,iff-no-pi,iff-up UDP:peer:port,bind=...`), MTU - 28
     uf-udp      udpflannel's udp backend, run through the real agent with etcd in the testbed
+    uf-udp-busy the same with --udp-busy-poll (the latency option; its CPU cost is measured)
+    uf-udp-ref  the udp backend of another build (--ref-python: that build's interpreter), to
+                compare a change with its base in the same run
     uf-vxlan    udpflannel's vxlan backend   (included when the backend exists)
     uf-host-gw  udpflannel's host-gw backend (included when the backend exists)
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
 4 streams (receiver Gbit/s), UDP with 64-byte payloads (received packets/s and loss %), ping
-round trip (median over the pings), and for the userspace paths the CPU seconds per GB
-(utime+stime of the tunnel processes on both hosts, from /proc/<pid>/stat, during the
-1-stream TCP test; kernel softirq time is not included). Everything it makes lives in
-namespaces named <prefix>-*, deleted on exit, also on failure.
+round trip idle and while a 1-stream TCP transfer runs (median and p99), the receiving
+host's UdpRcvbufErrors during the 4-stream test (nstat), and for the userspace paths the
+CPU seconds per GB (utime+stime of the tunnel processes on both hosts, from
+/proc/<pid>/stat, during the 1-stream TCP test; kernel softirq time is not included) and
+their CPU use while pinging an otherwise idle tunnel (what busy-polling costs). Everything
+it makes lives in namespaces named <prefix>-*, deleted on exit, also on failure.
 """
 
 from __future__ import annotations
@@ -49,20 +54,32 @@ except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
-ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-vxlan", "uf-host-gw"]
+ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw"]
+DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw"}
-METRICS = ["tcp1", "tcp4", "udp64", "ping"]
-# label, unit, key in a path's per-rep result
+METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
+# label, unit, key in a path's per-rep result, which way is better (+1 higher, -1 lower)
 COLUMNS = [
-    ("TCP 1 stream", "Gbit/s", "tcp1_gbps"),
-    ("TCP 4 streams", "Gbit/s", "tcp4_gbps"),
-    ("UDP 64B rx", "kpps", "udp64_kpps"),
-    ("UDP 64B loss", "%", "udp64_loss_pct"),
-    ("ping median", "ms", "ping_ms"),
-    ("CPU per GB", "s/GB", "cpu_s_per_gb"),
+    ("TCP 1 stream", "Gbit/s", "tcp1_gbps", 1),
+    ("TCP 4 streams", "Gbit/s", "tcp4_gbps", 1),
+    ("UDP 64B rx", "kpps", "udp64_kpps", 1),
+    ("UDP 64B loss", "%", "udp64_loss_pct", -1),
+    ("ping median", "ms", "ping_ms", -1),
+    ("ping p99", "ms", "ping_p99_ms", -1),
+    ("ping under load median", "ms", "ping_load_ms", -1),
+    ("ping under load p99", "ms", "ping_load_p99_ms", -1),
+    ("CPU per GB", "s/GB", "cpu_s_per_gb", -1),
+    ("CPU while pinging", "%", "ping_cpu_pct", -1),
+    ("UdpRcvbufErrors 4 streams", "", "rcvbuf_errors", -1),
 ]
-AGENT_BACKENDS = {"uf-udp": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
-AGENT_NETWORKS = {"udp": "10.110.0.0/16", "vxlan": "10.111.0.0/16", "host-gw": "10.112.0.0/16"}
+# agent paths: backend type, extra agent flags, overlay network
+AGENT_PATHS = {
+    "uf-udp": ("udp", [], "10.110.0.0/16"),
+    "uf-udp-busy": ("udp", ["--udp-busy-poll", "BUSY_POLL_US"], "10.113.0.0/16"),
+    "uf-udp-ref": ("udp", [], "10.114.0.0/16"),
+    "uf-vxlan": ("vxlan", [], "10.111.0.0/16"),
+    "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
+}
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -78,7 +95,21 @@ def random_mac() -> str:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    """CPU time of a process, all its threads, from /proc/<pid>/task/*/schedstat (ns resolution;
+    utime + stime from /proc/<pid>/stat, 10 ms ticks, when schedstat is missing)."""
+    total, found = 0, False
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        tasks = []
+    for t in tasks:
+        try:
+            total += int((t / "schedstat").read_text().split()[0])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    if found:
+        return total / 1e9
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -128,8 +159,11 @@ class PathSetup:
 class Testbed:
     """Builds each requested path in its own pair of host namespaces of one Lab."""
 
-    def __init__(self, lab: Lab, agent_log_level: bool = False):
+    def __init__(self, lab: Lab, agent_log_level: bool = False, ref_python: Optional[str] = None,
+                 busy_poll_us: int = 50):
         self.lab = lab
+        self.ref_python = ref_python
+        self.busy_poll_us = busy_poll_us
         self.etcd = None
         self.paths: dict[str, PathSetup] = {}
         self.skipped: dict[str, str] = {}
@@ -229,25 +263,32 @@ class Testbed:
         return self.etcd.endpoint
 
     def _agent(self, name: str) -> PathSetup:
-        btype = AGENT_BACKENDS.get(name)
-        if btype is None:
+        if name not in AGENT_PATHS:
             raise ValueError(f"unknown path {name!r} (known: {', '.join(ALL_PATHS)})")
-        avail = agent_backend_available(btype)
-        if avail is not True:
-            raise RuntimeError(avail)
+        btype, extra, network = AGENT_PATHS[name]
+        extra = [str(self.busy_poll_us) if a == "BUSY_POLL_US" else a for a in extra]
+        python = sys.executable
+        if name == "uf-udp-ref":
+            if not self.ref_python:
+                raise RuntimeError("needs --ref-python (the interpreter of the build to compare with)")
+            python = self.ref_python
+        else:
+            avail = agent_backend_available(btype)
+            if avail is not True:
+                raise RuntimeError(avail)
         endpoint = self._ensure_etcd()
-        prefix = f"/bench-{btype}/network"
-        cfg = {"Network": AGENT_NETWORKS[btype], "Backend": {"Type": btype}}
+        prefix = f"/bench-{name}/network"
+        cfg = {"Network": network, "Backend": {"Type": btype}}
         self.etcd.put(f"{prefix}/config", json.dumps(cfg))
         a, b = self._pair()
         procs, envs = [], {}
         for h in (a, b):
             subnet_file = self.lab.workdir / f"{name}-{h.name}-subnet.env"
             args = ["--iface", "eth1", "--etcd-endpoints", endpoint, "--etcd-prefix", prefix,
-                    "--subnet-file", str(subnet_file)]  # fmt: skip
+                    "--subnet-file", str(subnet_file), *extra]  # fmt: skip
             if self.agent_verbose:
                 args += ["-v"]
-            p = self.lab.start_agent(h, *args, log_name=f"agent-{name}-{h.name}.log")
+            p = self._start_agent(h, python, args, f"agent-{name}-{h.name}.log")
             procs.append(p)
 
             def written(p=p, f=subnet_file):
@@ -267,6 +308,18 @@ class Testbed:
         pids = [p.pid for p in procs] if name not in KERNEL_PATHS else []
         return PathSetup(name, a, b, target, tunnel_pids=pids, procs=procs,
                          note=f"MTU {envs[a.name]['FLANNEL_MTU']}")  # fmt: skip
+
+    def _start_agent(self, h: Host, python: str, args: list[str], log_name: str) -> subprocess.Popen:
+        """`udpflannel <args>` in h's namespace with the given interpreter (the Lab stops it)."""
+        if python == sys.executable:
+            return self.lab.start_agent(h, *args, log_name=log_name)
+        log_path = self.lab.workdir / log_name
+        with open(log_path, "ab") as log_f:
+            p = subprocess.Popen(["ip", "netns", "exec", h.ns, python, "-m", "udpflannel", *args],
+                                 stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+        p.log_path = log_path  # type: ignore[attr-defined]
+        h.procs.append(p)
+        return p
 
     def close(self) -> None:
         for p in self.iperf_servers:
@@ -317,13 +370,15 @@ def _iperf(s: PathSetup, args: list[str], duration: float) -> Optional[dict]:
 
 
 def measure_tcp(s: PathSetup, streams: int, duration: float) -> dict:
-    cpu0 = s.cpu_seconds()
+    cpu0, n0 = s.cpu_seconds(), nstat(s.server)
     doc = _iperf(s, ["-P", str(streams)], duration)
-    cpu1 = s.cpu_seconds()
+    cpu1, n1 = s.cpu_seconds(), nstat(s.server)
     if doc is None:
         return {}
     rx = doc["end"]["sum_received"]
     out = {f"tcp{streams}_gbps": rx["bits_per_second"] / 1e9}
+    if streams > 1 and "UdpRcvbufErrors" in n1:
+        out["rcvbuf_errors"] = n1["UdpRcvbufErrors"] - n0.get("UdpRcvbufErrors", 0)
     if cpu0 is not None and cpu1 is not None and rx["bytes"] > 0:
         out["cpu_s_per_gb"] = (cpu1 - cpu0) / (rx["bytes"] / 1e9)
     return out
@@ -342,11 +397,58 @@ def measure_udp64(s: PathSetup, duration: float) -> dict:
     return {"udp64_kpps": received / seconds / 1e3, "udp64_loss_pct": (100.0 * lost / packets) if packets else None}
 
 
+def _pings(s: PathSetup, count: int, interval: float = 0.02) -> list[float]:
+    p = s.client.run("ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", str(s.target),
+                     check=False, timeout=count * interval + 15)  # fmt: skip
+    return [float(tok[5:]) for tok in p.stdout.split() if tok.startswith("time=")]
+
+
+def p99(vals: list[float]) -> float:
+    return sorted(vals)[min(len(vals) - 1, round(0.99 * (len(vals) - 1)))]
+
+
 def measure_ping(s: PathSetup, count: int) -> dict:
-    p = s.client.run("ping", "-n", "-c", str(count), "-i", "0.02", "-W", "1", str(s.target),
-                     check=False, timeout=count + 15)  # fmt: skip
-    rtts = [float(tok[5:]) for tok in p.stdout.split() if tok.startswith("time=")]
-    return {"ping_ms": statistics.median(rtts)} if rtts else {}
+    """Idle round trips: median, p99, and the tunnel processes' CPU use meanwhile."""
+    cpu0, t0 = s.cpu_seconds(), time.monotonic()
+    rtts = _pings(s, count)
+    cpu1, t1 = s.cpu_seconds(), time.monotonic()
+    if not rtts:
+        return {}
+    out = {"ping_ms": statistics.median(rtts), "ping_p99_ms": p99(rtts)}
+    if cpu0 is not None and cpu1 is not None:
+        out["ping_cpu_pct"] = 100 * (cpu1 - cpu0) / (t1 - t0)
+    return out
+
+
+def measure_ping_under_load(s: PathSetup, duration: float) -> dict:
+    """Round trips while one TCP stream runs the other way round (pinger = iperf client)."""
+    srv_cmd = ["iperf3", "-c", str(s.target), "-p", str(IPERF_PORT), "-t", str(duration), "-J",
+               "--connect-timeout", "3000"]  # fmt: skip
+    iperf = subprocess.Popen(["ip", "netns", "exec", s.client.ns, *srv_cmd], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(min(1.0, duration / 4))  # let the stream ramp up
+        count = max(10, int((duration - 1.5) / 0.02))
+        rtts = _pings(s, count)
+    finally:
+        try:
+            iperf.communicate(timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            iperf.kill()
+            iperf.communicate()
+    if not rtts:
+        return {}
+    return {"ping_load_ms": statistics.median(rtts), "ping_load_p99_ms": p99(rtts)}
+
+
+def nstat(h: Host) -> dict[str, int]:
+    """The kernel's absolute SNMP counters in h's namespace."""
+    p = h.run("nstat", "-a", "-s", "-z", "-j", check=False)
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        return {}
+    return {k: int(v) for table in doc.values() for k, v in table.items()}
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -354,7 +456,8 @@ def run(args: argparse.Namespace) -> dict:
     reps, duration, pings = args.reps, args.duration, args.pings
     results: dict[str, list[dict]] = {}
     with Lab(prefix=args.prefix) as lab:
-        bed = Testbed(lab, agent_log_level=args.agent_verbose)
+        bed = Testbed(lab, agent_log_level=args.agent_verbose, ref_python=args.ref_python,
+                      busy_poll_us=args.busy_poll)
         try:
             for name in args.paths:
                 bed.build(name)
@@ -364,7 +467,7 @@ def run(args: argparse.Namespace) -> dict:
             results = {n: [{} for _ in range(reps)] for n in names}
             for rep in range(reps):
                 order = names[rep % len(names) :] + names[: rep % len(names)]
-                for metric in METRICS:
+                for metric in args.metrics:
                     for n in order:
                         s = bed.paths[n]
                         if metric == "tcp1":
@@ -374,8 +477,10 @@ def run(args: argparse.Namespace) -> dict:
                             r.pop("cpu_s_per_gb", None)  # CPU/GB is quoted for the 1-stream test
                         elif metric == "udp64":
                             r = measure_udp64(s, duration)
-                        else:
+                        elif metric == "ping":
                             r = measure_ping(s, pings)
+                        else:
+                            r = measure_ping_under_load(s, duration)
                         results[n][rep].update(r)
                         shown = " ".join(f"{k}={v:.3g}" for k, v in r.items() if v is not None)
                         log(f"rep {rep + 1}/{reps} {metric:5s} {n:10s} {shown}")
@@ -390,7 +495,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "iperf3": _iperf_version()},
-        "settings": {"reps": reps, "duration_s": duration, "pings": pings, "mtu": 1500, "paths": args.paths},
+        "settings": {"reps": reps, "duration_s": duration, "pings": pings, "mtu": 1500, "paths": args.paths,
+                     "metrics": args.metrics, "ref_python": args.ref_python, "busy_poll_us": args.busy_poll},
         "skipped": skipped,
         "runs": results,
         "medians": {n: medians(rs) for n, rs in results.items()},
@@ -404,7 +510,7 @@ def _iperf_version() -> str:
 
 def medians(reps: list[dict]) -> dict:
     out = {}
-    for _, _, key in COLUMNS:
+    for _, _, key, _ in COLUMNS:
         vals = [r[key] for r in reps if r.get(key) is not None]
         out[key] = statistics.median(vals) if vals else None
     return out
@@ -413,37 +519,41 @@ def medians(reps: list[dict]) -> dict:
 def _fmt(v: Optional[float], key: str) -> str:
     if v is None:
         return "-"
-    if key == "ping_ms":
+    if key.startswith("ping") and key.endswith("_ms"):
         return f"{v:.3f}"
-    if key in ("udp64_kpps",):
+    if key in ("udp64_kpps", "rcvbuf_errors"):
         return f"{v:.0f}"
-    if key == "udp64_loss_pct":
+    if key in ("udp64_loss_pct", "ping_cpu_pct"):
         return f"{v:.1f}"
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+RATIO_KEYS = [("TCP 1", "tcp1_gbps"), ("TCP 4", "tcp4_gbps"), ("UDP 64B pps", "udp64_kpps"),
+              ("ping", "ping_ms"), ("ping loaded", "ping_load_ms")]
 
 
 def table(report: dict) -> str:
     """Markdown tables: medians, then ratios to kernel vxlan and to socat."""
     med = report["medians"]
     s = report["settings"]
+    cols = [c for c in COLUMNS if any(m.get(c[2]) is not None for m in med.values())]
     lines = [
         f"Medians of {s['reps']} run(s) of {s['duration_s']} s, paths interleaved; {report['date']}, "
         f"kernel {report['machine']['kernel']}, {report['machine']['cpus']} CPUs, {report['machine']['iperf3']}.",
         "",
-        "| path | " + " | ".join(f"{label} {unit}" for label, unit, _ in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
+        "| path | " + " | ".join(f"{label} {unit}".strip() for label, unit, _, _ in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
     ]
     for n, m in med.items():
-        lines.append(f"| {n} | " + " | ".join(_fmt(m.get(k), k) for _, _, k in COLUMNS) + " |")
-    ratio_keys = [("TCP 1", "tcp1_gbps"), ("TCP 4", "tcp4_gbps"), ("UDP 64B pps", "udp64_kpps")]
+        lines.append(f"| {n} | " + " | ".join(_fmt(m.get(k), k) for _, _, k, _ in cols) + " |")
     refs = [r for r in ("vxlan", "socat") if r in med]
     if refs:
-        lines += ["", "| path | " + " | ".join(f"{l} / {r}" for r in refs for l, _ in ratio_keys) + " |",
-                  "|---" * (len(refs) * len(ratio_keys) + 1) + "|"]  # fmt: skip
+        lines += ["", "| path | " + " | ".join(f"{l} / {r}" for r in refs for l, _ in RATIO_KEYS) + " |",
+                  "|---" * (len(refs) * len(RATIO_KEYS) + 1) + "|"]  # fmt: skip
         for n, m in med.items():
             cells = []
             for r in refs:
-                for _, k in ratio_keys:
+                for _, k in RATIO_KEYS:
                     a, b = m.get(k), med[r].get(k)
                     cells.append(f"{a / b:.2f}x" if a is not None and b else "-")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -452,7 +562,21 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+PLOT_PANELS = [  # title, key, which way is better, as a ratio to vxlan?
+    ("TCP 1 stream", "tcp1_gbps", 1, True),
+    ("TCP 4 streams", "tcp4_gbps", 1, True),
+    ("UDP 64B received pps", "udp64_kpps", 1, True),
+    ("ping median", "ping_ms", -1, True),
+    ("ping under load, median", "ping_load_ms", -1, True),
+    ("UDP 64B loss (%)", "udp64_loss_pct", -1, False),
+    ("CPU per GB, TCP 1 stream (s/GB)", "cpu_s_per_gb", -1, False),
+    ("CPU while pinging (%)", "ping_cpu_pct", -1, False),
+]
+
+
 def plot(report: dict, path: str) -> None:
+    """Bar chart: throughput and latency as ratios to kernel vxlan (1.0 = vxlan), loss and CPU
+    as absolute values; each panel says which way is better; machine and duration in the title."""
     try:
         import matplotlib
 
@@ -463,16 +587,29 @@ def plot(report: dict, path: str) -> None:
         return
     med = report["medians"]
     names = list(med)
-    panels = [("TCP 1 stream (Gbit/s)", "tcp1_gbps"), ("TCP 4 streams (Gbit/s)", "tcp4_gbps"),
-              ("UDP 64B received (kpps)", "udp64_kpps"), ("ping median (ms)", "ping_ms")]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
-    for ax, (title, key) in zip(axes, panels):
-        vals = [med[n].get(key) or 0 for n in names]
-        bars = ax.bar(names, vals, color=["#888888" if n in KERNEL_PATHS else "#1f77b4" for n in names])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.suptitle(f"udpflannel data paths, {report['date'][:10]} (medians of {report['settings']['reps']})")
+    base = med.get("vxlan", {})
+    panels = [p for p in PLOT_PANELS if any(med[n].get(p[1]) is not None for n in names)]
+    cols = 4
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, key, better, ratio) in zip(axes.flat, panels):
+        raw = [med[n].get(key) for n in names]
+        use_ratio = ratio and base.get(key)
+        vals = [(v / base[key] if use_ratio else v) if v is not None else 0 for v in raw]
+        colors = ["#888888" if n in KERNEL_PATHS else "#1f77b4" for n in names]
+        bars = ax.bar(names, vals, color=colors)
+        ax.bar_label(bars, labels=[("-" if r is None else (f"{v:.2f}x" if use_ratio else f"{v:.3g}"))
+                                   for r, v in zip(raw, vals)], fontsize=7)
+        if use_ratio:
+            ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        what = "ratio to vxlan" if use_ratio else "absolute"
+        ax.set_title(f"{title}\n{what}, {'higher' if better > 0 else 'lower'} is better", fontsize=9)
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    m, st = report["machine"], report["settings"]
+    fig.suptitle(f"udpflannel data paths, {report['date'][:10]}: {m['cpus']} CPUs, kernel {m['kernel']}; "
+                 f"medians of {st['reps']} x {st['duration_s']:g} s (grey: kernel data paths)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     log(f"plot written to {path}")
@@ -480,9 +617,17 @@ def plot(report: dict, path: str) -> None:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--paths", default=",".join(ALL_PATHS),
-                    help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: all; "
-                    "agent paths whose backend is missing are skipped)")  # fmt: skip
+    ap.add_argument("--paths", default=None,
+                    help=f"comma-separated subset of {','.join(ALL_PATHS)} (default: all but uf-udp-ref, "
+                    "which is added when --ref-python is given; agent paths whose backend is missing "
+                    "are skipped)")  # fmt: skip
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help=f"comma-separated subset of {','.join(METRICS)} (default: all)")
+    ap.add_argument("--busy-poll", type=int, default=50, metavar="USEC",
+                    help="--udp-busy-poll value of the uf-udp-busy path (default 50)")
+    ap.add_argument("--ref-python", metavar="PYTHON", default=None,
+                    help="interpreter of another udpflannel build (e.g. a venv of the base commit): its udp "
+                    "backend runs as path uf-udp-ref in the same run")  # fmt: skip
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per iperf3 test (default 10; --quick 3)")
     ap.add_argument("--pings", type=int, default=None, help="pings per repetition (default 50; --quick 10)")
@@ -492,7 +637,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--prefix", default=None, help="namespace prefix (default: uf + 6 random hex)")
     ap.add_argument("--agent-verbose", action="store_true", help="run the agents with -v (debug logs in the workdir)")
     a = ap.parse_args(argv)
+    if a.paths is None:
+        a.paths = ",".join(DEFAULT_PATHS + (["uf-udp-ref"] if a.ref_python else []))
     a.paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    a.metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    if [m for m in a.metrics if m not in METRICS]:
+        ap.error(f"unknown metric(s); choose from {', '.join(METRICS)}")
     unknown = [p for p in a.paths if p not in ALL_PATHS]
     if unknown:
         ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(ALL_PATHS)}")
@@ -512,7 +662,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.geteuid() != 0:
         print("bench/run_iperf.sh needs root (network namespaces)", file=sys.stderr)
         return 2
-    missing = [t for t in ("iperf3", "socat", "ip", "bridge", "ping", "etcd", "etcdctl") if not shutil.which(t)]
+    missing = [t for t in ("iperf3", "socat", "ip", "bridge", "ping", "etcd", "etcdctl", "nstat")
+               if not shutil.which(t)]
     if missing:
         print(f"missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2

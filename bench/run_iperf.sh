@@ -2,9 +2,9 @@
 # Data path comparison on one machine: veth, kernel vxlan (as flannel sets it up), socat's
 # naive TUN/UDP tunnel and udpflannel's backends, between two network-namespace hosts.
 #
-#   sudo bench/run_iperf.sh --quick                 # one short repetition, under 3 minutes
-#   sudo bench/run_iperf.sh --json r.json --plot r.png
-#   sudo bench/run_iperf.sh --paths veth,vxlan,uf-udp --reps 5 --duration 10
+#   bench/run_iperf.sh --quick                 # one short repetition, under 3 minutes
+#   bench/run_iperf.sh --json r.json --plot r.png
+#   bench/run_iperf.sh --paths veth,vxlan,uf-udp --reps 5 --duration 10
 #
 # All options are bench/iperf_bench.py's (--help). Everything lives in namespaces named
 # <prefix>-*; they are deleted on exit, also when the driver is killed.

@@ -9,6 +9,7 @@ markers of each header, so declarations live in exactly one place.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order matters: a header's declarations may use types from earlier ones.
-HEADERS = ["common.h", "lookup.h", "packet.h", "offload.h", "features.h", "loop.h"]
-SOURCES = ["lookup.c", "packet.c", "offload.c", "features.c", "loop.c"]
+HEADERS = ["common.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "features.h", "loop.h"]
+SOURCES = ["common.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "features.c", "loop.c"]
 _REGION = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 
 
@@ -34,8 +35,14 @@ def _cdef_text() -> str:
     return "\n".join(parts)
 
 
-def make_ffibuilder(prefix: str = "csrc") -> FFI:
-    """The builder; source paths start with prefix (relative to the repo root for setuptools)."""
+def make_ffibuilder(prefix: str = "csrc", sanitize: str = "") -> FFI:
+    """The builder; source paths start with prefix (relative to the repo root for setuptools).
+
+    sanitize (e.g. "address,undefined"; default $UF_SANITIZE) builds with those sanitizers,
+    for tests/integration/test_dp_asan.py; never for the installed package.
+    """
+    sanitize = sanitize or os.environ.get("UF_SANITIZE", "")
+    san = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"] if sanitize else []
     ffi = FFI()
     ffi.cdef(_cdef_text())
     ffi.set_source(
@@ -44,8 +51,9 @@ def make_ffibuilder(prefix: str = "csrc") -> FFI:
         sources=[f"{prefix}/{s}" for s in SOURCES],
         # -iquote, not -I: csrc/features.h must not shadow glibc's <features.h>
         depends=[f"{prefix}/{h}" for h in HEADERS + ["internal.h"]],
-        extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
-        extra_link_args=["-pthread"],
+        extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                            "-pthread", *san],
+        extra_link_args=["-pthread", *san],
     )
     return ffi
 
@@ -57,8 +65,10 @@ if __name__ == "__main__":
     # objects stay under build/, only the extension is copied next to the package.
     import shutil
 
-    tmp = ROOT / "build" / "cffi"
+    # --out DIR: put the extension in DIR instead of next to the package (the ASan test does)
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else None
+    tmp = (out or ROOT / "build") / "cffi"
     built = Path(make_ffibuilder(str(HERE)).compile(tmpdir=str(tmp), verbose="-v" in sys.argv))
-    dest = ROOT / "src" / "udpflannel" / "datapath" / built.name
+    dest = (out or ROOT / "src" / "udpflannel" / "datapath") / built.name
     shutil.copy2(built, dest)
     print(dest)

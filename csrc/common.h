@@ -1,7 +1,7 @@
 /* common.h - status codes and counter indices shared by every part of the data path.
  *
- * Declaration-only. The region between the cffi markers is fed verbatim to
- * cffi's cdef() by csrc/build_datapath.py, so it may only hold plain
+ * Declarations (the counter names are in common.c). The region between the
+ * cffi markers is fed verbatim to cffi's cdef() by csrc/build_datapath.py, so it may only hold plain
  * declarations (no macros with expressions, no inline functions).
  *
  * Conventions used by every C entry point:
@@ -49,6 +49,8 @@ enum uf_counter {
     UF_C_ICMP_RATELIMITED,     /* tx: ICMP suppressed by the rate limit */
     UF_C_IO_ERRORS,            /* failed reads (recvmmsg / TUN read) that were retried */
     UF_C_GSO_FALLBACKS,        /* tx: UDP_SEGMENT refused by the kernel, sent singly since */
+    UF_C_DROP_BAD_CHECKSUM,    /* rx: inner IPv4 header checksum wrong (the kernel would drop it) */
+    UF_C_DROP_SOCKET_OVERFLOW, /* rx: dropped by the kernel at our socket, receive buffer full (SO_RXQ_OVFL) */
     UF_C__COUNT
 };
 

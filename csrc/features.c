@@ -116,8 +116,8 @@ int uf_tun_open(const char *name, int queues, int flags, int *fds, char *name_ou
             break;
         if (flags & UF_TUN_VNET_HDR) {
             int hsz = 10;
-            if (ioctl(fds[n], TUNSETVNETHDRSZ, &hsz) < 0 ||
-                ioctl(fds[n], TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) < 0) {
+            unsigned off = TUN_F_CSUM | TUN_F_TSO4 | ((flags & UF_TUN_USO) ? TUN_F_USO4 | TUN_F_USO6 : 0);
+            if (ioctl(fds[n], TUNSETVNETHDRSZ, &hsz) < 0 || ioctl(fds[n], TUNSETOFFLOAD, off) < 0) {
                 rc = -errno;
                 close(fds[n]);
                 break;

@@ -18,6 +18,7 @@
 /* Flags for uf_tun_open. */
 #define UF_TUN_VNET_HDR 1     /* IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4) */
 #define UF_TUN_MULTI_QUEUE 2  /* IFF_MULTI_QUEUE */
+#define UF_TUN_USO 4          /* with UF_TUN_VNET_HDR: also TUN_F_USO4|USO6 (UDP super-packets) */
 
 typedef struct uf_features {
     int vnet_hdr;      /* TUN supports IFF_VNET_HDR */

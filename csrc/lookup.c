@@ -1,6 +1,7 @@
 /* lookup.c - the lease table (see lookup.h for the layout and the seqlock protocol). */
 #define _GNU_SOURCE
 #include "lookup.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -8,6 +9,11 @@
 #include <sys/mman.h>
 
 #define SLOT_MASK (UF_TABLE_SLOTS - 1u)
+#define PLEN_COUNT 33                     /* prefix lengths 0..32 */
+
+_Static_assert((UF_TABLE_SLOTS & (UF_TABLE_SLOTS - 1)) == 0, "UF_TABLE_SLOTS must be a power of two");
+_Static_assert(UF_TABLE_SLOTS >= 2 * UF_TABLE_MAX_LEASES, "load factor must stay <= 0.5");
+_Static_assert(PLEN_COUNT <= 64, "len_mask has one bit per prefix length");
 
 struct uf_slot {          /* a lease */
     uint32_t key;         /* network address, host order */
@@ -24,7 +30,7 @@ struct uf_table {
     uint32_t seq;                   /* seqlock word, odd while a write is in progress */
     uint32_t count;                 /* leases */
     uint64_t len_mask;              /* bit p set when some lease has prefix length p */
-    uint32_t len_count[33];         /* leases per prefix length */
+    uint32_t len_count[PLEN_COUNT];         /* leases per prefix length */
     struct uf_slot slots[UF_TABLE_SLOTS];
     struct uf_peer_slot peers[UF_TABLE_SLOTS];
 };
@@ -52,11 +58,6 @@ static inline uint32_t lease_home(uint32_t key, uint32_t plen)
 static inline uint32_t peer_home(uint32_t ip)
 {
     return mix32(ip ^ 0x5bd1e995u) & SLOT_MASK;
-}
-
-static inline uint32_t plen_mask(int plen)
-{
-    return plen == 0 ? 0u : 0xffffffffu << (32 - plen);
 }
 
 int uf_table_new(uf_table **out)
@@ -174,7 +175,7 @@ static int check_prefix(uint32_t network, int plen)
 {
     if (plen < 0 || plen > 32)
         return -EINVAL;
-    if (network & ~plen_mask(plen))
+    if (network & ~uf_plen_mask(plen))
         return -EINVAL;
     return 0;
 }
@@ -248,7 +249,7 @@ void uf_table_clear(uf_table *t)
         ST(&t->slots[i].meta, 0u);
         ST(&t->peers[i].refs, 0u);
     }
-    for (int p = 0; p <= 32; p++)
+    for (int p = 0; p < PLEN_COUNT; p++)
         t->len_count[p] = 0;
     ST(&t->len_mask, 0ull);
     ST(&t->count, 0u);
@@ -290,13 +291,13 @@ int uf_table_lookup(const uf_table *t, uint32_t addr, uint32_t *peer, int *plen_
 {
     for (;;) {
         uint32_t s = read_begin(t);
-        uint64_t lens = LD(&t->len_mask) & ((1ull << 33) - 1u);
+        uint64_t lens = LD(&t->len_mask) & ((1ull << PLEN_COUNT) - 1u);
         int found = 0, fplen = 0;
         uint32_t fpeer = 0;
         while (lens && !found) {
             int plen = 63 - __builtin_clzll(lens);
             lens &= ~(1ull << plen);
-            uint32_t key = addr & plen_mask(plen);
+            uint32_t key = addr & uf_plen_mask(plen);
             uint32_t want = META_USED | (uint32_t)plen;
             uint32_t i = lease_home(key, (uint32_t)plen);
             for (uint32_t n = 0; n < UF_TABLE_SLOTS; n++, i = (i + 1u) & SLOT_MASK) {

@@ -1,16 +1,18 @@
-/* loop.c - the worker threads (see loop.h for the pipeline and threading). */
+/* loop.c - the worker threads (see loop.h): system calls and threads only;
+ * every decision about a packet is made by pipeline.c. */
 #define _GNU_SOURCE
 #include "loop.h"
-#include "offload.h"
-#include "packet.h"
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -20,52 +22,47 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF 51
+#endif
 
-_Static_assert(UF_TUN_MAX_QUEUES == 16, "uf_dp_config.tun_fds size");
-
-#define RBUF_SIZE 65536u                 /* one TUN read / one recvmmsg buffer */
-#define SPLIT_MAX_SEGS 256u              /* segments one super-packet may yield */
-#define HDRS_PER_READ (SPLIT_MAX_SEGS * 120u) /* segment headers of one TUN read */
-#define MAX_SEGS 4096u                   /* segments (and sendmmsg messages) per batch */
-#define MAX_UNITS MAX_SEGS
-#define UDP_GSO_MAX_SEGS 64u             /* UDP_MAX_SEGMENTS of older kernels */
-#define UDP_GSO_MAX_BYTES 65000u         /* payload of one UDP_SEGMENT send */
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CMSG_U16_SPACE CMSG_SPACE(sizeof(uint16_t))
 #define CMSG_INT_SPACE CMSG_SPACE(sizeof(int))
+#define RX_CMSG_SPACE (2 * CMSG_INT_SPACE)       /* UDP_GRO + SO_RXQ_OVFL */
 
-struct tx_unit {                          /* one sendmmsg message */
-    uint32_t peer;
-    uint16_t segs;
-    uint32_t bytes;
-};
+_Static_assert(ARRAY_LEN(((uf_dp_config *)0)->tun_fds) == UF_TUN_MAX_QUEUES, "uf_dp_config.tun_fds");
 
 struct uf_worker {
-    uint64_t ctr[UF_C__COUNT];            /* written only by this worker */
+    uint64_t ctr[2][UF_C__COUNT];         /* [UF_DIR_TX], [UF_DIR_RX]; written only by this worker */
     uf_dp *dp;
-    int dir;
+    uf_pipe_cfg pipe;                     /* own copy: a worker may fall back (gro_udp = 0) */
+    int queue;
     int tun_fd;
     int sock;
     int error;                            /* fatal error, -errno */
     pthread_t thread;
     int started;
-    uint8_t *mem;                         /* one mapping for all buffers */
+    uint8_t *mem;                         /* one mapping for everything below */
     size_t mem_len;
-    /* shared */
-    struct mmsghdr *msgs;
-    struct iovec *iovs;                   /* tx: 2 per segment; rx: 1 per message */
-    struct sockaddr_in *addrs;
-    uint8_t *cmsgs;                       /* MAX_UNITS (tx) / UF_BATCH (rx) control buffers */
-    uint8_t *rbufs;                       /* UF_BATCH x RBUF_SIZE */
-    /* tx */
-    uint8_t *hdrs;                        /* UF_BATCH x HDRS_PER_READ segment headers */
-    struct tx_unit *units;
-    uf_seg *segs;                         /* SPLIT_MAX_SEGS, reused per super-packet */
-    unsigned niov;                        /* iovecs used in this batch */
-    int no_gso;                           /* UDP_SEGMENT failed once: send segments singly */
-    uf_ratelimit icmp_rl;
-    /* rx */
-    uf_gro gro;
-    struct iovec gro_iov[UF_GSO_MAX_SEGS + 2];
+    /* tx: TUN -> UDP */
+    uint8_t *frames[UF_BATCH];            /* UF_BATCH x UF_FRAME_SIZE */
+    uint32_t lens[UF_BATCH];
+    uf_tx *tx;
+    struct mmsghdr *smsgs;                /* UF_TX_MAX_SEGS */
+    struct sockaddr_in *saddrs;
+    uint8_t *scmsgs;
+    int tun_busy;                         /* drain the TUN: it was readable at the last wake-up too */
+    int tun_was_ready;                    /* the TUN was readable at the last wake-up */
+    /* rx: UDP -> TUN */
+    uf_rx *rx;
+    struct mmsghdr rmsgs[UF_BATCH];
+    struct iovec riov[UF_BATCH];
+    struct sockaddr_in raddrs[UF_BATCH];
+    uint8_t rcmsgs[UF_BATCH][RX_CMSG_SPACE];
+    uf_dgram dgrams[UF_BATCH];
+    uint32_t sock_drops;                  /* the socket's drop count last seen (SO_RXQ_OVFL) */
+    uint8_t *scratch;                     /* UF_FRAME_SIZE: a GSO write re-split after EINVAL */
 } __attribute__((aligned(64)));
 
 struct uf_dp {
@@ -76,13 +73,25 @@ struct uf_dp {
     int stopped;
     int stopping;                         /* atomic flag, set by uf_dp_stop */
     int nworkers;
-    struct uf_worker *workers;            /* 2 * queues, aligned */
+    struct uf_worker *workers;            /* one per queue, aligned */
 };
 
-static inline void cadd(struct uf_worker *w, int idx, uint64_t n)
+_Static_assert(ARRAY_LEN(((uf_dp *)0)->socks) == UF_TUN_MAX_QUEUES, "uf_dp.socks");
+
+static void cadd(struct uf_worker *w, int dir, int idx, uint64_t n)
 {
-    __atomic_store_n(&w->ctr[idx], __atomic_load_n(&w->ctr[idx], __ATOMIC_RELAXED) + n,
-                     __ATOMIC_RELAXED);
+    uint64_t *c = &w->ctr[dir][idx];
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+/* Publish what the pipeline counted in a batch. */
+static void cadd_all(struct uf_worker *w, int dir, uint64_t *local)
+{
+    for (int i = 0; i < UF_C__COUNT; i++)
+        if (local[i]) {
+            cadd(w, dir, i, local[i]);
+            local[i] = 0;
+        }
 }
 
 static inline int stopping(const uf_dp *dp)
@@ -97,11 +106,120 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Wait until fd has events or the data path is told to stop.
- * 1 = fd ready, 0 = stop, <0 = -errno. */
-static int wait_fd(struct uf_worker *w, int fd, short events)
+static void set_error(struct uf_worker *w, int rc)
 {
-    struct pollfd p[2] = { { .fd = fd, .events = events }, { .fd = w->dp->efd, .events = POLLIN } };
+    __atomic_store_n(&w->error, rc, __ATOMIC_RELAXED);
+}
+
+static int fatal_errno(int e)
+{
+    return e == EBADF || e == EFAULT || e == EINVAL || e == ENOTSOCK || e == EBADFD;
+}
+
+/* ------------------------------------------------------------------ */
+/* TUN writes                                                          */
+
+static int writev_retry(int fd, const struct iovec *iov, int n)
+{
+    for (;;) {
+        ssize_t r = writev(fd, iov, n);
+        if (r >= 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+/* The kernel refused a GSO write (EINVAL: no USO support in this TUN): stop
+ * coalescing UDP in this worker and deliver the write's segments one by one. */
+static void tun_write_singly(struct uf_worker *w, const uf_iov *iov, const uf_msg *m)
+{
+    static const uint8_t zero[UF_VNET_HDR_LEN];
+    uf_vnet_hdr h;
+    uf_vnet_decode(iov[m->first].base, &h);
+    size_t len = 0;
+    for (uint32_t i = m->first + 1; i < m->first + m->niov; i++) {
+        memcpy(w->scratch + len, iov[i].base, iov[i].len);
+        len += iov[i].len;
+    }
+    uf_seg *segs = w->tx->segs;   /* the tx scratch is free between tx batches */
+    int n = uf_gso4_segment(&h, w->scratch, len, w->tx->hdrs, sizeof(w->tx->hdrs), segs, UF_TX_FRAME_SEGS);
+    if (n < 0) {
+        cadd(w, UF_DIR_RX, UF_C_DROP_IO, m->segs);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        struct iovec v[3] = { { (void *)zero, sizeof(zero) },
+                              { w->tx->hdrs + segs[i].hdr_off, segs[i].hdr_len },
+                              { w->scratch + segs[i].pay_off, segs[i].pay_len } };
+        if (writev_retry(w->tun_fd, v, 3) == 0) {
+            cadd(w, UF_DIR_RX, UF_C_PACKETS, 1);
+            cadd(w, UF_DIR_RX, UF_C_BYTES, (uint64_t)segs[i].hdr_len + segs[i].pay_len);
+        } else {
+            cadd(w, UF_DIR_RX, UF_C_DROP_IO, 1);
+        }
+    }
+}
+
+/* writev() each message to the TUN. count: add packets/bytes (rx writes) or not (ICMP). */
+static void tun_write_all(struct uf_worker *w, const uf_iov *iov, const uf_msg *msgs, uint32_t n, int count)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const uf_msg *m = &msgs[i];
+        int rc = writev_retry(w->tun_fd, (const struct iovec *)(iov + m->first), m->niov);
+        if (!count)
+            continue;
+        if (rc == 0) {
+            cadd(w, UF_DIR_RX, UF_C_PACKETS, m->segs);
+            cadd(w, UF_DIR_RX, UF_C_BYTES, m->bytes);
+            if (m->segs > 1)
+                cadd(w, UF_DIR_RX, UF_C_SUPER_PACKETS, 1);
+        } else if (rc == -EINVAL && m->gso_type == UF_VNET_GSO_UDP_L4) {
+            w->pipe.gro_udp = 0;
+            cadd(w, UF_DIR_RX, UF_C_GSO_FALLBACKS, 1);
+            tun_write_singly(w, iov, m);
+        } else {
+            cadd(w, UF_DIR_RX, UF_C_DROP_IO, m->segs);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* TUN -> UDP                                                          */
+
+/* Send a UDP_SEGMENT message's segments one message each (after the kernel
+ * refused the GSO send: e.g. EIO when the egress device cannot checksum).
+ * Every segment but the last is seg_size bytes, made of whole iovecs. */
+static void tx_send_singly(struct uf_worker *w, const uf_msg *u, struct msghdr *tmpl)
+{
+    const uf_iov *iov = w->tx->iov + u->first, *end = iov + u->niov;
+    struct msghdr m = *tmpl;
+    m.msg_control = NULL;
+    m.msg_controllen = 0;
+    while (iov < end) {
+        size_t bytes = 0, n = 0;
+        while (iov + n < end && bytes < u->seg_size)
+            bytes += iov[n++].len;
+        m.msg_iov = (struct iovec *)iov;
+        m.msg_iovlen = n;
+        ssize_t r;
+        do {
+            r = sendmsg(w->sock, &m, 0);
+        } while (r < 0 && errno == EINTR);
+        if (r >= 0) {
+            cadd(w, UF_DIR_TX, UF_C_PACKETS, 1);
+            cadd(w, UF_DIR_TX, UF_C_BYTES, bytes);
+        } else {
+            cadd(w, UF_DIR_TX, UF_C_DROP_IO, 1);
+        }
+        iov += n;
+    }
+}
+
+/* Wait until the socket can take more (or stop): 1, 0 = stop, <0 = -errno. */
+static int wait_writable(struct uf_worker *w)
+{
+    struct pollfd p[2] = { { .fd = w->sock, .events = POLLOUT }, { .fd = w->dp->efd, .events = POLLIN } };
     for (;;) {
         if (stopping(w->dp))
             return 0;
@@ -113,143 +231,50 @@ static int wait_fd(struct uf_worker *w, int fd, short events)
         }
         if (p[1].revents)
             return 0;
-        if (p[0].revents & (POLLERR | POLLNVAL))
-            return p[0].revents & POLLNVAL ? -EBADF : 1;
         if (p[0].revents)
             return 1;
     }
 }
 
-static int fatal_errno(int e)
+/* sendmmsg() the pipeline's messages; 1 to go on, or <= 0 on stop / fatal error. */
+static int tx_send(struct uf_worker *w)
 {
-    return e == EBADF || e == EFAULT || e == EINVAL || e == ENOTSOCK || e == EBADFD;
-}
-
-/* Write one packet (optionally with a virtio-net header) to the TUN. */
-static int tun_write(struct uf_worker *w, const uf_vnet_hdr *h, const uint8_t *pkt, size_t len)
-{
-    uint8_t raw[UF_VNET_HDR_LEN];
-    struct iovec iov[2];
-    int n = 0;
-    if (w->dp->cfg.vnet_hdr) {
-        if (h)
-            uf_vnet_encode(h, raw);
-        else
-            memset(raw, 0, sizeof(raw));
-        iov[n].iov_base = raw;
-        iov[n++].iov_len = sizeof(raw);
-    }
-    iov[n].iov_base = (void *)pkt;
-    iov[n++].iov_len = len;
-    for (;;) {
-        ssize_t r = writev(w->tun_fd, iov, n);
-        if (r >= 0)
-            return 0;
-        if (errno != EINTR)
-            return -errno;
-    }
-}
-
-/* ------------------------------------------------------------------ */
-/* TUN -> UDP                                                          */
-
-static void tx_send_icmp(struct uf_worker *w, const uint8_t *pkt, size_t len)
-{
-    if (!uf_icmp_eligible(pkt, len))
-        return;
-    if (!uf_ratelimit_allow(&w->icmp_rl, now_ns())) {
-        cadd(w, UF_C_ICMP_RATELIMITED, 1);
-        return;
-    }
-    uint8_t out[UF_ICMP_MAX_LEN];
-    int n = uf_icmp_net_unreachable(pkt, len, w->dp->cfg.icmp_source, out, sizeof(out));
-    if (n > 0 && tun_write(w, NULL, out, (size_t)n) == 0)
-        cadd(w, UF_C_ICMP_UNREACHABLE_SENT, 1);
-}
-
-/* Queue one sendmmsg message made of iovecs iov[0..niov) (already filled),
- * carrying `segs` inner packets; more than one means a UDP_SEGMENT send. */
-static void tx_add_unit(struct uf_worker *w, unsigned *nu, uint32_t peer, struct iovec *iov,
-                        unsigned niov, uint32_t bytes, uint16_t segs, uint16_t gso_size)
-{
-    unsigned i = (*nu)++;
-    struct tx_unit *u = &w->units[i];
-    u->peer = peer;
-    u->segs = segs;
-    u->bytes = bytes;
-    w->addrs[i].sin_family = AF_INET;
-    w->addrs[i].sin_port = htons(w->dp->cfg.port);
-    w->addrs[i].sin_addr.s_addr = htonl(peer);
-    struct msghdr *m = &w->msgs[i].msg_hdr;
-    m->msg_name = &w->addrs[i];
-    m->msg_namelen = sizeof(struct sockaddr_in);
-    m->msg_iov = iov;
-    m->msg_iovlen = niov;
-    m->msg_flags = 0;
-    if (segs > 1) {
-        uint8_t *cb = w->cmsgs + (size_t)i * CMSG_U16_SPACE;
-        memset(cb, 0, CMSG_U16_SPACE);
-        m->msg_control = cb;
-        m->msg_controllen = CMSG_U16_SPACE;
-        struct cmsghdr *c = CMSG_FIRSTHDR(m);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        memcpy(CMSG_DATA(c), &gso_size, sizeof(gso_size));
-    } else {
-        m->msg_control = NULL;
-        m->msg_controllen = 0;
-    }
-}
-
-static void tx_add_packet(struct uf_worker *w, unsigned *nu, uint32_t peer, uint8_t *pkt, size_t len)
-{
-    struct iovec *iov = &w->iovs[w->niov++];
-    iov->iov_base = pkt;
-    iov->iov_len = len;
-    tx_add_unit(w, nu, peer, iov, 1, (uint32_t)len, 1, 0);
-}
-
-/* Send a GSO unit's segments one message each (after UDP_SEGMENT failed:
- * e.g. EIO when the egress device cannot checksum). Segments are the
- * unit's iovecs taken two at a time (headers, payload). */
-static void tx_send_singly(struct uf_worker *w, unsigned i)
-{
-    struct msghdr m = w->msgs[i].msg_hdr;
-    struct iovec *iov = m.msg_iov;
-    size_t left = m.msg_iovlen;
-    m.msg_control = NULL;
-    m.msg_controllen = 0;
-    while (left) {
-        m.msg_iov = iov;
-        m.msg_iovlen = left >= 2 ? 2 : 1;
-        size_t bytes = iov[0].iov_len + (m.msg_iovlen == 2 ? iov[1].iov_len : 0);
-        ssize_t r;
-        do {
-            r = sendmsg(w->sock, &m, 0);
-        } while (r < 0 && errno == EINTR);
-        if (r >= 0) {
-            cadd(w, UF_C_PACKETS, 1);
-            cadd(w, UF_C_BYTES, bytes);
+    const uf_tx *tx = w->tx;
+    const uint16_t port = htons(w->dp->cfg.port);
+    for (uint32_t i = 0; i < tx->nmsgs; i++) {
+        const uf_msg *u = &tx->msgs[i];
+        w->saddrs[i].sin_family = AF_INET;
+        w->saddrs[i].sin_port = port;
+        w->saddrs[i].sin_addr.s_addr = htonl(u->peer);
+        struct msghdr *m = &w->smsgs[i].msg_hdr;
+        m->msg_name = &w->saddrs[i];
+        m->msg_namelen = sizeof(struct sockaddr_in);
+        m->msg_iov = (struct iovec *)(tx->iov + u->first);
+        m->msg_iovlen = u->niov;
+        m->msg_flags = 0;
+        if (u->segs > 1) {
+            uint8_t *cb = w->scmsgs + (size_t)i * CMSG_U16_SPACE;
+            memset(cb, 0, CMSG_U16_SPACE);
+            m->msg_control = cb;
+            m->msg_controllen = CMSG_U16_SPACE;
+            struct cmsghdr *c = CMSG_FIRSTHDR(m);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            memcpy(CMSG_DATA(c), &u->seg_size, sizeof(u->seg_size));
         } else {
-            cadd(w, UF_C_DROP_IO, 1);
+            m->msg_control = NULL;
+            m->msg_controllen = 0;
         }
-        iov += m.msg_iovlen;
-        left -= m.msg_iovlen;
     }
-}
-
-/* sendmmsg every queued unit; 1 to go on, or <= 0 from wait_fd on stop / error. */
-static int tx_flush(struct uf_worker *w, unsigned nu)
-{
-    unsigned i = 0;
+    uint32_t i = 0;
     int sent_any = 0;
-    while (i < nu) {
-        int r = sendmmsg(w->sock, &w->msgs[i], nu - i, MSG_DONTWAIT);
+    while (i < tx->nmsgs) {
+        int r = sendmmsg(w->sock, &w->smsgs[i], tx->nmsgs - i, MSG_DONTWAIT);
         if (r > 0) {
             for (int k = 0; k < r; k++) {
-                cadd(w, UF_C_PACKETS, w->units[i + k].segs);
-                cadd(w, UF_C_BYTES, w->units[i + k].bytes);
+                cadd(w, UF_DIR_TX, UF_C_PACKETS, tx->msgs[i + k].segs);
+                cadd(w, UF_DIR_TX, UF_C_BYTES, tx->msgs[i + k].bytes);
             }
             i += (unsigned)r;
             sent_any = 1;
@@ -259,333 +284,219 @@ static int tx_flush(struct uf_worker *w, unsigned nu)
         if (e == EINTR)
             continue;
         if (e == EAGAIN || e == ENOBUFS) {
-            int wr = wait_fd(w, w->sock, POLLOUT);
+            int wr = wait_writable(w);
             if (wr <= 0)
                 return wr;
             continue;
         }
         if (e == EBADF || e == ENOTSOCK)
             return -e;
-        if (w->units[i].segs > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
+        if (tx->msgs[i].segs > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
             /* the kernel refused the GSO send: fall back for good */
-            w->no_gso = 1;
-            cadd(w, UF_C_GSO_FALLBACKS, 1);
-            tx_send_singly(w, i);
+            w->tx->no_gso = 1;
+            cadd(w, UF_DIR_TX, UF_C_GSO_FALLBACKS, 1);
+            tx_send_singly(w, &tx->msgs[i], &w->smsgs[i].msg_hdr);
             i++;
             continue;
         }
         /* this message failed (no route, EMSGSIZE, ...): count and skip it */
-        cadd(w, UF_C_DROP_IO, w->units[i].segs);
+        cadd(w, UF_DIR_TX, UF_C_DROP_IO, tx->msgs[i].segs);
         i++;
     }
     if (sent_any)
-        cadd(w, UF_C_BATCHES, 1);
+        cadd(w, UF_DIR_TX, UF_C_BATCHES, 1);
     return 1;
 }
 
-/* Queue a split super-packet: each segment is two iovecs (its headers in
- * the arena, its payload in place); with UDP_SEGMENT, runs of equal-size
- * segments (a shorter one only last) share one message. */
-static void tx_queue_segments(struct uf_worker *w, unsigned *nu, uint32_t peer, uint8_t *hdrs,
-                              uint8_t *pkt, const uf_seg *segs, int nsegs)
+/* The TUN was reported readable: read one frame, or while the TUN stays busy
+ * up to UF_BATCH (the last read of a drain may find nothing: EAGAIN), decide,
+ * send. *more = a full batch was read (do not wait before reading again).
+ * 0 to go on, <0 fatal, 1 = stop. */
+static int tun_step(struct uf_worker *w, int busy, int *more)
 {
-    const uf_dp_config *c = &w->dp->cfg;
-    int i = 0;
-    while (i < nsegs) {
-        struct iovec *first = &w->iovs[w->niov];
-        uint16_t g = (uint16_t)(segs[i].hdr_len + segs[i].pay_len);
-        uint32_t bytes = 0;
-        uint16_t n = 0;
-        while (i < nsegs && n < UDP_GSO_MAX_SEGS) {
-            uint16_t sl = (uint16_t)(segs[i].hdr_len + segs[i].pay_len);
-            if (sl > g || bytes + sl > UDP_GSO_MAX_BYTES)
+    uint64_t local[UF_C__COUNT] = { 0 };
+    int n = 0, max = busy ? UF_BATCH : 1;
+    *more = 0;
+    while (n < max) {
+        ssize_t r = read(w->tun_fd, w->frames[n], UF_FRAME_SIZE);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
                 break;
-            struct iovec *iov = &w->iovs[w->niov];
-            iov[0].iov_base = hdrs + segs[i].hdr_off;
-            iov[0].iov_len = segs[i].hdr_len;
-            iov[1].iov_base = pkt + segs[i].pay_off;
-            iov[1].iov_len = segs[i].pay_len;
-            w->niov += segs[i].pay_len ? 2 : 1;
-            bytes += sl;
-            n++;
-            i++;
-            if (sl < g || !c->udp_segment || w->no_gso)
-                break;  /* a shorter segment must be the last of a GSO send */
-        }
-        tx_add_unit(w, nu, peer, first, (unsigned)(&w->iovs[w->niov] - first), bytes, n, g);
-    }
-}
-
-static void *routine_read_from_tun(void *arg)
-{
-    struct uf_worker *w = arg;
-    uf_dp *dp = w->dp;
-    const uf_dp_config *c = &dp->cfg;
-    const size_t vh = c->vnet_hdr ? UF_VNET_HDR_LEN : 0;
-    int idle = 1;
-
-    for (;;) {
-        if (idle) {
-            int r = wait_fd(w, w->tun_fd, POLLIN);
-            if (r <= 0) {
-                __atomic_store_n(&w->error, r, __ATOMIC_RELAXED);
-                break;
-            }
-        }
-        if (stopping(dp))
+            if (fatal_errno(errno))
+                return -errno;
+            cadd(w, UF_DIR_TX, UF_C_IO_ERRORS, 1);
             break;
-        unsigned nu = 0;
-        int nread = 0;
-        w->niov = 0;
-        for (unsigned b = 0; b < UF_BATCH && nu + SPLIT_MAX_SEGS <= MAX_UNITS &&
-                             w->niov + 2 * SPLIT_MAX_SEGS <= 2 * MAX_SEGS; b++) {
-            uint8_t *buf = w->rbufs + (size_t)b * RBUF_SIZE;
-            ssize_t n = read(w->tun_fd, buf, RBUF_SIZE);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    b--;
-                    continue;
-                }
-                if (errno == EAGAIN)
-                    break;
-                if (fatal_errno(errno)) {
-                    __atomic_store_n(&w->error, -errno, __ATOMIC_RELAXED);
-                    goto out;
-                }
-                cadd(w, UF_C_IO_ERRORS, 1);
-                break;
-            }
-            nread++;
-            if ((size_t)n < vh) {
-                cadd(w, UF_C_DROP_SHORT, 1);
-                continue;
-            }
-            uint8_t *pkt = buf + vh;
-            size_t len = (size_t)n - vh;
-            uf_vnet_hdr h;
-            memset(&h, 0, sizeof(h));
-            if (vh)
-                uf_vnet_decode(buf, &h);
-            int v = uf_pkt_check(pkt, len);
-            if (v) {
-                cadd(w, v, 1);
-                continue;
-            }
-            uint32_t peer = 0;
-            v = uf_tx_route(c->table, c->network, c->plen, pkt, len, &peer);
-            if (v) {
-                cadd(w, v, 1);
-                if (v == UF_C_DROP_NO_ROUTE)
-                    tx_send_icmp(w, pkt, len);
-                continue;
-            }
-            size_t tot = ((size_t)pkt[2] << 8) | pkt[3];
-            if (h.gso_type != UF_VNET_GSO_NONE) {
-                v = uf_pkt_dec_ttl(pkt, len);
-                if (v) {
-                    cadd(w, v, 1);
-                    continue;
-                }
-                uint8_t *hdrs = w->hdrs + (size_t)b * HDRS_PER_READ;
-                int ns = uf_tso4_segment(&h, pkt, len, hdrs, HDRS_PER_READ, w->segs, SPLIT_MAX_SEGS);
-                if (ns < 0) {
-                    cadd(w, UF_C_DROP_BAD_GSO, 1);
-                    continue;
-                }
-                if ((size_t)w->segs[0].hdr_len + w->segs[0].pay_len > c->mtu) {
-                    cadd(w, UF_C_DROP_OVERSIZE, (uint64_t)ns);
-                    continue;
-                }
-                cadd(w, UF_C_SUPER_PACKETS, 1);
-                tx_queue_segments(w, &nu, peer, hdrs, pkt, w->segs, ns);
-                continue;
-            }
-            if (tot > c->mtu) {
-                cadd(w, UF_C_DROP_OVERSIZE, 1);
-                continue;
-            }
-            if (vh && (v = uf_vnet_finish_csum(&h, pkt, tot))) {
-                cadd(w, v, 1);
-                continue;
-            }
-            v = uf_pkt_dec_ttl(pkt, tot);
-            if (v) {
-                cadd(w, v, 1);
-                continue;
-            }
-            tx_add_packet(w, &nu, peer, pkt, tot);
         }
-        idle = nread == 0;
-        if (nu) {
-            int r = tx_flush(w, nu);
-            if (r <= 0) {
-                __atomic_store_n(&w->error, r, __ATOMIC_RELAXED);
-                break;
-            }
+        w->lens[n++] = (uint32_t)r;
+    }
+    if (!n)
+        return 0;
+    *more = n == UF_BATCH;
+    uint64_t now = now_ns();
+    for (int done = 0; done < n;) {
+        done += uf_tx_batch(&w->pipe, w->tx, w->frames + done, w->lens + done, n - done, now, local);
+        cadd_all(w, UF_DIR_TX, local);
+        tun_write_all(w, w->tx->wiov, w->tx->writes, w->tx->nwrites, 0);
+        if (w->tx->nmsgs) {
+            int r = tx_send(w);
+            if (r <= 0)
+                return r < 0 ? r : 1;
         }
     }
-out:
-    return NULL;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* UDP -> TUN                                                          */
 
-static void rx_flush_gro(struct uf_worker *w)
+static void rx_parse_cmsgs(struct uf_worker *w, struct msghdr *m, uf_dgram *d)
 {
-    uf_gro *g = &w->gro;
-    if (!g->head)
-        return;
-    uf_vnet_hdr h;
-    uint8_t raw[UF_VNET_HDR_LEN];
-    uint16_t segs = g->segs, hl = g->hdrlen;
-    size_t n = uf_gro_finish(g, &h);
-    uf_vnet_encode(&h, raw);
-    struct iovec *iov = w->gro_iov;
-    iov[0].iov_base = raw;
-    iov[0].iov_len = sizeof(raw);
-    iov[1].iov_base = g->head;
-    iov[1].iov_len = g->head_len;
-    for (unsigned i = 0; i + 1 < segs; i++) {
-        iov[2 + i].iov_base = (void *)g->pay[i];
-        iov[2 + i].iov_len = g->pay_len[i];
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            int g;
+            memcpy(&g, CMSG_DATA(cm), sizeof(g));
+            if (g > 0 && g <= UINT16_MAX)
+                d->gso_size = (uint16_t)g;
+        } else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
+            /* the socket's drop count when this datagram was queued */
+            uint32_t drops;
+            memcpy(&drops, CMSG_DATA(cm), sizeof(drops));
+            if ((int32_t)(drops - w->sock_drops) > 0) {
+                cadd(w, UF_DIR_RX, UF_C_DROP_SOCKET_OVERFLOW, drops - w->sock_drops);
+                w->sock_drops = drops;
+            }
+        }
     }
-    ssize_t r;
-    do {
-        r = writev(w->tun_fd, iov, (int)segs + 1);
-    } while (r < 0 && errno == EINTR);
-    if (r >= 0) {
-        cadd(w, UF_C_PACKETS, segs);
-        cadd(w, UF_C_BYTES, n + (size_t)(segs - 1) * hl);
-        if (segs > 1)
-            cadd(w, UF_C_SUPER_PACKETS, 1);
-    } else {
-        cadd(w, UF_C_DROP_IO, segs);
-    }
-    g->head = NULL;
 }
 
-static void rx_inner(struct uf_worker *w, uint32_t outer_src, uint8_t *pkt, size_t len)
+/* The socket was reported readable: one recvmmsg (it returns what is queued,
+ * up to UF_BATCH, without a second probing call), decide, write to the TUN.
+ * *more = a full batch came (read again before waiting). 0 or <0 fatal. */
+static int sock_step(struct uf_worker *w, int *more)
 {
-    const uf_dp_config *c = &w->dp->cfg;
-    if (len > c->mtu) {
-        cadd(w, UF_C_DROP_OVERSIZE, 1);
-        return;
+    uint64_t local[UF_C__COUNT] = { 0 };
+    *more = 0;
+    for (unsigned i = 0; i < UF_BATCH; i++) {
+        struct msghdr *m = &w->rmsgs[i].msg_hdr;
+        m->msg_name = &w->raddrs[i];
+        m->msg_namelen = sizeof(struct sockaddr_in);
+        m->msg_iov = &w->riov[i];
+        m->msg_iovlen = 1;
+        m->msg_control = w->rcmsgs[i];
+        m->msg_controllen = RX_CMSG_SPACE;
+        m->msg_flags = 0;
     }
-    int v = uf_pkt_check(pkt, len);
-    if (!v)
-        v = uf_rx_accept(c->table, outer_src, pkt, len);
-    /* overlay traffic is always for the overlay: never relay elsewhere */
-    if (!v && !uf_dst_in_network(pkt, c->network, c->plen))
-        v = UF_C_DROP_OUTSIDE_NETWORK;
-    if (!v)
-        v = uf_pkt_dec_ttl(pkt, len);
-    if (v) {
-        cadd(w, v, 1);
-        return;
+    int r;
+    do {
+        r = recvmmsg(w->sock, w->rmsgs, UF_BATCH, MSG_DONTWAIT, NULL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno == EAGAIN)
+            return 0;
+        if (fatal_errno(errno))
+            return -errno;
+        cadd(w, UF_DIR_RX, UF_C_IO_ERRORS, 1);
+        return 0;
     }
-    len = ((size_t)pkt[2] << 8) | pkt[3];
-    if (c->gro_coalesce) {
-        if (uf_gro_eligible(pkt, len)) {
-            if (!uf_gro_append(&w->gro, pkt, len)) {
-                rx_flush_gro(w);
-                uf_gro_start(&w->gro, pkt, len);
-            }
+    *more = r == UF_BATCH;
+    cadd(w, UF_DIR_RX, UF_C_BATCHES, 1);
+    int nd = 0;
+    for (int i = 0; i < r; i++) {
+        struct msghdr *m = &w->rmsgs[i].msg_hdr;
+        if (m->msg_namelen < sizeof(struct sockaddr_in) || w->raddrs[i].sin_family != AF_INET) {
+            cadd(w, UF_DIR_RX, UF_C_DROP_UNKNOWN_PEER, 1);
+            continue;
+        }
+        uf_dgram *d = &w->dgrams[nd++];
+        d->buf = w->riov[i].iov_base;
+        d->len = w->rmsgs[i].msg_len;
+        d->src = ntohl(w->raddrs[i].sin_addr.s_addr);
+        d->trunc = !!(m->msg_flags & MSG_TRUNC);
+        d->gso_size = 0;
+        rx_parse_cmsgs(w, m, d);
+    }
+    for (int done = 0; done < nd;) {
+        done += uf_rx_batch(&w->pipe, w->rx, w->dgrams + done, nd - done, local);
+        cadd_all(w, UF_DIR_RX, local);
+        tun_write_all(w, w->rx->iov, w->rx->writes, w->rx->nwrites, 1);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the worker                                                          */
+
+static void pin(struct uf_worker *w)
+{
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    int n = CPU_COUNT(&allowed);
+    if (n < 2)
+        return;
+    for (int cpu = 0, k = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed))
+            continue;
+        if (k++ == w->queue % n) {
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
             return;
         }
-        rx_flush_gro(w);
-    }
-    if (tun_write(w, NULL, pkt, len) == 0) {
-        cadd(w, UF_C_PACKETS, 1);
-        cadd(w, UF_C_BYTES, len);
-    } else {
-        cadd(w, UF_C_DROP_IO, 1);
     }
 }
 
-static void *routine_read_from_udp(void *arg)
+static void *worker_main(void *arg)
 {
     struct uf_worker *w = arg;
     uf_dp *dp = w->dp;
-    const uf_dp_config *c = &dp->cfg;
-    const size_t cap = c->udp_gro ? RBUF_SIZE : c->mtu;
+    const uint64_t busy_ns = (uint64_t)dp->cfg.busy_poll_us * 1000u;
+    struct pollfd p[3] = { { .fd = w->tun_fd, .events = POLLIN }, { .fd = w->sock, .events = POLLIN },
+                           { .fd = dp->efd, .events = POLLIN } };
+    int tun_ready = 0, sock_ready = 0, rc = 0;
+    uint64_t last_work = 0;
 
-    for (unsigned i = 0; i < UF_BATCH; i++) {
-        w->iovs[i].iov_base = w->rbufs + (size_t)i * RBUF_SIZE;
-        w->iovs[i].iov_len = cap;
-    }
-    for (;;) {
-        if (stopping(dp))
-            break;
-        for (unsigned i = 0; i < UF_BATCH; i++) {
-            struct msghdr *m = &w->msgs[i].msg_hdr;
-            m->msg_name = &w->addrs[i];
-            m->msg_namelen = sizeof(struct sockaddr_in);
-            m->msg_iov = &w->iovs[i];
-            m->msg_iovlen = 1;
-            m->msg_control = w->cmsgs + (size_t)i * CMSG_INT_SPACE;
-            m->msg_controllen = c->udp_gro ? CMSG_INT_SPACE : 0;
-            m->msg_flags = 0;
-        }
-        int r = recvmmsg(w->sock, w->msgs, UF_BATCH, MSG_DONTWAIT, NULL);
-        if (r < 0) {
-            int e = errno;
-            if (e == EINTR)
-                continue;
-            if (e == EAGAIN) {
-                int wr = wait_fd(w, w->sock, POLLIN);
-                if (wr <= 0) {
-                    __atomic_store_n(&w->error, wr, __ATOMIC_RELAXED);
-                    break;
-                }
-                continue;
-            }
-            if (fatal_errno(e)) {
-                __atomic_store_n(&w->error, -e, __ATOMIC_RELAXED);
+    if (dp->cfg.pin_cpus)
+        pin(w);
+    while (!stopping(dp)) {
+        if (!tun_ready && !sock_ready) {
+            int timeout = busy_ns && now_ns() - last_work < busy_ns ? 0 : -1;
+            int r = poll(p, 3, timeout);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                rc = -errno;
                 break;
             }
-            cadd(w, UF_C_IO_ERRORS, 1);
-            continue;
+            if (p[2].revents)
+                break;
+            if ((p[0].revents | p[1].revents) & POLLNVAL) {
+                rc = -EBADF;
+                break;
+            }
+            tun_ready = p[0].revents != 0;
+            sock_ready = p[1].revents != 0;
+            /* read the TUN dry only when it was readable at the previous
+             * wake-up too (under load): a lone packet (a ping) costs one
+             * read, no EAGAIN probe */
+            w->tun_busy = tun_ready && w->tun_was_ready;
+            w->tun_was_ready = tun_ready;
+            if (!tun_ready && !sock_ready)
+                continue;  /* busy-polling: nothing yet */
         }
-        cadd(w, UF_C_BATCHES, 1);
-        for (int i = 0; i < r; i++) {
-            struct msghdr *m = &w->msgs[i].msg_hdr;
-            size_t len = w->msgs[i].msg_len;
-            if (m->msg_flags & MSG_TRUNC) {
-                cadd(w, UF_C_DROP_OVERSIZE, 1);
-                continue;
-            }
-            if (m->msg_namelen < sizeof(struct sockaddr_in) || w->addrs[i].sin_family != AF_INET) {
-                cadd(w, UF_C_DROP_UNKNOWN_PEER, 1);
-                continue;
-            }
-            uint32_t src = ntohl(w->addrs[i].sin_addr.s_addr);
-            size_t gso = 0;
-            if (c->udp_gro) {
-                for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
-                    if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                        int g;
-                        memcpy(&g, CMSG_DATA(cm), sizeof(g));
-                        if (g > 0)
-                            gso = (size_t)g;
-                    }
-                }
-            }
-            uint8_t *p = w->iovs[i].iov_base;
-            if (!gso || gso >= len) {
-                rx_inner(w, src, p, len);
-                continue;
-            }
-            if (gso > c->mtu) {
-                cadd(w, UF_C_DROP_OVERSIZE, (len + gso - 1) / gso);
-                continue;
-            }
-            for (size_t off = 0; off < len; off += gso)
-                rx_inner(w, src, p + off, len - off < gso ? len - off : gso);
-        }
-        rx_flush_gro(w);
+        int more_tun = 0, more_sock = 0;
+        if (tun_ready && (rc = tun_step(w, w->tun_busy, &more_tun)) != 0)
+            break;
+        if (sock_ready && (rc = sock_step(w, &more_sock)) != 0)
+            break;
+        tun_ready = more_tun;
+        sock_ready = more_sock;
+        if (busy_ns)
+            last_work = now_ns();
     }
-    rx_flush_gro(w);
+    set_error(w, rc < 0 ? rc : 0);
     return NULL;
 }
 
@@ -604,12 +515,15 @@ static int open_socket(const uf_dp_config *c, int *out)
     if (s < 0)
         return -errno;
     int one = 1, rc = 0;
-    int bufsz = c->sock_buf > 0 ? c->sock_buf : 4 << 20;
+    int bufsz = c->sock_buf > 0 ? c->sock_buf : UF_SOCK_BUF_DEFAULT;
     if (c->queues > 1 && setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
         goto fail;
     set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, bufsz);
     set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, bufsz);
     if (c->udp_gro && setsockopt(s, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+        goto fail;
+    /* every datagram the kernel drops at this socket is counted (drop_socket_overflow) */
+    if (setsockopt(s, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
         goto fail;
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(c->port),
                              .sin_addr.s_addr = htonl(c->bind_addr) };
@@ -623,35 +537,85 @@ fail:
     return rc;
 }
 
+/* All tunnel datagrams between two hosts share one outer 4-tuple, so the
+ * kernel's SO_REUSEPORT hash would send them all to one socket. This classic
+ * BPF program (it sees the UDP payload: the inner IPv4 packet) returns the
+ * socket index from a symmetric hash of the inner addresses and, for TCP/UDP
+ * first fragments, ports; anything else gets the kernel's own choice. */
+static int attach_reuseport_bpf(int sock, int queues)
+{
+    struct sock_filter code[] = {
+        /* 0 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),
+        /* 1 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf0),
+        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x40, 0, 31),       /* not IPv4 -> 34 */
+        /* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12),
+        /* 4 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 5 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),
+        /* 6 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                 /* src ^ dst */
+        /* 7 */ BPF_STMT(BPF_ST, 0),
+        /* 8 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 9),
+        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 1, 0),           /* TCP -> 11 */
+        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 14),        /* not UDP -> 25 */
+        /* 11 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6),
+        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 12, 0),   /* fragment -> 25 */
+        /* 13 */ BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),                /* X = IHL * 4 */
+        /* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_IND, 0),                 /* sport << 16 | dport */
+        /* 15 */ BPF_STMT(BPF_ST, 1),
+        /* 16 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 17 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 18 */ BPF_STMT(BPF_LD | BPF_MEM, 1),
+        /* 19 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xffff),
+        /* 20 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* sport ^ dport */
+        /* 21 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 22 */ BPF_STMT(BPF_LD | BPF_MEM, 0),
+        /* 23 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 24 */ BPF_STMT(BPF_ST, 0),
+        /* 25 */ BPF_STMT(BPF_LD | BPF_MEM, 0),                         /* fold and reduce */
+        /* 26 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 27 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 28 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 29 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 30 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8),
+        /* 31 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 32 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (uint32_t)queues),
+        /* 33 */ BPF_STMT(BPF_RET | BPF_A, 0),
+        /* 34 */ BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),                /* the kernel's hash */
+    };
+    struct sock_fprog prog = { .len = ARRAY_LEN(code), .filter = code };
+    return setsockopt(sock, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0 ? -errno : 0;
+}
+
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+
 static int worker_map(struct uf_worker *w)
 {
-    size_t rb = (size_t)UF_BATCH * RBUF_SIZE;
-    size_t msgs = (size_t)MAX_UNITS * sizeof(struct mmsghdr);
-    size_t iovs = (size_t)2 * MAX_SEGS * sizeof(struct iovec);
-    size_t addrs = (size_t)MAX_UNITS * sizeof(struct sockaddr_in);
-    size_t cm = (size_t)MAX_UNITS * (CMSG_U16_SPACE > CMSG_INT_SPACE ? CMSG_U16_SPACE : CMSG_INT_SPACE);
-    size_t arena = w->dir == UF_DIR_TX ? (size_t)UF_BATCH * HDRS_PER_READ : 0;
-    size_t units = (size_t)MAX_UNITS * sizeof(struct tx_unit);
-    size_t segl = SPLIT_MAX_SEGS * sizeof(uf_seg);
-#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
-    size_t total = ALIGN64(rb) + ALIGN64(msgs) + ALIGN64(iovs) + ALIGN64(addrs) + ALIGN64(cm) +
-                   ALIGN64(arena) + ALIGN64(units) + ALIGN64(segl);
+    size_t bufs = (size_t)UF_BATCH * UF_FRAME_SIZE;
+    size_t smsgs = (size_t)UF_TX_MAX_SEGS * sizeof(struct mmsghdr);
+    size_t saddrs = (size_t)UF_TX_MAX_SEGS * sizeof(struct sockaddr_in);
+    size_t scm = (size_t)UF_TX_MAX_SEGS * CMSG_U16_SPACE;
+    size_t total = 2 * ALIGN64(bufs) + ALIGN64(smsgs) + ALIGN64(saddrs) + ALIGN64(scm) +
+                   ALIGN64(sizeof(uf_tx)) + ALIGN64(sizeof(uf_rx)) + ALIGN64(UF_FRAME_SIZE);
     void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return -errno;
     uint8_t *p = m;
     w->mem = m;
     w->mem_len = total;
-    w->rbufs = p; p += ALIGN64(rb);
-    w->msgs = (void *)p; p += ALIGN64(msgs);
-    w->iovs = (void *)p; p += ALIGN64(iovs);
-    w->addrs = (void *)p; p += ALIGN64(addrs);
-    w->cmsgs = p; p += ALIGN64(cm);
-    w->hdrs = arena ? p : NULL; p += ALIGN64(arena);
-    w->units = (void *)p; p += ALIGN64(units);
-    w->segs = (void *)p;
-    w->gro.head = NULL;
-#undef ALIGN64
+    for (unsigned i = 0; i < UF_BATCH; i++)
+        w->frames[i] = p + (size_t)i * UF_FRAME_SIZE;
+    p += ALIGN64(bufs);
+    for (unsigned i = 0; i < UF_BATCH; i++) {
+        w->riov[i].iov_base = p + (size_t)i * UF_FRAME_SIZE;
+        w->riov[i].iov_len = w->dp->cfg.udp_gro ? UF_FRAME_SIZE : w->dp->cfg.mtu;
+    }
+    p += ALIGN64(bufs);
+    w->smsgs = (void *)p; p += ALIGN64(smsgs);
+    w->saddrs = (void *)p; p += ALIGN64(saddrs);
+    w->scmsgs = p; p += ALIGN64(scm);
+    w->tx = (void *)p; p += ALIGN64(sizeof(uf_tx));
+    w->rx = (void *)p; p += ALIGN64(sizeof(uf_rx));   /* zero-filled mapping: empty */
+    w->scratch = p;
+    uf_tx_init(w->tx, now_ns());
     return 0;
 }
 
@@ -661,10 +625,12 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         return -EINVAL;
     if (cfg->plen < 0 || cfg->plen > 32 || cfg->mtu < 68 || cfg->mtu > 65535 - 28)
         return -EINVAL;
-    if (cfg->gro_coalesce && !cfg->vnet_hdr)
+    if ((cfg->gro_coalesce || cfg->tun_uso) && !cfg->vnet_hdr)
+        return -EINVAL;
+    if (cfg->busy_poll_us < 0 || cfg->busy_poll_us > UF_BUSY_POLL_MAX_US)
         return -EINVAL;
     for (int i = 0; i < cfg->queues; i++) {
-        /* the workers drain the TUN until EAGAIN: it must be non-blocking */
+        /* the workers read the TUN without blocking: it must be non-blocking */
         int fl = cfg->tun_fds[i] < 0 ? -1 : fcntl(cfg->tun_fds[i], F_GETFL);
         if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(cfg->tun_fds[i], F_SETFL, fl | O_NONBLOCK) < 0))
             return -EBADF;
@@ -678,7 +644,7 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
     for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
         dp->socks[i] = -1;
     int rc = 0;
-    dp->nworkers = 2 * cfg->queues;
+    dp->nworkers = cfg->queues;
     if (posix_memalign((void **)&dp->workers, 64, sizeof(struct uf_worker) * (size_t)dp->nworkers)) {
         free(dp);
         return -ENOMEM;
@@ -694,14 +660,27 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         if (rc)
             goto fail;
     }
-    uint64_t t0 = now_ns();
+    if (cfg->queues > 1 && (rc = attach_reuseport_bpf(dp->socks[0], cfg->queues)) != 0)
+        goto fail;
+    const uf_pipe_cfg pipe = {
+        .table = cfg->table,
+        .network = cfg->network,
+        .plen = cfg->plen,
+        .icmp_source = cfg->icmp_source,
+        .mtu = cfg->mtu,
+        .vnet_hdr = cfg->vnet_hdr,
+        .udp_segment = cfg->udp_segment,
+        .coalesce_tx = cfg->udp_segment,
+        .gro_tcp = cfg->gro_coalesce,
+        .gro_udp = cfg->tun_uso,
+    };
     for (int i = 0; i < dp->nworkers; i++) {
         struct uf_worker *w = &dp->workers[i];
         w->dp = dp;
-        w->dir = i < cfg->queues ? UF_DIR_TX : UF_DIR_RX;
-        w->tun_fd = cfg->tun_fds[i % cfg->queues];
-        w->sock = dp->socks[i % cfg->queues];
-        uf_ratelimit_init(&w->icmp_rl, UF_ICMP_RATE_PER_SEC, UF_ICMP_BURST, t0);
+        w->pipe = pipe;
+        w->queue = i;
+        w->tun_fd = cfg->tun_fds[i];
+        w->sock = dp->socks[i];
         rc = worker_map(w);
         if (rc)
             goto fail;
@@ -728,15 +707,16 @@ int uf_dp_start(uf_dp *dp)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     for (int i = 0; i < dp->nworkers; i++) {
         struct uf_worker *w = &dp->workers[i];
-        int rc = pthread_create(&w->thread, NULL,
-                                w->dir == UF_DIR_TX ? routine_read_from_tun : routine_read_from_udp, w);
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
         if (rc) {
             pthread_sigmask(SIG_SETMASK, &old, NULL);
             uf_dp_stop(dp);
             return -rc;
         }
         w->started = 1;
-        pthread_setname_np(w->thread, w->dir == UF_DIR_TX ? "uf-tun-to-udp" : "uf-udp-to-tun");
+        char name[16];
+        snprintf(name, sizeof(name), "uf-worker-%d", i % 100);
+        pthread_setname_np(w->thread, name);
         dp->running = 1;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -782,19 +762,27 @@ void uf_dp_free(uf_dp *dp)
     free(dp);
 }
 
-int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n)
+static int sum_counters(const uf_dp *dp, int first, int last, int direction, uint64_t *out, int n)
 {
     if (!dp || n < 0 || n > UF_C__COUNT || (direction != UF_DIR_TX && direction != UF_DIR_RX))
         return -EINVAL;
     memset(out, 0, sizeof(uint64_t) * (size_t)n);
-    for (int i = 0; i < dp->nworkers; i++) {
-        const struct uf_worker *w = &dp->workers[i];
-        if (w->dir != direction)
-            continue;
+    for (int i = first; i < last; i++)
         for (int k = 0; k < n; k++)
-            out[k] += __atomic_load_n(&w->ctr[k], __ATOMIC_RELAXED);
-    }
+            out[k] += __atomic_load_n(&dp->workers[i].ctr[direction][k], __ATOMIC_RELAXED);
     return 0;
+}
+
+int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n)
+{
+    return sum_counters(dp, 0, dp ? dp->nworkers : 0, direction, out, n);
+}
+
+int uf_dp_queue_counters(const uf_dp *dp, int queue, int direction, uint64_t *out, int n)
+{
+    if (!dp || queue < 0 || queue >= dp->nworkers)
+        return -EINVAL;
+    return sum_counters(dp, queue, queue + 1, direction, out, n);
 }
 
 int uf_dp_error(const uf_dp *dp)
@@ -810,31 +798,4 @@ int uf_dp_error(const uf_dp *dp)
 int uf_dp_running(const uf_dp *dp)
 {
     return dp && dp->running;
-}
-
-static const char *const counter_names[UF_C__COUNT] = {
-    [UF_C_PACKETS] = "packets",
-    [UF_C_BYTES] = "bytes",
-    [UF_C_BATCHES] = "batches",
-    [UF_C_SUPER_PACKETS] = "super_packets",
-    [UF_C_DROP_SHORT] = "drop_short",
-    [UF_C_DROP_NOT_IPV4] = "drop_not_ipv4",
-    [UF_C_DROP_BAD_HEADER] = "drop_bad_header",
-    [UF_C_DROP_TTL] = "drop_ttl",
-    [UF_C_DROP_NO_ROUTE] = "drop_no_route",
-    [UF_C_DROP_OUTSIDE_NETWORK] = "drop_outside_network",
-    [UF_C_DROP_UNKNOWN_PEER] = "drop_unknown_peer",
-    [UF_C_DROP_SPOOFED_SOURCE] = "drop_spoofed_source",
-    [UF_C_DROP_OVERSIZE] = "drop_oversize",
-    [UF_C_DROP_BAD_GSO] = "drop_bad_gso",
-    [UF_C_DROP_IO] = "drop_io",
-    [UF_C_ICMP_UNREACHABLE_SENT] = "icmp_unreachable_sent",
-    [UF_C_ICMP_RATELIMITED] = "icmp_ratelimited",
-    [UF_C_IO_ERRORS] = "io_errors",
-    [UF_C_GSO_FALLBACKS] = "gso_fallbacks",
-};
-
-const char *uf_counter_name(int idx)
-{
-    return idx >= 0 && idx < UF_C__COUNT ? counter_names[idx] : NULL;
 }

@@ -1,33 +1,32 @@
-/* loop.h - the data path: worker threads that move packets TUN <-> UDP.
+/* loop.h - the data path's threads: the only code that makes system calls on packets.
  *
- * Pipeline (one pair of workers per TUN queue; queue i owns TUN fd i and
- * UDP socket i, the sockets share the port through SO_REUSEPORT):
+ * One worker thread per TUN queue serves both directions; queue i owns TUN fd
+ * i and UDP socket i (with several queues the sockets share the port through
+ * SO_REUSEPORT, and a classic BPF program picks the socket by the inner
+ * addresses and ports, so each flow stays on one worker). The worker sleeps in
+ * poll() on its TUN fd, its socket and the data path's eventfd, then:
  *
- *   routine_read_from_tun (tx worker)
- *     read() up to UF_BATCH packets from the TUN (non-blocking) ->
- *     [vnet hdr: split TSO super-packets / finish partial checksums] ->
- *     uf_pkt_check -> uf_tx_route (lease table, lock-free) ->
- *     no lease: ICMP net-unreachable back into the TUN (rate-limited) ->
- *     uf_pkt_dec_ttl -> sendmmsg() of the whole batch, each message either
- *     one inner packet or, with UDP_SEGMENT, a run of equal-size segments.
+ *   TUN readable:    read() frames (one, or while the TUN stays busy up to
+ *                    UF_BATCH) -> uf_tx_batch (pipeline.h) -> sendmmsg() the
+ *                    messages, write the ICMP errors back to the TUN;
+ *   socket readable: one recvmmsg() of up to UF_BATCH datagrams (UDP_GRO: each
+ *                    may hold many) -> uf_rx_batch -> writev() each TUN write.
  *
- *   routine_read_from_udp (rx worker)
- *     recvmmsg() up to UF_BATCH datagrams (with UDP_GRO each may hold many
- *     equal-size datagrams; MSG_TRUNC = oversize) -> per inner packet:
- *     size <= MTU -> uf_pkt_check -> uf_rx_accept (outer source must be the
- *     PublicIP of the lease covering the inner source; the inner destination
- *     must be inside the network) -> uf_pkt_dec_ttl ->
- *     [vnet hdr: coalesce in-order TCP segments into one GSO write] ->
- *     write to the TUN.
+ * A reply that the kernel produces for a packet we just wrote into the TUN is
+ * read by the same thread on its next poll(), with no other thread to wake.
+ * With busy_poll_us, a worker that moved packets keeps polling without
+ * sleeping for that long before it blocks (lower latency, a CPU kept busy
+ * while traffic flows). With pin_cpus, worker i runs on the i-th CPU the
+ * process may use.
  *
- * Threads are plain pthreads created by uf_dp_start; Python never runs in
- * them and the GIL is not involved. Each worker waits in poll() on its fd
- * and the data path's eventfd; uf_dp_stop writes the eventfd (and sets a
- * flag checked between batches) and joins every worker, so it returns as
- * soon as the current batch is done. No allocation after uf_dp_new; each
- * worker owns its buffers and its counters (single writer, relaxed atomics;
- * readers sum them). The only shared mutable state is the lease table,
- * read under its seqlock (lookup.h).
+ * Every decision about a packet is in pipeline.c; this file only moves
+ * bytes, handles errno and runs threads. Threads are plain pthreads created by
+ * uf_dp_start; Python never runs in them and the GIL is not involved.
+ * uf_dp_stop writes the eventfd (and sets a flag checked between batches) and
+ * joins every worker, so it returns as soon as the current batch is done. No
+ * allocation after uf_dp_new; each worker owns its buffers and its counters
+ * (single writer, relaxed atomics; readers sum them). The only shared mutable
+ * state is the lease table, read under its seqlock (lookup.h).
  */
 #ifndef UF_LOOP_H
 #define UF_LOOP_H
@@ -37,9 +36,11 @@
 #include "common.h"
 #include "lookup.h"
 #include "features.h"
+#include "pipeline.h"
 
 /* cffi:begin */
-#define UF_BATCH 64
+#define UF_SOCK_BUF_DEFAULT 16777216
+#define UF_BUSY_POLL_MAX_US 100000
 #define UF_DIR_TX 0
 #define UF_DIR_RX 1
 
@@ -49,16 +50,19 @@ typedef struct uf_dp_config {
     int tun_fds[16];       /* UF_TUN_MAX_QUEUES; not owned: the caller closes them */
     int queues;            /* number of tun_fds in use, 1..UF_TUN_MAX_QUEUES */
     int vnet_hdr;          /* the TUN fds carry a virtio-net header (UF_TUN_VNET_HDR) */
-    int udp_segment;       /* send TSO segments as UDP_SEGMENT super-datagrams */
+    int udp_segment;       /* send runs of equal-size packets/segments as UDP_SEGMENT super-datagrams */
     int udp_gro;           /* enable UDP_GRO on the sockets */
     int gro_coalesce;      /* coalesce TCP segments into GSO TUN writes (needs vnet_hdr) */
+    int tun_uso;           /* coalesce UDP datagrams into GSO_UDP_L4 TUN writes (needs vnet_hdr) */
+    int busy_poll_us;      /* keep polling this long after the last packet before sleeping; 0 = off */
+    int pin_cpus;          /* pin worker i to the i-th allowed CPU */
     uint32_t bind_addr;    /* host order */
     uint16_t port;
     uint32_t network;      /* overlay network, host order */
     int plen;
     uint32_t icmp_source;  /* source of ICMP errors we generate */
     uint32_t mtu;          /* largest inner packet, = TUN MTU */
-    int sock_buf;          /* SO_SNDBUF/SO_RCVBUF bytes; 0 = 4 MiB */
+    int sock_buf;          /* SO_SNDBUF/SO_RCVBUF bytes; 0 = UF_SOCK_BUF_DEFAULT */
     uf_table *table;       /* read lock-free; must outlive the data path */
 } uf_dp_config;
 
@@ -75,6 +79,8 @@ void uf_dp_free(uf_dp *dp);
 /* Sum of the counters of the workers of one direction (UF_DIR_TX/RX) into
  * out[0..n-1] (n <= UF_C__COUNT). 0 or -EINVAL. */
 int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n);
+/* The same for the worker of one queue (0..queues-1). 0 or -EINVAL. */
+int uf_dp_queue_counters(const uf_dp *dp, int queue, int direction, uint64_t *out, int n);
 /* First fatal error of any worker (-errno), or 0 while all are healthy. */
 int uf_dp_error(const uf_dp *dp);
 /* 1 while worker threads are running. */

@@ -1,17 +1,20 @@
 /* offload.h - pure super-packet logic for TUN offloads (virtio-net header).
  *
- * TX (TUN -> UDP): with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4)
- * the kernel hands us TCP super-packets of up to 64 KiB with a virtio-net
- * header. uf_tso4_split cuts one into MSS-sized IPv4/TCP packets with correct
- * lengths, IDs, sequence numbers, flags and both checksums, laid out back to
- * back (all but the last the same size, which is what UDP_SEGMENT wants).
- * uf_vnet_finish_csum completes a CHECKSUM_PARTIAL packet that is not GSO.
+ * TX (TUN -> UDP): with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4
+ * [|TUN_F_USO4]) the kernel hands us TCP (and UDP) super-packets of up to
+ * 64 KiB with a virtio-net header. uf_tso4_segment / uf_uso4_segment cut one
+ * into gso_size-sized IPv4 packets with correct lengths, IDs, sequence
+ * numbers, flags and checksums (all but the last the same size, which is
+ * what UDP_SEGMENT wants); only the headers are written, payloads stay in
+ * place. uf_vnet_finish_csum completes a CHECKSUM_PARTIAL packet that is not GSO.
  *
- * RX (UDP -> TUN): uf_gro_* coalesces consecutive in-order segments of one
- * TCP flow into a single super-packet with a GSO_TCPV4 virtio-net header, so
- * one TUN write delivers many segments (the receiving kernel segments or
- * consumes it whole). Each segment's TCP checksum is verified before it may
- * join, because the written super-packet carries CHECKSUM_PARTIAL.
+ * RX (UDP -> TUN): uf_gro_* coalesces consecutive segments of one TCP flow
+ * (in order) or one UDP flow (equal sizes) into a single super-packet with a
+ * GSO_TCPV4 / GSO_UDP_L4 virtio-net header, so one TUN write delivers many
+ * segments (the receiving kernel segments or consumes it whole). Each
+ * segment's IPv4 header checksum and L4 checksum are verified before it may
+ * join, because the written super-packet gets a fresh IP header checksum and
+ * carries CHECKSUM_PARTIAL: a corrupt segment must never be "repaired".
  *
  * No file descriptors, no allocation: buffers belong to the caller.
  */
@@ -27,9 +30,11 @@
 #define UF_VNET_F_NEEDS_CSUM 1
 #define UF_VNET_GSO_NONE 0
 #define UF_VNET_GSO_TCPV4 1
+#define UF_VNET_GSO_UDP_L4 5
 #define UF_VNET_GSO_ECN 128
 #define UF_GSO_MAX_SEGS 64
 #define UF_GRO_MAX_LEN 65535
+#define UF_SEG_HDR_MAX 120          /* IPv4 header (<= 60) + TCP header (<= 60) of one segment */
 
 /* struct virtio_net_hdr (legacy, native byte order), decoded. */
 typedef struct uf_vnet_hdr {
@@ -67,10 +72,17 @@ typedef struct uf_seg {
  * a plain TCPV4 GSO type) or -ENOSPC (hdrs or segs too small). */
 int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
                     uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
+/* The same for an IPv4/UDP super-packet (gso_type UDP_L4): IP length, ID + i
+ * and checksum, UDP length and full UDP checksum per segment. */
+int uf_uso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
+/* uf_tso4_segment or uf_uso4_segment by h->gso_type (-UF_C_DROP_BAD_GSO for others). */
+int uf_gso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
 
 /* The same, copying: segments written back to back into out (all but the
  * last the same size, what UDP_SEGMENT wants), their lengths in seglens. */
-int uf_tso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+int uf_gso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
                   uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs);
 
 /* Coalescing state for one super-packet: the first segment (whose headers
@@ -85,23 +97,29 @@ typedef struct uf_gro {
     size_t len;                    /* total length of the super-packet */
     uint16_t gso_size;             /* payload size of the first segment */
     uint16_t segs;                 /* segments coalesced */
-    uint16_t hdrlen;               /* IP + TCP header bytes */
+    uint16_t hdrlen;               /* IP + TCP/UDP header bytes */
+    uint8_t gso_type;              /* UF_VNET_GSO_TCPV4 or UF_VNET_GSO_UDP_L4 */
     uint8_t closed;                /* a short segment or PSH ended it */
-    uint32_t next_seq;             /* sequence number the next segment must have */
+    uint32_t next_seq;             /* TCP: sequence number the next segment must have */
 } uf_gro;
 
-/* 1 if pkt (already checked) is a TCP/IPv4 segment that may take part in
- * coalescing: no IP options, not a fragment, only ACK (and PSH) set,
- * non-empty payload, valid TCP checksum. */
-int uf_gro_eligible(const uint8_t *pkt, size_t len);
+/* Whether pkt (already checked) may take part in coalescing, and as what:
+ * UF_VNET_GSO_TCPV4 for a TCP/IPv4 segment with only ACK (and PSH) set,
+ * UF_VNET_GSO_UDP_L4 (only if udp is non-zero) for a UDP/IPv4 datagram with a
+ * non-zero UDP checksum and consistent lengths; 0 otherwise. Both need: no IP
+ * options, not a fragment, IP total length == len, non-empty payload, a valid
+ * IPv4 header checksum and a valid L4 checksum. */
+int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp);
 /* Start a new super-packet with an eligible pkt (kept by reference). */
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
-/* Append an eligible pkt if it continues g's flow in order: 1 appended, 0 not. */
+/* Append an eligible pkt if it continues g's flow (TCP: in order; UDP: no
+ * larger than the first): 1 appended, 0 not. */
 int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len);
 /* Finish g: when more than one segment was coalesced, patch the head's IP
- * length and checksum, put the pseudo-header sum in the TCP checksum field
- * and fill *h for a GSO_TCPV4 write; otherwise the head is untouched and *h
- * is all zero. Returns the super-packet's length. */
+ * length and checksum (and the UDP length), put the pseudo-header sum in
+ * the L4 checksum field and fill *h for a GSO_TCPV4 / GSO_UDP_L4 write;
+ * otherwise the head is untouched and *h is all zero. Returns the
+ * super-packet's length. */
 size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h);
 /* Gather a finished g into out (for tests); bytes written or -ENOSPC. */
 int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap);

@@ -147,6 +147,11 @@ int uf_pkt_check(const uint8_t *pkt, size_t len)
     return UF_PASS;
 }
 
+int uf_ip4_csum_ok(const uint8_t *pkt)
+{
+    return uf_csum_fold(uf_csum_add(pkt, (size_t)(pkt[0] & 0x0f) * 4u, 0)) == 0xffffu;
+}
+
 int uf_pkt_dec_ttl(uint8_t *pkt, size_t len)
 {
     (void)len;
@@ -205,17 +210,12 @@ int uf_icmp_net_unreachable(const uint8_t *pkt, size_t len, uint32_t src,
     return (int)total;
 }
 
-static inline uint32_t plen_mask(int plen)
-{
-    return plen <= 0 ? 0u : 0xffffffffu << (32 - plen);
-}
-
 int uf_tx_route(const uf_table *t, uint32_t network, int plen,
                 const uint8_t *pkt, size_t len, uint32_t *peer)
 {
     (void)len;
     uint32_t dst = rd32(pkt + 16);
-    if ((dst & plen_mask(plen)) != network)
+    if ((dst & uf_plen_mask(plen)) != network)
         return UF_C_DROP_OUTSIDE_NETWORK;
     if (!uf_table_lookup(t, dst, peer, NULL))
         return UF_C_DROP_NO_ROUTE;
@@ -224,7 +224,7 @@ int uf_tx_route(const uf_table *t, uint32_t network, int plen,
 
 int uf_dst_in_network(const uint8_t *pkt, uint32_t network, int plen)
 {
-    return (rd32(pkt + 16) & plen_mask(plen)) == network;
+    return (rd32(pkt + 16) & uf_plen_mask(plen)) == network;
 }
 
 int uf_rx_accept(const uf_table *t, uint32_t outer_src, const uint8_t *pkt, size_t len)
@@ -234,22 +234,6 @@ int uf_rx_accept(const uf_table *t, uint32_t outer_src, const uint8_t *pkt, size
     if (uf_table_lookup(t, rd32(pkt + 12), &peer, NULL) && peer == outer_src)
         return UF_PASS;
     return uf_table_peer_known(t, outer_src) ? UF_C_DROP_SPOOFED_SOURCE : UF_C_DROP_UNKNOWN_PEER;
-}
-
-size_t uf_rx_check_batch(const uf_table *t, uint32_t outer_src, uint8_t *const *pkts,
-                         const size_t *lens, size_t n, int *verdicts)
-{
-    size_t passed = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = uf_pkt_check(pkts[i], lens[i]);
-        if (!v)
-            v = uf_rx_accept(t, outer_src, pkts[i], lens[i]);
-        if (!v)
-            v = uf_pkt_dec_ttl(pkts[i], lens[i]);
-        verdicts[i] = v;
-        passed += v == UF_PASS;
-    }
-    return passed;
 }
 
 void uf_ratelimit_init(uf_ratelimit *rl, uint32_t per_sec, uint32_t burst, uint64_t now_ns)

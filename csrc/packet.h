@@ -38,6 +38,10 @@ uint16_t uf_checksum(const void *buf, size_t len);
  * bytes or total length > len), UF_C_DROP_NOT_IPV4, UF_C_DROP_BAD_HEADER. */
 int uf_pkt_check(const uint8_t *pkt, size_t len);
 
+/* 1 if the IPv4 header checksum of a checked packet is valid (the kernel drops a
+ * packet whose header checksum is wrong; so do we, before touching it). */
+int uf_ip4_csum_ok(const uint8_t *pkt);
+
 /* Decrement the TTL in place and patch the header checksum incrementally
  * (RFC 1624). UF_PASS, or UF_C_DROP_TTL when TTL <= 1 (packet untouched).
  * len must be >= 20. */
@@ -69,12 +73,6 @@ int uf_dst_in_network(const uint8_t *pkt, uint32_t network, int plen);
  * no lease's PublicIP) or UF_C_DROP_SPOOFED_SOURCE (it is, but the inner
  * source is not inside one of its subnets). */
 int uf_rx_accept(const uf_table *t, uint32_t outer_src, const uint8_t *pkt, size_t len);
-
-/* The receive-side checks for a batch, as the loop runs them per packet:
- * uf_pkt_check, uf_rx_accept, uf_pkt_dec_ttl on pkts[i] (modified in place).
- * verdicts[i] = UF_PASS or the drop counter index. Returns the number passed. */
-size_t uf_rx_check_batch(const uf_table *t, uint32_t outer_src, uint8_t *const *pkts,
-                         const size_t *lens, size_t n, int *verdicts);
 
 void uf_ratelimit_init(uf_ratelimit *rl, uint32_t per_sec, uint32_t burst, uint64_t now_ns);
 /* 1 if a message may be sent at now_ns (and charge for it), else 0. */

@@ -63,6 +63,8 @@ class AgentOptions:
     iptables_forward_rules: bool = True
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
+    udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
@@ -72,6 +74,12 @@ class AgentOptions:
     @property
     def renew_margin(self) -> float:
         return self.renew_margin_s if self.renew_margin_s is not None else self.renew_margin_min * 60.0
+
+    def backend_options(self, backend_type: str) -> dict:
+        """Keyword arguments for the backend's constructor (data-path tuning flags)."""
+        if backend_type.lower() == "udp":
+            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+        return {}
 
 
 class Agent:
@@ -265,7 +273,8 @@ class Agent:
                     waiting.failed("the network config", f"reading {key}", f"no network config at {key}", logging.INFO)
                 else:
                     config = parse_config(raw)
-                    backend = self.backends(config.backend_option("Type") or config.backend_type)(self.iface, config)
+                    kind = config.backend_option("Type") or config.backend_type
+                    backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
                     log.info("network config: %s", raw.decode(errors="replace").strip())
                     return config, backend

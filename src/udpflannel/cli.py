@@ -78,6 +78,13 @@ class _Root(click.Group):
               help="Add FORWARD ACCEPT rules for the network (--iptables-forward-rules=false: don't).")
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
+@click.option("--udp-queues", type=click.IntRange(0, 16), default=0, metavar="N",
+              help="udp backend: TUN queues, each with its own worker thread pinned to a CPU "
+              "(0: one per CPU the agent may use, at most 16).")
+@click.option("--udp-busy-poll", type=click.IntRange(0, 100000), default=0, metavar="USEC",
+              help="udp backend: after moving packets, each worker keeps polling this many microseconds "
+              "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "
+              "one CPU busy (measured: see bench/README.md); idle costs nothing. 50 is a good value.")
 @click.option("-v", "--verbose", type=click.IntRange(0), is_flag=False, flag_value=1, default=0,
               help="Log level: 0 info (changes: leases, peers, rules); 1 (-v alone) adds udpflannel's "
                    "debug lines (e.g. the iptables documents); 2 or more also the libraries' debug "
@@ -132,6 +139,8 @@ def build(iface, kw: dict) -> Agent:
         healthz_port=kw["healthz_port"],
         lease_ttl=kw["subnet_lease_ttl"],
         renew_margin_s=kw["subnet_lease_renew_margin_seconds"],
+        udp_queues=kw["udp_queues"],
+        udp_busy_poll_us=kw["udp_busy_poll"],
     )
     return Agent(EtcdRegistry(etcd), iface, opts, notifier=SdNotify(os.environ))
 

@@ -25,7 +25,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "run_iperf.sh"
 KERNEL_AND_BASELINES = ["veth", "vxlan", "socat"]
-AGENT_PATHS = {"uf-udp": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
+AGENT_PATHS = {"uf-udp": "udp", "uf-udp-busy": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
 
 
 def test_run_iperf_quick_smoke(tmp_path):
@@ -43,9 +43,14 @@ def test_run_iperf_quick_smoke(tmp_path):
     for path in expected:
         m = report["medians"][path]
         assert m["tcp1_gbps"] and m["tcp1_gbps"] > 0, (path, m)
-        assert m["ping_ms"] and m["ping_ms"] > 0, (path, m)
-    assert report["medians"]["socat"]["cpu_s_per_gb"] is not None
-    assert "| path |" in p.stdout and "/ vxlan" in p.stdout
+        assert m["ping_ms"] and m["ping_p99_ms"] >= m["ping_ms"] > 0, (path, m)
+        assert m["ping_load_ms"] and m["ping_load_p99_ms"] >= m["ping_load_ms"] > 0, (path, m)
+        assert m["rcvbuf_errors"] is not None and m["rcvbuf_errors"] >= 0, (path, m)
+    for path in ("socat", "uf-udp", "uf-udp-busy"):  # every userspace path has its CPU figures
+        if path in expected:
+            assert report["medians"][path]["cpu_s_per_gb"] is not None, path
+            assert report["medians"][path]["ping_cpu_pct"] is not None, path
+    assert "| path |" in p.stdout and "/ vxlan" in p.stdout and "ping loaded / vxlan" in p.stdout
     if importlib.util.find_spec("matplotlib"):
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prefix = re.search(r"prefix (uf[0-9a-f]{6})", p.stderr).group(1)

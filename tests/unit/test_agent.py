@@ -49,7 +49,7 @@ class World:
         self.rules = FakeRules(self.timeline, self.subnet_file)
 
         def backends(btype):
-            def make(iface, cfg):
+            def make(iface, cfg, **tuning):  # the udp data-path flags (queues, busy-poll)
                 self.backend = Recorder(iface, cfg, self.timeline, fail_start=fail_start, caps=backend_caps)
                 self.backend.type = "udp" if btype == "udp" else "alloc"
                 return self.backend

@@ -341,3 +341,22 @@ def test_no_etcd_endpoints_exits_1_not_a_traceback(cap):
     res = invoke(["--etcd-endpoints", " , "])
     assert res.exit_code == 1
     assert cap.run_calls == 0
+
+
+# -- udp backend tuning ---------------------------------------------------------------------------
+
+
+def test_udp_data_path_flags(cap):
+    ok()
+    assert (cap.agent.opts.udp_queues, cap.agent.opts.udp_busy_poll_us) == (0, 0)  # one per CPU; off
+    ok(["--udp-queues", "4", "--udp-busy-poll", "50"])
+    o = cap.agent.opts
+    assert (o.udp_queues, o.udp_busy_poll_us) == (4, 50)
+    assert o.backend_options("udp") == {"queues": 4, "busy_poll_us": 50}
+    assert o.backend_options("vxlan") == {}
+    ok(env={"FLANNELD_UDP_QUEUES": "2", "FLANNELD_UDP_BUSY_POLL": "20"})
+    assert (cap.agent.opts.udp_queues, cap.agent.opts.udp_busy_poll_us) == (2, 20)
+    for bad in (["--udp-queues", "17"], ["--udp-busy-poll", "-1"], ["--udp-busy-poll", "100001"]):
+        assert invoke(bad).exit_code == 2, bad
+    out = " ".join(ok(["--help"]).output.split())
+    assert "--udp-busy-poll USEC" in out and "one CPU busy" in out

@@ -332,7 +332,7 @@ def test_finish_partial_checksum():
 def split(h, pkt: bytes, maxsegs: int = 256) -> list[bytes]:
     out = ffi.new("uint8_t[]", 200_000)
     lens = ffi.new("uint16_t[]", maxsegs)
-    n = lib.uf_tso4_split(h, pkt, len(pkt), out, 200_000, lens, maxsegs)
+    n = lib.uf_gso4_split(h, pkt, len(pkt), out, 200_000, lens, maxsegs)
     assert n > 0, n
     segs, off = [], 0
     for i in range(n):
@@ -376,15 +376,15 @@ def test_tso_split_rejects_bad_input():
     lens = ffi.new("uint16_t[]", 64)
     h, pkt = super_packet(b"x" * 3000, 1000)
     udp = udp_pkt()
-    assert lib.uf_tso4_split(h, udp, len(udp), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso4_split(h, udp, len(udp), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_size = 0
-    assert lib.uf_tso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_size = 1000
     h.gso_type = 4  # TCPV6
-    assert lib.uf_tso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_type = lib.UF_VNET_GSO_TCPV4
-    assert lib.uf_tso4_split(h, pkt, len(pkt), out, 70000, lens, 2) == -28  # ENOSPC: 3 segments
-    assert lib.uf_tso4_split(h, pkt, len(pkt), out, 100, lens, 64) == -28
+    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 2) == -28  # ENOSPC: 3 segments
+    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 100, lens, 64) == -28
 
 
 def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
@@ -403,7 +403,7 @@ def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
             g.head = ffi.NULL
 
     for ba, p in keep:
-        if lib.uf_gro_eligible(p, len(ba)):
+        if lib.uf_gro_eligible(p, len(ba), 0):
             if not lib.uf_gro_append(g, p, len(ba)):
                 flush()
                 lib.uf_gro_start(g, p, len(ba))
@@ -473,13 +473,13 @@ def test_gro_refuses_what_it_must_not_merge():
     assert len(gro([s1, s2])) == 1
     for second in (gap, other_port, other_ts):
         assert len(gro([s1, second])) == 2
-    assert lib.uf_gro_eligible(syn, len(syn)) == 0
-    assert lib.uf_gro_eligible(bytes(bad_sum), len(bad_sum)) == 0
-    assert lib.uf_gro_eligible(udp_pkt(), 40) == 0
+    assert lib.uf_gro_eligible(syn, len(syn), 0) == 0
+    assert lib.uf_gro_eligible(bytes(bad_sum), len(bad_sum), 0) == 0
+    assert lib.uf_gro_eligible(udp_pkt(), 40, 0) == 0
     opts = ip4(SRC, DST, 6, tcp(SRC, DST, payload), options=b"\x01\x01\x01\x01")
-    assert lib.uf_gro_eligible(opts, len(opts)) == 0
+    assert lib.uf_gro_eligible(opts, len(opts), 0) == 0
     empty = ip4(SRC, DST, 6, tcp(SRC, DST, b""))
-    assert lib.uf_gro_eligible(empty, len(empty)) == 0
+    assert lib.uf_gro_eligible(empty, len(empty), 0) == 0
     # a short segment closes the super-packet
     short = ip4(SRC, DST, 6, tcp(SRC, DST, b"z" * 100, seq=2400, options=TS_OPT))
     after = ip4(SRC, DST, 6, tcp(SRC, DST, payload, seq=2500, options=TS_OPT))

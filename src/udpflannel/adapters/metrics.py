@@ -89,6 +89,8 @@ DROP_REASONS: dict[str, str] = {
     "oversize": "Larger than the MTU (never truncated).",
     "bad_gso": "tx: a TUN super-packet that cannot be segmented.",
     "io": "The send (UDP) or write (TUN) failed.",
+    "bad_checksum": "rx: the inner IPv4 header checksum is wrong (the kernel would drop it too).",
+    "socket_overflow": "rx: datagrams the kernel dropped because the tunnel socket's buffer was full (SO_RXQ_OVFL).",
 }
 
 #: the kernel backends' counters (vxlan, host-gw): dp_<name> -> udpflannel_backend_<name>_total

@@ -35,13 +35,15 @@ OVERHEAD = 28  # outer IPv4 + UDP headers
 class UdpBackend(Backend):
     type = "udp"
 
-    def __init__(self, iface, config):
+    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0):
         if config.v4 is None:
             raise ConfigError("EnableIPv4", False, "the udp backend forwards IPv4 only: an IPv6-only "
                               "network needs vxlan or host-gw")  # fmt: skip
         super().__init__(iface, config)
         if config.v6 is not None:
             log.warning("udp: EnableIPv6 is set; the IPv6 subnet is leased but IPv6 is not forwarded yet")
+        self.queues = queues  # 0: one per CPU (datapath.default_queues)
+        self.busy_poll_us = busy_poll_us
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
@@ -83,12 +85,16 @@ class UdpBackend(Backend):
             raise BackendError(f"udp data path: {e}") from e
 
     async def _start(self, lease: Lease) -> None:
-        from ..datapath import DataPath, LeaseTable, open_tun, probe_features
+        from ..datapath import DataPath, LeaseTable, default_queues, open_tun, probe_features
 
         if self._tun is None:
             features = probe_features()
             self._features = features
-            self._tun = open_tun(DEVICE, queues=1, features=features)
+            queues = self.queues or default_queues(features)
+            if queues > 1 and not features.multi_queue:
+                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", queues)
+                queues = 1
+            self._tun = open_tun(DEVICE, queues=queues, features=features)
             self._table = LeaseTable()
         if self._dp is not None:  # re-acquired with another subnet: new ICMP source
             self._final = self._dp.counters()
@@ -106,6 +112,7 @@ class UdpBackend(Backend):
             icmp_source=self.config.network.network_address,
             mtu=self.mtu(),
             features=self._features,
+            busy_poll_us=self.busy_poll_us,
         )
         self._dp.start()
         log.info("udp data path up: %s %s/32 mtu %d, UDP %s:%d",

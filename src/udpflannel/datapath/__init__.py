@@ -14,7 +14,7 @@ from udpflannel.datapath.errors import DataPathError, InvalidArgumentError, Tabl
 from udpflannel.datapath.features import Features, probe_features
 from udpflannel.datapath.loop import COUNTER_NAMES, DataPath
 from udpflannel.datapath.table import LeaseTable
-from udpflannel.datapath.tun import Tun, open_tun
+from udpflannel.datapath.tun import Tun, default_queues, open_tun
 
 __all__ = [
     "COUNTER_NAMES",
@@ -25,6 +25,7 @@ __all__ = [
     "LeaseTable",
     "TableFullError",
     "Tun",
+    "default_queues",
     "open_tun",
     "probe_features",
 ]

@@ -25,9 +25,17 @@ class DataPath:
     """Forward between ``tun`` and a UDP socket bound to ``bind`` using ``table``.
 
     ``features`` (default: probed now) decides the socket offloads: UDP_SEGMENT
-    sends when the TUN gives super-packets, UDP_GRO receives; with a vnet-header
-    TUN, received TCP segments are coalesced into GSO writes. Pass
+    sends (runs of equal-size packets to one peer share one send), UDP_GRO
+    receives; with a vnet-header TUN, received TCP segments (and, with a USO
+    TUN, UDP datagrams) of one flow are coalesced into GSO writes. Pass
     ``Features.none()`` for the plain batched path.
+
+    One worker thread per TUN queue serves both directions. ``busy_poll_us``
+    (0 = off) keeps a worker polling that long after it last moved a packet
+    before it sleeps: lower latency for a CPU kept busy while traffic flows.
+    ``pin_cpus`` (default: when there are several queues) pins worker i to the
+    i-th CPU the process may use. ``sock_buf`` sets the tunnel sockets' send
+    and receive buffers (0: UF_SOCK_BUF_DEFAULT, 16 MiB).
 
     Construction validates the arguments, creates and binds the sockets;
     ``start()`` runs the worker threads (C pthreads, no GIL); ``stop()``
@@ -44,6 +52,9 @@ class DataPath:
         icmp_source: IPv4Address,
         mtu: int,
         features: Features | None = None,
+        busy_poll_us: int = 0,
+        pin_cpus: bool | None = None,
+        sock_buf: int = 0,
     ) -> None:
         if not isinstance(tun, Tun) or tun.closed:
             raise TypeError("tun must be an open Tun from open_tun()")
@@ -59,23 +70,33 @@ class DataPath:
         icmp_source = IPv4Address(icmp_source)
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535 - 28:
             raise ValueError(f"bad mtu {mtu!r}")
+        if not isinstance(busy_poll_us, int) or not 0 <= busy_poll_us <= lib.UF_BUSY_POLL_MAX_US:
+            raise ValueError(f"busy_poll_us must be 0..{lib.UF_BUSY_POLL_MAX_US}, got {busy_poll_us!r}")
+        if not isinstance(sock_buf, int) or not 0 <= sock_buf < 2**31:
+            raise ValueError(f"bad sock_buf {sock_buf!r}")
         if features is None:
             features = probe_features()
+        if pin_cpus is None:  # pin when there is a worker per CPU to spread
+            pin_cpus = len(tun.fds) > 1
 
         cfg = ffi.new("uf_dp_config *")
         for i, fd in enumerate(tun.fds):
             cfg.tun_fds[i] = fd
         cfg.queues = len(tun.fds)
         cfg.vnet_hdr = int(tun.vnet_hdr)
-        cfg.udp_segment = int(tun.vnet_hdr and features.udp_segment)
+        cfg.udp_segment = int(features.udp_segment)
         cfg.udp_gro = int(features.udp_gro)
         cfg.gro_coalesce = int(tun.vnet_hdr)
+        cfg.tun_uso = int(tun.vnet_hdr and tun.uso)
         cfg.bind_addr = int(addr)
         cfg.port = port
         cfg.network = int(network.network_address)
         cfg.plen = network.prefixlen
         cfg.icmp_source = int(icmp_source)
         cfg.mtu = mtu
+        cfg.busy_poll_us = busy_poll_us
+        cfg.pin_cpus = int(pin_cpus)
+        cfg.sock_buf = sock_buf
         cfg.table = table.c_table
         out = ffi.new("uf_dp **")
         check(lib.uf_dp_new(cfg, out), f"DataPath(bind={addr}:{port})")
@@ -89,6 +110,9 @@ class DataPath:
             "udp_segment": bool(cfg.udp_segment),
             "udp_gro": bool(cfg.udp_gro),
             "gro_coalesce": bool(cfg.gro_coalesce),
+            "uso": bool(cfg.tun_uso),
+            "busy_poll_us": busy_poll_us,
+            "pin_cpus": bool(pin_cpus),
             "batch": lib.UF_BATCH,
         }
         log.info(
@@ -125,12 +149,16 @@ class DataPath:
         rc = lib.uf_dp_error(self._dp)
         return DataPathError(-rc, "data path worker") if rc < 0 else None
 
-    def _read_counters(self) -> dict[str, int]:
+    def _read_counters(self, queue: int | None = None) -> dict[str, int]:
         n = lib.UF_C__COUNT
         buf = ffi.new("uint64_t[]", n)
         result: dict[str, int] = {}
         for prefix, direction in (("tx_", lib.UF_DIR_TX), ("rx_", lib.UF_DIR_RX)):
-            check(lib.uf_dp_counters(self._dp, direction, buf, n), "DataPath.counters")
+            if queue is None:
+                rc = lib.uf_dp_counters(self._dp, direction, buf, n)
+            else:
+                rc = lib.uf_dp_queue_counters(self._dp, queue, direction, buf, n)
+            check(rc, "DataPath.counters")
             for i, name in enumerate(COUNTER_NAMES):
                 result[prefix + name] = int(buf[i])
         for name in _TOTALLED:
@@ -142,6 +170,12 @@ class DataPath:
         if self._dp is None:
             return dict(self._final or {})
         return self._read_counters()
+
+    def queue_counters(self) -> list[dict[str, int]]:
+        """counters() of each queue's worker (empty after stop)."""
+        if self._dp is None:
+            return []
+        return [self._read_counters(q) for q in range(self.mode["queues"])]
 
     def __enter__(self) -> "DataPath":
         self.start()

@@ -21,6 +21,7 @@ class Tun:
     name: str
     fds: tuple[int, ...]
     vnet_hdr: bool
+    uso: bool = False  # TUN_F_USO4/6: UDP super-packets both ways (GSO_UDP_L4)
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -53,8 +54,10 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
     """Create TUN `name` with `queues` queues.
 
     With ``features.tun_offload`` the device gets IFF_VNET_HDR and
-    TUNSETOFFLOAD(CSUM|TSO4), so reads return TCP super-packets; if that
-    fails the device is opened without them (logged) and the plain path runs.
+    TUNSETOFFLOAD(CSUM|TSO4), plus USO4|USO6 when ``features.tun_uso``, so
+    reads return TCP (and UDP) super-packets and writes may be GSO; if that
+    fails the device is opened without USO, then without offloads (logged),
+    and the plain path runs.
     """
     if not isinstance(name, str) or not name or len(name.encode()) >= lib.UF_IFNAMSIZ:
         raise ValueError(f"bad interface name {name!r}")
@@ -70,13 +73,23 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
     fds = ffi.new("int[]", queues)
     kname = ffi.new("char[]", lib.UF_IFNAMSIZ)
     if features.tun_offload:
-        rc = lib.uf_tun_open(name.encode(), queues, flags | lib.UF_TUN_VNET_HDR, fds, kname)
-        if rc == 0:
-            tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=True)
-            log.info("TUN %s: %d queue(s), vnet header with TSO4/CSUM offload", tun.name, queues)
-            return tun
+        attempts = [(lib.UF_TUN_USO, True), (0, False)] if features.tun_uso else [(0, False)]
+        for extra, uso in attempts:
+            rc = lib.uf_tun_open(name.encode(), queues, flags | lib.UF_TUN_VNET_HDR | extra, fds, kname)
+            if rc == 0:
+                tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=True, uso=uso)
+                log.info("TUN %s: %d queue(s), vnet header with %s offload", tun.name, queues,
+                         "TSO4/USO/CSUM" if uso else "TSO4/CSUM")
+                return tun
         log.warning("TUN %s: offload setup failed (%s), using the plain path", name, os.strerror(-rc))
     check(lib.uf_tun_open(name.encode(), queues, flags, fds, kname), f"open_tun({name})")
     tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=False)
     log.info("TUN %s: %d queue(s), no offloads", tun.name, queues)
     return tun
+
+
+def default_queues(features: Features) -> int:
+    """One queue per CPU this process may run on (at most UF_TUN_MAX_QUEUES), 1 without multi-queue."""
+    if not features.multi_queue:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), lib.UF_TUN_MAX_QUEUES))

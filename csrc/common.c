@@ -1,0 +1,34 @@
+/* common.c - the counter names (the single source: Python reads them through uf_counter_name). */
+#include "common.h"
+
+static const char *const counter_names[] = {
+    [UF_C_PACKETS] = "packets",
+    [UF_C_BYTES] = "bytes",
+    [UF_C_BATCHES] = "batches",
+    [UF_C_SUPER_PACKETS] = "super_packets",
+    [UF_C_DROP_SHORT] = "drop_short",
+    [UF_C_DROP_NOT_IPV4] = "drop_not_ipv4",
+    [UF_C_DROP_BAD_HEADER] = "drop_bad_header",
+    [UF_C_DROP_TTL] = "drop_ttl",
+    [UF_C_DROP_NO_ROUTE] = "drop_no_route",
+    [UF_C_DROP_OUTSIDE_NETWORK] = "drop_outside_network",
+    [UF_C_DROP_UNKNOWN_PEER] = "drop_unknown_peer",
+    [UF_C_DROP_SPOOFED_SOURCE] = "drop_spoofed_source",
+    [UF_C_DROP_OVERSIZE] = "drop_oversize",
+    [UF_C_DROP_BAD_GSO] = "drop_bad_gso",
+    [UF_C_DROP_IO] = "drop_io",
+    [UF_C_ICMP_UNREACHABLE_SENT] = "icmp_unreachable_sent",
+    [UF_C_ICMP_RATELIMITED] = "icmp_ratelimited",
+    [UF_C_IO_ERRORS] = "io_errors",
+    [UF_C_GSO_FALLBACKS] = "gso_fallbacks",
+    [UF_C_DROP_BAD_CHECKSUM] = "drop_bad_checksum",
+    [UF_C_DROP_SOCKET_OVERFLOW] = "drop_socket_overflow",
+};
+
+/* a name for every index, and no more */
+_Static_assert(sizeof(counter_names) / sizeof(counter_names[0]) == UF_C__COUNT, "counter_names");
+
+const char *uf_counter_name(int idx)
+{
+    return idx >= 0 && idx < UF_C__COUNT ? counter_names[idx] : NULL;
+}

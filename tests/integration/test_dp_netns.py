@@ -490,17 +490,17 @@ def test_loopback_round_trip(lo_ns):
             assert icmp[9] == 1 and icmp[20] == 3 and icmp[21] == 0
             assert icmp[12:16] == IPv4Address("10.5.0.0").packed
             assert icmp[16:20] == IPv4Address("10.5.1.2").packed
-            # outside the network, too short, not IPv4: dropped
+            # outside the network, too short, neither IPv4 nor IPv6: dropped
             fake.write(udp_inner("10.5.1.2", "192.168.1.1"))
             fake.write(b"\x45" * 10)
-            fake.write(b"\x60" + pkt[1:])
+            fake.write(b"\x70" + pkt[1:])
             fake.write(udp_inner("10.5.1.2", "10.5.1.3", ttl=1))
             fake.write(pkt)  # a good one after them, to know they were processed
             assert fake.read()[28:] == pkt[28:]
             c = final_counters(dp)
             assert c["tx_packets"] == c["rx_packets"] == 302
             assert c["tx_drop_outside_network"] == 1 and c["tx_drop_short"] == 1
-            assert c["tx_drop_not_ipv4"] == 1 and c["tx_drop_ttl"] == 1
+            assert c["tx_drop_bad_version"] == 1 and c["tx_drop_ttl"] == 1
             assert c["tx_drop_no_route"] == 1 and c["icmp_unreachable_sent"] == 1
             assert c["tx_batches"] >= 1 and c["rx_batches"] >= 1
 
@@ -829,7 +829,7 @@ def test_spoofed_datagrams_dropped_while_traffic_flows(pair, mode):
         send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [icmp_echo("10.5.9.9", "10.5.2.0")] * n)  # inner src not A's
         send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good[:12]] * n)                       # under 20 bytes
         send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [good[:30]] * n)                       # truncated (tot_len)
-        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [b"\x60" + good[1:]] * n)               # not IPv4
+        send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [b"\x70" + good[1:]] * n)               # neither IPv4 nor IPv6
         big = icmp_echo("10.5.1.7", "10.5.2.0", payload=b"y" * 2000)
         send_raw(pair.ns_a, pair.ip_a, pair.ip_b, [big] * n)                             # over the MTU
         ttl1 = icmp_echo("10.5.1.7", "10.5.2.0", ttl=1)
@@ -841,12 +841,12 @@ def test_spoofed_datagrams_dropped_while_traffic_flows(pair, mode):
     assert " 0% packet loss" in out, out
     # the last datagrams may still be in B's socket when the ping ends
     c = settled(b.counters, {"rx_drop_unknown_peer": n, "rx_drop_spoofed_source": n, "rx_drop_short": 2 * n,
-                             "rx_drop_not_ipv4": n, "rx_drop_oversize": n, "rx_drop_ttl": n})
+                             "rx_drop_bad_version": n, "rx_drop_oversize": n, "rx_drop_ttl": n})
     print({k: v for k, v in c.items() if v})
     assert c["rx_drop_unknown_peer"] == n
     assert c["rx_drop_spoofed_source"] == n
     assert c["rx_drop_short"] == 2 * n
-    assert c["rx_drop_not_ipv4"] == n
+    assert c["rx_drop_bad_version"] == n
     assert c["rx_drop_oversize"] == n
     assert c["rx_drop_ttl"] == n
     assert c["rx_packets"] >= 20

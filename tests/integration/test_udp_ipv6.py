@@ -99,9 +99,11 @@ def test_udp_dual_stack_carries_ipv6_in_the_ipv4_tunnel(dual_etcd_lab):
         routes6 = [r.split()[0] for r in h.run("ip", "-6", "route", "show", "dev", "flannel0").stdout.splitlines()]
         assert NET6 in routes6
         assert h.run("ip", "route", "show", "dev", "flannel0").stdout.split()[0] == "10.5.0.0/16"
-        # the dual-stack key with flanneld's udp value: PublicIP only, the IPv6 subnet rides along
+        # the dual-stack key with flanneld's udp value (PublicIP only: the IPv6 subnet rides along),
+        # plus the BackendV6Data that says this host carries IPv6 (flanneld's udp ignores it)
         key = f"{sn.network_address}-{sn.prefixlen}&{sn6.network_address}-64"
-        assert lab.etcd[0].get(f"{PREFIX}/subnets/{key}") == f'{{"PublicIP":"{h.ip}","PublicIPv6":null}}'
+        assert lab.etcd[0].get(f"{PREFIX}/subnets/{key}") == (
+            f'{{"PublicIP":"{h.ip}","PublicIPv6":null,"BackendV6Data":{{"Underlay":"IPv4"}}}}')
     assert "IPv6 is not forwarded" not in agents.log_text(a1)
     assert agents.metric(h1, "datapath_leases") == 2  # h2's IPv4 and IPv6 subnets
     assert c1.ip6 in subnet6(e1) and c2.ip6 in subnet6(e2)
@@ -118,6 +120,13 @@ def test_udp_dual_stack_carries_ipv6_in_the_ipv4_tunnel(dual_etcd_lab):
         assert after[2] > before[2] and after[3] > before[3], (before, after)
     sent, got = agents.tcp_transfer(lab, c2, c1, c1.ip, size=TRANSFER, port=5002, timeout=120)
     assert got == sent, "the TCP transfer over IPv4 (alongside) arrived damaged or incomplete"
+    # a flanneld udp host joins (its udp carries no IPv6; it would mangle IPv6 datagrams): its
+    # IPv4 subnet is routed, its IPv6 one is not, and IPv6 for it gets an ICMPv6 no-route
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.250.0-24&fd00:5:0:fa::-64", '{"PublicIP":"192.0.2.99","PublicIPv6":null}')
+    agents.wait_log(a1, "not routing fd00:5:0:fa::/64 to 192.0.2.99: its lease does not say it carries IPv6")
+    wait_for(lambda: agents.metric(h1, "datapath_leases") == 3, 10, what="the flanneld host's IPv4 subnet routed")
+    p = c1.run("ping", "-6", "-n", "-c", "1", "-W", "2", "fd00:5:0:fa::1", check=False)
+    assert "Destination unreachable: No route" in p.stdout, p.stdout
     assert a1.poll() is None and a2.poll() is None
 
 
@@ -130,7 +139,7 @@ def test_udp_ipv6_only_runs_over_the_ipv6_underlay(v6_etcd_lab):
         assert env["FLANNEL_MTU"] == "1452"  # 1500 - 48: outer IPv6 + UDP
         assert flannel0_addrs(h) == [(str(subnet6(env).network_address), 128)]
         assert lab.etcd[0].get(f"{PREFIX}/subnets/0.0.0.0-0&{subnet6(env).network_address}-64") == (
-            f'{{"PublicIP":"0.0.0.0","PublicIPv6":"{h.ip6}"}}')
+            f'{{"PublicIP":"0.0.0.0","PublicIPv6":"{h.ip6}","BackendV6Data":{{"Underlay":"IPv6"}}}}')
         sock = h.run("ss", "-H", "-u", "-a", "-n", "sport", "= :8285").stdout
         assert f"[{h.ip6}]:8285" in sock and "0.0.0.0" not in sock  # the IPv6 socket only
     pings_both_ways(c1, c2, (6,))

@@ -45,7 +45,9 @@ def test_udp_dual_stack_carries_ipv6_in_the_ipv4_tunnel(caplog):
     assert caplog.text == ""
     assert b.underlay() == {4: 4, 6: 4} and b.tunnel_family == 4  # IPv6 rides the IPv4 tunnel to PublicIP
     assert b.mtu() == 1472  # 1500 - 28: an IPv6 packet of 1472 bytes fits the IPv4 tunnel as well
-    assert asyncio.run(b.prepare()).to_json() == '{"PublicIP":"192.0.2.11","PublicIPv6":null}'
+    # flanneld's udp bytes, plus BackendV6Data: this host carries IPv6 (flanneld's udp ignores it)
+    assert asyncio.run(b.prepare()).to_json() == (
+        '{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendV6Data":{"Underlay":"IPv4"}}')
     assert backend_class("udp")(DUAL, cfg("udp")).underlay() == {4: 4, 6: 4}
 
 
@@ -53,7 +55,8 @@ def test_udp_ipv6_only_runs_over_the_ipv6_underlay():
     b = backend_class("udp")(V6, cfg("udp", v4=False))
     assert b.underlay() == {6: 6} and b.tunnel_family == 6
     assert b.mtu() == 1452  # 1500 - 48: outer IPv6 (40) + UDP (8)
-    assert asyncio.run(b.prepare()).to_json() == '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11"}'
+    assert asyncio.run(b.prepare()).to_json() == (
+        '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendV6Data":{"Underlay":"IPv6"}}')
     with pytest.raises(InterfaceError, match="udp: IPv6 is enabled \\(EnableIPv6\\) but eth1 has no global IPv6"):
         backend_class("udp")(V4, cfg("udp", v4=False))
 
@@ -83,12 +86,13 @@ def test_an_enabled_family_the_interface_lacks_is_refused_with_the_reason(btype)
         backend_class(btype)(V6, cfg(btype))
 
 
-def _lease(v4, v6, ip="192.0.2.12", ip6=None):
+def _lease(v4, v6, ip="192.0.2.12", ip6=None, v6_data=None):
     from ipaddress import IPv4Network, IPv6Network
 
     from udpflannel.core.subnet import Lease, LeaseAttrs
 
-    attrs = LeaseAttrs(public_ip=IPv4Address(ip or "0.0.0.0"), public_ipv6=IPv6Address(ip6) if ip6 else None)
+    attrs = LeaseAttrs(public_ip=IPv4Address(ip or "0.0.0.0"), public_ipv6=IPv6Address(ip6) if ip6 else None,
+                       backend_v6_data=v6_data)  # fmt: skip
     return Lease(subnet=IPv4Network(v4) if v4 else None, ipv6_subnet=IPv6Network(v6) if v6 else None, attrs=attrs)
 
 
@@ -101,16 +105,21 @@ def test_udp_feeds_both_families_into_the_table_by_snapshot_and_delta(iface, v4,
 
     b = backend_class("udp")(iface, cfg("udp", v4=v4))
     b._table = LeaseTable()  # what start() creates (with the TUN); the table is all apply() touches
-    peer = _lease("10.5.2.0/24" if v4 else None, "fd00:5:0:2::/64", ip6="2001:db8::12")
+    carries = {"Underlay": "IPv4" if v4 else "IPv6"}
+    peer = _lease("10.5.2.0/24" if v4 else None, "fd00:5:0:2::/64", ip6="2001:db8::12", v6_data=carries)
     old4 = _lease("10.5.3.0/24", None, ip="192.0.2.13")  # written before IPv6 was enabled: IPv4 only
-    asyncio.run(b.apply(Snapshot((peer, old4) if v4 else (peer,))))
+    # a flanneld udp host in a dual-stack cluster: a dual-stack key, no BackendV6Data
+    flanneld = _lease("10.5.5.0/24" if v4 else None, "fd00:5:0:5::/64", ip="192.0.2.15", ip6="2001:db8::15")
+    asyncio.run(b.apply(Snapshot((peer, old4, flanneld) if v4 else (peer, flanneld))))
     t = b._table
     assert str(t.lookup("fd00:5:0:2::7")) == tunnel
+    assert t.lookup("fd00:5:0:5::7") is None  # never IPv6 to a host that does not say it carries it
     if v4:
-        assert str(t.lookup("10.5.2.7")) == tunnel and str(t.lookup("10.5.3.7")) == "192.0.2.13" and len(t) == 3
+        assert str(t.lookup("10.5.2.7")) == tunnel and str(t.lookup("10.5.3.7")) == "192.0.2.13"
+        assert str(t.lookup("10.5.5.7")) == "192.0.2.15" and len(t) == 4  # the flanneld host's IPv4: yes
     else:
         assert t.lookup("10.5.2.7") is None and len(t) == 1
-    gone = _lease("10.5.4.0/24" if v4 else None, "fd00:5:0:4::/64", ip6="2001:db8::14")
+    gone = _lease("10.5.4.0/24" if v4 else None, "fd00:5:0:4::/64", ip6="2001:db8::14", v6_data=carries)
     asyncio.run(b.apply(Delta((LeaseEvent("added", gone), LeaseEvent("removed", peer)))))
     assert t.lookup("fd00:5:0:2::7") is None and t.lookup("10.5.2.7") is None
     assert t.lookup("fd00:5:0:4::1") is not None

@@ -16,12 +16,20 @@ wire-compatible with flanneld's udp peers. IPv6 only (EnableIPv4 false): the tun
 the IPv6 underlay, from a socket bound to the interface's IPv6 address to each peer's
 PublicIPv6. MTU = interface MTU - 28 over IPv4 (outer IPv4 + UDP), - 48 over IPv6 (outer
 IPv6 + UDP); IPv6 needs at least 1280 on flannel0.
+
+flanneld's udp backend has no IPv6, and its proxy would treat an IPv6 datagram as IPv4
+(decrementing a "TTL" inside the IPv6 source address) and write it to its TUN. So a host
+whose udp backend carries IPv6 says so in its lease, `"BackendV6Data":{"Underlay":"IPv4"}`
+(or "IPv6"; flanneld's udp writes no BackendV6Data and ignores it), and only the IPv6
+subnets of leases that say so are routed: a flanneld udp peer in a dual-stack cluster
+still gets IPv4, and an IPv6 packet for it gets an ICMPv6 no-route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 from ipaddress import IPv4Network, IPv6Network
 from typing import Mapping, Optional, Union
@@ -68,6 +76,7 @@ class UdpBackend(Backend):
         self._lease: Optional[Lease] = None
         self._final: dict[str, int] = {}
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
+        self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
 
     def capabilities(self) -> dict[int, str]:
@@ -93,10 +102,17 @@ class UdpBackend(Backend):
         # flanneld's udp backend writes no BackendType at all
         return lease.attrs.backend_type.lower() in ("", self.type)
 
+    @property
+    def v6_data(self) -> dict:
+        """Our lease's BackendV6Data: this host carries its IPv6 subnet, over this underlay."""
+        return {"Underlay": f"IPv{self.tunnel_family}"}
+
     async def prepare(self) -> LeaseAttrs:
-        # IPv4 underlay: {"PublicIP":"...","PublicIPv6":null}, flanneld's udp bytes;
-        # IPv6 only: {"PublicIP":"0.0.0.0","PublicIPv6":"..."}
-        return LeaseAttrs(**self.lease_addresses())
+        # IPv4 only: {"PublicIP":"...","PublicIPv6":null}, flanneld's udp bytes; dual stack
+        # adds "BackendV6Data":{"Underlay":"IPv4"}; IPv6 only: {"PublicIP":"0.0.0.0",
+        # "PublicIPv6":"...","BackendV6Data":{"Underlay":"IPv6"}}
+        v6 = self.v6_data if 6 in self.families() else None
+        return LeaseAttrs(**self.lease_addresses(), backend_v6_data=v6)
 
     async def start(self, lease: Lease) -> None:
         from ..datapath import DataPathError
@@ -203,9 +219,23 @@ class UdpBackend(Backend):
 
     def _entries(self, lease: Lease) -> list[tuple[IPNetwork, IPAddress]]:
         """The lease table entries of a peer: each subnet of an enabled family -> the peer's
-        public address of the tunnel's family (validated by core.validate)."""
+        public address of the tunnel's family (validated by core.validate). An IPv6 subnet
+        only when the lease says its host carries IPv6 over our underlay (flanneld's udp
+        hosts do not: they would mangle the packets)."""
         outer = lease.attrs.public(self.tunnel_family)
-        return [(s, outer) for s in lease.nets if s.version in self.families()]
+        out = []
+        for s in lease.nets:
+            if s.version not in self.families():
+                continue
+            if s.version == 6 and lease.attrs.backend_v6_data != self.v6_data:
+                if lease.key not in self._v6_skipped:
+                    self._v6_skipped.add(lease.key)
+                    log.info("udp: not routing %s to %s: its lease does not say it carries IPv6 over %s "
+                             "(BackendV6Data %s; a flanneld udp host?)", s, outer, self.v6_data["Underlay"],
+                             json.dumps(lease.attrs.backend_v6_data))  # fmt: skip
+                continue
+            out.append((s, outer))
+        return out
 
     def _set(self, net: IPNetwork, ip: IPAddress) -> None:
         from ..datapath import DataPathError

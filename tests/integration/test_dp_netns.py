@@ -1067,6 +1067,45 @@ def test_icmp_reaches_a_container_behind_the_host(pair, icmp_source, seen):
         run("ip", "netns", "del", c, check=False)
 
 
+# UDP_PROBE for IPv6: one datagram to argv[1]:9 with IPV6_RECVERR, print the error or "timeout".
+UDP_PROBE6 = UDP_PROBE.replace("socket.AF_INET,", "socket.AF_INET6,").replace(
+    "s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR", "s.setsockopt(socket.IPPROTO_IPV6, 25, 1)  # IPV6_RECVERR")
+
+
+@pytest.mark.parametrize("icmp_source,seen", [
+    ("fd00:5:0:1::", "Network is unreachable"),  # the TUN's own address: what the udp backend uses
+    ("fd00:5::", "Network is unreachable"),      # the IPv6 Network's address (IPv4's choice) works too
+])
+def test_icmpv6_reaches_a_container_behind_the_host(pair, icmp_source, seen):
+    """A "container" behind host A (fd00:5:0:1::5 via fd00:5:0:1::1, as docker0) gets the
+    ICMPv6 no-route about its packet to an unleased subnet from the TUN's own address: IPv6
+    has no martian-source check (unlike IPv4, where that source is dropped), and RFC 4443
+    asks for a unicast address of the node. The Network's address is delivered as well."""
+    c, p = pair.prefix + "c", pair.prefix
+    run("ip", "netns", "add", c)
+    try:
+        run("ip", "netns", "exec", c, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.default.disable_ipv6=0")
+        run("ip", "link", "add", p + "da", "netns", pair.ns_a, "type", "veth", "peer", "name", p + "dc",
+            "netns", c)
+        run("ip", "-n", pair.ns_a, "addr", "add", "fd00:5:0:1::1/64", "dev", p + "da", "nodad")
+        run("ip", "-n", pair.ns_a, "link", "set", p + "da", "up")
+        run("ip", "netns", "exec", pair.ns_a, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        run("ip", "-n", c, "addr", "add", "fd00:5:0:1::5/64", "dev", p + "dc", "nodad")
+        run("ip", "-n", c, "link", "set", p + "dc", "up")
+        run("ip", "-n", c, "-6", "route", "add", "default", "via", "fd00:5:0:1::1")
+        agent = start_agent(pair.ns_a, "plain", [{
+            "tun": p + "t", "subnet": "fd00:5:0:1::/64", "bind": pair.ip_a, "port": PORT, "peers": {},
+            "routes": [NETWORK6]}], icmp_source=icmp_source, network=NETWORK6)
+        pair.agents.append(agent)
+        got = run("ip", "netns", "exec", c, sys.executable, "-c", UDP_PROBE6, "fd00:5:0:77::1").stdout.strip()
+        print(icmp_source, "->", got)
+        assert settled(agent.counters, {"icmp_unreachable_sent": 1})["icmp_unreachable_sent"] == 1
+        assert got == seen
+    finally:
+        run("ip", "netns", "del", c, check=False)
+
+
 def test_stop_is_prompt_and_idempotent(pair):
     a, b = pair.start("offload")
     assert ping(pair.ns_a, "10.5.2.0", count=1).returncode == 0

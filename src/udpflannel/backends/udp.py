@@ -147,11 +147,7 @@ class UdpBackend(Backend):
             bind=(bind, self.port),
             table=self._table,
             network=networks,
-            # not flannel0's own address: the kernel drops ICMP from a local address as a
-            # martian, so containers would never see the unreachable (flanneld's bug); the
-            # Network's own address lies in its first subnet, which is never leased. The
-            # same for ICMPv6 (tests/integration/test_udp_ipv6.py shows a container get it).
-            icmp_source=[n.network_address for n in networks],
+            icmp_source=[self._icmp_source(lease, n) for n in networks],
             mtu=self.mtu(),
             features=self._features,
             busy_poll_us=self.busy_poll_us,
@@ -160,6 +156,18 @@ class UdpBackend(Backend):
         log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
                  DEVICE, ", ".join(f"{s.network_address}/{s.max_prefixlen}" for s in lease.nets), self.mtu(),
                  bind, self.port)  # fmt: skip
+
+    @staticmethod
+    def _icmp_source(lease: Lease, network: IPNetwork) -> IPAddress:
+        """Where our ICMP unreachables come from. IPv4: not flannel0's own address (the
+        kernel drops ICMP from a local address as a martian, so containers would never see
+        it: flanneld's bug) but the Network's, which lies in its first subnet, never leased.
+        IPv6 has no martian check, and RFC 4443 asks for a unicast address of the node:
+        flannel0's own (<IPv6 subnet>::). tests/integration/test_udp_ipv6.py and
+        test_dp_netns.py show a container behind the host get both."""
+        if network.version == 6:
+            return lease.ipv6_subnet.network_address
+        return network.network_address
 
     def _configure_link(self, lease: Lease) -> None:
         """MTU, up, our address of each family (the subnet's network address, /32 or /128:

@@ -11,6 +11,7 @@ per-run namespaces (tests/conftest.py: dual_etcd_lab, v6_etcd_lab)."""
 from __future__ import annotations
 
 import json
+import os
 from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 
 import pytest
@@ -19,6 +20,7 @@ from udpflannel.lab.netlab import wait_for
 
 from . import agents
 from .agents import PREFIX
+from .test_dp_netns import UDP_PROBE6
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -207,24 +209,6 @@ def test_spoofed_unknown_and_malformed_ipv6_datagrams_are_dropped_and_counted(re
     wait_for(lambda: metric(h1, "rx_packets") >= rx + 5, 10, what="the good datagrams delivered")
 
 
-# A UDP datagram from the container to argv[1] (port 9) with IPV6_RECVERR on: prints the
-# error the ICMPv6 that comes back is turned into, or "timeout".
-PROBE6 = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IPV6, 25, 1)  # IPV6_RECVERR
-s.settimeout(3)
-s.connect((sys.argv[1], 9))
-s.send(b'probe')
-try:
-    s.recv(100); print('no-error')
-except socket.timeout:
-    print('timeout')
-except OSError as e:
-    print(e.errno)
-"""
-
-
 @pytest.mark.parametrize("lab_fixture", ["dual_etcd_lab", "v6_etcd_lab"])
 def test_ping6_to_an_unleased_subnet_gets_icmpv6_unreachable_in_the_container(request, lab_fixture):
     """The ICMPv6 no-route comes from flannel0's own IPv6 address (<subnet>::, a unicast
@@ -239,7 +223,8 @@ def test_ping6_to_an_unleased_subnet_gets_icmpv6_unreachable_in_the_container(re
     assert p.returncode != 0
     source = subnet6(e1).network_address
     assert f"From {source} icmp_seq=1 Destination unreachable: No route" in p.stdout, p.stdout
-    assert c1.run("python3", "-c", PROBE6, "fd00:5:0:fff0::1").stdout.strip() == str(errno.ENETUNREACH)
+    # a connected UDP socket with IPV6_RECVERR gets ENETUNREACH
+    assert c1.run("python3", "-c", UDP_PROBE6, "fd00:5:0:fff0::1").stdout.strip() == os.strerror(errno.ENETUNREACH)
     wait_for(lambda: int(agents.metric(h1, "datapath_icmp_unreachable_sent", direction="tx")) >= before + 3, 10,
              what="the ICMPv6 counted")  # fmt: skip
     # and a leased subnet is still reachable

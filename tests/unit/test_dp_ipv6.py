@@ -16,7 +16,7 @@ from udpflannel.datapath import LeaseTable
 from udpflannel.datapath._native import ffi, lib
 from udpflannel.datapath.addr import to_c
 
-from .test_dp_packet import C, csum, ip_ok, nets, route, udp_pkt, vnet
+from .test_dp_packet import C, csum, gro, ip_ok, nets, route, split, udp_pkt, vnet
 from .test_dp_pipeline import Rx, Tx, counters, pipe_cfg, segments, vnet_frame
 
 NET4, NET6 = "10.5.0.0/16", "fd00:5::/48"
@@ -246,15 +246,7 @@ def super6(payload: bytes, mss: int, flags: int = 0x18, seq: int = 1000):
 
 
 def split6(h, pkt: bytes) -> list[bytes]:
-    out = ffi.new("uint8_t[]", 200_000)
-    lens = ffi.new("uint16_t[]", 256)
-    n = lib.uf_gso_split(h, pkt, len(pkt), out, 200_000, lens, 256)
-    assert n > 0, n
-    segs, off = [], 0
-    for i in range(n):
-        segs.append(bytes(ffi.buffer(out + off, lens[i])))
-        off += lens[i]
-    return segs
+    return split(h, pkt)
 
 
 def test_tso6_split():
@@ -308,29 +300,7 @@ def test_uso6_split():
 
 
 def gro6(pkts: list[bytes]) -> list[tuple[bytes, object]]:
-    g = ffi.new("uf_gro *")
-    keep = [C(p) for p in pkts]
-    out = ffi.new("uint8_t[]", lib.UF_GRO_MAX_LEN)
-    writes = []
-
-    def flush():
-        if g.head != ffi.NULL:
-            h = ffi.new("uf_vnet_hdr *")
-            n = lib.uf_gro_finish(g, h)
-            assert lib.uf_gro_copy(g, out, lib.UF_GRO_MAX_LEN) == n
-            writes.append((bytes(ffi.buffer(out, n)), h))
-            g.head = ffi.NULL
-
-    for ba, p in keep:
-        if lib.uf_gro_eligible(p, len(ba), 1):
-            if not lib.uf_gro_append(g, p, len(ba)):
-                flush()
-                lib.uf_gro_start(g, p, len(ba))
-        else:
-            flush()
-            writes.append((bytes(ba), None))
-    flush()
-    return writes
+    return gro(pkts, udp=1)
 
 
 def test_gro6_coalesces_split_segments_back():

@@ -408,8 +408,9 @@ def test_tso_split_rejects_bad_input():
     assert lib.uf_gso_split(h, pkt, len(pkt), out, 100, lens, 64) == -28
 
 
-def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
-    """Run the loop's coalescing policy over pkts; returns (packet, vnet hdr) writes."""
+def gro(pkts: list[bytes], udp: int = 0) -> list[tuple[bytes, object]]:
+    """Run the loop's coalescing policy over pkts (UDP flows too when udp); returns
+    (packet, vnet hdr) writes."""
     g = ffi.new("uf_gro *")
     keep = [C(p) for p in pkts]  # the coalescer keeps references into these buffers
     out = ffi.new("uint8_t[]", lib.UF_GRO_MAX_LEN)
@@ -424,7 +425,7 @@ def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
             g.head = ffi.NULL
 
     for ba, p in keep:
-        if lib.uf_gro_eligible(p, len(ba), 0):
+        if lib.uf_gro_eligible(p, len(ba), udp):
             if not lib.uf_gro_append(g, p, len(ba)):
                 flush()
                 lib.uf_gro_start(g, p, len(ba))

@@ -123,5 +123,10 @@ def test_udp_feeds_both_families_into_the_table_by_snapshot_and_delta(iface, v4,
     asyncio.run(b.apply(Delta((LeaseEvent("added", gone), LeaseEvent("removed", peer)))))
     assert t.lookup("fd00:5:0:2::7") is None and t.lookup("10.5.2.7") is None
     assert t.lookup("fd00:5:0:4::1") is not None
+    # the same key rewritten without BackendV6Data (flanneld took the host over): IPv6 unrouted
+    flanneld_now = _lease("10.5.4.0/24" if v4 else None, "fd00:5:0:4::/64", ip6="2001:db8::14")
+    asyncio.run(b.apply(Delta((LeaseEvent("added", flanneld_now),))))
+    assert t.lookup("fd00:5:0:4::1") is None
+    assert (t.lookup("10.5.4.1") is not None) == v4
     asyncio.run(b.apply(Snapshot(())))  # an empty snapshot empties the table
     assert len(t) == 0

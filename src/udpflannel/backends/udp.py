@@ -221,8 +221,12 @@ class UdpBackend(Backend):
                 if ev.kind == "removed":
                     for net in ev.lease.nets:
                         self._delete(net)
-                else:
-                    for net, ip in self._entries(ev.lease):
+                else:  # add or replace: a replaced lease may have lost what made a subnet routable
+                    entries = dict(self._entries(ev.lease))
+                    for net in ev.lease.nets:
+                        if net not in entries:
+                            self._delete(net)
+                    for net, ip in entries.items():
                         self._set(net, ip)
 
     def _entries(self, lease: Lease) -> list[tuple[IPNetwork, IPAddress]]:
@@ -236,12 +240,14 @@ class UdpBackend(Backend):
             if s.version not in self.families():
                 continue
             if s.version == 6 and lease.attrs.backend_v6_data != self.v6_data:
-                if lease.key not in self._v6_skipped:
+                if lease.key not in self._v6_skipped:  # logged once, until it says so
                     self._v6_skipped.add(lease.key)
                     log.info("udp: not routing %s to %s: its lease does not say it carries IPv6 over %s "
                              "(BackendV6Data %s; a flanneld udp host?)", s, outer, self.v6_data["Underlay"],
                              json.dumps(lease.attrs.backend_v6_data))  # fmt: skip
                 continue
+            if s.version == 6:
+                self._v6_skipped.discard(lease.key)
             out.append((s, outer))
         return out
 

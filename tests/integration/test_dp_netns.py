@@ -862,7 +862,7 @@ def test_ipv6_ping_and_tcp_transfer(pair, mode, underlay):
     after = udp_counts(pair.ns_b)
     other = 4 if underlay == 6 else 6
     # (a UDP_GRO receive may count as one datagram: hundreds at least, where 48 MiB are 35,000 packets)
-    assert after[underlay] - before[underlay] > 300 and after[other] - before[other] < 20, (before, after)
+    assert after[underlay] - before[underlay] > 200 and after[other] - before[other] < 20, (before, after)
     print(f"IPv6 over IPv{underlay}, {mode}: {nbytes >> 20} MiB in {sent['seconds']:.2f}s (functional run)")
     ca, cb = a.counters(), b.counters()
     assert ca["tx_bytes"] > nbytes and cb["rx_bytes"] > nbytes

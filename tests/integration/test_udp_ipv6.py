@@ -118,7 +118,7 @@ def test_udp_dual_stack_carries_ipv6_in_the_ipv4_tunnel(dual_etcd_lab):
     # it went through the data path, in IPv4 datagrams: the host sent (almost) no UDP over IPv6
     # (OutDatagrams counts a UDP_SEGMENT send of up to 64 datagrams once: hundreds, not 24,000)
     assert after[1] - before[1] > TRANSFER // 1500
-    assert after[0][4] - before[0][4] > 300 and after[0][6] - before[0][6] < 50, (before, after)
+    assert after[0][4] - before[0][4] > 200 and after[0][6] - before[0][6] < 50, (before, after)
     if tun_offload():  # TSO6 super-packets read from h1's TUN, GSO_TCPV6 writes into h2's
         assert after[2] > before[2] and after[3] > before[3], (before, after)
     sent, got = agents.tcp_transfer(lab, c2, c1, c1.ip, size=TRANSFER, port=5002, timeout=120)
@@ -151,7 +151,7 @@ def test_udp_ipv6_only_runs_over_the_ipv6_underlay(v6_etcd_lab):
     assert got == sent, "the TCP transfer over IPv6 arrived damaged or incomplete"
     after = udp_out(h1), metric(h1, "tx_super_packets"), metric(h2, "rx_super_packets")
     print("UDP datagrams out (IPv4, IPv6), TSO reads, GRO writes: before", before, "after", after)
-    assert after[0][6] - before[0][6] > 300 and after[0][4] - before[0][4] < 50, (before, after)
+    assert after[0][6] - before[0][6] > 200 and after[0][4] - before[0][4] < 50, (before, after)
     if tun_offload():
         assert after[1] > before[1] and after[2] > before[2], (before, after)
     assert metric(h2, "rx_bytes") > TRANSFER

@@ -16,6 +16,10 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 compare a change with its base in the same run
     uf-vxlan    udpflannel's vxlan backend   (included when the backend exists)
     uf-host-gw  udpflannel's host-gw backend (included when the backend exists)
+    vxlan6      IPv6: kernel vxlan over the IPv6 underlay (2001:db8::/64) as flanneld's vxlan
+                backend sets it up with IPv6: flannel-v6.1, MTU - 70, host to fd00:101:0:2::
+    uf-vxlan6   IPv6: udpflannel's vxlan backend with an IPv6-only config (flannel-v6.1),
+                targeting the peer's FLANNEL_IPV6_SUBNET address
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
@@ -44,7 +48,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_network
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -54,9 +58,10 @@ except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
-ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw"]
+ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
+             "vxlan6", "uf-vxlan6"]  # fmt: skip
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
-KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw"}
+KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6"}
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
 # label, unit, key in a path's per-rep result, which way is better (+1 higher, -1 lower)
 COLUMNS = [
@@ -79,6 +84,7 @@ AGENT_PATHS = {
     "uf-udp-ref": ("udp", [], "10.114.0.0/16"),
     "uf-vxlan": ("vxlan", [], "10.111.0.0/16"),
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
+    "uf-vxlan6": ("vxlan", [], "fd00:111::/48"),  # an IPv6 network: an IPv6-only config
 }
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -145,7 +151,7 @@ class PathSetup:
     name: str
     client: Host
     server: Host
-    target: IPv4Address
+    target: "IPv4Address | IPv6Address"
     tunnel_pids: list[int] = field(default_factory=list)  # userspace processes doing the work
     procs: list[subprocess.Popen] = field(default_factory=list)
     note: str = ""
@@ -180,6 +186,7 @@ class Testbed:
         builder: Callable[[], PathSetup] = {
             "veth": self._veth,
             "vxlan": self._vxlan,
+            "vxlan6": self._vxlan6,
             "socat": self._socat,
         }.get(name) or (lambda: self._agent(name))
         try:
@@ -228,6 +235,24 @@ class Testbed:
             h.run("ip", "route", "replace", str(subnets[peer.name]), "via", gw, "dev", dev, "onlink")
         assert net.supernet_of(subnets[a.name])
         return PathSetup("vxlan", a, b, subnets[b.name].network_address)
+
+    def _vxlan6(self, vni: int = 1, port: int = 8472) -> PathSetup:
+        """Kernel vxlan over the IPv6 underlay, as flannel-v6.<VNI> is set up by flanneld."""
+        a, b = self._pair()
+        subnets = {a.name: IPv6Network("fd00:101:0:1::/64"), b.name: IPv6Network("fd00:101:0:2::/64")}
+        macs = {a.name: random_mac(), b.name: random_mac()}
+        dev = f"flannel-v6.{vni}"
+        for h in (a, b):
+            h.run("ip", "link", "add", dev, "type", "vxlan", "id", str(vni), "local", str(h.ip6),
+                  "dev", "eth1", "dstport", str(port), "nolearning")  # fmt: skip
+            h.run("ip", "link", "set", dev, "address", macs[h.name], "mtu", str(self.lab.mtu - 70), "up")
+            h.run("ip", "addr", "add", f"{subnets[h.name].network_address}/128", "dev", dev, "nodad")
+        for h, peer in ((a, b), (b, a)):
+            gw = str(subnets[peer.name].network_address)
+            h.run("ip", "neigh", "replace", gw, "lladdr", macs[peer.name], "dev", dev, "nud", "permanent")
+            h.run("bridge", "fdb", "append", macs[peer.name], "dev", dev, "dst", str(peer.ip6), "self", "permanent")
+            h.run("ip", "route", "replace", str(subnets[peer.name]), "via", gw, "dev", dev, "onlink")
+        return PathSetup("vxlan6", a, b, subnets[b.name].network_address)
 
     def _socat(self, port: int = 8300) -> PathSetup:
         a, b = self._pair()
@@ -279,6 +304,9 @@ class Testbed:
         endpoint = self._ensure_etcd()
         prefix = f"/bench-{name}/network"
         cfg = {"Network": network, "Backend": {"Type": btype}}
+        if ip_network(network).version == 6:
+            cfg = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": network, "Backend": {"Type": btype}}
+        subnet_key = "FLANNEL_IPV6_SUBNET" if ip_network(network).version == 6 else "FLANNEL_SUBNET"
         self.etcd.put(f"{prefix}/config", json.dumps(cfg))
         a, b = self._pair()
         procs, envs = [], {}
@@ -295,16 +323,17 @@ class Testbed:
                 if p.poll() is not None:
                     tail = Path(p.log_path).read_text(errors="replace").strip().splitlines()[-3:]
                     raise RuntimeError(f"agent exited ({p.returncode}): {' | '.join(tail)}")
-                return f.exists() and "FLANNEL_SUBNET" in f.read_text()
+                return f.exists() and subnet_key in f.read_text()
 
             wait_for(written, timeout=60, interval=0.2, what=f"{name}: subnet file of {h.name}")
             envs[h.name] = read_subnet_file(subnet_file)
+        iface = IPv6Interface if subnet_key == "FLANNEL_IPV6_SUBNET" else IPv4Interface
         for h in (a, b):  # the docker0 that dockerd would make from the subnet file
-            bip = IPv4Interface(envs[h.name]["FLANNEL_SUBNET"])
+            bip = iface(envs[h.name][subnet_key])
             h.run("ip", "link", "add", "docker0", "mtu", envs[h.name]["FLANNEL_MTU"], "type", "bridge")
-            h.run("ip", "addr", "add", str(bip), "dev", "docker0")
+            h.run("ip", "addr", "add", str(bip), "dev", "docker0", *(["nodad"] if bip.version == 6 else []))
             h.run("ip", "link", "set", "docker0", "up")
-        target = IPv4Interface(envs[b.name]["FLANNEL_SUBNET"]).ip
+        target = iface(envs[b.name][subnet_key]).ip
         pids = [p.pid for p in procs] if name not in KERNEL_PATHS else []
         return PathSetup(name, a, b, target, tunnel_pids=pids, procs=procs,
                          note=f"MTU {envs[a.name]['FLANNEL_MTU']}")  # fmt: skip
@@ -455,7 +484,8 @@ def nstat(h: Host) -> dict[str, int]:
 def run(args: argparse.Namespace) -> dict:
     reps, duration, pings = args.reps, args.duration, args.pings
     results: dict[str, list[dict]] = {}
-    with Lab(prefix=args.prefix) as lab:
+    ipv6 = any(p.endswith("6") for p in args.paths)  # vxlan6, uf-vxlan6: an IPv6 underlay as well
+    with Lab(prefix=args.prefix, families=(4, 6) if ipv6 else (4,)) as lab:
         bed = Testbed(lab, agent_log_level=args.agent_verbose, ref_python=args.ref_python,
                       busy_poll_us=args.busy_poll)
         try:

@@ -4,6 +4,7 @@
 #   sudo scripts/lab.sh                                  # 2 hosts, udp, ping across, tear down
 #   sudo scripts/lab.sh --backend vxlan --hosts 3 --keep # leave it running
 #   sudo scripts/lab.sh --docker                         # real dockerd and containers (docker.io)
+#   sudo scripts/lab.sh --backend vxlan --ipv6           # dual stack: ping and ping -6 across
 #   sudo scripts/lab.sh --down-all                       # tear down kept labs
 #
 # scripts/bootstrap.sh installs what is missing (apt: etcd, iproute2, ping, iperf3, socat,

@@ -27,3 +27,19 @@ def etcd_lab(lab):
     ns = lab.add_etcd_host()
     lab.start_etcd(ns, ETCD_HOST_IP)
     return lab
+
+
+@pytest.fixture
+def dual_etcd_lab(tmp_path):
+    """A dual-stack underlay (192.0.2.0/24 and 2001:db8::/64 on every eth1), etcd at 192.0.2.2."""
+    with Lab(workdir=tmp_path, families=(4, 6)) as lab:
+        lab.start_etcd(lab.add_etcd_host(), ETCD_HOST_IP)
+        yield lab
+
+
+@pytest.fixture
+def v6_etcd_lab(tmp_path):
+    """An IPv6-only underlay (2001:db8::/64; no IPv4 on any eth1), etcd at [2001:db8::2]:2379."""
+    with Lab(workdir=tmp_path, families=(6,)) as lab:
+        lab.start_etcd(lab.add_etcd_host(), lab.etcd_ip)
+        yield lab

@@ -44,7 +44,7 @@ from .core.config import NetworkConfig, parse_config
 from .core.events import ExternalInterface, PeerUpdate, Snapshot
 from .core.leasediff import PeerView, diff
 from .core.validate import Ignored, LeaseContext
-from .errors import BackendError, ConfigError, FatalError, RegistryError, UdpFlannelError
+from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
 from .policy.manager import LeaseManager, OwnLease, Registry
 from .policy.retry import Waiting, foreign_cancel
 from .supervise import Supervisor
@@ -116,7 +116,7 @@ class Agent:
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
         self.view = PeerView(LeaseContext(()))
-        self.rules: Optional[IptablesRules] = None
+        self.rules: list[IptablesRules] = []  # one per enabled family (iptables, ip6tables)
         self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
         self.subnet_written = False
         self._ready = False
@@ -184,7 +184,7 @@ class Agent:
             await self._health.stop()
         await self.registry.close()
         if self.own is not None:
-            log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.subnet)
+            log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.label)
 
     async def _main(self) -> None:
         self._preflight()
@@ -225,7 +225,7 @@ class Agent:
         await self.supervisor.wait(self._rules_first())
         self._write_subnet_file()
         self._ready = True
-        status = f"subnet {self.own.lease.subnet}, {len(self.view.leases)} peers"
+        status = f"subnet {self.own.lease.label}, {len(self.view.leases)} peers"
         self.notifier.ready(status)
         log.info("ready: %s", status)
         self.supervisor.start("resync", self._resync_loop)
@@ -280,6 +280,8 @@ class Agent:
                     return config, backend
             except ConfigError as e:
                 waiting.failed("a corrected network config", f"reading {key}", e, logging.ERROR)
+            except InterfaceError as e:  # the interface lacks a family the config enables
+                raise FatalError(str(e)) from e
             except RegistryError as e:
                 self.etcd_errors += 1
                 waiting.failed("etcd", "reading the network config", e)
@@ -297,14 +299,14 @@ class Agent:
         cfg = self.config
         nets = tuple(p.network for p in (cfg.v4, cfg.v6) if p is not None)
         own = self.own.lease if self.own is not None else None
-        return LeaseContext(nets, own, self.backend.lease_problem)
+        return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay())
 
     async def _adopt(self, own: OwnLease, initial: bool = False) -> None:
         """A new lease (first, or re-acquired): backend, peers, rules and subnet file follow."""
         previous = self.own
         log.info("leased subnet %s (%s), public IP %s, etcd lease %x",
-                 own.lease.subnet, own.reason, own.lease.attrs.public_ip, own.lease_id)  # fmt: skip
-        if previous is not None and previous.lease.subnet == own.lease.subnet:
+                 own.lease.label, own.reason, own.lease.attrs.addresses, own.lease_id)  # fmt: skip
+        if previous is not None and previous.lease.nets == own.lease.nets:
             self.own = own
             async with self._peers_lock:
                 self.view.ctx = self._context()  # same subnet and value: no verdict changes
@@ -334,23 +336,27 @@ class Agent:
         log.info("wrote %s", self.opts.subnet_file)
 
     async def _rules_first(self) -> None:
-        """The iptables rules for the current subnet, retried until they are in place."""
+        """The iptables rules (ip6tables for IPv6) for the current subnets, one set per
+        enabled family, retried until they are all in place."""
         if not self._rules_wanted(self.backend):
             return
-        self.rules = self.rules_factory(self.config.network, self.own.lease.subnet, self.opts.ip_masq,
-                                        self.opts.iptables_forward_rules)  # fmt: skip
+        self.rules = [self.rules_factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
+                                         self.opts.iptables_forward_rules)
+                      for pool in (self.config.v4, self.config.v6) if pool is not None]  # fmt: skip
         waiting = self._waiting()
-        while True:
+        pending = list(self.rules)
+        while pending:
             try:
-                if n := await asyncio.to_thread(self.rules.ensure):
-                    log.info("iptables rules (re)applied: %d rules", n)
-                waiting.done("applying the iptables rules")
-                return
+                if n := await asyncio.to_thread(pending[0].ensure):
+                    log.info("%s rules (re)applied: %d rules", pending[0].command, n)
+                pending.pop(0)
+                continue
             except IptablesMissing as e:
                 raise FatalError(str(e)) from e
             except UdpFlannelError as e:
                 waiting.failed("iptables", "applying the rules", e, logging.ERROR)
             await asyncio.sleep(self.opts.retry_interval)
+        waiting.done("applying the iptables rules")
 
     # -- peers ----------------------------------------------------------------------
     def _log_rejections(self) -> None:
@@ -371,7 +377,7 @@ class Agent:
         level = logging.INFO if len(changes) <= LOG_EACH_PEER_UPTO else logging.DEBUG
         for ev in changes:
             a = ev.lease.attrs
-            log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.subnet, a.public_ip, a.backend_type or "udp")
+            log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.label, a.addresses, a.backend_type or "udp")
         if level == logging.DEBUG:
             added = sum(ev.kind == "added" for ev in changes)
             log.info("peers: %d added or changed, %d removed (%d in all)", added, len(changes) - added,
@@ -450,13 +456,12 @@ class Agent:
     async def _rules_loop(self) -> None:
         while True:
             await asyncio.sleep(self.opts.iptables_resync)
-            if self.rules is None:
-                continue
-            try:
-                if n := await asyncio.to_thread(self.rules.ensure):
-                    log.info("iptables rules (re)applied: %d rules", n)
-            except UdpFlannelError as e:
-                log.error("iptables: %s", e)
+            for rules in self.rules:
+                try:
+                    if n := await asyncio.to_thread(rules.ensure):
+                        log.info("%s rules (re)applied: %d rules", rules.command, n)
+                except UdpFlannelError as e:
+                    log.error("%s: %s", rules.command, e)
 
     async def _watchdog_loop(self) -> None:
         while True:

@@ -57,10 +57,12 @@ class _Root(click.Group):
 @click.option("--etcd-cafile", default="", show_default=False, help="TLS CA file for etcd.")
 @click.option("--etcd-username", default="", show_default=False, help="etcd user name (with --etcd-password).")
 @click.option("--etcd-password", default="", show_default=False, help="etcd password.")
-@click.option("--iface", multiple=True, help="Interface name or IPv4 address to use (repeatable; the first usable one wins).")
+@click.option("--iface", multiple=True, help="Interface name, or IPv4 or IPv6 address, to use (repeatable; the first usable one wins).")
 @click.option("--iface-regex", multiple=True, help="Regex matched against interface names and addresses (repeatable).")
 @click.option("--iface-can-reach", default="", show_default=False, help="Use the interface that routes to this address.")
 @click.option("--public-ip", default="", show_default=False, help="IP other hosts reach this one at (default: the interface address).")
+@click.option("--public-ipv6", default="", show_default=False,
+              help="IPv6 address other hosts reach this one at (default: the interface's global IPv6 address).")
 @click.option("--subnet-file", default=DEFAULT_PATH, help="Where to write the subnet environment.")
 @click.option("--subnet-lease-renew-margin", type=click.IntRange(1, 1439), default=60,
               help="Renew the 24 h lease this many minutes before it expires.")
@@ -99,12 +101,15 @@ def main(ctx: click.Context, verbose: int, **kw) -> None:
     if margin_s is not None and margin_s >= kw["subnet_lease_ttl"]:
         raise click.UsageError("--subnet-lease-renew-margin-seconds must be less than --subnet-lease-ttl")
     try:
-        iface = choose(kw["iface"], kw["iface_regex"], kw["iface_can_reach"], kw["public_ip"])
+        iface = choose(kw["iface"], kw["iface_regex"], kw["iface_can_reach"], kw["public_ip"], kw["public_ipv6"])
     except (UdpFlannelError, ValueError) as e:
         log.error("%s", e)
         sys.exit(1)
     log.info("using interface %s (index %d), address %s, public IP %s, MTU %d",
-             iface.name, iface.index, iface.iface_addr, iface.public_ip, iface.mtu)  # fmt: skip
+             iface.name, iface.index, iface.iface_addr or "none", iface.public_ip or "none", iface.mtu)  # fmt: skip
+    if iface.iface_addr6 is not None or iface.public_ipv6 is not None:
+        log.info("using interface %s, IPv6 address %s, public IPv6 %s",
+                 iface.name, iface.iface_addr6 or "none", iface.public_ipv6 or "none")  # fmt: skip
     try:
         agent = build(iface, kw)
     except UdpFlannelError as e:

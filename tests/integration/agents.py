@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from datetime import datetime
+from ipaddress import ip_address
 from pathlib import Path
 
 from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
@@ -144,3 +145,37 @@ def log_times(proc: subprocess.Popen, text: str) -> list[float]:
             stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
             out.append(stamp.timestamp())
     return out
+
+
+# -- traffic checks --------------------------------------------------------------------------------
+
+
+def tcp_transfer(lab: Lab, src, dst, dst_ip, size: int = 4 << 20, port: int = 5001, timeout: float = 60) -> tuple[str, str]:
+    """Send `size` random bytes over TCP from container `src` to `dst_ip` (container `dst`,
+    IPv4 or IPv6) with socat; returns (sha256 of what was sent, sha256 of what arrived)."""
+    import hashlib
+    import time
+
+    tag = f"{src.name}-{dst.name}-{port}-{ip_address(str(dst_ip)).version}"
+    data, out = lab.workdir / f"tx-{tag}.bin", lab.workdir / f"rx-{tag}.bin"
+    data.write_bytes(os.urandom(size))
+    listen = "TCP6-LISTEN" if ip_address(str(dst_ip)).version == 6 else "TCP4-LISTEN"
+    server = subprocess.Popen(["ip", "netns", "exec", dst.ns, "socat", "-u", f"{listen}:{port},reuseaddr",
+                               f"CREATE:{out}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        target = f"TCP:[{dst_ip}]:{port}" if ip_address(str(dst_ip)).version == 6 else f"TCP:{dst_ip}:{port}"
+        deadline = time.monotonic() + 10
+        while True:  # the listener may need a moment
+            p = subprocess.run(["ip", "netns", "exec", src.ns, "socat", "-u", f"FILE:{data}", target],
+                               capture_output=True, text=True, timeout=timeout)  # fmt: skip
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert p.returncode == 0, p.stderr
+        server.wait(timeout)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    return digest(data), digest(out) if out.exists() else ""

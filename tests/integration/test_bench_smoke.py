@@ -24,8 +24,8 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "run_iperf.sh"
-KERNEL_AND_BASELINES = ["veth", "vxlan", "socat"]
-AGENT_PATHS = {"uf-udp": "udp", "uf-udp-busy": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw"}
+KERNEL_AND_BASELINES = ["veth", "vxlan", "socat", "vxlan6"]
+AGENT_PATHS = {"uf-udp": "udp", "uf-udp-busy": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw", "uf-vxlan6": "vxlan"}
 
 
 def test_run_iperf_quick_smoke(tmp_path):

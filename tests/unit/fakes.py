@@ -224,10 +224,10 @@ class Recorder(Backend):
 
     async def prepare(self):
         self.timeline.append("prepare")
-        return LeaseAttrs(public_ip=self.iface.public_ip, backend_type="alloc")
+        return LeaseAttrs(**self.lease_addresses(), backend_type="alloc")
 
     async def start(self, lease):
-        self.timeline.append(("start", str(lease.subnet)))
+        self.timeline.append(("start", lease.label))
         if self.fail_start is not None:
             raise self.fail_start
 
@@ -260,9 +260,13 @@ class FakeRules:
         self.timeline = timeline
         self.subnet_file = subnet_file
         self.fail = fail
+        self.made: list = []  # (network, subnet) per set of rules the agent asked for
+
+    command = "iptables"
 
     def __call__(self, network, subnet, ip_masq, forward):
         self.subnet = subnet
+        self.made.append((network, subnet))
         return self
 
     def ensure(self) -> bool:

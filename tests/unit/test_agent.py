@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -22,6 +22,13 @@ from udpflannel.supervise import Supervisor
 from .fakes import FakeNotifier, FakeRegistry, FakeRules, Recorder
 
 IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
+DUAL_IFACE = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500,
+                               IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))  # fmt: skip
+V6_IFACE = ExternalInterface("eth1", 2, None, None, 1500, IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))
+# "udp": the recording backend then counts as a network backend, which gets iptables rules
+DUAL = ('{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48", '
+        '"Backend": {"Type": "udp"}}')  # fmt: skip
+V6_ONLY = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:5::/48", "Backend": {"Type": "udp"}}'
 CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
 
 
@@ -32,7 +39,8 @@ def attrs(ip: str) -> LeaseAttrs:
 class World:
     """An agent wired to fakes, with everything it did in `timeline`."""
 
-    def __init__(self, tmp_path, config=CONFIG, caps=1 << CAP_NET_ADMIN, backend_caps=None, fail_start=None, **opts):
+    def __init__(self, tmp_path, config=CONFIG, caps=1 << CAP_NET_ADMIN, backend_caps=None, fail_start=None,
+                 iface=IFACE, **opts):  # fmt: skip
         self.timeline: list = []
         self.subnet_file = str(tmp_path / "run" / "subnet.env")
         self.reg = FakeRegistry(config=config)
@@ -52,7 +60,7 @@ class World:
         opts.setdefault("resync_interval", 3600)
         opts.setdefault("iptables_resync", 3600)
         self.agent = Agent(
-            self.reg, IFACE, AgentOptions(subnet_file=self.subnet_file, **opts), backends=backends,
+            self.reg, iface, AgentOptions(subnet_file=self.subnet_file, **opts), backends=backends,
             notifier=self.notifier, rules=self.rules, capabilities=lambda: caps,
             supervisor=Supervisor(backoff=(0.01, 0.02)),
         )  # fmt: skip
@@ -101,6 +109,60 @@ def test_readiness_order_device_peers_rules_subnet_file_then_ready(tmp_path):
     assert ("READY=1", True) in w.timeline  # ...which existed when systemd heard READY=1
     assert {"STOPPING": 1} in w.notifier.sent
     assert any("STATUS" in m and "waiting" not in m["STATUS"] for m in w.notifier.sent)
+
+
+def test_dual_stack_rules_for_both_families_before_the_subnet_file(tmp_path):
+    async def go():
+        w = World(tmp_path, config=DUAL, iface=DUAL_IFACE, ip_masq=True)
+        await w.start()
+        await w.stop()
+        return w
+
+    w = run(go())
+    own = w.agent.own.lease
+    assert own.subnet is not None and own.ipv6_subnet is not None
+    assert own.attrs.public_ipv6 == IPv6Address("2001:db8::11")
+    # one set of rules per family (iptables, ip6tables), each with its Network and our subnet
+    assert w.rules.made == [(IPv4Network("10.5.0.0/16"), own.subnet), (IPv6Network("fd00:5::/48"), own.ipv6_subnet)]
+    assert [s for s in w.timeline if s[0] == "rules"] == [("rules", False), ("rules", False)]
+    assert ("READY=1", True) in w.timeline
+    text = (tmp_path / "run" / "subnet.env").read_text()
+    assert f"FLANNEL_IPV6_SUBNET={own.ipv6_subnet.network_address + 1}/64" in text
+
+
+def test_ipv6_only_lease_peers_and_rejections(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path, config=V6_ONLY, iface=V6_IFACE, ip_masq=True)
+        peer = LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::20"), backend_type="udp")
+        w.reg.put("0.0.0.0-0&fd00:5:0:20::-64", peer)
+        w.reg.put("0.0.0.0-0&fd00:5:0:21::-64", LeaseAttrs(IPv4Address(0), IPv6Address("fe80::21"), backend_type="udp"))
+        w.reg.put("0.0.0.0-0&fd00:6:0:22::-64", LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::22"), backend_type="udp"))
+        await w.start()
+        await w.stop()
+        return w
+
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        w = run(go())
+    own = w.agent.own.lease
+    assert own.subnet is None and own.ipv6_subnet.subnet_of(IPv6Network("fd00:5::/48"))
+    assert own.key == f"0.0.0.0-0&{own.ipv6_subnet.network_address}-64" and own.key in w.reg.kv
+    assert w.reg.kv[own.key][0] == '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"alloc"}'
+    assert set(w.backend.routes) == {"0.0.0.0-0&fd00:5:0:20::-64"}
+    assert "rejecting lease 0.0.0.0-0&fd00:5:0:21::-64: PublicIPv6 fe80::21 is a link-local address" in caplog.text
+    assert "rejecting lease 0.0.0.0-0&fd00:6:0:22::-64: subnet fd00:6:0:22::/64 is outside the Network" in caplog.text
+    assert w.rules.made == [(IPv6Network("fd00:5::/48"), own.ipv6_subnet)]
+    text = (tmp_path / "run" / "subnet.env").read_text()
+    assert text.startswith("FLANNEL_IPV6_NETWORK=fd00:5::/48\n") and "FLANNEL_NETWORK" not in text
+
+
+def test_an_interface_without_the_family_the_config_enables_is_fatal(tmp_path):
+    async def go():
+        w = World(tmp_path, config=DUAL)  # eth1 has IPv4 only
+        with pytest.raises(FatalError, match=r"IPv6 is enabled \(EnableIPv6\) but eth1 has no global IPv6 address"):
+            await w.start()
+        assert w.reg.kv == {}  # no lease taken
+
+    run(go())
 
 
 def test_empty_listing_still_gives_the_backend_a_snapshot(tmp_path):

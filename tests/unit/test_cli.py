@@ -117,7 +117,7 @@ def test_version(cap):
 
 def test_defaults_are_flanneld_s(cap):
     ok()
-    assert cap.choose_args == ((), (), "", "")
+    assert cap.choose_args == ((), (), "", "", "")
     assert cap.run_calls == 1
     a = cap.agent
     assert a.iface == IFACE
@@ -153,6 +153,7 @@ def test_all_flags(cap):
             "--iface-regex", "^enp",
             "--iface-can-reach", "8.8.8.8",
             "--public-ip", "198.51.100.7",
+            "--public-ipv6", "2001:db8::7",
             "--subnet-file", "/tmp/x/subnet.env",
             "--subnet-lease-renew-margin", "30",
             "--ip-masq",
@@ -163,7 +164,7 @@ def test_all_flags(cap):
             "-v",
         ]
     )  # fmt: skip
-    assert cap.choose_args == (("eth1", "192.168.205.10"), ("^enp",), "8.8.8.8", "198.51.100.7")
+    assert cap.choose_args == (("eth1", "192.168.205.10"), ("^enp",), "8.8.8.8", "198.51.100.7", "2001:db8::7")
     etcd = cap.agent.registry.opts
     assert list(etcd.endpoints) == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
     assert (etcd.prefix, etcd.keyfile, etcd.certfile, etcd.cafile) == ("/my/net", "/k.pem", "/c.pem", "/ca.pem")

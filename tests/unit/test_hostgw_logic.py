@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import pytest
 
@@ -26,13 +26,13 @@ def lease(subnet, ip, btype="host-gw"):
 
 
 def r(dst, gw, oif=2, onlink=False):
-    return Route(IPv4Network(dst), IPv4Address(gw), oif, onlink)
+    return Route(ip_network(dst), ip_address(gw), oif, onlink)
 
 
 class FakeNetlink:
-    def __init__(self, addrs=(("192.0.2.11", 24),)):
-        self.addrs = [(IPv4Address(a), p) for a, p in addrs]
-        self.table: set = set()
+    def __init__(self, addrs=(("192.0.2.11", 24), ("2001:db8::11", 64))):
+        self.addrs = [(ip_address(a), p) for a, p in addrs]
+        self.table: set = set()  # both families, as the kernel's two main tables
         self.unreachable: set = set()
         self._ipr = None
 
@@ -42,11 +42,11 @@ class FakeNetlink:
     async def close(self):
         pass
 
-    def ipv4_addresses(self, index):
-        return self.addrs
+    def addresses(self, index, version=4):
+        return [(a, p) for a, p in self.addrs if a.version == version]
 
-    def routes(self, oifs):
-        return [x for x in self.table if x.oif in oifs]
+    def routes(self, oifs, version=4):
+        return [x for x in self.table if x.oif in oifs and x.dst.version == version]
 
     def route_replace(self, route):
         if route.gateway in self.unreachable:
@@ -154,3 +154,55 @@ def test_a_snapshot_prunes_what_it_lacks_even_when_empty():
     assert nl.table == {foreign, alive}
     run(b.apply(Snapshot(())))  # the last peer is gone: an empty snapshot removes its route
     assert nl.table == {foreign}
+
+
+# -- IPv6: the same routes via PublicIPv6, dual stack and IPv6-only ---------------------------------
+
+DUAL = parse_config(json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "EnableIPv6": True,
+                                "IPv6Network": "fd00:5::/48", "Backend": {"Type": "host-gw"}}))  # fmt: skip
+V6 = parse_config(json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:5::/48",
+                              "Backend": {"Type": "host-gw"}}))  # fmt: skip
+IFACE6 = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500,
+                           IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))  # fmt: skip
+
+
+def lease6(subnet6, ip6, subnet=None, ip="0.0.0.0"):
+    attrs = LeaseAttrs(IPv4Address(ip), IPv6Address(ip6), backend_type="host-gw")
+    return Lease(IPv4Network(subnet) if subnet else None, attrs, IPv6Network(subnet6))
+
+
+def test_dual_stack_routes_in_both_families():
+    nl = FakeNetlink()
+    b = HostGwBackend(IFACE6, DUAL, netlink=nl)
+    attrs = run(b.prepare())
+    assert attrs.to_json() == '{"PublicIP":"192.0.2.11","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}'
+    peer = lease6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12")
+    v4only = lease("10.14.0.0/20", "192.0.2.14")  # from before IPv6 was enabled: routed in IPv4
+    run(b.apply(Snapshot((peer, v4only))))
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12"), r("fd00:5:0:12::/64", "2001:db8::12"),
+                        r("10.14.0.0/20", "192.0.2.14")}  # fmt: skip
+    nl.table.discard(r("fd00:5:0:12::/64", "2001:db8::12"))
+    run(b.resync())
+    assert r("fd00:5:0:12::/64", "2001:db8::12") in nl.table and b.metrics()["routes_healed"] == 1
+    stale6 = r("fd00:5:0:40::/64", "2001:db8::40")
+    nl.table.add(stale6)
+    run(b.apply(Snapshot((peer,))))  # the snapshot prunes IPv6 routes of ours exactly like IPv4 ones
+    assert nl.table == {r("10.13.48.0/20", "192.0.2.12"), r("fd00:5:0:12::/64", "2001:db8::12")}
+
+
+def test_ipv6_only_lease_and_routes():
+    nl = FakeNetlink(addrs=(("2001:db8::11", 64),))
+    v6iface = ExternalInterface("eth1", 2, None, None, 1500, IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))
+    b = HostGwBackend(v6iface, V6, netlink=nl)
+    assert run(b.prepare()).to_json() == '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}'
+    run(b.apply(Snapshot((lease6("fd00:5:0:12::/64", "2001:db8::12"),))))
+    assert nl.table == {r("fd00:5:0:12::/64", "2001:db8::12")}
+    assert our_route(r("fd00:5:0:12::/64", "2001:db8::12"), IPv6Network("fd00:5::/48"), 64)
+    assert not our_route(r("10.13.48.0/20", "192.0.2.12"), IPv6Network("fd00:5::/48"), 64)
+
+
+def test_public_ipv6_not_on_interface_is_refused():
+    nat6 = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500,
+                             IPv6Address("2001:db8::11"), IPv6Address("2001:db8:ff::7"))  # fmt: skip
+    with pytest.raises(BackendError, match="public IP 2001:db8:ff::7 is not an address of eth1.*PublicIPv6"):
+        run(HostGwBackend(nat6, DUAL, netlink=FakeNetlink()).prepare())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
+
+import pytest
 
 from udpflannel.adapters import ipmasq
 from udpflannel.adapters.ipmasq import (
@@ -135,9 +137,9 @@ def test_parse_version():
 def test_ensure_and_remove_with_fake_iptables(monkeypatch, caplog):
     tables = {"nat": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", "filter": "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"}
     docs = []
-    monkeypatch.setattr(IptablesRules, "_state", staticmethod(lambda t: parse_save(tables[t])))
-    monkeypatch.setattr(IptablesRules, "_restore", staticmethod(docs.append))
-    monkeypatch.setattr(ipmasq, "random_fully_supported", lambda: True)
+    monkeypatch.setattr(IptablesRules, "_state", lambda self, t: parse_save(tables[t]))
+    monkeypatch.setattr(IptablesRules, "_restore", lambda self, doc: docs.append(doc))
+    monkeypatch.setattr(ipmasq, "random_fully_supported", lambda command: True)
     rules = IptablesRules(C, P, ip_masq=True, forward_rules=True)
     with caplog.at_level(logging.DEBUG, logger="udpflannel.adapters.ipmasq"):
         assert rules.ensure() == 10  # 6 + 2 rules in our chains, 2 jumps
@@ -150,3 +152,52 @@ def test_ensure_and_remove_with_fake_iptables(monkeypatch, caplog):
     assert fwd_only.ensure() == 0  # the nat table is not its business
     rules.remove()
     assert "-X FLANNEL-POSTRTG" in docs[-1] and "-X FLANNEL-FWD" in docs[-1]
+
+
+# -- IPv6: the same generator, in ip6tables ----------------------------------------------------------
+
+C6 = IPv6Network("fd00:5::/48")
+P6 = IPv6Network("fd00:5:0:4::/64")
+
+
+def test_ipv6_rules_are_flanneld_s_masq_ip6_rules():
+    """flanneld's MasqIP6Rules: the IPv4 rules with the IPv6 Network and subnet, ff00::/8
+    as the multicast range; forward rules the same with the IPv6 Network."""
+    assert [r.line() for r in masq_rules(C6, P6, True)] == [
+        '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s fd00:5:0:4::/64 -d fd00:5::/48 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s fd00:5::/48 -d fd00:5:0:4::/64 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG ! -s fd00:5::/48 -d fd00:5:0:4::/64 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s fd00:5::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
+        '-A FLANNEL-POSTRTG ! -s fd00:5::/48 -d fd00:5::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
+    ]
+    assert [r.line() for r in forward_rules(C6)] == [
+        '-A FLANNEL-FWD -s fd00:5::/48 -m comment --comment "flanneld forward" -j ACCEPT',
+        '-A FLANNEL-FWD -d fd00:5::/48 -m comment --comment "flanneld forward" -j ACCEPT',
+    ]
+    # one generator: the IPv4 rules differ only in the addresses
+    v4 = [r.line() for r in masq_rules(C, P, True)]
+    v6 = [r.line() for r in masq_rules(C6, P6, True)]
+    swap = {str(C): str(C6), str(P): str(P6), "224.0.0.0/4": "ff00::/8"}
+    assert [" ".join(swap.get(w, w) for w in l.split(" ")) for l in v4] == v6
+
+
+def test_ipv6_rules_run_ip6tables(monkeypatch):
+    ran = []
+    monkeypatch.setattr(ipmasq, "_binary", lambda name: f"/usr/sbin/{name}")
+
+    def fake_run(args, stdin=None):
+        ran.append(args[0])
+        return "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n" if "-save" in args[0] else "ip6tables v1.8.9 (nf_tables)"
+
+    monkeypatch.setattr(ipmasq, "_run", fake_run)
+    rules = IptablesRules(C6, P6, ip_masq=True, forward_rules=False)
+    assert rules.command == "ip6tables"
+    assert rules.ensure() == 7  # 6 rules and the jump
+    assert ran == ["/usr/sbin/ip6tables", "/usr/sbin/ip6tables-save", "/usr/sbin/ip6tables-restore"]
+    assert IptablesRules(C, P, True, True).command == "iptables"
+
+
+def test_mixed_families_are_refused():
+    with pytest.raises(ValueError, match="different IP versions"):
+        IptablesRules(C6, P, True, True)

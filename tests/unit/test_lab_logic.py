@@ -9,7 +9,16 @@ import pytest
 
 from udpflannel.backends.udp import DEVICE
 from udpflannel.errors import ConfigError
-from udpflannel.lab.command import CONFIGS, backend_available, check_config, device_name, parse_netstat_peer
+from udpflannel.lab.command import (
+    CONFIGS,
+    backend_available,
+    check_config,
+    device_name,
+    device_names,
+    parse_netstat_peer,
+    underlay_families,
+    with_ipv6,
+)
 from udpflannel.lab.dockerd import remove_cgroup
 from udpflannel.lab.netlab import cleanup_stale, run_namespaces
 
@@ -63,3 +72,14 @@ def test_clean_ups_refuse_anything_but_one_runs_prefix(prefix):
 def test_remove_cgroup_takes_one_name(name):
     with pytest.raises(ValueError, match="not a cgroup name"):
         remove_cgroup(name)
+
+
+def test_ipv6_adds_the_lab_s_ipv6_network_and_picks_the_underlay():
+    dual = check_config(with_ipv6(CONFIGS["vxlan"]))
+    assert str(dual.v6.network) == "fd00:5::/48" and underlay_families(dual) == (4, 6)
+    assert device_names(dual) == ["flannel.100", "flannel-v6.100"]
+    assert underlay_families(check_config(CONFIGS["vxlan"])) == (4,)
+    v6only = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:9::/48", "Backend": {"Type": "host-gw"}}
+    assert with_ipv6(v6only) is v6only  # a config that enables IPv6 is kept as it is
+    assert underlay_families(check_config(v6only)) == (6,)
+    assert device_names(check_config(v6only)) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -73,14 +73,19 @@ def test_previous_subnet_outside_config_is_ignored(reg, clock):
     assert own.lease.subnet != IPv4Network("10.5.0.0/24")
 
 
-def test_random_choice_among_first_hundred_free(reg, clock):
-    reg.put("10.5.1.0-24", OTHER)
+def picks(reg, clock, seeds: int = 40, **kw) -> set:
+    """The subnets managers with `seeds` different random seeds take from the same etcd contents."""
     seen = set()
-    for seed in range(40):
+    for seed in range(seeds):
         r = FakeRegistry(clock)
         r.kv = dict(reg.kv)
-        own = run(manager(r, clock, attrs=LeaseAttrs(public_ip=IPv4Address("192.0.2.50")), rng=random.Random(seed)).acquire())
-        seen.add(own.lease.subnet)
+        seen.update(run(manager(r, clock, rng=random.Random(seed), **kw).acquire()).lease.nets)
+    return seen
+
+
+def test_random_choice_among_first_hundred_free(reg, clock):
+    reg.put("10.5.1.0-24", OTHER)
+    seen = picks(reg, clock, attrs=LeaseAttrs(public_ip=IPv4Address("192.0.2.50")))
     assert IPv4Network("10.5.1.0/24") not in seen
     third = [int(s.network_address.packed[2]) for s in seen]
     assert min(third) >= 2 and max(third) <= 1 + FREE_CANDIDATES
@@ -248,3 +253,67 @@ def test_ipv6_pool_gets_a_dual_stack_key(reg, clock):
     own = run(manager(reg, clock, config=cfg).acquire())
     assert own.lease.ipv6_subnet is not None and own.lease.ipv6_subnet.prefixlen == 64
     assert "&fc00:0:0:" in own.key
+
+
+# -- IPv6: dual stack and IPv6 only, the same policy per family ------------------------------------
+
+DUAL = parse_config('{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48"}')
+V6 = parse_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:5::/48"}')
+ME6 = LeaseAttrs(public_ip=IPv4Address(0), public_ipv6=IPv6Address("2001:db8::11"), backend_type="vxlan")
+OTHER6 = LeaseAttrs(public_ip=IPv4Address(0), public_ipv6=IPv6Address("2001:db8::12"), backend_type="vxlan")
+ME_DUAL = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"), public_ipv6=IPv6Address("2001:db8::11"))
+
+
+def test_ipv6_only_key_is_flanneld_s(reg, clock):
+    own = run(manager(reg, clock, config=V6, attrs=ME6).acquire())
+    assert own.lease.subnet is None and own.lease.ipv6_subnet.prefixlen == 64
+    assert own.key == f"0.0.0.0-0&{own.lease.ipv6_subnet.network_address}-64"
+    assert reg.kv[own.key][0] == ME6.to_json()
+    assert '"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11"' in ME6.to_json()
+
+
+def test_ipv6_only_hosts_are_told_apart_by_public_ipv6(reg, clock):
+    """Every IPv6-only lease says PublicIP 0.0.0.0: "ours" must mean our PublicIPv6
+    (flanneld's findLeaseByIP would hand the first host's lease to the second)."""
+    theirs = run(manager(reg, clock, config=V6, attrs=OTHER6).acquire())
+    mine = run(manager(reg, clock, config=V6, attrs=ME6).acquire())
+    assert mine.key != theirs.key and len(reg.kv) == 2
+    again = run(manager(reg, clock, config=V6, attrs=ME6).acquire())  # a restart takes ours over
+    assert again.key == mine.key and "public IP" in again.reason
+
+
+def test_ipv6_random_choice_among_first_hundred_free(reg, clock):
+    reg.put("0.0.0.0-0&fd00:5:0:1::-64", OTHER6)
+    seen = picks(reg, clock, config=V6, attrs=ME6)
+    fourth = [int(s.network_address) >> 64 & 0xFFFF for s in seen]
+    assert IPv6Network("fd00:5:0:1::/64") not in seen and IPv6Network("fd00:5::/64") not in seen
+    assert min(fourth) >= 2 and max(fourth) <= 1 + FREE_CANDIDATES
+    assert len(seen) > 10
+
+
+def test_dual_stack_takes_one_subnet_of_each_and_reuses_both_previous(reg, clock):
+    prev = [IPv4Network("10.5.200.0/24"), IPv6Network("fd00:5:0:77::/64")]
+    own = run(manager(reg, clock, config=DUAL, attrs=ME_DUAL, previous=prev).acquire())
+    assert own.key == "10.5.200.0-24&fd00:5:0:77::-64" and "before" in own.reason
+    # the IPv6 one taken meanwhile: keep the IPv4 one, a free IPv6 one
+    r = FakeRegistry(clock)
+    r.put("0.0.0.0-0&fd00:5:0:77::-64", OTHER6)
+    own = run(manager(r, clock, config=DUAL, attrs=ME_DUAL, previous=prev).acquire())
+    assert own.lease.subnet == prev[0] and own.lease.ipv6_subnet != prev[1]
+    assert own.lease.ipv6_subnet.subnet_of(IPv6Network("fd00:5::/48")) and "free" in own.reason
+
+
+def test_our_ipv4_only_lease_does_not_fit_a_dual_stack_config(reg, clock):
+    reg.put("10.5.77.0-24", ME_DUAL)
+    own = run(manager(reg, clock, config=DUAL, attrs=ME_DUAL).acquire())
+    assert "10.5.77.0-24" not in reg.kv and own.lease.ipv6_subnet is not None
+
+
+def test_malformed_value_still_blocks_its_ipv6_subnet(reg, clock):
+    one = parse_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:5::/62"}')  # /64s: 1, 2, 3
+    reg.put("0.0.0.0-0&fd00:5:0:1::-64", "not json")
+    reg.put("0.0.0.0-0&fd00:5:0:2::-64", OTHER6)
+    own = run(manager(reg, clock, config=one, attrs=ME6).acquire())
+    assert own.lease.ipv6_subnet == IPv6Network("fd00:5:0:3::/64")
+    with pytest.raises(OutOfSubnets, match="none free between fd00:5:0:1:: and fd00:5:0:3::"):
+        run(manager(reg, clock, config=one, attrs=LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::13"))).acquire())

@@ -51,6 +51,16 @@ def test_lease_key_dual_stack_as_flannel_writes_it():
     assert key == "10.5.52.0-24&fc00:0:0:1::-64"
 
 
+def test_lease_key_ipv6_only_as_flannel_writes_it():
+    # flanneld's MakeSubnetKey with an empty IP4Net: "0.0.0.0-0" before the "&"
+    assert lease_key(None, IPv6Network("fd00:5:0:4::/64")) == "0.0.0.0-0&fd00:5:0:4::-64"
+    lease = parse_lease("0.0.0.0-0&fd00:5:0:4::-64", '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11"}')
+    assert (lease.subnet, lease.ipv6_subnet) == (None, IPv6Network("fd00:5:0:4::/64"))
+    assert lease.key == "0.0.0.0-0&fd00:5:0:4::-64" and lease.nets == (lease.ipv6_subnet,)
+    assert lease.attrs.public(4) is None and lease.attrs.public(6) == IPv6Address("2001:db8::11")
+    assert lease.label == "fd00:5:0:4::/64" and lease.attrs.addresses == "2001:db8::11"
+
+
 def test_lease_key_needs_a_subnet():
     with pytest.raises(ValueError):
         lease_key(None, None)
@@ -106,6 +116,11 @@ def test_parse_lease_key_dual_stack():
         "10.5.52.0-24&fc00::-64&fd00::-64",
         "10.5.52.0-24&fc00::-64x",
         "fc00::-64",  # v6 only is not a flannel key
+        "0.0.0.0-0",  # neither family
+        "10.5.52.0-24&FC00::-64",  # not flanneld's spelling (Go writes lower case, compressed) ...
+        "10.5.52.0-24&fc00:0::-64",
+        "10.5.52.0-24&fc00:0:0:0:0:0:0:0-64",
+        "0.0.0.0-0&fc00:0:0:1:0:0:0:0-64",  # ... so no watch event or own key could match it
     ],
 )
 def test_malformed_keys_raise(name):
@@ -134,19 +149,26 @@ def test_parse_lease_key_error_names_the_key():
     assert "10.5.52.1-24" in str(ei.value)
 
 
-@given(v4_nets)
+@given(v4_nets.filter(lambda n: n.prefixlen > 0))  # 0.0.0.0-0 is the IPv6-only key's "no IPv4"
 def test_key_round_trip_v4(net):
     key = lease_key(net)
     assert parse_lease_key(key) == (net, None)
     assert lease_key(*parse_lease_key(key)) == key
 
 
-@given(v4_nets, v6_nets)
+@given(v4_nets.filter(lambda n: n.prefixlen > 0), v6_nets)
 def test_key_round_trip_dual_stack(net, net6):
     key = lease_key(net, net6)
     assert "&" in key
     assert parse_lease_key(key) == (net, net6)
     assert lease_key(*parse_lease_key(key)) == key
+
+
+@given(v6_nets)
+def test_key_round_trip_ipv6_only(net6):
+    key = lease_key(None, net6)
+    assert key.startswith("0.0.0.0-0&")
+    assert parse_lease_key(key) == (None, net6)
 
 
 @given(st.text(alphabet="0123456789.-&:abcdef/x ", max_size=30))
@@ -155,7 +177,7 @@ def test_parse_lease_key_never_crashes(name):
         v4, v6 = parse_lease_key(name)
     except LeaseParseError:
         return
-    assert isinstance(v4, IPv4Network)
+    assert isinstance(v4, IPv4Network) or (v4 is None and isinstance(v6, IPv6Network))
     assert v6 is None or isinstance(v6, IPv6Network)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import given
@@ -20,6 +20,8 @@ DUAL = parse_config('{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network
 ATTRS = LeaseAttrs(IPv4Address("192.0.2.1"))
 LEASE = Lease(IPv4Network("10.5.72.0/24"), ATTRS)
 DUAL_LEASE = Lease(IPv4Network("10.5.72.0/24"), ATTRS, IPv6Network("fc00:0:0:48::/64"))
+V6 = parse_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:5::/48"}')
+V6_LEASE = Lease(None, LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::11")), IPv6Network("fd00:5:0:4::/64"))
 
 
 def test_default_path_is_flanneld_s():
@@ -44,6 +46,16 @@ def test_render_ipmasq_true():
         "FLANNEL_SUBNET=10.5.72.1/24\n"
         "FLANNEL_MTU=1450\n"
         "FLANNEL_IPMASQ=true\n"
+    )
+
+
+def test_render_ipv6_only_has_no_ipv4_lines():
+    # flanneld's WriteSubnetFile: the IPv4 lines only with EnableIPv4
+    assert render(V6, V6_LEASE, 1430, False) == (
+        "FLANNEL_IPV6_NETWORK=fd00:5::/48\n"
+        "FLANNEL_IPV6_SUBNET=fd00:5:0:4::1/64\n"
+        "FLANNEL_MTU=1430\n"
+        "FLANNEL_IPMASQ=false\n"
     )
 
 
@@ -177,30 +189,37 @@ def test_write_round_trips_render(tmp_path):
 
 
 def test_read_previous_missing_file(tmp_path):
-    assert read_previous(str(tmp_path / "nope.env")) is None
+    assert read_previous(str(tmp_path / "nope.env")) == []
 
 
 def test_read_previous_is_a_directory(tmp_path):
-    assert read_previous(str(tmp_path)) is None
+    assert read_previous(str(tmp_path)) == []
 
 
 def test_read_previous_after_write(tmp_path):
     path = tmp_path / "subnet.env"
     write(str(path), render(V4, LEASE, 1472, False))
-    assert read_previous(str(path)) == IPv4Network("10.5.72.0/24")
+    assert read_previous(str(path)) == [IPv4Network("10.5.72.0/24")]
 
 
-def test_read_previous_dual_stack_file_gives_the_v4_subnet(tmp_path):
+def test_read_previous_dual_stack_file_gives_both_subnets(tmp_path):
     path = tmp_path / "subnet.env"
     write(str(path), render(DUAL, DUAL_LEASE, 1450, False))
-    assert read_previous(str(path)) == IPv4Network("10.5.72.0/24")
+    assert read_previous(str(path)) == [IPv4Network("10.5.72.0/24"), DUAL_LEASE.ipv6_subnet]
+
+
+def test_read_previous_ipv6_only_file(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_IPV6_NETWORK=fd00:5::/48\nFLANNEL_IPV6_SUBNET=fd00:5:0:4::1/64\n"
+                    "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n")  # fmt: skip
+    assert read_previous(str(path)) == [IPv6Network("fd00:5:0:4::/64")]
 
 
 def test_read_previous_flanneld_file(tmp_path):
     # a file written by flanneld itself (same lines) is understood
     path = tmp_path / "subnet.env"
     path.write_text("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
-    assert read_previous(str(path)) == IPv4Network("10.1.17.0/24")
+    assert read_previous(str(path)) == [IPv4Network("10.1.17.0/24")]
 
 
 @pytest.mark.parametrize(
@@ -211,6 +230,7 @@ def test_read_previous_flanneld_file(tmp_path):
         "FLANNEL_SUBNET=\n",
         "FLANNEL_SUBNET=banana\n",
         "FLANNEL_SUBNET=fc00::1/64\n",
+        "FLANNEL_IPV6_SUBNET=10.1.17.1/24\n",
         "# FLANNEL_SUBNET=10.1.17.1/24\n",
         "FLANNEL_SUBNET_X=10.1.17.1/24\n",
     ],
@@ -218,7 +238,7 @@ def test_read_previous_flanneld_file(tmp_path):
 def test_read_previous_without_a_usable_subnet(tmp_path, text):
     path = tmp_path / "subnet.env"
     path.write_text(text)
-    assert read_previous(str(path)) is None
+    assert read_previous(str(path)) == []
 
 
 def test_read_previous_corrupt_file_is_no_previous_subnet(tmp_path):
@@ -226,7 +246,7 @@ def test_read_previous_corrupt_file_is_no_previous_subnet(tmp_path):
     subnet', not an agent that cannot start."""
     path = tmp_path / "subnet.env"
     path.write_bytes(b"\xff\xfe\x00FLANNEL\x80\x81")
-    assert read_previous(str(path)) is None
+    assert read_previous(str(path)) == []
 
 
 @given(third=st.integers(0, 255), plen=st.integers(8, 24), mtu=st.integers(68, 9000), masq=st.booleans())
@@ -235,6 +255,6 @@ def test_render_then_read_previous_round_trip(tmp_path_factory, third, plen, mtu
     cfg = parse_config('{"Network": "10.0.0.0/8", "SubnetLen": 24}')
     path = tmp_path_factory.mktemp("rt") / "subnet.env"
     write(str(path), render(cfg, Lease(subnet, ATTRS), mtu, masq))
-    assert read_previous(str(path)) == subnet
+    assert read_previous(str(path)) == [subnet]
     lines = path.read_text().splitlines()
     assert lines[-2:] == [f"FLANNEL_MTU={mtu}", f"FLANNEL_IPMASQ={'true' if masq else 'false'}"]

@@ -65,7 +65,8 @@ def test_dual_stack_lease_is_checked_in_both_families_when_ipv6_is_on():
     bad6 = Lease(IPv4Network("10.5.3.0/24"), LeaseAttrs(IPv4Address("192.0.2.20"), IPv6Address("::1")),
                  IPv6Network("fc00:0:0:3::/64"))  # fmt: skip
     assert "PublicIPv6 ::1 is a loopback" in lease_problem(bad6, c6)
-    outside6 = Lease(IPv4Network("10.5.3.0/24"), LeaseAttrs(IPv4Address("192.0.2.20")), IPv6Network("fd00::/64"))
+    outside6 = Lease(IPv4Network("10.5.3.0/24"), LeaseAttrs(IPv4Address("192.0.2.20"), IPv6Address("2001:db8::20")),
+                     IPv6Network("fd00::/64"))  # fmt: skip
     assert "outside the Network fc00::/48" in lease_problem(outside6, c6)
     assert lease_problem(outside6, ctx()) is None  # IPv6 off: its IPv6 half is not ours to judge
 
@@ -145,3 +146,72 @@ def test_netindex_several_keys_on_one_network():
     assert idx.overlapping(IPv4Network("10.5.0.0/16")) == {"b"}
     idx.remove(net, "b")
     assert idx.overlapping(IPv4Network("10.5.0.0/16")) == set()
+
+
+# -- IPv6: the same rules, in the IPv6 family ----------------------------------------------------
+
+V6_ONLY = LeaseContext((NET6,), Lease(None, LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::11")),
+                                      IPv6Network("fc00:0:0:1::/64")))  # fmt: skip
+
+
+def lease6(subnet: str, ip6: str | None = "2001:db8::20", rev: int | None = None, v4: str | None = None) -> Lease:
+    """An IPv6-only lease as flanneld writes it (PublicIP 0.0.0.0), or dual stack with `v4`."""
+    attrs = LeaseAttrs(IPv4Address("192.0.2.20" if v4 else 0), IPv6Address(ip6) if ip6 else None)
+    return Lease(IPv4Network(v4) if v4 else None, attrs, IPv6Network(subnet), create_revision=rev)
+
+
+@pytest.mark.parametrize(
+    "ip6,why",
+    [
+        (None, "PublicIPv6 is missing"),
+        ("::", "PublicIPv6 is missing"),
+        ("::1", "loopback"),
+        ("ff02::1", "multicast"),
+        ("fe80::20", "link-local"),
+        ("fc00:0:0:9::1", "inside the overlay Network fc00::/48"),
+        ("2001:db8::11", "this host's own"),
+    ],
+)
+def test_unusable_public_ipv6_in_an_ipv6_only_network(ip6, why):
+    assert why in lease_problem(lease6("fc00:0:0:3::/64", ip6), V6_ONLY)
+
+
+@pytest.mark.parametrize(
+    "subnet,why",
+    [
+        ("fd00:0:0:3::/64", "outside the Network fc00::/48"),
+        ("fc00::/48", "whole Network"),
+        ("fc00:0:0:1:8000::/65", "overlaps this host's subnet fc00:0:0:1::/64"),
+        ("fc00::/60", "overlaps this host's subnet fc00:0:0:1::/64"),
+    ],
+)
+def test_ipv6_subnet_rules(subnet, why):
+    assert why in lease_problem(lease6(subnet), V6_ONLY)
+
+
+def test_ipv6_only_peers_all_write_public_ip_0000_which_is_nobody_s():
+    """Every IPv6-only lease says PublicIP 0.0.0.0: that is no address, so not 'our own'."""
+    assert lease_problem(lease6("fc00:0:0:3::/64"), V6_ONLY) is None
+    assert "no IPv6 subnet" in lease_problem(lease("10.5.3.0/24"), V6_ONLY)
+
+
+def test_ipv6_overlaps_older_wins():
+    old, young = lease6("fc00:0:0:4::/64", rev=5), lease6("fc00:0:0:4::/63", "2001:db8::21", rev=9)
+    v = validate([young, old], V6_ONLY)
+    assert list(v.accepted) == [old.key]
+    assert "overlaps lease 0.0.0.0-0&fc00:0:0:4::-64, which is older" in v.rejected[young.key]
+
+
+def test_dual_stack_ipv4_only_lease_is_routed_in_ipv4():
+    """A lease from before IPv6 was enabled (no IPv6 subnet) still gets its IPv4 routes."""
+    assert lease_problem(lease("10.5.3.0/24"), LeaseContext((NET, NET6), OWN)) is None
+
+
+def test_underlay_decides_which_public_address_is_needed():
+    """vxlan/host-gw send IPv6 to PublicIPv6 (needed); a backend that tunnels IPv6 over IPv4
+    (underlay {6: 4}) needs only PublicIP, but a PublicIPv6 that is announced must still be sane."""
+    dual = lease6("fc00:0:0:3::/64", None, v4="10.5.3.0/24")
+    assert "PublicIPv6 is missing" in lease_problem(dual, LeaseContext((NET, NET6), OWN))
+    over_v4 = LeaseContext((NET, NET6), OWN, underlay={4: 4, 6: 4})
+    assert lease_problem(dual, over_v4) is None
+    assert "loopback" in lease_problem(lease6("fc00:0:0:3::/64", "::1", v4="10.5.3.0/24"), over_v4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -27,7 +27,7 @@ from udpflannel.backends.vxlan import (
 from udpflannel.core.config import parse_config
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
-from udpflannel.errors import ConfigError
+from udpflannel.errors import ConfigError, InterfaceError
 
 SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
         "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip
@@ -97,7 +97,7 @@ def test_constructor_has_no_side_effects():
 
 
 def test_lease_json_is_flanneld_shape():
-    a = lease_attrs(IPv4Address("192.168.205.10"), 100, "82:53:2e:6a:a9:43")
+    a = lease_attrs(100, {4: "82:53:2e:6a:a9:43"}, IPv4Address("192.168.205.10"))
     assert a.to_json() == (
         '{"PublicIP":"192.168.205.10","PublicIPv6":null,"BackendType":"vxlan",'
         '"BackendData":{"VNI":100,"VtepMAC":"82:53:2e:6a:a9:43"}}'
@@ -183,18 +183,42 @@ def test_incompatible_device(kw, word):
 # -- the backend against a fake netlink ----------------------------------------------------------
 
 
+def _view(name: str, table: str) -> property:
+    """FakeNetlink.dev / .neigh / ...: one device's entry in one of the fake's tables."""
+
+    def get(self):
+        if table == "devs":
+            return self.devs.get(name)
+        return getattr(self, table).setdefault(name, [] if table == "addrs_" else set())
+
+    def set_(self, value):
+        if table == "devs" and value is None:
+            self.devs.pop(name, None)
+        else:
+            getattr(self, table)[name] = value
+
+    return property(get, set_)
+
+
 class FakeNetlink:
-    """The VxlanNetlink surface, in memory."""
+    """The VxlanNetlink surface, in memory, for any number of devices (by name). `dev`,
+    `neigh`, `fdb` and `addrs` are flannel.100's; `dev6`, `neigh6`, ... flannel-v6.100's."""
 
     def __init__(self):
-        self.dev = None
-        self.addrs = []
-        self.neigh: set = set()
-        self.fdb: set = set()
+        self.devs: dict[str, DeviceState] = {}
+        self.neighs: dict[str, set] = {}
+        self.fdbs: dict[str, set] = {}
+        self.addrs_: dict[str, list] = {}
         self.routes_: set = set()
         self.reachable: set = set()
         self.created = 0
         self._ipr = None
+
+    def _name(self, index):
+        return next(n for n, d in self.devs.items() if d.index == index)
+
+    dev, neigh, fdb, addrs = (_view("flannel.100", t) for t in ("devs", "neighs", "fdbs", "addrs_"))
+    dev6, neigh6, fdb6, addrs6 = (_view("flannel-v6.100", t) for t in ("devs", "neighs", "fdbs", "addrs_"))
 
     async def call(self, fn, *args):
         return fn(*args)
@@ -203,47 +227,51 @@ class FakeNetlink:
         pass
 
     def device(self, name):
-        return self.dev
+        return self.devs.get(name)
 
     def create(self, spec, mac):
         self.created += 1
-        self.dev = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
-                               vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
-        self.neigh, self.fdb = set(), set()
-        self.routes_ = {r for r in self.routes_ if r.oif != self.dev.index}
+        old = self.devs.get(spec.name)
+        self.devs[spec.name] = d = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
+                                               vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
+        self.neighs[spec.name], self.fdbs[spec.name] = set(), set()
+        if old is not None:
+            self.routes_ = {r for r in self.routes_ if r.oif != old.index}
 
     def delete(self, index):
-        self.dev = None
+        self.devs.pop(self._name(index))
 
     def set_link(self, index, mtu):
-        self.dev = DeviceState(**{**self.dev.__dict__, "mtu": mtu, "up": True})
+        name = self._name(index)
+        self.devs[name] = DeviceState(**{**self.devs[name].__dict__, "mtu": mtu, "up": True})
 
     def set_address(self, index, addr, network):
-        self.addrs = [(addr, 32)]
+        self.addrs_[self._name(index)] = [(addr, addr.max_prefixlen)]
 
-    def disable_ra(self, name):
+    def sysctls(self, name, version):
         pass
 
-    def neighbours(self, index):
-        return list(self.neigh)
+    def neighbours(self, index, version=4):
+        return [n for n in self.neighs.get(self._name(index), ()) if n.ip.version == version]
 
     def fdb_entries(self, index):
-        return list(self.fdb)
+        return list(self.fdbs.get(self._name(index), ()))
 
     def neigh_replace(self, index, n):
-        self.neigh = {x for x in self.neigh if x.ip != n.ip} | {n}
+        name = self._name(index)
+        self.neighs[name] = {x for x in self.neighs[name] if x.ip != n.ip} | {n}
 
     def neigh_del(self, index, n):
-        self.neigh.discard(n)
+        self.neighs[self._name(index)].discard(n)
 
     def fdb_replace(self, index, f):
-        self.fdb.add(f)
+        self.fdbs[self._name(index)].add(f)
 
     def fdb_del(self, index, f):
-        self.fdb.discard(f)
+        self.fdbs[self._name(index)].discard(f)
 
-    def routes(self, oifs):
-        return [r for r in self.routes_ if r.oif in oifs]
+    def routes(self, oifs, version=4):
+        return [r for r in self.routes_ if r.oif in oifs and r.dst.version == version]
 
     def route_replace(self, r):
         self.routes_ = {x for x in self.routes_ if x.dst != r.dst} | {r}
@@ -339,7 +367,7 @@ def test_lease_problem_other_types_mac_and_vni():
     assert "VtepMAC" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": 17, "VNI": 100}))
     assert "VtepMAC" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data="junk"))
     assert "VNI" in b.lease_problem(vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": "9e:e7:65:f3:9d:31"}))
-    assert "VNI 7 is not" in b.lease_problem(
+    assert "VNI 7 in BackendData is not" in b.lease_problem(
         vx_lease("10.20.0.0/20", "192.0.2.30", data={"VtepMAC": "9e:e7:65:f3:9d:31", "VNI": 7}))
 
 
@@ -355,6 +383,7 @@ def test_resync_restores_deleted_entries_and_device_with_same_mac():
     assert b.metrics()["entries_restored"] == 2
     nl.dev = None  # someone deleted the device (and with it every entry)
     nl.neigh, nl.fdb = set(), set()
+    nl.routes_ = set()
     run(b.resync())
     assert nl.dev is not None and nl.dev.mac == mac and nl.dev.up
     assert nl.addrs == [(IPv4Address("10.15.64.0"), 32)]
@@ -405,3 +434,140 @@ def test_plan_entries_order_and_repointing():
     # from nothing: neighbour and fdb before the route
     deletions, additions = plan_entries([new], [], [], [], prune=True)
     assert [k for k, _ in additions] == ["neighbour", "fdb", "route"] and deletions == []
+
+
+# -- IPv6: flannel-v6.<VNI> over the IPv6 underlay, the same code per family ------------------------
+
+IFACE6 = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500,
+                           IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))  # fmt: skip
+IFACE6_ONLY = ExternalInterface("eth1", 2, None, None, 1500, IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))
+MAC4, MAC6 = "9e:e7:65:f3:9d:31", "9e:e7:65:f3:9d:66"
+
+
+def cfg6(v4: bool = True, **backend):
+    doc = {"EnableIPv6": True, "IPv6Network": "fd00:5::/48", "Backend": dict({"Type": "vxlan", "VNI": 100}, **backend)}
+    if v4:
+        doc.update(Network="10.0.0.0/8", SubnetLen=20)
+    else:
+        doc["EnableIPv4"] = False
+    return parse_config(json.dumps(doc))
+
+
+def vx6(subnet6: str, ip6: str, subnet: str | None = None, ip: str = "0.0.0.0", data6=None) -> Lease:
+    """A vxlan lease as flanneld writes it: dual stack with `subnet`, else IPv6-only."""
+    attrs = LeaseAttrs(IPv4Address(ip), IPv6Address(ip6), "vxlan",
+                       {"VNI": 100, "VtepMAC": MAC4} if subnet else None,
+                       {"VNI": 100, "VtepMAC": MAC6} if data6 is None else data6)  # fmt: skip
+    return Lease(IPv4Network(subnet) if subnet else None, attrs, IPv6Network(subnet6))
+
+
+def backend6(v4: bool = True, **opts):
+    nl = FakeNetlink()
+    return VxlanBackend(IFACE6 if v4 else IFACE6_ONLY, cfg6(v4, **opts), netlink=nl), nl
+
+
+def test_ipv6_device_names_mtus_and_options():
+    b, _ = backend6()
+    assert (b.options.device_for(4), b.options.device_for(6)) == ("flannel.100", "flannel-v6.100")
+    assert (b.device_mtu(4), b.device_mtu(6), b.mtu()) == (1450, 1430, 1430)  # FLANNEL_MTU fits both
+    assert b.spec(6) == DeviceSpec("flannel-v6.100", 100, 0, IPv6Address("2001:db8::11"), 2, 1430, False, False)
+    assert backend6(v4=False)[0].mtu() == 1430
+    # flannel-v6.<VNI> must fit in 15 characters: VNI up to 9999 once IPv6 is on
+    with pytest.raises(ConfigError, match=r"must be 0\.\.9999 \(the device name flannel-v6.<VNI>"):
+        VxlanBackend(IFACE6, cfg6(VNI=10000))
+    with pytest.raises(ConfigError, match="IPv6 needs 1280"):
+        VxlanBackend(IFACE6, cfg6(MTU=1300))
+    small = ExternalInterface("eth1", 2, None, None, 1340, IPv6Address("2001:db8::11"), IPv6Address("2001:db8::11"))
+    with pytest.raises(InterfaceError, match="leaves 1270 for flannel-v6.100"):
+        VxlanBackend(small, cfg6(v4=False))
+
+
+def test_dual_stack_prepare_makes_two_devices_and_announces_both_macs():
+    b, nl = backend6()
+    attrs = run(b.prepare())
+    assert nl.created == 2 and nl.dev.mtu == 1450 and nl.dev6.mtu == 1430 and nl.dev6.up
+    assert nl.dev6.local == IPv6Address("2001:db8::11") and nl.dev.local == IPv4Address("192.0.2.11")
+    assert nl.dev.mac != nl.dev6.mac
+    assert attrs.to_json() == (
+        '{"PublicIP":"192.0.2.11","PublicIPv6":"2001:db8::11","BackendType":"vxlan",'
+        f'"BackendData":{{"VNI":100,"VtepMAC":"{nl.dev.mac}"}},"BackendV6Data":{{"VNI":100,"VtepMAC":"{nl.dev6.mac}"}}}}'
+    )
+
+
+def test_ipv6_only_lease_is_flanneld_s():
+    b, nl = backend6(v4=False)
+    attrs = run(b.prepare())
+    assert nl.dev is None and nl.created == 1
+    assert attrs.to_json() == ('{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"vxlan",'
+                               f'"BackendV6Data":{{"VNI":100,"VtepMAC":"{nl.dev6.mac}"}}}}')  # fmt: skip
+    run(b.start(vx6("fd00:5:0:4::/64", "2001:db8::11")))
+    assert nl.addrs6 == [(IPv6Address("fd00:5:0:4::"), 128)]
+
+
+def test_ipv6_peer_entries_on_the_v6_device():
+    b, nl = backend6()
+    run(b.prepare())
+    run(b.start(vx6("fd00:5:0:4::/64", "2001:db8::11", "10.15.64.0/20", "192.0.2.11")))
+    assert nl.addrs == [(IPv4Address("10.15.64.0"), 32)] and nl.addrs6 == [(IPv6Address("fd00:5:0:4::"), 128)]
+    peer = vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12")
+    run(b.apply(Snapshot((peer,))))
+    assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), MAC4)} and nl.fdb == {Fdb(MAC4, IPv4Address("192.0.2.12"))}
+    assert nl.neigh6 == {Neigh(IPv6Address("fd00:5:0:12::"), MAC6)}
+    assert nl.fdb6 == {Fdb(MAC6, IPv6Address("2001:db8::12"))}
+    assert nl.routes_ == {Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), nl.dev.index, True),
+                          Route(IPv6Network("fd00:5:0:12::/64"), IPv6Address("fd00:5:0:12::"), nl.dev6.index, True)}
+    e = peer_entries(peer, 7, 2, False, version=6)
+    assert str(e.neigh) == f"fd00:5:0:12:: lladdr {MAC6} permanent" and str(e.fdb) == f"{MAC6} dst 2001:db8::12 self permanent"
+    # a v4-only peer (from before IPv6 was on) gets IPv4 entries only
+    old = vx_lease("10.14.0.0/20", "192.0.2.14", "9e:e7:65:f3:9d:44")
+    old = Lease(old.subnet, LeaseAttrs(old.attrs.public_ip, None, "vxlan", {"VNI": 100, "VtepMAC": "9e:e7:65:f3:9d:44"}))
+    run(b.apply(added(old)))
+    assert len(nl.neigh) == 2 and len(nl.neigh6) == 1
+    run(b.apply(removed(peer)))
+    assert nl.neigh6 == set() and nl.fdb6 == set() and all(r.dst.version == 4 for r in nl.routes_)
+
+
+def test_ipv6_lease_problems_name_backend_v6_data():
+    b, _ = backend6()
+    assert b.lease_problem(vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12")) is None
+    bad = vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12", data6={"VNI": 100, "VtepMAC": "x"})
+    assert b.lease_problem(bad) == "BackendV6Data has no valid VtepMAC ('x')"
+    none6 = vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12", data6={})
+    assert "BackendV6Data has no valid VtepMAC" in b.lease_problem(none6)
+    vni = vx6("fd00:5:0:12::/64", "2001:db8::12", data6={"VNI": 7, "VtepMAC": MAC6})
+    assert "VNI 7 in BackendV6Data is not this network's 100" in backend6(v4=False)[0].lease_problem(vni)
+
+
+def test_ipv6_stale_entries_pruned_by_a_snapshot_and_the_device_healed():
+    b, nl = backend6(v4=False)
+    nl.dev6 = DeviceState(index=4, kind="vxlan", mac="02:aa:bb:cc:dd:66", mtu=1430, up=True, vni=100, port=8472,
+                          local=IPv6Address("2001:db8::11"), link=2)  # fmt: skip
+    mac6 = run(b.prepare()).backend_v6_data["VtepMAC"]
+    assert mac6 == "02:aa:bb:cc:dd:66"  # reused, as for IPv4
+    stale = (Route(IPv6Network("fd00:5:0:40::/64"), IPv6Address("fd00:5:0:40::"), 4, True),
+             Neigh(IPv6Address("fd00:5:0:40::"), "02:00:00:00:00:40"), Fdb("02:00:00:00:00:40", IPv6Address("2001:db8::40")))
+    nl.routes_.add(stale[0]), nl.neigh6.add(stale[1]), nl.fdb6.add(stale[2])
+    run(b.start(vx6("fd00:5:0:4::/64", "2001:db8::11")))
+    assert stale[0] in nl.routes_  # nothing pruned before the first snapshot
+    peer = vx6("fd00:5:0:12::/64", "2001:db8::12")
+    run(b.apply(Snapshot((peer,))))
+    assert stale[0] not in nl.routes_ and stale[1] not in nl.neigh6 and stale[2] not in nl.fdb6
+    assert len(nl.routes_) == 1 and len(nl.neigh6) == 1 and len(nl.fdb6) == 1
+    nl.dev6 = None  # deleted: recreated with the same MAC, address and entries
+    nl.routes_ = set()
+    run(b.resync())
+    assert nl.dev6.mac == mac6 and nl.addrs6 == [(IPv6Address("fd00:5:0:4::"), 128)]
+    assert len(nl.routes_) == 1 and len(nl.neigh6) == 1 and len(nl.fdb6) == 1
+    assert b.metrics()["device_restored"] == 1
+    run(b.apply(Snapshot(())))
+    assert nl.routes_ == set() and nl.neigh6 == set() and nl.fdb6 == set()
+
+
+def test_ipv6_direct_routing():
+    b, nl = backend6(DirectRouting=True)
+    run(b.prepare())
+    run(b.start(vx6("fd00:5:0:4::/64", "2001:db8::11", "10.15.64.0/20", "192.0.2.11")))
+    nl.reachable = {IPv6Address("2001:db8::12")}
+    run(b.apply(Snapshot((vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12"),))))
+    assert Route(IPv6Network("fd00:5:0:12::/64"), IPv6Address("2001:db8::12"), IFACE6.index) in nl.routes_
+    assert nl.fdb6 == set() and len(nl.fdb) == 1  # IPv4 is not directly reachable here: vxlan

@@ -145,7 +145,8 @@ class EtcdClient:
     # -- connections ------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         u = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        target = f"{u.hostname or '127.0.0.1'}:{u.port or 2379}"
+        host = u.hostname or "127.0.0.1"
+        target = f"[{host}]:{u.port or 2379}" if ":" in host else f"{host}:{u.port or 2379}"  # http://[2001:db8::2]:2379
         o = self.opts
         if u.scheme == "https" or o.cafile or o.certfile:
             creds = grpc.ssl_channel_credentials(

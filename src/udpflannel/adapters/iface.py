@@ -1,32 +1,49 @@
-"""Choosing the external interface and public IP, as flanneld does.
+"""Choosing the external interface and its public addresses, as flanneld does.
 
-Order: --iface (each value a name or an IPv4 address; the first usable one wins), then
---iface-regex (matched against names and addresses; the first usable match wins), then
---iface-can-reach (the interface the kernel would route that address through), else the
-default route's.
+Order: --iface (each value a name or an IPv4 or IPv6 address; the first usable one wins),
+then --iface-regex (matched against names and addresses; the first usable match wins),
+then --iface-can-reach (the interface the kernel would route that address through), else
+the default route's (IPv4, or IPv6 on a host without an IPv4 default route).
 
-Usable means: not the loopback device, administratively up, and with a global-scope IPv4
-address (what other hosts can reach). When nothing usable is found the error says, for
-each candidate, why it was not usable -- never just "no IPv4 address" for `lo`, which
-has 127.0.0.1. `select()` is the pure part; `choose()` reads the links with pyroute2.
+Usable means: not the loopback device, administratively up, and with a global-scope
+address (what other hosts can reach) of either family: the interface is chosen before the
+network config says which families are enabled, so an IPv6-only host's interface is as
+good as a dual-stack one. From the chosen interface come one address per family (the one
+--iface named, else its first global one), and the public addresses (--public-ip,
+--public-ipv6, else those). The agent asks `ExternalInterface.lacking()` once the config
+is known, with the reason noted here for a missing family ("eth1 has no global IPv6
+address (fe80::1 is link-local)"). When nothing usable is found the error says, for each
+candidate, why it was not usable -- never just "no IPv4 address" for `lo`, which has
+127.0.0.1. `select()` is the pure part; `choose()` reads the links with pyroute2.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Callable, Optional, Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Callable, Optional, Sequence, Union
 
 from pyroute2 import IPRoute
 
 from ..core.events import ExternalInterface
 from ..errors import InterfaceError
 
+Addr = Union[IPv4Address, IPv6Address]
+
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 SCOPE_GLOBAL = 0
-_SCOPES = {253: "link-local", 254: "host-scope"}
+IFA_F_TEMPORARY = 0x01
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+_SCOPES = {253: "link-local", 254: "host-scope", -1: "a failed duplicate (DAD failed)"}
+_FAMILIES = {4: "IPv4", 6: "IPv6"}
+# route lookups (nothing is sent): the default route of each family, IPv4 first
+DEFAULT_DESTINATIONS = ("8.8.8.8", "2001:4860:4860::8888")
+
+Choice = tuple["Link", Optional[IPv4Address], Optional[IPv6Address]]
 
 
 @dataclass(frozen=True)
@@ -35,11 +52,27 @@ class Link:
     name: str
     mtu: int
     flags: int
-    addrs: tuple[IPv4Address, ...]  # global scope: what other hosts can reach
-    other_addrs: tuple[tuple[IPv4Address, int], ...] = ()  # (address, scope) of the rest
+    addrs: tuple[Addr, ...]  # global scope, both families: what other hosts can reach
+    other_addrs: tuple[tuple[Addr, int], ...] = ()  # (address, scope) of the rest
 
-    def has(self, ip: IPv4Address) -> bool:
+    def has(self, ip: Addr) -> bool:
         return ip in self.addrs or any(a == ip for a, _ in self.other_addrs)
+
+    def first(self, version: int) -> Optional[Addr]:
+        """The first global address of one family."""
+        return next((a for a in self.addrs if a.version == version), None)
+
+
+def _others(link: Link, versions=(4, 6)) -> str:
+    return ", ".join(f"{a} is {_SCOPES.get(s, f'scope {s}')}" for a, s in link.other_addrs if a.version in versions)
+
+
+def family_note(link: Link, version: int) -> Optional[str]:
+    """Why `link` has no address of this IP version other hosts can reach (None: it has)."""
+    if link.first(version) is not None:
+        return None
+    fam, others = _FAMILIES[version], _others(link, (version,))
+    return f"{link.name} has no global {fam} address ({others})" if others else f"{link.name} has no {fam} address"
 
 
 def unusable(link: Link) -> Optional[str]:
@@ -50,15 +83,14 @@ def unusable(link: Link) -> Optional[str]:
         return f"{link.name} is down (ip link set {link.name} up)"
     if not link.addrs:
         if link.other_addrs:
-            kinds = ", ".join(f"{a} is {_SCOPES.get(s, f'scope {s}')}" for a, s in link.other_addrs)
-            return f"{link.name} has no global IPv4 address ({kinds})"
-        return f"{link.name} has no IPv4 address"
+            return f"{link.name} has no global IPv4 or IPv6 address ({_others(link)})"
+        return f"{link.name} has no IPv4 or IPv6 address"
     return None
 
 
-def _is_ip(s: str) -> Optional[IPv4Address]:
+def _is_ip(s: str) -> Optional[Addr]:
     try:
-        return IPv4Address(s)
+        return ip_address(s)
     except ValueError:
         return None
 
@@ -68,21 +100,23 @@ def select(
     ifaces: Sequence[str] = (),
     regexes: Sequence[str] = (),
     can_reach: str = "",
-    route: Callable[[str], tuple[Optional[int], Optional[IPv4Address]]] = lambda dst: (None, None),
-) -> tuple[Link, IPv4Address]:
-    """The interface and its address, by flanneld's order. Pure: `route(dst)` answers
-    (output ifindex, preferred source) for the route lookup. Raises InterfaceError naming
-    every candidate that was tried and why it is not usable."""
+    route: Callable[[str], tuple[Optional[int], Optional[Addr]]] = lambda dst: (None, None),
+) -> Choice:
+    """The interface and its IPv4 and IPv6 addresses (None where it has none), by
+    flanneld's order. Pure: `route(dst)` answers (output ifindex, preferred source) for the
+    route lookup. Raises InterfaceError naming every candidate that was tried and why it
+    is not usable."""
     reasons: list[str] = []
 
-    def take(link: Link, addr: Optional[IPv4Address], what: str) -> Optional[tuple[Link, IPv4Address]]:
+    def take(link: Link, addr: Optional[Addr], what: str) -> Optional[Choice]:
         why = unusable(link)
         if why is not None:
             reasons.append(f"{what}: {why}")
             return None
-        if addr is None or addr not in link.addrs:
-            addr = link.addrs[0]
-        return link, addr
+        got = {v: link.first(v) for v in (4, 6)}
+        if addr is not None and addr in link.addrs:
+            got[addr.version] = addr
+        return link, got[4], got[6]
 
     if ifaces:
         for spec in ifaces:
@@ -114,11 +148,13 @@ def select(
         if not reasons:
             raise InterfaceError(f"no interface matches --iface-regex {', '.join(regexes)}")
         raise InterfaceError(_summary(reasons))
-    dst = can_reach or "8.8.8.8"  # only a route lookup; nothing is sent
     what = f"--iface-can-reach {can_reach}" if can_reach else "the default route"
-    oif, src = route(dst)
-    link = next((l for l in links if l.index == oif), None)
-    if link is None:
+    for dst in (can_reach,) if can_reach else DEFAULT_DESTINATIONS:
+        oif, src = route(dst)
+        link = next((l for l in links if l.index == oif), None)
+        if link is not None:
+            break
+    else:
         raise InterfaceError(f"no interface found for {what}; pass --iface")
     got = take(link, src, f"the interface of {what} ({link.name})")
     if got:
@@ -132,36 +168,60 @@ def _summary(reasons: list[str]) -> str:
     return "no usable interface: " + "; ".join(reasons)
 
 
+def external(link: Link, v4: Optional[IPv4Address], v6: Optional[IPv6Address],
+             public_ip: str = "", public_ipv6: str = "") -> ExternalInterface:  # fmt: skip
+    """The ExternalInterface for a choice, with --public-ip / --public-ipv6 (validated here:
+    InterfaceError naming the flag) and the reason for each family the link lacks. Pure."""
+    pubs = []
+    for flag, value, cls, own in (("--public-ip", public_ip, IPv4Address, v4),
+                                  ("--public-ipv6", public_ipv6, IPv6Address, v6)):  # fmt: skip
+        try:
+            pubs.append(cls(value) if value else own)
+        except ValueError:
+            raise InterfaceError(f"{flag} {value!r} is not an {cls.__name__[:4]} address") from None
+    notes = tuple((v, n) for v in (4, 6) if (n := family_note(link, v)) is not None)
+    return ExternalInterface(name=link.name, index=link.index, iface_addr=v4, public_ip=pubs[0], mtu=link.mtu,
+                             iface_addr6=v6, public_ipv6=pubs[1], notes=notes)  # fmt: skip
+
+
 # -- the adapter -----------------------------------------------------------------------------
 
 
 def _links(ipr: IPRoute) -> list[Link]:
-    glob: dict[int, list[IPv4Address]] = {}
-    other: dict[int, list[tuple[IPv4Address, int]]] = {}
-    for a in ipr.get_addr(family=2):
-        addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-        if not addr:
-            continue
-        scope = a.get("scope", SCOPE_GLOBAL)
-        if scope == SCOPE_GLOBAL:
-            glob.setdefault(a["index"], []).append(IPv4Address(addr))
-        else:
-            other.setdefault(a["index"], []).append((IPv4Address(addr), scope))
+    glob: dict[int, list[tuple[int, Addr]]] = {}
+    other: dict[int, list[tuple[Addr, int]]] = {}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for a in ipr.get_addr(family=family):
+            raw = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+            if not raw:
+                continue
+            addr, scope = ip_address(raw), a.get("scope", SCOPE_GLOBAL)
+            flags = a.get_attr("IFA_FLAGS") or a.get("flags", 0)
+            if flags & IFA_F_DADFAILED:
+                other.setdefault(a["index"], []).append((addr, -1))
+            elif scope == SCOPE_GLOBAL:
+                # stable addresses first: privacy (temporary) and deprecated ones only if nothing else
+                rank = 1 if flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED) else 0
+                glob.setdefault(a["index"], []).append((rank, addr))
+            else:
+                other.setdefault(a["index"], []).append((addr, scope))
     return [
         Link(link["index"], link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU") or 1500, link["flags"],
-             tuple(glob.get(link["index"], [])), tuple(other.get(link["index"], [])))  # fmt: skip
+             tuple(a for _, a in sorted(glob.get(link["index"], []), key=lambda r: r[0])),
+             tuple(other.get(link["index"], [])))  # fmt: skip
         for link in ipr.get_links()
     ]
 
 
-def _route_oif(ipr: IPRoute, dst: str) -> tuple[Optional[int], Optional[IPv4Address]]:
+def _route_oif(ipr: IPRoute, dst: str) -> tuple[Optional[int], Optional[Addr]]:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     try:
-        routes = ipr.route("get", dst=dst)
+        routes = ipr.route("get", dst=dst, family=family)
     except Exception:
         return None, None
     for r in routes:
         src = r.get_attr("RTA_PREFSRC")
-        return r.get_attr("RTA_OIF"), IPv4Address(src) if src else None
+        return r.get_attr("RTA_OIF"), ip_address(src) if src else None
     return None, None
 
 
@@ -170,8 +230,8 @@ def choose(
     regexes: Sequence[str] = (),
     can_reach: str = "",
     public_ip: str = "",
+    public_ipv6: str = "",
 ) -> ExternalInterface:
     with IPRoute() as ipr:
-        link, addr = select(_links(ipr), ifaces, regexes, can_reach, lambda dst: _route_oif(ipr, dst))
-    pub = IPv4Address(public_ip) if public_ip else addr
-    return ExternalInterface(name=link.name, index=link.index, iface_addr=addr, public_ip=pub, mtu=link.mtu)
+        link, v4, v6 = select(_links(ipr), ifaces, regexes, can_reach, lambda dst: _route_oif(ipr, dst))
+    return external(link, v4, v6, public_ip, public_ipv6)

@@ -15,6 +15,10 @@ With C = the flannel Network and P = this host's subnet, exactly flanneld's rule
 
 (`--random-fully` only where iptables supports it: >= 1.6.2, as go-iptables decides.)
 
+IPv6 gets the same chains and rules from the same generator, in ip6tables, with the IPv6
+Network and subnet and ff00::/8 as the multicast range (flanneld's MasqIP6Rules): one
+`IptablesRules` per enabled family, the family taken from the Network it is given.
+
 How they are kept (pure parts first, one thin subprocess adapter):
 - `masq_rules()`/`forward_rules()` produce the rules in iptables-save's canonical spelling,
   so `ensure()` compares them with `iptables-save -t <table>` output line for line: our
@@ -37,8 +41,8 @@ import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
-from ipaddress import IPv4Network
-from typing import Optional, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Optional, Sequence, Union
 
 from ..errors import UdpFlannelError
 
@@ -49,7 +53,8 @@ FWD_CHAIN = "FLANNEL-FWD"
 MASQ_COMMENT = "flanneld masq"
 FWD_COMMENT = "flanneld forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"
-MULTICAST = "224.0.0.0/4"
+MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}  # not masqueraded, per IP version
+COMMAND = {4: "iptables", 6: "ip6tables"}  # the tools per IP version (-save, -restore alike)
 RANDOM_FULLY_MIN = (1, 6, 2)
 LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (legacy backend)
 
@@ -91,8 +96,12 @@ def forward_jump() -> Rule:
     return Rule("filter", "FORWARD", _c(FWD_COMMENT) + ("-j", FWD_CHAIN))
 
 
-def masq_rules(network: IPv4Network, subnet: IPv4Network, random_fully: bool) -> list[Rule]:
-    """The FLANNEL-POSTRTG chain, in order (flanneld's MasqRules for one cluster CIDR)."""
+Net = Union[IPv4Network, IPv6Network]
+
+
+def masq_rules(network: Net, subnet: Net, random_fully: bool) -> list[Rule]:
+    """The FLANNEL-POSTRTG chain, in order (flanneld's MasqRules / MasqIP6Rules for one
+    cluster CIDR: the family's multicast range is never masqueraded)."""
     c, p, m = str(network), str(subnet), _c(MASQ_COMMENT)
     rf = ("--random-fully",) if random_fully else ()
     specs = [
@@ -100,13 +109,13 @@ def masq_rules(network: IPv4Network, subnet: IPv4Network, random_fully: bool) ->
         ("-s", p, "-d", c) + m + ("-j", "RETURN"),
         ("-s", c, "-d", p) + m + ("-j", "RETURN"),
         ("!", "-s", c, "-d", p) + m + ("-j", "RETURN"),
-        ("-s", c, "!", "-d", MULTICAST) + m + ("-j", "MASQUERADE") + rf,
+        ("-s", c, "!", "-d", MULTICAST[network.version]) + m + ("-j", "MASQUERADE") + rf,
         ("!", "-s", c, "-d", c) + m + ("-j", "MASQUERADE") + rf,
     ]
     return [Rule("nat", MASQ_CHAIN, s) for s in specs]
 
 
-def forward_rules(network: IPv4Network) -> list[Rule]:
+def forward_rules(network: Net) -> list[Rule]:
     """The FLANNEL-FWD chain, in order (flanneld's ForwardRules)."""
     c, f = str(network), _c(FWD_COMMENT)
     return [
@@ -209,22 +218,27 @@ def _binary(name: str) -> str:
     return path
 
 
-def random_fully_supported() -> bool:
-    """Whether iptables knows MASQUERADE --random-fully (>= 1.6.2, like go-iptables)."""
+def random_fully_supported(command: str = "iptables") -> bool:
+    """Whether `command` (iptables or ip6tables) knows MASQUERADE --random-fully (>= 1.6.2,
+    like go-iptables)."""
     try:
-        v = parse_version(_run([_binary("iptables"), "--version"]))
+        v = parse_version(_run([_binary(command), "--version"]))
     except IptablesError as e:
-        log.warning("iptables --version: %s; not using --random-fully", e)
+        log.warning("%s --version: %s; not using --random-fully", command, e)
         return False
     return v is not None and v >= RANDOM_FULLY_MIN
 
 
 class IptablesRules:
-    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place."""
+    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
+    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
 
-    def __init__(self, network: IPv4Network, subnet: IPv4Network, ip_masq: bool, forward_rules: bool):
-        self.network = IPv4Network(network)
-        self.subnet = IPv4Network(subnet)
+    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
+        self.network = ip_network(network)
+        self.subnet = ip_network(subnet)
+        if self.subnet.version != self.network.version:
+            raise ValueError(f"subnet {subnet} and Network {network} are of different IP versions")
+        self.command = COMMAND[self.network.version]
         self.ip_masq = ip_masq
         self.forward = forward_rules
         self._random_fully: Optional[bool] = None  # probed on first use
@@ -233,7 +247,7 @@ class IptablesRules:
     @property
     def random_fully(self) -> bool:
         if self._random_fully is None:
-            self._random_fully = random_fully_supported()
+            self._random_fully = random_fully_supported(self.command)
         return self._random_fully
 
     def wanted(self) -> dict:
@@ -245,13 +259,11 @@ class IptablesRules:
             out["filter"] = (forward_jump(), forward_rules(self.network))
         return out
 
-    @staticmethod
-    def _state(table: str) -> TableState:
-        return parse_save(_run([_binary("iptables-save"), "-t", table]))
+    def _state(self, table: str) -> TableState:
+        return parse_save(_run([_binary(f"{self.command}-save"), "-t", table]))
 
-    @staticmethod
-    def _restore(doc: str) -> None:
-        _run([_binary("iptables-restore"), "--noflush", "-w", LOCK_WAIT], stdin=doc)
+    def _restore(self, doc: str) -> None:
+        _run([_binary(f"{self.command}-restore"), "--noflush", "-w", LOCK_WAIT], stdin=doc)
 
     def plan(self) -> dict:
         return {t: plan_table(self._state(t), jump, rules) for t, (jump, rules) in self.wanted().items()}
@@ -263,16 +275,16 @@ class IptablesRules:
         doc = restore_input(self.plan())
         if not doc:
             return 0
-        log.debug("iptables: applying\n%s", doc.rstrip())
+        log.debug("%s: applying\n%s", self.command, doc.rstrip())
         try:
             self._restore(doc)
         except IptablesError as e:
             if not (self.ip_masq and self.random_fully and "random-fully" in doc):
                 raise
-            log.warning("iptables: %s; retrying without --random-fully", e)
+            log.warning("%s: %s; retrying without --random-fully", self.command, e)
             self._random_fully = False
             doc = restore_input(self.plan())
-            log.debug("iptables: applying\n%s", doc.rstrip())
+            log.debug("%s: applying\n%s", self.command, doc.rstrip())
             self._restore(doc)
         self.applied += 1
         return rule_lines(doc)
@@ -284,8 +296,8 @@ class IptablesRules:
             plans = {t: plan_remove(self._state(t), jump) for t, jump in jumps}
             doc = restore_input(plans)
             if doc:
-                log.debug("iptables: removing\n%s", doc.rstrip())
+                log.debug("%s: removing\n%s", self.command, doc.rstrip())
                 self._restore(doc)
-                log.info("iptables: removed our rules and chains (%d rules)", rule_lines(doc))
+                log.info("%s: removed our rules and chains (%d rules)", self.command, rule_lines(doc))
         except IptablesError as e:
-            log.error("iptables: cannot remove our rules: %s", e)
+            log.error("%s: cannot remove our rules: %s", self.command, e)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import tempfile
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..core.config import NetworkConfig
-from ..core.subnet import Lease, first_host
+from ..core.subnet import IPNetwork, Lease, first_host
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
 
 
 def render(config: NetworkConfig, lease: Lease, mtu: int, ip_masq: bool) -> str:
-    """flanneld's lines, in flanneld's order (IPv6 lines only when enabled)."""
+    """flanneld's lines, in flanneld's order (WriteSubnetFile): the IPv4 lines only when
+    IPv4 is enabled, the IPv6 lines only when IPv6 is, then MTU and IPMASQ."""
     lines = []
     if config.v4 is not None and lease.subnet is not None:
         lines.append(f"FLANNEL_NETWORK={config.v4.network}")
@@ -48,20 +49,25 @@ def write(path: str, text: str) -> None:
         raise
 
 
-def read_previous(path: str) -> Optional[IPv4Network]:
-    """The subnet an earlier run wrote to `path`, if any."""
+def read_previous(path: str) -> list[IPNetwork]:
+    """The subnets an earlier run wrote to `path` (FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET), if any."""
     try:
-        return previous_subnet(Path(path).read_text().splitlines())
+        return previous_subnets(Path(path).read_text().splitlines())
     except (OSError, UnicodeDecodeError):
-        return None
+        return []
 
 
-def previous_subnet(lines: Sequence[str]) -> Optional[IPv4Network]:
-    """FLANNEL_SUBNET from an old subnet file's lines, as a network, if present and valid."""
+def previous_subnets(lines: Sequence[str]) -> list[IPNetwork]:
+    """FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET from an old subnet file's lines, as networks,
+    where present and valid (IPv4 first)."""
+    out: dict[str, IPNetwork] = {}
     for line in lines:
-        if line.startswith("FLANNEL_SUBNET="):
+        name, _, value = line.partition("=")
+        name = name.strip()
+        cls = {"FLANNEL_SUBNET": IPv4Network, "FLANNEL_IPV6_SUBNET": IPv6Network}.get(name)
+        if cls is not None and name not in out:
             try:
-                return IPv4Network(line.split("=", 1)[1].strip(), strict=False)
+                out[name] = cls(value.strip(), strict=False)
             except ValueError:
-                return None
-    return None
+                continue
+    return [out[k] for k in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET") if k in out]

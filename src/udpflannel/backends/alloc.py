@@ -19,7 +19,7 @@ class AllocBackend(Backend):
         return self.iface.mtu
 
     async def prepare(self) -> LeaseAttrs:
-        return LeaseAttrs(public_ip=self.iface.public_ip, backend_type=self.type)
+        return LeaseAttrs(**self.lease_addresses(), backend_type=self.type)
 
     async def start(self, lease: Lease) -> None:
         return None

@@ -2,7 +2,9 @@
 
 Life cycle, as the agent calls it:
 
-    b = BackendClass(iface, config)   # validate Backend options (raise ConfigError), no side effects
+    b = BackendClass(iface, config)   # validate Backend options (raise ConfigError) and that the
+                                      # interface has an address of each family `underlay()`
+                                      # needs (raise InterfaceError); no side effects
     b.capabilities()                  # what the process needs (checked before any lease is written)
     attrs = await b.prepare()         # create what the lease must describe (vxlan: the device
                                       # and its MAC); returns this host's LeaseAttrs
@@ -19,6 +21,13 @@ Life cycle, as the agent calls it:
 A Snapshot comes first, after start(), and again after every re-listing and every new own
 lease. Every lease handed over has passed `core.validate` with this backend's
 `lease_problem` hook, so backends need no checks of their own beyond it (core/events.py).
+
+Families: `config.v4` / `config.v6` say which overlay families are on (dual stack, or one
+of them). `underlay()` says, per overlay family, which family's public address its packets
+travel to; `lease_addresses()` gives PublicIP/PublicIPv6 for our lease from it, and
+`core.validate` checks peers' addresses by it. Leases carry `subnet` and `ipv6_subnet`;
+code that treats both alike iterates `lease.nets`.
+
 `metrics()` returns counters (name -> int) served at /metrics; `ready()` says whether the
 data path is up (for /readyz).
 """
@@ -32,9 +41,9 @@ from typing import ClassVar, Mapping, Optional
 from ..adapters.privileges import CAP_NET_ADMIN
 from ..core.config import NetworkConfig
 from ..core.events import ExternalInterface, LeaseEvent, PeerUpdate
-from ..core.subnet import Lease, LeaseAttrs
+from ..core.subnet import UNSET_IPV4, Lease, LeaseAttrs
 from ..core.validate import Ignored
-from ..errors import ConfigError
+from ..errors import InterfaceError
 
 log = logging.getLogger("udpflannel.backends")
 
@@ -45,12 +54,27 @@ class Backend(abc.ABC):
     type: ClassVar[str]
 
     def __init__(self, iface: ExternalInterface, config: NetworkConfig):
-        if config.v4 is None:
-            raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
-        if config.enable_ipv6:
-            log.warning("%s: EnableIPv6 is set; the IPv6 subnet is leased but only IPv4 is forwarded", self.type)
         self.iface = iface
         self.config = config
+        why = iface.lacking(self.underlay().values())
+        if why:
+            raise InterfaceError(f"{self.type}: {why}")
+
+    def families(self) -> tuple[int, ...]:
+        """The overlay's IP versions, as the config enables them: (4,), (4, 6) or (6,)."""
+        return tuple(p.network.version for p in (self.config.v4, self.config.v6) if p is not None)
+
+    def underlay(self) -> dict[int, int]:
+        """Overlay IP version -> the IP version of the public address its packets are sent
+        to. By default each family over its own (vxlan, host-gw: IPv6 over the IPv6 underlay)."""
+        return {v: v for v in self.families()}
+
+    def lease_addresses(self) -> dict:
+        """PublicIP and PublicIPv6 for our lease: the public address of each underlay family,
+        the other unset ("0.0.0.0" / null, as flanneld writes them)."""
+        used = set(self.underlay().values())
+        return dict(public_ip=(self.iface.public_ip if 4 in used else None) or UNSET_IPV4,
+                    public_ipv6=self.iface.public_ipv6 if 6 in used else None)  # fmt: skip
 
     def capabilities(self) -> dict[int, str]:
         """Capabilities this backend needs (number -> what for)."""

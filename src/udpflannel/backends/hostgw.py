@@ -1,8 +1,10 @@
-"""host-gw: one kernel route per peer, `<subnet> via <PublicIP> dev <iface>` (as flanneld).
+"""host-gw: one kernel route per peer and family, `<subnet> via <PublicIP> dev <iface>` and
+`<IPv6 subnet> via <PublicIPv6> dev <iface>` (as flanneld).
 
 No device and no encapsulation: every host must be on one L2 segment with the others,
-and the lease's PublicIP must be an address of the external interface (a host behind NAT
-cannot be a next hop), which prepare() checks.
+and the lease's public address of each enabled family must be an address of the external
+interface (a host behind NAT cannot be a next hop), which prepare() checks. IPv6 runs the
+same code as IPv4 with the IP version as a parameter (routes, the table dump, the check).
 
 Layering, shared with the vxlan backend (whose DirectRouting routes are host-gw routes):
 
@@ -12,10 +14,11 @@ Layering, shared with the vxlan backend (whose DirectRouting routes are host-gw 
                                           in apply(), heals in resync()
 
 The desired state is the set of peer leases the agent has handed us: a Snapshot replaces
-it, a Delta changes it. Each apply() and resync() dumps the main table, re-adds what is
-missing and removes routes of ours (inside Network, prefix SubnetLen, via a gateway on the
-interface) that belong to no current peer, e.g. left from a previous run; the agent only
-calls resync() after the first Snapshot, so a previous run's routes to live peers stay.
+it, a Delta changes it. Each apply() and resync() dumps the main table of each family,
+re-adds what is missing and removes routes of ours (inside that family's Network, prefix
+SubnetLen, via a gateway on the interface) that belong to no current peer, e.g. left from
+a previous run; the agent only calls resync() after the first Snapshot, so a previous
+run's routes to live peers stay.
 stop() leaves the routes in place, as flanneld does: traffic keeps flowing while the agent
 restarts, and the next start reconciles them.
 """
@@ -27,11 +30,11 @@ import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 from ..core.events import Delta, PeerUpdate, Snapshot
-from ..core.subnet import Lease, LeaseAttrs
+from ..core.subnet import PUBLIC_KEYS, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError
 from .base import Backend
 
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 RTNH_F_ONLINK = 4
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+Addr = Union[IPv4Address, IPv6Address]
 
 E = TypeVar("E", bound=Hashable)
 
@@ -47,13 +52,13 @@ E = TypeVar("E", bound=Hashable)
 class Route:
     """`dst via gateway dev oif [onlink]` in the main table."""
 
-    dst: IPv4Network
-    gateway: IPv4Address
+    dst: IPNetwork
+    gateway: Addr
     oif: int
     onlink: bool = False
 
     @property
-    def key(self) -> IPv4Network:
+    def key(self) -> IPNetwork:
         # The kernel keys a main-table route by its destination (we never add metrics), so a
         # "replace" of the same dst overwrites a stale one instead of adding a second.
         return self.dst
@@ -82,14 +87,17 @@ def reconcile(
     return delete, add
 
 
-def host_route(lease: Lease, oif: int) -> Route:
-    """The host-gw route for a (validated) peer lease."""
-    return Route(lease.subnet, lease.attrs.public_ip, oif)
+def host_route(lease: Lease, oif: int, version: int = 4) -> Optional[Route]:
+    """The host-gw route for a (validated) peer lease in one family (None: the lease has no
+    subnet or public address of it)."""
+    subnet, gw = lease.net(version), lease.attrs.public(version)
+    return Route(subnet, gw, oif) if subnet is not None and gw is not None else None
 
 
-def our_route(r: Route, network: IPv4Network, subnet_len: int) -> bool:
-    """Whether a route in the main table looks like one of ours (per-peer subnet routes)."""
-    return r.dst.prefixlen == subnet_len and r.dst.subnet_of(network)
+def our_route(r: Route, network: IPNetwork, subnet_len: int) -> bool:
+    """Whether a main-table route (of the network's family) looks like one of ours
+    (per-peer subnet routes)."""
+    return r.dst.version == network.version and r.dst.prefixlen == subnet_len and r.dst.subnet_of(network)
 
 
 class RouteNetlink:
@@ -124,17 +132,17 @@ class RouteNetlink:
         await self.call(self._close)
 
     # -- routes ---------------------------------------------------------------
-    def routes(self, oifs: Sequence[int]) -> list[Route]:
-        """IPv4 main-table routes via a gateway out of one of `oifs`."""
+    def routes(self, oifs: Sequence[int], version: int = 4) -> list[Route]:
+        """Main-table routes of one IP version via a gateway out of one of `oifs`."""
         out = []
-        for msg in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        for msg in self.ipr.get_routes(family=FAMILY[version], table=MAIN_TABLE):
             gw, oif, dst = msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"), msg.get_attr("RTA_DST")
             if gw is None or oif not in oifs or dst is None:
                 continue
             out.append(
                 Route(
-                    IPv4Network(f"{dst}/{msg['dst_len']}"),
-                    IPv4Address(gw),
+                    ip_network(f"{dst}/{msg['dst_len']}"),
+                    ip_address(gw),
                     oif,
                     bool(msg["flags"] & RTNH_F_ONLINK),
                 )
@@ -143,12 +151,14 @@ class RouteNetlink:
 
     def route_replace(self, r: Route) -> None:
         kw = {"flags": ["onlink"]} if r.onlink else {}
-        self.ipr.route("replace", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE, **kw)
+        self.ipr.route("replace", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE,
+                       family=FAMILY[r.dst.version], **kw)  # fmt: skip
 
     def route_del(self, r: Route) -> None:
-        self._ignore_missing(self.ipr.route, "del", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE)
+        self._ignore_missing(self.ipr.route, "del", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE,
+                             family=FAMILY[r.dst.version])  # fmt: skip
 
-    def directly_reachable(self, addr: IPv4Address) -> bool:
+    def directly_reachable(self, addr: Addr) -> bool:
         """flanneld's ip.DirectRouting: the kernel's route to addr has no gateway."""
         from pyroute2.netlink.exceptions import NetlinkError
 
@@ -159,10 +169,11 @@ class RouteNetlink:
         return len(res) == 1 and res[0].get_attr("RTA_GATEWAY") is None
 
     # -- addresses ------------------------------------------------------------
-    def ipv4_addresses(self, index: int) -> list[tuple[IPv4Address, int]]:
+    def addresses(self, index: int, version: int = 4) -> list[tuple[Addr, int]]:
+        """(address, prefix length) of one IP version on a link."""
         return [
-            (IPv4Address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
-            for a in self.ipr.get_addr(family=socket.AF_INET, index=index)
+            (ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+            for a in self.ipr.get_addr(family=FAMILY[version], index=index)
         ]
 
     @staticmethod
@@ -184,7 +195,7 @@ class HostGwBackend(Backend):
         # host-gw has no options; flanneld ignores unknown ones, so do we.
         self._nl = netlink or RouteNetlink()
         self._own: Optional[Lease] = None
-        self._peers: dict[str, Route] = {}
+        self._peers: dict[str, Lease] = {}
         self._started = False
         self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
 
@@ -192,38 +203,51 @@ class HostGwBackend(Backend):
         return self.iface.mtu
 
     async def prepare(self) -> LeaseAttrs:
-        addrs = await self._nl.call(self._nl.ipv4_addresses, self.iface.index)
-        if self.iface.public_ip not in {a for a, _ in addrs}:
-            raise BackendError(
-                f"host-gw: public IP {self.iface.public_ip} is not an address of {self.iface.name} "
-                f"({', '.join(str(a) for a, _ in addrs) or 'no IPv4 address'}); this host is probably "
-                "behind NAT, which host-gw cannot support (peers route to the PublicIP directly)"
-            )
-        return LeaseAttrs(public_ip=self.iface.public_ip, backend_type=self.type)
+        for v in self.families():
+            public = self.iface.public(v)
+            addrs = await self._nl.call(self._nl.addresses, self.iface.index, v)
+            if public not in {a for a, _ in addrs}:
+                raise BackendError(
+                    f"host-gw: public IP {public} is not an address of {self.iface.name} "
+                    f"({', '.join(str(a) for a, _ in addrs) or f'no IPv{v} address'}); this host is probably "
+                    f"behind NAT, which host-gw cannot support (peers route to the {PUBLIC_KEYS[v]} directly)"
+                )
+        return LeaseAttrs(**self.lease_addresses(), backend_type=self.type)
 
     async def start(self, lease: Lease) -> None:
         self._own = lease
         self._started = True
-        log.info("host-gw: started for %s on %s (%s)", lease.subnet, self.iface.name, self.iface.public_ip)
+        log.info("host-gw: started for %s on %s (%s)", lease.label, self.iface.name, lease.attrs.addresses)
+
+    def routes_for(self, version: int) -> list[Route]:
+        """The routes the current peers need in one family."""
+        routes = (host_route(l, self.iface.index, version) for l in self._peers.values())
+        return [r for r in routes if r is not None]
 
     async def apply(self, update: PeerUpdate) -> None:
         if isinstance(update, Snapshot):
-            self._peers = {l.key: host_route(l, self.iface.index) for l in update.leases}
+            self._peers = update.by_key()
         elif isinstance(update, Delta):
             for ev in update.events:
                 if ev.kind == "removed":
                     self._peers.pop(ev.lease.key, None)
                 else:
-                    self._peers[ev.lease.key] = host_route(ev.lease, self.iface.index)
+                    self._peers[ev.lease.key] = ev.lease
         await self._apply(heal=False)
 
     async def resync(self) -> None:
         await self._apply(heal=True)
 
     async def _apply(self, heal: bool) -> None:
-        net, slen = self.config.network, self.config.v4.subnet_len
-        actual = [r for r in await self._nl.call(self._nl.routes, [self.iface.index]) if our_route(r, net, slen)]
-        delete, add = reconcile(self._peers.values(), actual, key=lambda r: r.key, prune=True)
+        for v in self.families():
+            await self._apply_family(v, heal)
+
+    async def _apply_family(self, version: int, heal: bool) -> None:
+        pool = self.config.v4 if version == 4 else self.config.v6
+        net, slen = pool.network, pool.subnet_len
+        have = await self._nl.call(self._nl.routes, [self.iface.index], version)
+        actual = [r for r in have if our_route(r, net, slen)]
+        delete, add = reconcile(self.routes_for(version), actual, key=lambda r: r.key, prune=True)
         for r in delete:
             log.info("host-gw: removing route %s", r)
             await self._nl.call(self._nl.route_del, r)

@@ -36,7 +36,12 @@ class UdpBackend(Backend):
     type = "udp"
 
     def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0):
+        if config.v4 is None:
+            raise ConfigError("EnableIPv4", False, "the udp backend forwards IPv4 only: an IPv6-only "
+                              "network needs vxlan or host-gw")  # fmt: skip
         super().__init__(iface, config)
+        if config.v6 is not None:
+            log.warning("udp: EnableIPv6 is set; the IPv6 subnet is leased but IPv6 is not forwarded yet")
         self.queues = queues  # 0: one per CPU (datapath.default_queues)
         self.busy_poll_us = busy_poll_us
         port = config.backend_option("Port", DEFAULT_PORT)
@@ -59,6 +64,10 @@ class UdpBackend(Backend):
 
     def mtu(self) -> int:
         return self.iface.mtu - OVERHEAD
+
+    def underlay(self) -> dict[int, int]:
+        # every family travels in the IPv4 UDP tunnel to the peer's PublicIP
+        return {v: 4 for v in self.families()}
 
     def same_type(self, lease: Lease) -> bool:
         # flanneld's udp backend writes no BackendType at all

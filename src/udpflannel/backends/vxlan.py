@@ -2,31 +2,38 @@
 
 Design notes (see docs/kernel-backends.md):
 
-- One device `flannel.<VNI>` (vxlan id VNI, dstport Port, local = the interface address,
-  dev = the external interface, nolearning unless Learning, gbp if GBP), a random locally
-  administered MAC, MTU (Backend.MTU or the interface MTU) - 50, address
-  `<own subnet network address>/32` so that no broadcast route is created.
-- The lease carries the device MAC: `"BackendData":{"VNI":100,"VtepMAC":"..."}`. So the
-  device is made in prepare(), before the lease. A compatible device left by a previous
-  run (same VNI, interface, local address, port, GBP, learning) is reused with its MAC, so
-  the lease stays valid and traffic never stops across a restart. An incompatible one is
-  deleted and replaced. stop() leaves the device and its entries in place (flanneld does
-  the same); the next start reuses them.
-- Per remote vxlan lease (flanneld's "L3 without misses" scheme), in this order:
-      neighbour  <subnet .0> lladdr <VtepMAC> permanent            dev flannel.<VNI>
-      fdb        <VtepMAC> dst <PublicIP> self permanent           dev flannel.<VNI>
-      route      <subnet> via <subnet .0> dev flannel.<VNI> onlink
-  With DirectRouting and a peer whose PublicIP the kernel reaches without a gateway, only
-  the host-gw route `<subnet> via <PublicIP> dev <iface>` instead.
+- One device per enabled IP family: `flannel.<VNI>` for IPv4 over the IPv4 underlay and
+  `flannel-v6.<VNI>` for IPv6 over the IPv6 underlay (vxlan id VNI, dstport Port,
+  local = the interface's address of that family, dev = the external interface,
+  nolearning unless Learning, gbp if GBP), each with its own random locally administered
+  MAC, MTU (Backend.MTU or the interface MTU) minus the encapsulation (50 over IPv4, 70
+  over IPv6), address `<own subnet network address>/32` (IPv4) or `/128` (IPv6) so that no
+  broadcast or prefix route is created. Dual stack has both, IPv6-only only the second.
+  FLANNEL_MTU is the smaller device MTU, so a container's packets fit either device.
+- The lease carries each device's MAC: `"BackendData":{"VNI":100,"VtepMAC":"..."}` for
+  flannel.<VNI>, `"BackendV6Data":{...}` for flannel-v6.<VNI> (flanneld's fields), next to
+  PublicIP and PublicIPv6. So the devices are made in prepare(), before the lease. A
+  compatible device left by a previous run (same VNI, interface, local address, port, GBP,
+  learning) is reused with its MAC, so the lease stays valid and traffic never stops
+  across a restart. An incompatible one is deleted and replaced. stop() leaves the devices
+  and their entries in place (flanneld does the same); the next start reuses them.
+- Per remote vxlan lease and family (flanneld's "L3 without misses" scheme), in this order:
+      neighbour  <subnet network address> lladdr <VtepMAC> permanent       dev <device>
+      fdb        <VtepMAC> dst <PublicIP or PublicIPv6> self permanent      dev <device>
+      route      <subnet> via <subnet network address> dev <device> onlink
+  With DirectRouting and a peer whose public address the kernel reaches without a
+  gateway, only the host-gw route `<subnet> via <public address> dev <iface>` instead.
 - Peers come as a Snapshot (the full set: entries of ours that belong to no peer in it
   are removed, e.g. left from a previous run) or a Delta. Healing: resync() (only after
   the first Snapshot) recreates a deleted device (with the same MAC, so the lease stays
   true), re-adds the address and the entries someone deleted, and removes entries that
   belong to no current peer. Everything is computed as desired-vs-actual sets by pure
-  functions (`peer_entries`, `reconcile`) and applied by a thin pyroute2 adapter.
+  functions (`peer_entries`, `plan_entries`) and applied by a thin pyroute2 adapter. The
+  two families run the same code: every step takes the IP version as a parameter.
 - `lease_problem` rejects (before the agent hands a lease over) leases of other backend
   types (udp, host-gw: ignored, as flanneld does; a mixed cluster only connects hosts of
-  the same type), and vxlan leases without a valid VtepMAC or with another VNI.
+  the same type), and vxlan leases without a valid VtepMAC or with another VNI, in the
+  BackendData or BackendV6Data of each family the lease is routed in.
 """
 
 from __future__ import annotations
@@ -34,26 +41,34 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Mapping, Optional, Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..core.events import Delta, PeerUpdate, Snapshot
-from ..core.subnet import Lease, LeaseAttrs
-from ..errors import BackendError, ConfigError
+from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
+from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend
-from .hostgw import Route, RouteNetlink, our_route, reconcile
+from .hostgw import FAMILY, Route, RouteNetlink, our_route, reconcile
 
 log = logging.getLogger(__name__)
+
+Addr = Union[IPv4Address, IPv6Address]
 
 DEFAULT_VNI = 1
 KERNEL_DEFAULT_PORT = 8472  # what the kernel uses when no dstport is given (vxlan.udp_port)
 ENCAP_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+ENCAP_OVERHEAD6 = 70  # the same with an outer IPv6 header (40)
+OVERHEAD = {4: ENCAP_OVERHEAD, 6: ENCAP_OVERHEAD6}
+DEVICE = {4: "flannel.{vni}", 6: "flannel-v6.{vni}"}  # flanneld's names
+DATA_KEY = {4: "BackendData", 6: "BackendV6Data"}
 IFNAMSIZ = 15  # longest interface name
 MIN_MTU = 68
+IPV6_MIN_MTU = 1280  # below this the kernel turns IPv6 off on a device
 
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
 NTF_SELF = 0x02
+IFA_F_NODAD = 0x02
 
 
 # -- options ------------------------------------------------------------------
@@ -70,7 +85,11 @@ class VxlanOptions:
 
     @property
     def device(self) -> str:
-        return f"flannel.{self.vni}"
+        return self.device_for(4)
+
+    def device_for(self, version: int) -> str:
+        """flannel.<VNI> (IPv4) or flannel-v6.<VNI> (IPv6)."""
+        return DEVICE[version].format(vni=self.vni)
 
     @classmethod
     def from_config(cls, config) -> "VxlanOptions":
@@ -92,12 +111,18 @@ class VxlanOptions:
                 raise ConfigError(f"Backend.{name}", v, "must be true or false")
             return v
 
-        # flannel.<VNI> must fit in IFNAMSIZ: VNI up to 7 digits (the kernel allows 24 bits).
-        vni = integer("VNI", DEFAULT_VNI, 0, 9_999_999, "must be 0..9999999 (the device name flannel.<VNI> "
-                      "must fit in 15 characters)")  # fmt: skip
+        # the device names must fit in IFNAMSIZ: flannel.<VNI> up to 7 digits (the kernel
+        # allows 24 bits), flannel-v6.<VNI> up to 4
+        longest = DEVICE[6] if config.v6 is not None else DEVICE[4]
+        digits = IFNAMSIZ - len(longest.format(vni=""))
+        vni = integer("VNI", DEFAULT_VNI, 0, 10**digits - 1, f"must be 0..{10**digits - 1} (the device name "
+                      f"{longest.format(vni='<VNI>')} must fit in {IFNAMSIZ} characters)")  # fmt: skip
         port = integer("Port", 0, 0, 65535, "must be 0..65535 (0: the kernel default, 8472)")
-        lo = MIN_MTU + ENCAP_OVERHEAD
-        mtu = integer("MTU", None, lo, 65535, f"must be {lo}..65535 (the device MTU is MTU - {ENCAP_OVERHEAD})")
+        if config.v6 is not None:
+            lo, why = IPV6_MIN_MTU + ENCAP_OVERHEAD6, f"IPv6 needs {IPV6_MIN_MTU} on flannel-v6.<VNI>, MTU - {ENCAP_OVERHEAD6}"
+        else:
+            lo, why = MIN_MTU + ENCAP_OVERHEAD, f"the device MTU is MTU - {ENCAP_OVERHEAD}"
+        mtu = integer("MTU", None, lo, 65535, f"must be {lo}..65535 ({why})")
         if mtu == 0:
             mtu = None
         return cls(vni, port, mtu, boolean("GBP"), boolean("Learning"), boolean("DirectRouting"))
@@ -113,7 +138,7 @@ class DeviceSpec:
     name: str
     vni: int
     port: int  # 0: kernel default
-    local: IPv4Address
+    local: Addr  # the interface's address of the device's family
     link: int  # external interface index
     mtu: int
     gbp: bool
@@ -131,7 +156,7 @@ class DeviceState:
     up: bool
     vni: Optional[int] = None
     port: Optional[int] = None
-    local: Optional[IPv4Address] = None
+    local: Optional[Addr] = None
     link: Optional[int] = None
     gbp: bool = False
     learning: bool = False
@@ -186,7 +211,7 @@ def normalize_mac(value: Any) -> Optional[str]:
 
 @dataclass(frozen=True, order=True)
 class Neigh:
-    ip: IPv4Address
+    ip: Addr
     mac: str
 
     @property
@@ -200,7 +225,7 @@ class Neigh:
 @dataclass(frozen=True, order=True)
 class Fdb:
     mac: str
-    dst: IPv4Address
+    dst: Addr
 
     @property
     def key(self):
@@ -217,26 +242,25 @@ class PeerEntries:
     route: Route
 
 
-def vtep_mac(lease: Lease) -> Optional[str]:
-    data = lease.attrs.backend_data
+def vtep_mac(lease: Lease, version: int = 4) -> Optional[str]:
+    """The VtepMAC of the family's device: BackendData (4) or BackendV6Data (6)."""
+    data = lease.attrs.backend_data_of(version)
     return normalize_mac(data.get("VtepMAC")) if isinstance(data, dict) else None
 
 
-def peer_entries(lease: Lease, dev_index: int, iface_index: int, direct: bool) -> Optional[PeerEntries]:
-    """What a remote vxlan lease needs on this host. Pure. None when the lease is unusable."""
-    if lease.subnet is None or int(lease.attrs.public_ip) == 0:
+def peer_entries(lease: Lease, dev_index: int, iface_index: int, direct: bool, version: int = 4) -> Optional[PeerEntries]:
+    """What a remote vxlan lease needs on this host in one family. Pure. None when the
+    lease has nothing usable in that family."""
+    subnet, public = lease.net(version), lease.attrs.public(version)
+    if subnet is None or public is None:
         return None
     if direct:
-        return PeerEntries(None, None, Route(lease.subnet, lease.attrs.public_ip, iface_index))
-    mac = vtep_mac(lease)
+        return PeerEntries(None, None, Route(subnet, public, iface_index))
+    mac = vtep_mac(lease, version)
     if mac is None:
         return None
-    gw = lease.subnet.network_address
-    return PeerEntries(
-        Neigh(gw, mac),
-        Fdb(mac, lease.attrs.public_ip),
-        Route(lease.subnet, gw, dev_index, onlink=True),
-    )
+    gw = subnet.network_address
+    return PeerEntries(Neigh(gw, mac), Fdb(mac, public), Route(subnet, gw, dev_index, onlink=True))
 
 
 def plan_entries(
@@ -249,9 +273,10 @@ def plan_entries(
     """Ordered (kind, entry) deletions and additions that take the actual entries to `want`. Pure.
 
     Deletions: routes first, then neighbours, then fdb. Additions ("replace"): neighbour
-    and fdb before the route, because the kernel would ARP for the onlink gateway
-    otherwise. An fdb remote of a MAC that is being re-pointed is deleted even without
-    `prune`, so a peer that changed its PublicIP leaves nothing behind.
+    and fdb before the route, because the kernel would ARP (or send a neighbour
+    solicitation) for the onlink gateway otherwise. An fdb remote of a MAC that is being
+    re-pointed is deleted even without `prune`, so a peer that changed its public address
+    leaves nothing behind.
     """
     r_del, r_add = reconcile([e.route for e in want], routes, key=lambda r: r.key, prune=prune)
     n_del, n_add = reconcile([e.neigh for e in want if e.neigh], neighbours, key=lambda n: n.key, prune=prune)
@@ -264,17 +289,21 @@ def plan_entries(
     return deletions, additions
 
 
-def lease_attrs(public_ip: IPv4Address, vni: int, mac: str) -> LeaseAttrs:
-    """Our lease value, as flanneld writes it:
-    {"PublicIP":..,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":..}}."""
-    return LeaseAttrs(public_ip=public_ip, backend_type="vxlan", backend_data={"VNI": vni, "VtepMAC": mac})
+def lease_attrs(vni: int, macs: Mapping[int, str], public_ip: Optional[IPv4Address] = None,
+                public_ipv6: Optional[IPv6Address] = None) -> LeaseAttrs:  # fmt: skip
+    """Our lease value, as flanneld writes it: {"PublicIP":..,"PublicIPv6":..,"BackendType":"vxlan",
+    "BackendData":{"VNI":..,"VtepMAC":..}} with the IPv4 device, "BackendV6Data":{...} with the
+    IPv6 one (IPv6 only: "PublicIP":"0.0.0.0" and no BackendData)."""
+    data = {v: {"VNI": vni, "VtepMAC": mac} for v, mac in macs.items()}
+    return LeaseAttrs(public_ip=public_ip or UNSET_IPV4, public_ipv6=public_ipv6, backend_type="vxlan",
+                      backend_data=data.get(4), backend_v6_data=data.get(6))  # fmt: skip
 
 
 # -- netlink adapter ----------------------------------------------------------------
 
 
 class VxlanNetlink(RouteNetlink):
-    """Blocking pyroute2 calls for the vxlan device and its neighbour/fdb tables."""
+    """Blocking pyroute2 calls for the vxlan devices and their neighbour/fdb tables."""
 
     def device(self, name: str) -> Optional[DeviceState]:
         idx = self.ipr.link_lookup(ifname=name)
@@ -292,11 +321,11 @@ class VxlanNetlink(RouteNetlink):
         )
         data = info.get_attr("IFLA_INFO_DATA") if info is not None and kind == "vxlan" else None
         if data is not None:
-            local = data.get_attr("IFLA_VXLAN_LOCAL")
+            local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
             st.update(
                 vni=data.get_attr("IFLA_VXLAN_ID"),
                 port=data.get_attr("IFLA_VXLAN_PORT"),
-                local=IPv4Address(local) if local else None,
+                local=ip_address(local) if local else None,
                 link=data.get_attr("IFLA_VXLAN_LINK"),
                 gbp=bool(data.get_attr("IFLA_VXLAN_GBP")),
                 learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
@@ -308,12 +337,12 @@ class VxlanNetlink(RouteNetlink):
             ifname=spec.name,
             kind="vxlan",
             vxlan_id=spec.vni,
-            vxlan_local=str(spec.local),
             vxlan_link=spec.link,
             vxlan_learning=1 if spec.learning else 0,
             address=mac,
             mtu=spec.mtu,
         )
+        kw["vxlan_local6" if spec.local.version == 6 else "vxlan_local"] = str(spec.local)
         if spec.port:
             kw["vxlan_port"] = spec.port
         if spec.gbp:
@@ -326,41 +355,53 @@ class VxlanNetlink(RouteNetlink):
     def set_link(self, index: int, mtu: int) -> None:
         self.ipr.link("set", index=index, mtu=mtu, state="up")
 
-    def set_address(self, index: int, addr: IPv4Address, network: IPv4Network) -> None:
-        """addr/32 on the device, and no other address of ours (inside Network) beside it."""
-        for a, plen in self.ipv4_addresses(index):
-            if (a, plen) != (addr, 32) and a in network:
-                self._ignore_missing(self.ipr.addr, "del", index=index, address=str(a), prefixlen=plen)
-        if (addr, 32) not in self.ipv4_addresses(index):
-            self.ipr.addr("add", index=index, address=str(addr), prefixlen=32)
+    def set_address(self, index: int, addr: Addr, network: IPNetwork) -> None:
+        """addr/32 (IPv4) or addr/128 (IPv6, without duplicate address detection) on the
+        device, and no other address of ours (inside Network) beside it."""
+        plen = addr.max_prefixlen
+        for a, p in self.addresses(index, addr.version):
+            if (a, p) != (addr, plen) and a in network:
+                self._ignore_missing(self.ipr.addr, "del", index=index, address=str(a), prefixlen=p)
+        if (addr, plen) not in self.addresses(index, addr.version):
+            kw = {"flags": IFA_F_NODAD} if addr.version == 6 else {}
+            self.ipr.addr("add", index=index, address=str(addr), prefixlen=plen, **kw)
 
-    def disable_ra(self, name: str) -> None:
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "w") as f:
-                f.write("0")
-        except OSError:
-            pass  # IPv6 disabled: nothing to accept
+    def sysctls(self, name: str, version: int) -> None:
+        """No router advertisements on our devices; IPv6 on for flannel-v6.<VNI> (a host
+        whose default is disable_ipv6=1 would otherwise refuse its address)."""
+        values = {"accept_ra": "0"}
+        if version == 6:
+            values["disable_ipv6"] = "0"
+        for key, value in values.items():
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{name}/{key}", "w") as f:
+                    f.write(value)
+            except OSError:
+                pass  # IPv6 not built in: nothing to accept (and IPv4 needs nothing)
 
-    def neighbours(self, index: int) -> list[Neigh]:
+    def neighbours(self, index: int, version: int = 4) -> list[Neigh]:
         out = []
-        for m in self.ipr.neigh("dump", ifindex=index, family=2):
+        for m in self.ipr.neigh("dump", ifindex=index, family=FAMILY[version]):
             if m["state"] & NUD_PERMANENT and m.get_attr("NDA_DST") and m.get_attr("NDA_LLADDR"):
-                out.append(Neigh(IPv4Address(m.get_attr("NDA_DST")), m.get_attr("NDA_LLADDR")))
+                out.append(Neigh(ip_address(m.get_attr("NDA_DST")), m.get_attr("NDA_LLADDR")))
         return out
 
     def fdb_entries(self, index: int) -> list[Fdb]:
+        """Permanent remotes of the device (both families; the backend keeps its device's)."""
         out = []
         for m in self.ipr.fdb("dump", ifindex=index):
             dst, mac = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
-            if m["state"] & NUD_PERMANENT and dst and mac and mac != "00:00:00:00:00:00" and ":" not in dst:
-                out.append(Fdb(mac, IPv4Address(dst)))
+            if m["state"] & NUD_PERMANENT and dst and mac and mac != "00:00:00:00:00:00":
+                out.append(Fdb(mac, ip_address(dst)))
         return out
 
     def neigh_replace(self, index: int, n: Neigh) -> None:
-        self.ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state="permanent")
+        self.ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state="permanent",
+                       family=FAMILY[n.ip.version])  # fmt: skip
 
     def neigh_del(self, index: int, n: Neigh) -> None:
-        self._ignore_missing(self.ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=index)
+        self._ignore_missing(self.ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=index,
+                             family=FAMILY[n.ip.version])  # fmt: skip
 
     def fdb_replace(self, index: int, f: Fdb) -> None:
         self.ipr.fdb("replace", ifindex=index, lladdr=f.mac, dst=str(f.dst),
@@ -373,15 +414,28 @@ class VxlanNetlink(RouteNetlink):
 # -- the backend --------------------------------------------------------------------
 
 
+@dataclass
+class _Device:
+    """One family's device: its name, the MAC our lease announces, its ifindex."""
+
+    version: int
+    name: str
+    mac: Optional[str] = None
+    index: Optional[int] = None
+
+
 class VxlanBackend(Backend):
     type = "vxlan"
 
     def __init__(self, iface, config, netlink: Optional[VxlanNetlink] = None):
         super().__init__(iface, config)
         self.options = VxlanOptions.from_config(config)
+        if config.v6 is not None and self.device_mtu(6) < IPV6_MIN_MTU:
+            raise InterfaceError(f"vxlan: {iface.name}'s MTU {self.options.mtu or iface.mtu} leaves "
+                                 f"{self.device_mtu(6)} for {self.options.device_for(6)} (MTU - {ENCAP_OVERHEAD6}), "
+                                 f"below IPv6's minimum of {IPV6_MIN_MTU}")  # fmt: skip
         self._nl = netlink or VxlanNetlink()
-        self._mac: Optional[str] = None  # the device MAC our lease announces
-        self._dev: Optional[int] = None  # device ifindex
+        self._devs = {v: _Device(v, self.options.device_for(v)) for v in self.families()}
         self._own: Optional[Lease] = None
         self._peers: dict[str, Lease] = {}  # lease key -> vxlan lease
         self._counters = {
@@ -396,89 +450,109 @@ class VxlanBackend(Backend):
         }
 
     # -- configuration ----------------------------------------------------------
+    def device_mtu(self, version: int) -> int:
+        return (self.options.mtu or self.iface.mtu) - OVERHEAD[version]
+
     def mtu(self) -> int:
-        return (self.options.mtu or self.iface.mtu) - ENCAP_OVERHEAD
+        """FLANNEL_MTU: what fits through every device (dual stack: the IPv6 one's)."""
+        return min(self.device_mtu(v) for v in self.families())
 
-    def spec(self) -> DeviceSpec:
-        o = self.options
-        i = self.iface
-        return DeviceSpec(o.device, o.vni, o.port, i.iface_addr, i.index, self.mtu(), o.gbp, o.learning)
+    def spec(self, version: int = 4) -> DeviceSpec:
+        o, i = self.options, self.iface
+        return DeviceSpec(o.device_for(version), o.vni, o.port, i.address(version), i.index, self.device_mtu(version),
+                          o.gbp, o.learning)  # fmt: skip
 
-    # -- device ------------------------------------------------------------------
-    def _ensure_device(self, heal: bool) -> int:
-        """Create, reuse or replace the device (blocking; runs on the netlink thread)."""
-        nl, spec = self._nl, self.spec()
+    # -- devices ----------------------------------------------------------------
+    def _ensure_device(self, dev: _Device, heal: bool) -> int:
+        """Create, reuse or replace one family's device (blocking; on the netlink thread)."""
+        nl, spec = self._nl, self.spec(dev.version)
         have = nl.device(spec.name)
         if have is not None:
             why = incompatibility(spec, have)
-            if why is None and (self._mac is None or have.mac == self._mac):
-                if self._mac is None:
+            if why is None and (dev.mac is None or have.mac == dev.mac):
+                if dev.mac is None:
                     log.info("vxlan: reusing existing %s (MAC %s)", spec.name, have.mac)
                     self._counters["device_reused"] += 1
-                self._mac = have.mac
+                dev.mac = have.mac
                 if have.mtu != spec.mtu or not have.up:
                     nl.set_link(have.index, spec.mtu)
                 return have.index
-            why = why or f"MAC {have.mac}, our lease says {self._mac}"
+            why = why or f"MAC {have.mac}, our lease says {dev.mac}"
             log.warning("vxlan: %s exists with an incompatible configuration (%s); recreating it", spec.name, why)
             nl.delete(have.index)
             self._counters["device_replaced"] += 1
         elif heal:
-            log.warning("vxlan: %s was deleted; recreating it with MAC %s", spec.name, self._mac)
+            log.warning("vxlan: %s was deleted; recreating it with MAC %s", spec.name, dev.mac)
             self._counters["device_restored"] += 1
-        if self._mac is None:
-            self._mac = random_mac()
+        if dev.mac is None:
+            dev.mac = random_mac()
         if not heal and have is None:
             self._counters["device_created"] += 1
-        nl.create(spec, self._mac)
-        nl.disable_ra(spec.name)
+        nl.create(spec, dev.mac)
+        nl.sysctls(spec.name, dev.version)
         created = nl.device(spec.name)
         if created is None:
             raise BackendError(f"vxlan: {spec.name} vanished right after it was created")
         nl.set_link(created.index, spec.mtu)
         return created.index
 
+    def _ensure_devices(self, heal: bool) -> None:
+        for dev in self._devs.values():
+            dev.index = self._ensure_device(dev, heal)
+
     async def prepare(self) -> LeaseAttrs:
         try:
-            self._dev = await self._nl.call(self._ensure_device, False)
+            await self._nl.call(self._ensure_devices, False)
         except BackendError:
             raise
         except Exception as e:
-            raise BackendError(f"vxlan: cannot set up {self.options.device} on {self.iface.name}: {e}") from e
+            names = " and ".join(d.name for d in self._devs.values())
+            raise BackendError(f"vxlan: cannot set up {names} on {self.iface.name}: {e}") from e
         o = self.options
-        log.info(
-            "vxlan: %s VNI=%d Port=%s GBP=%s Learning=%s DirectRouting=%s MTU=%d MAC=%s local=%s dev=%s",
-            o.device, o.vni, o.port or f"{KERNEL_DEFAULT_PORT} (kernel default)", o.gbp, o.learning,
-            o.direct_routing, self.mtu(), self._mac, self.iface.iface_addr, self.iface.name,
-        )  # fmt: skip
-        return lease_attrs(self.iface.public_ip, o.vni, self._mac)
+        for dev in self._devs.values():
+            log.info(
+                "vxlan: %s VNI=%d Port=%s GBP=%s Learning=%s DirectRouting=%s MTU=%d MAC=%s local=%s dev=%s",
+                dev.name, o.vni, o.port or f"{KERNEL_DEFAULT_PORT} (kernel default)", o.gbp, o.learning,
+                o.direct_routing, self.device_mtu(dev.version), dev.mac, self.iface.address(dev.version),
+                self.iface.name,
+            )  # fmt: skip
+        return lease_attrs(o.vni, {v: d.mac for v, d in self._devs.items()}, **self.lease_addresses())
 
     async def start(self, lease: Lease) -> None:
-        if lease.subnet is None:
-            raise BackendError("vxlan: the lease has no IPv4 subnet")
+        for v in self._devs:
+            if lease.net(v) is None:
+                raise BackendError(f"vxlan: the lease {lease.key} has no IPv{v} subnet")
         self._own = lease
         await self._nl.call(self._configure, False)
-        log.info("vxlan: %s has %s/32", self.options.device, lease.subnet.network_address)
+        for v, dev in self._devs.items():
+            log.info("vxlan: %s has %s/%d", dev.name, lease.net(v).network_address, lease.net(v).max_prefixlen)
 
     def _configure(self, heal: bool) -> None:
-        self._dev = self._ensure_device(heal)
+        self._ensure_devices(heal)
         if self._own is not None:
-            self._nl.set_address(self._dev, self._own.subnet.network_address, self.config.network)
+            for v, dev in self._devs.items():
+                self._nl.set_address(dev.index, self._own.net(v).network_address, self._pool(v).network)
+
+    def _pool(self, version: int):
+        return self.config.v4 if version == 4 else self.config.v6
 
     # -- peers -------------------------------------------------------------------
     def lease_problem(self, lease: Lease) -> Optional[str]:
         why = super().lease_problem(lease)
         if why:
             return why
-        data = lease.attrs.backend_data
-        if vtep_mac(lease) is None:
-            got = data.get("VtepMAC") if isinstance(data, dict) else None
-            return f"BackendData has no valid VtepMAC ({got!r})"
-        vni = data.get("VNI")
-        if isinstance(vni, bool) or not isinstance(vni, int):
-            return f"BackendData has no valid VNI ({vni!r})"
-        if vni != self.options.vni:
-            return f"VNI {vni} is not this network's {self.options.vni} (the kernel would drop its packets)"
+        for v in self._devs:
+            if lease.net(v) is None:
+                continue  # not routed in this family (core.validate decided that)
+            data, key = lease.attrs.backend_data_of(v), DATA_KEY[v]
+            if vtep_mac(lease, v) is None:
+                got = data.get("VtepMAC") if isinstance(data, dict) else None
+                return f"{key} has no valid VtepMAC ({got!r})"
+            vni = data.get("VNI")
+            if isinstance(vni, bool) or not isinstance(vni, int):
+                return f"{key} has no valid VNI ({vni!r})"
+            if vni != self.options.vni:
+                return f"VNI {vni} in {key} is not this network's {self.options.vni} (the kernel would drop its packets)"
         return None
 
     async def apply(self, update: PeerUpdate) -> None:
@@ -487,16 +561,17 @@ class VxlanBackend(Backend):
             for key in self._peers.keys() - new.keys():
                 log.info("vxlan: peer %s is gone", key)
             for key in new.keys() - self._peers.keys():
-                log.info("vxlan: peer %s at %s", key, new[key].attrs.public_ip)
+                log.info("vxlan: peer %s at %s", key, new[key].attrs.addresses)
             self._peers = new
         elif isinstance(update, Delta):
             for ev in update.events:
                 lease = ev.lease
                 if ev.kind == "removed":
                     if self._peers.pop(lease.key, None) is not None:
-                        log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.public_ip)
+                        log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.addresses)
                 else:
-                    log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.public_ip, vtep_mac(lease))
+                    macs = ", ".join(f"{vtep_mac(lease, v)}" for v in self._devs if lease.net(v) is not None)
+                    log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.addresses, macs)
                     self._peers[lease.key] = lease
         await self._nl.call(self._reconcile, False)
 
@@ -507,39 +582,48 @@ class VxlanBackend(Backend):
         self._configure(heal=True)
         self._reconcile(heal=True)
 
-    def desired(self, direct: Mapping[IPv4Address, bool]) -> list[PeerEntries]:
-        """Entries for the current peers (direct: PublicIP -> reachable without a gateway)."""
+    def desired(self, direct: Mapping[Addr, bool], version: int = 4) -> list[PeerEntries]:
+        """One family's entries for the current peers (direct: public address -> reachable
+        without a gateway)."""
         out = []
+        dev = self._devs[version].index
         for lease in self._peers.values():
-            is_direct = self.options.direct_routing and direct.get(lease.attrs.public_ip, False)
-            e = peer_entries(lease, self._dev, self.iface.index, is_direct)
+            is_direct = self.options.direct_routing and direct.get(lease.attrs.public(version), False)
+            e = peer_entries(lease, dev, self.iface.index, is_direct, version)
             if e is not None:
                 out.append(e)
         return out
 
     def _reconcile(self, heal: bool) -> None:
-        """Bring neighbours, fdb and routes in line with the peers (blocking)."""
-        nl, dev = self._nl, self._dev
+        """Bring neighbours, fdb and routes in line with the peers, family by family (blocking)."""
+        for v in self._devs:
+            self._reconcile_family(v, heal)
+
+    def _reconcile_family(self, version: int, heal: bool) -> None:
+        nl, dev = self._nl, self._devs[version].index
         if dev is None:
             return
         direct = {}
         if self.options.direct_routing:
-            direct = {l.attrs.public_ip: nl.directly_reachable(l.attrs.public_ip) for l in self._peers.values()}
-        want = self.desired(direct)
-        net, slen = self.config.network, self.config.v4.subnet_len
+            publics = {l.attrs.public(version) for l in self._peers.values() if l.net(version) is not None}
+            direct = {ip: nl.directly_reachable(ip) for ip in publics if ip is not None}
+        want = self.desired(direct, version)
+        pool = self._pool(version)
+        net, slen = pool.network, pool.subnet_len
         oifs = [dev, self.iface.index] if self.options.direct_routing else [dev]
-        routes_have = [r for r in nl.routes(oifs) if our_route(r, net, slen)]
-        neigh_have = [n for n in nl.neighbours(dev) if n.ip in net]
-        fdb_have = nl.fdb_entries(dev)
+        routes_have = [r for r in nl.routes(oifs, version) if our_route(r, net, slen)]
+        neigh_have = [n for n in nl.neighbours(dev, version) if n.ip in net]
+        fdb_have = [f for f in nl.fdb_entries(dev) if f.dst.version == version]
         deletions, additions = plan_entries(want, routes_have, neigh_have, fdb_have, prune=True)
         remove = {"route": nl.route_del, "neighbour": nl.neigh_del, "fdb": nl.fdb_del}
         add = {"route": nl.route_replace, "neighbour": nl.neigh_replace, "fdb": nl.fdb_replace}
+        name = self._devs[version].name
         for what, item in deletions:
-            log.info("vxlan: removing %s %s", what, item)
+            log.info("vxlan: removing %s %s (%s)", what, item, name)
             self._apply(remove[what], (item,) if what == "route" else (dev, item), "entries_removed")
         for what, item in additions:
-            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %s %s",
-                    "restoring" if heal else "adding", what, item)  # fmt: skip
+            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %s %s (%s)",
+                    "restoring" if heal else "adding", what, item, name)  # fmt: skip
             self._apply(add[what], (item,) if what == "route" else (dev, item),
                         "entries_restored" if heal else "entries_added")  # fmt: skip
 
@@ -554,12 +638,12 @@ class VxlanBackend(Backend):
 
     # -- life cycle ----------------------------------------------------------------
     async def stop(self) -> None:
-        # The device and entries stay (as flanneld): peers keep reaching our containers
-        # while the agent restarts, and the next prepare() reuses the device and its MAC.
+        # The devices and entries stay (as flanneld): peers keep reaching our containers
+        # while the agent restarts, and the next prepare() reuses the devices and their MACs.
         await self._nl.close()
 
     def metrics(self) -> Mapping[str, int]:
         return {"peers": len(self._peers), **self._counters}
 
     def ready(self) -> bool:
-        return self._own is not None and self._dev is not None
+        return self._own is not None and all(d.index is not None for d in self._devs.values())

@@ -17,21 +17,49 @@ sees our own subnet, an overlap, a lease outside the Network or an unusable Publ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Literal, Union
+from ipaddress import IPv4Address, IPv6Address
+from typing import Iterable, Literal, Optional, Union
 
-from .subnet import Lease
+from .subnet import IPAddress, Lease
+
+_FAMILY = {4: ("IPv4", "EnableIPv4"), 6: ("IPv6", "EnableIPv6")}
 
 
 @dataclass(frozen=True)
 class ExternalInterface:
-    """The host interface that carries the overlay (flanneld's extIface)."""
+    """The host interface that carries the overlay (flanneld's extIface), with an address
+    of each family it has: a dual-stack host has both, an IPv6-only host no IPv4 one. The
+    interface is chosen before the config is read; once it is, the backend asks
+    `lacking()` whether the families it needs are there."""
 
     name: str
     index: int
-    iface_addr: IPv4Address  # the address on the interface; sockets bind to it
-    public_ip: IPv4Address  # --public-ip, else iface_addr; goes into the lease
+    iface_addr: Optional[IPv4Address]  # the IPv4 address on the interface; sockets and vxlan bind to it
+    public_ip: Optional[IPv4Address]  # --public-ip, else iface_addr; PublicIP in the lease
     mtu: int
+    iface_addr6: Optional[IPv6Address] = None  # the global IPv6 address on the interface
+    public_ipv6: Optional[IPv6Address] = None  # --public-ipv6, else iface_addr6; PublicIPv6 in the lease
+    # IP version -> why the interface has no usable address of it ("eth1 has no global IPv6
+    # address (fe80::1 is link-local)"), for `lacking()`
+    notes: tuple[tuple[int, str], ...] = ()
+
+    def address(self, version: int) -> Optional[IPAddress]:
+        return self.iface_addr if version == 4 else self.iface_addr6
+
+    def public(self, version: int) -> Optional[IPAddress]:
+        return self.public_ip if version == 4 else self.public_ipv6
+
+    def lacking(self, versions: Iterable[int]) -> Optional[str]:
+        """Why this interface cannot carry tunnels of these IP versions (None: it can)."""
+        reasons = []
+        for v in sorted(set(versions)):
+            if self.address(v) is None:
+                fam, key = _FAMILY[v]
+                why = dict(self.notes).get(v) or f"{self.name} has no global {fam} address"
+                reasons.append(f"{fam} is enabled ({key}) but {why}")
+        if not reasons:
+            return None
+        return "; ".join(reasons) + " (name an interface that has one with --iface)"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def diff(old: Mapping[str, Lease], new: Mapping[str, Lease]) -> list[LeaseEvent]
 
 
 def _nets(lease: Lease) -> list:
-    return [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
+    return list(lease.nets)
 
 
 class PeerView:

@@ -2,12 +2,18 @@
 
 A lease is stored in etcd as
 
-    key:   <prefix>/subnets/10.5.52.0-24            (IPv4 only)
-           <prefix>/subnets/10.5.52.0-24&fc00::-64  (dual stack)
+    key:   <prefix>/subnets/10.5.52.0-24              (IPv4 only)
+           <prefix>/subnets/10.5.52.0-24&fc00::-64    (dual stack)
+           <prefix>/subnets/0.0.0.0-0&fc00::-64       (IPv6 only: flanneld's MakeSubnetKey
+                                                       writes the empty IPv4 part as 0.0.0.0-0)
     value: {"PublicIP":"192.0.2.1","PublicIPv6":null,
             "BackendType":"vxlan","BackendData":{...}}
+           (IPv6 only: "PublicIP":"0.0.0.0", the address in "PublicIPv6",
+            the backend's data in "BackendV6Data")
 
-exactly as flanneld writes it, so that both can share one etcd.
+exactly as flanneld writes it, so that both can share one etcd. A `Lease` holds one
+subnet per family (`subnet`, `ipv6_subnet`; None where the family is off); code that
+treats both alike iterates `Lease.nets` and reads addresses with `LeaseAttrs.public(v)`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from typing import Any, Iterator, Optional, Union
 from ..errors import LeaseParseError
 
 IPNetwork = Union[IPv4Network, IPv6Network]
+IPAddress = Union[IPv4Address, IPv6Address]
+
+NO_IPV4 = IPv4Network("0.0.0.0/0")  # the IPv4 part of an IPv6-only key ("0.0.0.0-0&...")
+UNSET_IPV4 = IPv4Address(0)  # PublicIP of an IPv6-only lease, as flanneld writes it
+PUBLIC_KEYS = {4: "PublicIP", 6: "PublicIPv6"}  # the value's address field per IP version
 
 _KEY_RE = re.compile(
     r"(?P<v4>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<v4len>[0-9]{1,2})"
@@ -40,6 +51,21 @@ class LeaseAttrs:
     backend_type: str = ""
     backend_data: Any = None
     backend_v6_data: Any = None
+
+    def public(self, version: int) -> Optional[IPAddress]:
+        """The public address of one family (None when unset; an IPv6-only lease's
+        PublicIP 0.0.0.0 counts as unset)."""
+        addr = self.public_ip if version == 4 else self.public_ipv6
+        return None if addr is None or addr.is_unspecified else addr
+
+    def backend_data_of(self, version: int) -> Any:
+        """BackendData (IPv4) or BackendV6Data (IPv6)."""
+        return self.backend_data if version == 4 else self.backend_v6_data
+
+    @property
+    def addresses(self) -> str:
+        """The public addresses for log lines: '192.0.2.11', '192.0.2.11, 2001:db8::11'."""
+        return ", ".join(str(a) for a in (self.public(4), self.public(6)) if a is not None) or "no address"
 
     def to_json(self) -> str:
         """The value flanneld writes: PublicIP and PublicIPv6 always, the rest only when set."""
@@ -102,32 +128,53 @@ class Lease:
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", lease_key(self.subnet, self.ipv6_subnet))
 
+    @property
+    def nets(self) -> tuple[IPNetwork, ...]:
+        """The lease's subnets, IPv4 first (one or two)."""
+        return tuple(s for s in (self.subnet, self.ipv6_subnet) if s is not None)
+
+    def net(self, version: int) -> Optional[IPNetwork]:
+        return self.subnet if version == 4 else self.ipv6_subnet
+
+    @property
+    def label(self) -> str:
+        """The subnets for log lines: '10.5.1.0/24', '10.5.1.0/24, fc00:0:0:1::/64'."""
+        return ", ".join(str(s) for s in self.nets)
+
 
 def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] = None) -> str:
-    """The last path element of a lease key: '10.5.52.0-24' or '10.5.52.0-24&fc00::-64'."""
-    parts = []
-    if subnet is not None:
-        parts.append(f"{subnet.network_address}-{subnet.prefixlen}")
-    if ipv6_subnet is not None:
-        parts.append(f"{ipv6_subnet.network_address}-{ipv6_subnet.prefixlen}")
-    if not parts:
+    """The last path element of a lease key, as flanneld's MakeSubnetKey: '10.5.52.0-24',
+    '10.5.52.0-24&fc00::-64', or for IPv6 only '0.0.0.0-0&fc00::-64'."""
+    if subnet is None and ipv6_subnet is None:
         raise ValueError("a lease needs a subnet")
-    return "&".join(parts)
+    v4 = subnet if subnet is not None else NO_IPV4
+    key = f"{v4.network_address}-{v4.prefixlen}"
+    if ipv6_subnet is not None:
+        key += f"&{ipv6_subnet.network_address}-{ipv6_subnet.prefixlen}"
+    return key
 
 
-def parse_lease_key(name: str) -> tuple[IPv4Network, Optional[IPv6Network]]:
-    """Parse the last element of a lease key. Raises LeaseParseError on anything malformed,
-    including host bits set (flannel never writes those)."""
+def parse_lease_key(name: str) -> tuple[Optional[IPv4Network], Optional[IPv6Network]]:
+    """Parse the last element of a lease key: (IPv4 subnet or None, IPv6 subnet or None).
+    Raises LeaseParseError on anything malformed, including host bits set and an IPv6 part
+    not spelled the way flanneld writes it (compressed, lower case: the key must be the
+    one `lease_key` gives, or watch events and our own key would not match)."""
     m = _KEY_RE.fullmatch(name)
     if not m:
         raise LeaseParseError(f"not a lease key: {name!r}")
     try:
-        v4 = IPv4Network(f"{m['v4']}/{int(m['v4len'])}", strict=True)
+        v4: Optional[IPv4Network] = IPv4Network(f"{m['v4']}/{int(m['v4len'])}", strict=True)
         v6 = None
         if m["v6"]:
             v6 = IPv6Network(f"{m['v6']}/{int(m['v6len'])}", strict=True)
     except ValueError as e:
         raise LeaseParseError(f"not a lease key: {name!r}: {e}") from None
+    if v4 == NO_IPV4:
+        if v6 is None:
+            raise LeaseParseError(f"not a lease key: {name!r}: no IPv4 and no IPv6 subnet")
+        v4 = None
+    if v6 is not None and lease_key(v4, v6) != name:
+        raise LeaseParseError(f"not a lease key: {name!r}: flanneld writes it {lease_key(v4, v6)!r}")
     return v4, v6
 
 

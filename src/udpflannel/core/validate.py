@@ -4,9 +4,12 @@ The agent runs every lease it lists or watches through `validate` before any bac
 sees it; a rejected lease never reaches a data path or a routing table. A lease is
 rejected, with a reason naming what is wrong, when
 
-1. its PublicIP is missing or unusable: unspecified (a value of `{}` parses as 0.0.0.0),
-   loopback, multicast, reserved/broadcast, IPv6 link-local, inside the overlay Network
-   (the tunnel would carry itself), or this host's own PublicIP;
+1. the address its packets are tunnelled to is missing or unusable: for each family the
+   lease is routed in, the public address `LeaseContext.underlay` names (vxlan, host-gw:
+   PublicIP for IPv4, PublicIPv6 for IPv6), and any other PublicIP/PublicIPv6 it announces
+   in an enabled family. Unusable: unspecified (a value of `{}` parses as 0.0.0.0),
+   loopback, multicast, reserved/broadcast, IPv6 link-local, inside that family's overlay
+   Network (the tunnel would carry itself), or this host's own public address;
 2. a subnet of it lies outside the Network (or is the whole Network);
 3. it overlaps this host's own subnet;
 4. the backend cannot use it (`LeaseContext.backend_problem`: another backend type,
@@ -18,18 +21,21 @@ rejected, with a reason naming what is wrong, when
    lease, re-asserted after another writer) stays as old as it is, so a bad lease written
    in between can never push it out.
 
-Address rules are written once for both families: a dual-stack lease's IPv6 subnet and
-PublicIPv6 are checked by the same code as soon as a config enables IPv6.
+Every rule is written once for both families: a lease's IPv6 subnet and PublicIPv6 are
+checked by the same code as its IPv4 ones as soon as a config enables IPv6. Which
+subnets of a lease count: those of the enabled families -- an IPv4-only config ignores a
+dual-stack lease's IPv6 part; a dual-stack config routes an IPv4-only lease (one written
+before IPv6 was enabled) in IPv4 only; an IPv6-only config needs the IPv6 subnet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from .netindex import NetIndex
-from .subnet import Lease
+from .subnet import PUBLIC_KEYS, Lease
 
 Addr = Union[IPv4Address, IPv6Address]
 Net = Union[IPv4Network, IPv6Network]
@@ -47,6 +53,9 @@ class LeaseContext:
     networks: Sequence[Net]  # the overlay Network per enabled family
     own: Optional[Lease] = None  # this host's lease (None before it has one)
     backend_problem: Callable[[Lease], Optional[str]] = field(default=lambda lease: None, compare=False)
+    # overlay IP version -> IP version of the public address its packets are sent to
+    # (the backend's `underlay()`): {4: 4, 6: 6} for vxlan and host-gw
+    underlay: Mapping[int, int] = field(default_factory=lambda: {4: 4, 6: 6}, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_version", {n.version: n for n in self.networks})
@@ -77,9 +86,7 @@ def address_problem(addr: Optional[Addr], what: str, network: Optional[Net]) -> 
 
 def _subnets(lease: Lease, ctx: LeaseContext) -> list[Net]:
     """The lease's subnets in the families the config enables."""
-    if lease.ipv6_subnet is None:
-        return [lease.subnet] if lease.subnet is not None and 4 in ctx._by_version else []
-    return [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None and s.version in ctx._by_version]
+    return [s for s in lease.nets if s.version in ctx._by_version]
 
 
 def _inside(sub: Net, net: Net) -> bool:
@@ -91,33 +98,31 @@ def _inside(sub: Net, net: Net) -> bool:
 def lease_problem(lease: Lease, ctx: LeaseContext) -> Optional[str]:
     """Rules 1-4 for one lease (None: it passes them)."""
     a = lease.attrs
-    v4net, v6net = ctx.network(4), ctx.network(6)
-    if v4net is not None:
-        if lease.subnet is None:
-            return "no IPv4 subnet"
-        why = address_problem(a.public_ip, "PublicIP", v4net)
-        if why:
-            return why
-    if v6net is not None and a.public_ipv6 is not None:
-        why = address_problem(a.public_ipv6, "PublicIPv6", v6net)
-        if why:
-            return why
+    if ctx.network(4) is not None and lease.subnet is None:
+        return "no IPv4 subnet"
+    if ctx.network(4) is None and lease.ipv6_subnet is None:
+        return "no IPv6 subnet"
+    subs = _subnets(lease, ctx)
+    needed = {ctx.underlay.get(s.version, s.version) for s in subs}
     own = ctx.own
-    if own is not None:
-        for mine, theirs, what in ((own.attrs.public_ip, a.public_ip, "PublicIP"),
-                                   (own.attrs.public_ipv6, a.public_ipv6, "PublicIPv6")):  # fmt: skip
-            if mine is not None and mine == theirs:
-                return f"{what} {theirs} is this host's own (a stale lease of this host?)"
-    for sub in _subnets(lease, ctx):
+    for v in (4, 6):
+        announced = a.public(v)
+        if v not in needed and (announced is None or ctx.network(v) is None):
+            continue
+        why = address_problem(a.public_ip if v == 4 else a.public_ipv6, PUBLIC_KEYS[v], ctx.network(v))
+        if why:
+            return why
+        if own is not None and own.attrs.public(v) == announced:
+            return f"{PUBLIC_KEYS[v]} {announced} is this host's own (a stale lease of this host?)"
+    for sub in subs:
         net = ctx.network(sub.version)
         if not _inside(sub, net):
             return f"subnet {sub} is outside the Network {net}"
         if sub.prefixlen == net.prefixlen:
             return f"subnet {sub} is the whole Network"
-        if own is not None:
-            for mine in (own.subnet, own.ipv6_subnet):
-                if mine is not None and mine.version == sub.version and (_inside(sub, mine) or _inside(mine, sub)):
-                    return f"subnet {sub} overlaps this host's subnet {mine}"
+        mine = own.net(sub.version) if own is not None else None
+        if mine is not None and (_inside(sub, mine) or _inside(mine, sub)):
+            return f"subnet {sub} overlaps this host's subnet {mine}"
     return ctx.backend_problem(lease)
 
 
@@ -157,7 +162,7 @@ def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
         if winner is None:
             accepted[lease.key] = lease
         else:
-            rejected[lease.key] = (f"subnet {lease.subnet} overlaps lease {winner.key}, which is older "
+            rejected[lease.key] = (f"subnet {lease.label} overlaps lease {winner.key}, which is older "
                                    f"(created at etcd revision {winner.create_revision or 0} vs {lease.create_revision or 0}; "
                                    "the older one wins)")  # fmt: skip
     return Verdict(accepted, rejected)

@@ -17,6 +17,12 @@ the lab shows the address each container sees the other at.
 It then pings from container to container across hosts and prints each step the way the
 tutorial shows it. Nothing is added to the root namespace's addresses or routes.
 
+With --ipv6 (or a --config that enables IPv6) the network is dual stack: the underlay also
+carries 2001:db8::/64 (each eth1 2001:db8::(10+N)), the config gets "EnableIPv6": true and
+"IPv6Network": "fd00:5::/48", the containers an IPv6 address from FLANNEL_IPV6_SUBNET, and
+the pings go both over IPv4 and over IPv6 (ping -6). A config with "EnableIPv4": false
+makes the hosts IPv6-only (no IPv4 on the underlay at all).
+
 Everything the lab uses from the product goes through its public interfaces: the config
 parser and backend classes (a bad --backend, --config or backend option fails before any
 namespace exists), the registry's key layout, the backends' device names.
@@ -69,6 +75,8 @@ CONFIGS = {
     "alloc": {"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}},
 }
 NO_DATA_PATH = {"alloc"}  # leases a subnet, carries nothing: the ping is skipped
+IPV6_NETWORK = "fd00:5::/48"  # the overlay's IPv6 network with --ipv6
+NO_IPV6 = {"udp": "the udp backend does not forward IPv6 yet (vxlan and host-gw do)"}
 SEED_CONTAINER_CMD = ["sh", "-c", "while true; do sleep 3600; done"]
 PEER_PORT = 7000  # the address-seen check: `nc -l -p 7000 -e netstat -tn` in the container
 
@@ -93,17 +101,32 @@ def missing_tools() -> list[str]:
     return [t for t in ("ip", "etcd", "etcdctl", "ping") if not shutil.which(t)]
 
 
-def lab_interface(mtu: int = 1500) -> ExternalInterface:
+def lab_interface(mtu: int = 1500, families=(4, 6)) -> ExternalInterface:
     """The external interface every lab host has (eth1 on the underlay), for validation."""
     ip = netlab.UNDERLAY.network_address + 11
-    return ExternalInterface("eth1", 0, ip, ip, mtu)
+    ip6 = netlab.v6_twin(ip)
+    v4, v6 = (ip if 4 in families else None), (ip6 if 6 in families else None)
+    return ExternalInterface("eth1", 0, v4, v4, mtu, v6, v6)
+
+
+def with_ipv6(cfg: dict) -> dict:
+    """`cfg` with IPv6 enabled (the lab's fd00:5::/48), unless it enables IPv6 already."""
+    if {k.lower(): v for k, v in cfg.items()}.get("enableipv6") is True:
+        return cfg
+    return {**cfg, "EnableIPv6": True, "IPv6Network": IPV6_NETWORK}
+
+
+def underlay_families(config: NetworkConfig) -> tuple[int, ...]:
+    """The lab's underlay for a config: IPv4 (as the tutorial), dual stack when the config
+    enables IPv6, IPv6 only when it disables IPv4."""
+    return tuple(v for v, pool in ((4, config.v4), (6, config.v6)) if pool is not None)
 
 
 def check_config(cfg: dict) -> NetworkConfig:
     """The config as the agent will see it: parsed and its backend options validated by the
     product's own code (the backend class's constructor has no side effects)."""
     config = parse_config(json.dumps(cfg))
-    backend_class(config.backend_type)(lab_interface(), config)
+    backend_class(config.backend_type)(lab_interface(families=underlay_families(config)), config)
     return config
 
 
@@ -118,6 +141,17 @@ def device_name(config: NetworkConfig) -> Optional[str]:
 
         return VxlanOptions.from_config(config).device
     return None
+
+
+def device_names(config: NetworkConfig) -> list[str]:
+    """Every overlay device the backend makes (vxlan dual stack: flannel.<VNI> and flannel-v6.<VNI>)."""
+    if config.backend_type == "vxlan":
+        from ..backends.vxlan import VxlanOptions
+
+        o = VxlanOptions.from_config(config)
+        return [o.device_for(v) for v in underlay_families(config)]
+    name = device_name(config)
+    return [name] if name else []
 
 
 def self_command() -> str:
@@ -270,7 +304,7 @@ def run_lab(backend: str, hosts: int, keep: bool, short: bool, config: dict, sta
     lab: Optional[Lab] = None
     kept = False
     try:
-        lab = Lab(prefix=prefix, workdir=workdir)
+        lab = Lab(prefix=prefix, workdir=workdir, families=underlay_families(parse_config(json.dumps(config))))
         ok = _build_and_ping(lab, pr, backend, hosts, config, short, state, engine)
         if keep:
             state.update(keep=True, pid=None, pid_start=None)
@@ -302,7 +336,7 @@ def _wait_subnet_file(h, proc, subnet_file: Path) -> None:
         bad = [l for l in log_path.read_text(errors="replace").splitlines() if "invalid network config" in l]
         if bad:
             raise LabError(f"udpflannel on {h.name} rejects the config: {bad[-1]}")
-        return subnet_file.exists() and "FLANNEL_SUBNET" in subnet_file.read_text()
+        return subnet_file.exists() and "FLANNEL_MTU" in subnet_file.read_text()
 
     try:
         wait_for(written, timeout=60, interval=0.2, what=f"{h.name}'s subnet file")
@@ -321,10 +355,11 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
     else:
         pr.note(f"  'hN#' runs in host N (ip netns exec {p}-hN ...), 'hNc1#' in its container ({p}-hNc1)")
 
-    pr.section(f"{n_hosts} hosts on one underlay segment ({netlab.UNDERLAY})")
+    nets = {4: netlab.UNDERLAY, 6: netlab.UNDERLAY6}
+    pr.section(f"{n_hosts} hosts on one underlay segment ({', '.join(str(nets[v]) for v in lab.families)})")
     hosts = [lab.add_host() for _ in range(n_hosts)]
     for h in hosts:
-        pr.note(f"  {h.name}: namespace {h.ns}, eth1 {h.ip}")
+        pr.note(f"  {h.name}: namespace {h.ns}, eth1 {', '.join(str(h.addr(v)) for v in lab.families)}")
 
     pr.section("etcd cluster, one member per host")
     members = _start_etcd_cluster(lab, hosts)
@@ -344,7 +379,8 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
     got = members[-1].get(config_key) or ""
     pr.cmd(last.name, f"etcdctl --endpoints={ep_last} get {config_key} --print-value-only", got)
 
-    device = device_name(parse_config(raw))
+    network = parse_config(raw)
+    device = device_name(network)
     subnet_files = {}
     for h in hosts:
         pr.section(f"udpflannel on {h.name}")
@@ -357,10 +393,10 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
         pr.cmd(h.name, f"udpflannel {shlex.join(args)} &    # log: {proc.log_path}")  # type: ignore[attr-defined]
         _wait_subnet_file(h, proc, subnet_file)
         subnet_files[h.name] = subnet_file
-        if device:
-            wait_for(lambda: h.run("ip", "link", "show", device, check=False).returncode == 0,
-                     timeout=20, what=f"{device} on {h.name}")  # fmt: skip
-            _run_shown(pr, h.name, h.ns, ["ip", "-d", "addr", "show", device])
+        for dev in device_names(network):
+            wait_for(lambda: h.run("ip", "link", "show", dev, check=False).returncode == 0,
+                     timeout=20, what=f"{dev} on {h.name}")  # fmt: skip
+            _run_shown(pr, h.name, h.ns, ["ip", "-d", "addr", "show", dev])
         _run_shown(pr, last.name, last.ns,
                    ["etcdctl", f"--endpoints={ep_last}", "get", "--prefix", subnets_prefix])  # fmt: skip
 
@@ -375,8 +411,10 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
         c = lab.add_container(h, env)
         containers.append(c)
         _run_shown(pr, c.name, c.ns, ["ip", "addr", "show", "eth0"])
-    state["containers"] = {c.name: {"ns": c.ns, "ip": str(c.ip)} for c in containers}
-    _run_shown(pr, hosts[0].name, hosts[0].ns, ["ip", "route"])
+    state["containers"] = {c.name: {"ns": c.ns, "ip": str(c.ip or c.ip6)} for c in containers}
+    families = underlay_families(network)
+    for v in families:
+        _run_shown(pr, hosts[0].name, hosts[0].ns, ["ip", f"-{v}", "route"] if families != (4,) else ["ip", "route"])
 
     if not _ping_section(pr, backend, "container to container, across hosts"):
         return True
@@ -386,15 +424,18 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
         peer = containers[(i + 1) % len(containers)]
         if len(containers) == 2 and i == 1:
             break  # with two hosts, h1c1 -> h2c1 shows it
-        try:  # routes follow the lease watch: give the data path a moment
-            wait_for(lambda: c.ping(peer.ip, count=1, timeout=5).returncode == 0,
-                     timeout=30, interval=0.5, what=f"{c.name} -> {peer.name}")  # fmt: skip
-        except TimeoutError as e:
-            pr.note(f"FAILED: {e}")
-            ok = False
-            continue
-        p = _run_shown(pr, c.name, c.ns, ["ping", "-c", str(count), "-i", "0.2", str(peer.ip)], check=False)
-        ok = ok and p.returncode == 0
+        for v in families:
+            dst = peer.addr(v)
+            try:  # routes follow the lease watch: give the data path a moment
+                wait_for(lambda: c.ping(dst, count=1, timeout=5).returncode == 0,
+                         timeout=30, interval=0.5, what=f"{c.name} -> {peer.name} ({dst})")  # fmt: skip
+            except TimeoutError as e:
+                pr.note(f"FAILED: {e}")
+                ok = False
+                continue
+            ping = ["ping", *(["-6"] if v == 6 else []), "-c", str(count), "-i", "0.2", str(dst)]
+            p = _run_shown(pr, c.name, c.ns, ping, check=False)
+            ok = ok and p.returncode == 0
     return _verdict(pr, hosts, ok)
 
 
@@ -590,6 +631,8 @@ def _down(state_dir: Path, down: tuple, down_all: bool) -> None:
 @click.option("--docker", is_flag=True, help="Real dockerd and containers (needs docker.io and busybox-static).")
 @click.option("--keep", is_flag=True, help="Leave the lab running and print how to enter it and tear it down.")
 @click.option("--short", is_flag=True, help="CI mode: fewer pings.")
+@click.option("--ipv6", is_flag=True, help="Dual stack: IPv6 on the underlay (2001:db8::/64) and in the config "
+              f"(IPv6Network {IPV6_NETWORK}); the containers ping each other over IPv4 and IPv6.")  # fmt: skip
 @click.option("--config", "config_json", default=None, metavar="JSON",
               help="Network config to put in etcd instead of the backend's default "
               "(its Backend.Type wins).")  # fmt: skip
@@ -598,8 +641,8 @@ def _down(state_dir: Path, down: tuple, down_all: bool) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the labs in the state directory.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=STATE_DIR, show_default=True,
               help="Where the labs' state files and work directories live.")  # fmt: skip
-def lab(backend: str, n_hosts: int, docker: bool, keep: bool, short: bool, config_json: Optional[str], down: tuple,
-        down_all: bool, list_: bool, state_dir: Path) -> None:  # fmt: skip
+def lab(backend: str, n_hosts: int, docker: bool, keep: bool, short: bool, ipv6: bool, config_json: Optional[str],
+        down: tuple, down_all: bool, list_: bool, state_dir: Path) -> None:  # fmt: skip
     if os.geteuid() != 0:
         raise click.ClickException("the lab needs root (network namespaces); try: sudo udpflannel lab")
     state_dir = Path(state_dir)
@@ -622,10 +665,18 @@ def lab(backend: str, n_hosts: int, docker: bool, keep: bool, short: bool, confi
             raise click.BadParameter(f"not JSON: {e}", param_hint="--config") from None
     else:
         cfg = CONFIGS.get(backend) or {"Network": "10.5.0.0/16", "Backend": {"Type": backend}}
+    if ipv6:
+        cfg = with_ipv6(cfg)
     try:
-        backend = check_config(cfg).backend_type
+        checked = check_config(cfg)
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--config" if config_json else "--backend") from None
+    backend = checked.backend_type
+    if checked.v6 is not None:
+        if backend in NO_IPV6:
+            raise click.BadParameter(NO_IPV6[backend], param_hint="--ipv6" if ipv6 else "--config")
+        if docker:
+            raise click.BadParameter("the Docker lab is IPv4 only", param_hint="--ipv6" if ipv6 else "--config")
     avail = backend_available(backend)
     if avail is not True:
         raise click.ClickException(str(avail))

@@ -4,7 +4,16 @@ Used by the test fixtures, `udpflannel lab` and bench/run_iperf.sh. Everything l
 network namespaces named `<prefix>-...` where the prefix is unique per run (`uf` + 6 hex);
 nothing is added to the root namespace's addresses or routes. The underlay is a bridge in
 its own "switch" namespace; each host gets an `eth1` with 192.0.2.<10+i>/24 (links inside a
-per-run namespace cannot collide with anything). `Lab.close()` deletes every namespace and
+per-run namespace cannot collide with anything).
+
+IPv6 (`Lab(families=(4, 6))` for a dual-stack underlay, `(6,)` for IPv6-only hosts): the
+underlay also carries 2001:db8::/64 (the IPv6 documentation range), each namespace's
+address the IPv4 one's last octet written as hex digits (192.0.2.11 -> 2001:db8::11,
+etcd 192.0.2.2 -> 2001:db8::2), added with `nodad` so nothing waits for duplicate address
+detection. Every namespace of such a lab gets `disable_ipv6=0` and hosts
+`net.ipv6.conf.all.forwarding=1` -- inside the namespaces only. Containers take an IPv6
+address from FLANNEL_IPV6_SUBNET when the subnet file has one (and no IPv4 one when it
+has no FLANNEL_SUBNET: an IPv6-only network). `Lab.close()` deletes every namespace and
 process it made (and the dockerd of `add_docker()` with their containers and cgroups), and
 `cleanup_stale(prefix)` removes what a crashed run with that prefix left behind. Nothing here
 acts on another run's prefix: every clean-up takes one run's full prefix.
@@ -25,12 +34,35 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 UNDERLAY = IPv4Network("192.0.2.0/24")
+UNDERLAY6 = IPv6Network("2001:db8::/64")
 ETCD_HOST_IP = IPv4Address("192.0.2.2")
+ETCD_HOST_IP6 = IPv6Address("2001:db8::2")
+Addr = Union[IPv4Address, IPv6Address]
+
+
+def v6_twin(ip: IPv4Address) -> IPv6Address:
+    """The IPv6 underlay address of the namespace with IPv4 address `ip`: the last octet's
+    decimal digits as hex digits (192.0.2.11 -> 2001:db8::11)."""
+    return UNDERLAY6.network_address + int(str(int(ip) & 0xFF), 16)
+
+
+def host_port(ip: Addr, port: int) -> str:
+    """'192.0.2.2:2379' or '[2001:db8::2]:2379'."""
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def ipv6_sysctls(forwarding: bool) -> list[str]:
+    """What a namespace of an IPv6 lab sets (inside the namespace): IPv6 on, no DAD waits."""
+    out = ["net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
+           "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]  # fmt: skip
+    if forwarding:
+        out.append("net.ipv6.conf.all.forwarding=1")
+    return out
 NETNS_DIR = Path("/run/netns")
 PREFIX_TAG = "uf"  # every namespace this module makes starts with uf<6 hex>-
 PREFIX_RE = re.compile(rf"^{PREFIX_TAG}[0-9a-f]{{6}}$")  # one run's prefix
@@ -99,7 +131,7 @@ class EtcdServer:
     """One etcd member, in a namespace (ns set) or on loopback in the current namespace."""
 
     name: str
-    ip: IPv4Address
+    ip: Addr
     client_port: int
     peer_port: int
     data_dir: Path
@@ -114,11 +146,11 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.scheme}://{self.ip}:{self.client_port}"
+        return f"{self.scheme}://{host_port(self.ip, self.client_port)}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.ip}:{self.peer_port}"
+        return f"http://{host_port(self.ip, self.peer_port)}"
 
     def start(self, wait: bool = True) -> "EtcdServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -219,10 +251,14 @@ class EtcdServer:
 class Host:
     name: str  # short name, e.g. "h1"
     ns: str  # namespace name
-    ip: IPv4Address  # underlay address on eth1
+    ip: Optional[IPv4Address]  # underlay address on eth1 (None on an IPv6-only underlay)
     index: int
     procs: list = field(default_factory=list)
     containers: list = field(default_factory=list)
+    ip6: Optional[IPv6Address] = None  # IPv6 underlay address on eth1 (IPv6 labs)
+
+    def addr(self, version: int) -> Optional[Addr]:
+        return self.ip if version == 4 else self.ip6
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
@@ -231,12 +267,16 @@ class Host:
 class Lab:
     """Namespaces for N hosts on an underlay bridge, plus optional etcd and containers."""
 
-    def __init__(self, prefix: Optional[str] = None, workdir: Optional[Path] = None, mtu: int = 1500):
+    def __init__(self, prefix: Optional[str] = None, workdir: Optional[Path] = None, mtu: int = 1500,
+                 families: Sequence[int] = (4,)):  # fmt: skip
         if os.geteuid() != 0:
             raise RuntimeError("the namespace lab needs root")
+        if not families or set(families) - {4, 6}:
+            raise ValueError(f"families must be (4,), (6,) or (4, 6), not {families!r}")
         self.prefix = prefix or new_prefix()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self.mtu = mtu
+        self.families = tuple(sorted(set(families)))  # the underlay's IP versions
         self.namespaces: list[str] = []
         self.hosts: list[Host] = []
         self.etcd: list[EtcdServer] = []
@@ -254,14 +294,20 @@ class Lab:
         sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
-    def _attach(self, ns: str, ip: IPv4Address, ifname: str = "eth1") -> None:
-        """A veth from `ns` (named ifname) to the switch bridge, addressed ip/24."""
+    def _attach(self, ns: str, ip: IPv4Address, ifname: str = "eth1", forwarding: bool = False) -> None:
+        """A veth from `ns` (named ifname) to the switch bridge, addressed ip/24 and, on an
+        IPv6 underlay, v6_twin(ip)/64 (only the latter on an IPv6-only one)."""
         self._port += 1
         port = f"p{self._port}"
+        if 6 in self.families:
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", *ipv6_sysctls(forwarding))
         sh("ip", "link", "add", ifname, "netns", ns, "mtu", str(self.mtu), "type", "veth",
            "peer", "name", port, "netns", self.switch, "mtu", str(self.mtu))  # fmt: skip
         sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", ifname)
+        if 4 in self.families:
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", ifname)
+        if 6 in self.families:
+            sh("ip", "-n", ns, "addr", "add", f"{v6_twin(ip)}/{UNDERLAY6.prefixlen}", "dev", ifname, "nodad")
         sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     # -- hosts and etcd -------------------------------------------------------
@@ -269,24 +315,36 @@ class Lab:
         i = len(self.hosts) + 1
         ns = self._netns(f"h{i}")
         ip = UNDERLAY.network_address + 10 + i
-        self._attach(ns, ip)
+        self._attach(ns, ip, forwarding=True)
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        host = Host(name=f"h{i}", ns=ns, ip=ip, index=i)
+        host = Host(name=f"h{i}", ns=ns, ip=ip if 4 in self.families else None, index=i,
+                    ip6=v6_twin(ip) if 6 in self.families else None)  # fmt: skip
         self.hosts.append(host)
         return host
 
     def add_underlay_ns(self, suffix: str, ip: IPv4Address) -> str:
-        """A bare namespace on the underlay with address `ip` (an etcd host, an outside host)."""
+        """A bare namespace on the underlay with address `ip` (an etcd host, an outside host);
+        on an IPv6 underlay also (or only) v6_twin(ip)."""
         ns = self._netns(suffix)
         self._attach(ns, ip)
         return ns
 
     def add_etcd_host(self) -> str:
-        """A namespace of its own for a single etcd member (192.0.2.2), so tests can restart it."""
+        """A namespace of its own for a single etcd member (192.0.2.2 / 2001:db8::2), so tests
+        can restart it. Start it with `start_etcd(ns, lab.etcd_ip)`."""
         return self.add_underlay_ns("etcd", ETCD_HOST_IP)
 
-    def start_etcd(self, ns: str, ip: IPv4Address, name: str = "etcd0") -> EtcdServer:
-        srv = EtcdServer(name=name, ip=ip, client_port=2379, peer_port=2380,
+    @property
+    def etcd_ip(self) -> Addr:
+        """Where the etcd host listens: 192.0.2.2, or 2001:db8::2 on an IPv6-only underlay."""
+        return ETCD_HOST_IP if 4 in self.families else ETCD_HOST_IP6
+
+    def underlay_ip(self, ip: IPv4Address) -> Addr:
+        """`ip`, or its IPv6 twin on an IPv6-only underlay."""
+        return ip if 4 in self.families else v6_twin(ip)
+
+    def start_etcd(self, ns: str, ip: Optional[Addr] = None, name: str = "etcd0") -> EtcdServer:
+        srv = EtcdServer(name=name, ip=ip or self.etcd_ip, client_port=2379, peer_port=2380,
                          data_dir=self.workdir / f"{name}.data", ns=ns)  # fmt: skip
         self.etcd.append(srv)
         return srv.start()
@@ -294,7 +352,7 @@ class Lab:
     def start_etcd_cluster(self, hosts: Sequence[Host], timeout: float = 60) -> list[EtcdServer]:
         """One member per host, as the tutorial runs etcd on every node."""
         members = [
-            EtcdServer(name=f"etcd-{h.name}", ip=h.ip, client_port=2379, peer_port=2380,
+            EtcdServer(name=f"etcd-{h.name}", ip=h.ip or h.ip6, client_port=2379, peer_port=2380,
                        data_dir=self.workdir / f"etcd-{h.name}.data", ns=h.ns)  # fmt: skip
             for h in hosts
         ]
@@ -314,7 +372,8 @@ class Lab:
         nodes = []
         for i in range(n):
             ip = ETCD_HOST_IP + i
-            nodes.append(Host(name=f"etcd{i + 1}", ns=self.add_underlay_ns(f"etcd{i + 1}", ip), ip=ip, index=0))
+            ns = self.add_underlay_ns(f"etcd{i + 1}", ip)
+            nodes.append(Host(name=f"etcd{i + 1}", ns=ns, ip=self.underlay_ip(ip), index=0))
         return self.start_etcd_cluster(nodes, timeout)
 
     @property
@@ -324,24 +383,34 @@ class Lab:
     # -- containers -----------------------------------------------------------
     def add_container(self, host: Host, subnet_env: dict[str, str], bridge: str = "docker0") -> "Container":
         """A "container" namespace behind a bridge on the host, addressed from the subnet file
-        the way `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU` does."""
-        bip = IPv4Interface(subnet_env["FLANNEL_SUBNET"])
+        the way `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU` does (and, with IPv6,
+        `--fixed-cidr-v6` from FLANNEL_IPV6_SUBNET: the bridge takes its first address, the
+        container the next ones). An IPv6-only subnet file gives an IPv6-only container."""
+        bips = [iface(subnet_env[k]) for k in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET") if subnet_env.get(k)]
         mtu = int(subnet_env["FLANNEL_MTU"])
         k = len(host.containers) + 1
         ns = self._netns(f"{host.name}c{k}")
+        if any(b.version == 6 for b in bips):  # IPv6 on in the container, and routed by the host
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", *ipv6_sysctls(forwarding=False))
+            sh("ip", "netns", "exec", host.ns, "sysctl", "-qw", *ipv6_sysctls(forwarding=True))
         if sh("ip", "-n", host.ns, "link", "show", bridge, check=False).returncode != 0:
             sh("ip", "-n", host.ns, "link", "add", bridge, "mtu", str(mtu), "type", "bridge")
-            sh("ip", "-n", host.ns, "addr", "add", str(bip), "dev", bridge)
+            for bip in bips:
+                sh("ip", "-n", host.ns, "addr", "add", str(bip), "dev", bridge, *(["nodad"] if bip.version == 6 else []))
             sh("ip", "-n", host.ns, "link", "set", bridge, "up")
         veth = f"veth{k}"
         sh("ip", "link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth",
            "peer", "name", veth, "netns", host.ns, "mtu", str(mtu))  # fmt: skip
         sh("ip", "-n", host.ns, "link", "set", veth, "master", bridge, "up")
-        addr = IPv4Interface(f"{bip.ip + k}/{bip.network.prefixlen}")
-        sh("ip", "-n", ns, "addr", "add", str(addr), "dev", "eth0")
+        addrs = {}
+        for bip in bips:
+            addr = iface(f"{bip.ip + k}/{bip.network.prefixlen}")
+            sh("ip", "-n", ns, "addr", "add", str(addr), "dev", "eth0", *(["nodad"] if addr.version == 6 else []))
+            addrs[addr.version] = addr.ip
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "route", "add", "default", "via", str(bip.ip))
-        c = Container(name=f"{host.name}c{k}", ns=ns, ip=addr.ip, host=host)
+        for bip in bips:
+            sh("ip", "-n", ns, f"-{bip.version}", "route", "add", "default", "via", str(bip.ip))
+        c = Container(name=f"{host.name}c{k}", ns=ns, ip=addrs.get(4), host=host, ip6=addrs.get(6))
         host.containers.append(c)
         return c
 
@@ -405,18 +474,29 @@ def _stop_quietly(daemon) -> None:
         print(f"netlab: stopping dockerd in {daemon.ns}: {e}", file=sys.stderr)
 
 
+def iface(text: str) -> Union[IPv4Interface, IPv6Interface]:
+    """'10.5.72.1/24' or 'fd00:5:0:4::1/64' as an interface (address with its prefix)."""
+    return IPv6Interface(text) if ":" in text else IPv4Interface(text)
+
+
 @dataclass
 class Container:
     name: str
     ns: str
-    ip: IPv4Address
+    ip: Optional[IPv4Address]  # None in an IPv6-only network
     host: Host
+    ip6: Optional[IPv6Address] = None  # set when the subnet file had FLANNEL_IPV6_SUBNET
+
+    def addr(self, version: int) -> Optional[Addr]:
+        return self.ip if version == 4 else self.ip6
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
 
-    def ping(self, dst: IPv4Address, count: int = 3, timeout: float = 20) -> subprocess.CompletedProcess:
-        return self.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", str(dst), check=False, timeout=timeout)
+    def ping(self, dst: Addr, count: int = 3, timeout: float = 20) -> subprocess.CompletedProcess:
+        """ping (IPv4) or ping -6 (IPv6), by the address's family."""
+        fam = ["-6"] if ip_address(str(dst)).version == 6 else []
+        return self.run("ping", *fam, "-c", str(count), "-i", "0.2", "-W", "2", str(dst), check=False, timeout=timeout)
 
 
 def read_subnet_file(path: Path) -> dict[str, str]:

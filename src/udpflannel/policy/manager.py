@@ -6,7 +6,10 @@ flanneld's: (1) a lease that already carries our PublicIP (taken over if it fits
 config, deleted if not), (2) the subnet we had before (subnet file), if free and fitting,
 (3) a random one among the first 100 free subnets from SubnetMin ("free": no lease, and
 no key with a malformed value, overlaps it). Creation is "only if absent"; losing that race
-means trying again (flanneld exits there).
+means trying again (flanneld exits there). Each family the config enables gets its subnet
+the same way (dual stack: one of each, in one key; IPv6 only: the IPv6 one, keyed
+"0.0.0.0-0&<v6>-<len>" as flanneld); "our PublicIP" means every public address we
+announce (an IPv6-only host's PublicIP is 0.0.0.0 on every host, so there the PublicIPv6).
 
 Keeping the lease (`maintain`): renew at expiry - margin, retrying through etcd trouble
 (the lease stays valid until it expires); when told to check (the watcher saw our key
@@ -22,13 +25,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
-from typing import AsyncIterator, Awaitable, Callable, Optional, Protocol
+from ipaddress import IPv4Network, IPv6Network
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Protocol
 
 from ..core.config import NetworkConfig, Pool
 from ..core.netindex import NetIndex
-from ..core.subnet import Lease, LeaseAttrs, lease_key, parse_lease_key, subnet_fits, subnets_between
-from ..errors import ConfigError, LeaseParseError, OutOfSubnets, RegistryError
+from ..core.subnet import IPNetwork, Lease, LeaseAttrs, lease_key, parse_lease_key, subnet_fits, subnets_between
+from ..errors import LeaseParseError, OutOfSubnets, RegistryError
 from .retry import Waiting, foreign_cancel
 
 log = logging.getLogger("udpflannel.manager")
@@ -92,7 +95,7 @@ class LeaseManager:
         config: NetworkConfig,
         attrs: LeaseAttrs,
         *,
-        previous: Optional[IPv4Network] = None,
+        previous: Iterable[IPNetwork] = (),
         ttl: int = LEASE_TTL,
         renew_margin: float = 3600,
         clock: Callable[[], float] = time.monotonic,
@@ -103,12 +106,12 @@ class LeaseManager:
         still_waiting_every: float = 30.0,
         status: Optional[Callable[[str], None]] = None,
     ):
-        if not config.enable_ipv4:
-            raise ConfigError("EnableIPv4", False, "IPv6-only networks are not supported yet")
         self.registry = registry
         self.config = config
         self.attrs = attrs
-        self.previous = previous
+        if isinstance(previous, (IPv4Network, IPv6Network)):  # one network, not its addresses
+            previous = (previous,)
+        self.previous = {n.version: n for n in previous}  # IP version -> the subnet we had before
         self.ttl = ttl
         self.renew_margin = renew_margin
         self.clock = clock
@@ -124,21 +127,23 @@ class LeaseManager:
         self._waiting = dict(every=still_waiting_every, interval=retry_interval, clock=clock, status=status)
 
     # -- pure helpers -------------------------------------------------------------
+    def _pools(self) -> tuple[Pool, ...]:
+        return tuple(p for p in (self.config.v4, self.config.v6) if p is not None)
+
+    @staticmethod
+    def _fits(pool: Pool, subnet: Optional[IPNetwork]) -> bool:
+        return subnet is not None and subnet_fits(subnet, pool.network, pool.subnet_len, pool.subnet_min, pool.subnet_max)
+
     def fits(self, lease: Lease) -> bool:
-        v4 = self.config.v4
-        if lease.subnet is None or not subnet_fits(lease.subnet, v4.network, v4.subnet_len, v4.subnet_min, v4.subnet_max):
-            return False
-        v6 = self.config.v6
-        if v6 is None:
-            return lease.ipv6_subnet is None
-        return lease.ipv6_subnet is not None and subnet_fits(
-            lease.ipv6_subnet, v6.network, v6.subnet_len, v6.subnet_min, v6.subnet_max
-        )
+        """The lease has a fitting subnet in each enabled family and none in the others."""
+        for pool, sub in ((self.config.v4, lease.subnet), (self.config.v6, lease.ipv6_subnet)):
+            if (sub is not None) if pool is None else not self._fits(pool, sub):
+                return False
+        return True
 
     def _is_ours(self, lease: Lease) -> bool:
-        return lease.attrs.public_ip == self.attrs.public_ip and (
-            self.attrs.public_ipv6 is None or lease.attrs.public_ipv6 == self.attrs.public_ipv6
-        )
+        mine = [(v, a) for v in (4, 6) if (a := self.attrs.public(v)) is not None]
+        return bool(mine) and all(lease.attrs.public(v) == a for v, a in mine)
 
     def _free(self, pool: Pool, taken: NetIndex) -> list:
         """The first FREE_CANDIDATES subnets of `pool` that overlap no taken one."""
@@ -154,8 +159,8 @@ class LeaseManager:
         """When to renew: at expiry minus the margin (and not before now)."""
         return own.expires_at - self.renew_margin
 
-    def _own(self, subnet, v6, lease_id: int, reason: str) -> OwnLease:
-        lease = Lease(subnet=subnet, ipv6_subnet=v6, attrs=self.attrs, lease_id=lease_id)
+    def _own(self, nets: dict, lease_id: int, reason: str) -> OwnLease:
+        lease = Lease(subnet=nets.get(4), ipv6_subnet=nets.get(6), attrs=self.attrs, lease_id=lease_id)
         return OwnLease(lease, lease_id, self.clock() + self.ttl, reason)
 
     # -- acquisition ----------------------------------------------------------------
@@ -164,7 +169,7 @@ class LeaseManager:
         for attempt in range(RACE_RETRIES):
             own = await self._try_acquire()
             if own is not None:
-                self.previous = own.lease.subnet
+                self.previous = {s.version: s for s in own.lease.nets}
                 return own
             log.info("lost a race for a subnet (attempt %d), trying again", attempt + 1)
             await self.sleep(self.rng.uniform(0.05, 0.3))
@@ -181,46 +186,37 @@ class LeaseManager:
                 new_id = await self.registry.update_lease(lease.key, self.attrs, self.ttl, lease.lease_id)
                 if new_id is None:
                     return None
-                return self._own(lease.subnet, lease.ipv6_subnet, new_id, "existing lease with our public IP")
+                nets = {s.version: s for s in lease.nets}
+                return self._own(nets, new_id, "existing lease with our public IP")
             log.info("deleting our old lease %s: it does not fit the current config", lease.key)
             await self.registry.delete_lease(lease.key)
 
-        taken = NetIndex((s, l.key) for l in leases for s in (l.subnet, l.ipv6_subnet) if s is not None)
+        taken = NetIndex((s, l.key) for l in leases for s in l.nets)
         for name in listing.malformed:  # a key with a bad value still blocks its subnet
             try:
-                v4, v6 = parse_lease_key(name)
+                nets = parse_lease_key(name)
             except LeaseParseError:
                 continue
-            for s in (v4, v6):
+            for s in nets:
                 if s is not None:
                     taken.add(s, name)
-        v6 = None
-        if self.config.v6 is not None:
-            free6 = self._free(self.config.v6, taken)
-            if not free6:
-                raise OutOfSubnets(f"no free IPv6 subnet left in {self.config.v6.network}")
-            v6 = self.rng.choice(free6)
-
-        # (2) the subnet we had before
-        prev = self.previous
-        if prev is not None and not taken.overlapping(prev):
-            cand = Lease(subnet=prev, ipv6_subnet=v6, attrs=self.attrs)
-            if self.fits(cand):
-                lease_id = await self.registry.create_lease(cand.key, self.attrs, self.ttl)
-                if lease_id is not None:
-                    return self._own(prev, v6, lease_id, "the subnet this host had before")
-                return None
-
-        # (3) a random free one
-        free = self._free(self.config.v4, taken)
-        if not free:
-            v4 = self.config.v4
-            raise OutOfSubnets(f"out of subnets: none free between {v4.subnet_min} and {v4.subnet_max}")
-        subnet = self.rng.choice(free)
-        lease_id = await self.registry.create_lease(lease_key(subnet, v6), self.attrs, self.ttl)
+        # per family: (2) the subnet we had before, if free and fitting, else (3) a random free one
+        chosen: dict[int, IPNetwork] = {}
+        for pool in self._pools():
+            v = pool.network.version
+            prev = self.previous.get(v)
+            if self._fits(pool, prev) and not taken.overlapping(prev):
+                chosen[v] = prev
+                continue
+            free = self._free(pool, taken)
+            if not free:
+                raise OutOfSubnets(f"out of subnets: none free between {pool.subnet_min} and {pool.subnet_max}")
+            chosen[v] = self.rng.choice(free)
+        reused = all(self.previous.get(v) == s for v, s in chosen.items())
+        lease_id = await self.registry.create_lease(lease_key(chosen.get(4), chosen.get(6)), self.attrs, self.ttl)
         if lease_id is None:
             return None
-        return self._own(subnet, v6, lease_id, "a free subnet")
+        return self._own(chosen, lease_id, "the subnet this host had before" if reused else "a free subnet")
 
     # -- renewal, checks, re-acquisition ---------------------------------------------------------
     async def renew(self, own: OwnLease) -> Optional[OwnLease]:
@@ -268,16 +264,16 @@ class LeaseManager:
                 renewed = await self.renew(own)
             except RegistryError as e:
                 self.etcd_errors += 1
-                waiting.failed("etcd", f"renewing lease {own.lease.subnet}", e)
+                waiting.failed("etcd", f"renewing lease {own.lease.label}", e)
                 await self.sleep(self.retry_interval)
                 continue
-            waiting.done(f"renewing lease {own.lease.subnet}")
+            waiting.done(f"renewing lease {own.lease.label}")
             if renewed is None:
                 own = await self.reacquire(own, adopt, "expired in etcd")
                 continue
             own = renewed
             self.renewals += 1
-            log.info("renewed lease %s", own.lease.subnet)
+            log.info("renewed lease %s", own.lease.label)
 
     async def verify(self, own: OwnLease, adopt, check: asyncio.Event) -> OwnLease:
         """Read our key back: still ours (nothing to do), gone (re-acquire) or written by
@@ -288,7 +284,7 @@ class LeaseManager:
             cur, what = e, f"a value that is not a lease ({e})"
         except RegistryError as e:
             self.etcd_errors += 1
-            log.warning("cannot check our lease %s: %s; trying again in %.0fs", own.lease.subnet, e, self.retry_interval)
+            log.warning("cannot check our lease %s: %s; trying again in %.0fs", own.lease.label, e, self.retry_interval)
             await self.sleep(self.retry_interval)
             check.set()
             return own
@@ -316,8 +312,8 @@ class LeaseManager:
     async def reacquire(self, old: OwnLease, adopt, why: str) -> OwnLease:
         """Our lease is gone: get one again (the same subnet when still free), revoke the
         old etcd lease (nothing should be left on it), and hand the new one to `adopt`."""
-        log.warning("our lease %s %s; re-acquiring", old.lease.subnet, why)
-        self.previous = old.lease.subnet
+        log.warning("our lease %s %s; re-acquiring", old.lease.label, why)
+        self.previous = {s.version: s for s in old.lease.nets}
         self.reacquisitions += 1
         own = await self.acquire_forever()
         self.listing = None  # only the first acquisition's listing seeds the watcher

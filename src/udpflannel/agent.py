@@ -198,7 +198,7 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.supervisor.start("watchdog", self._watchdog_loop)
         self.config, self.backend = await self._wait_config()
-        self._check_privileges(self.backend)
+        self._check_privileges(self._needs(self.backend))
         log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
         try:
             attrs = await self.backend.prepare()
@@ -234,17 +234,17 @@ class Agent:
 
     # -- start-up steps ------------------------------------------------------------
     def _preflight(self) -> None:
-        """Before etcd: the subnet file's directory must be writable; say early if the
-        network backends will be refused for lack of CAP_NET_ADMIN."""
+        """Before etcd: the subnet file's directory must be writable and the process must
+        hold CAP_NET_ADMIN."""
         path = Path(self.opts.subnet_file).absolute()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=path.parent).close()
         except OSError as e:
             raise FatalError(f"cannot write the subnet file {path}: {e}") from e
-        if not self.capabilities() & (1 << CAP_NET_ADMIN):
-            log.warning("this process lacks CAP_NET_ADMIN: only the alloc backend can run "
-                        "(udp, vxlan and host-gw will be refused once the config is read)")  # fmt: skip
+        # The backend type is in etcd, but every backend except alloc (rare, for tests)
+        # needs CAP_NET_ADMIN: say so before touching etcd rather than after a lease.
+        self._check_privileges({CAP_NET_ADMIN: "devices, routes and iptables rules"})
 
     def _needs(self, backend: Backend) -> dict[int, str]:
         needs = dict(backend.capabilities())
@@ -252,8 +252,8 @@ class Agent:
             needs.setdefault(CAP_NET_ADMIN, "iptables rules (--ip-masq, --iptables-forward-rules)")
         return needs
 
-    def _check_privileges(self, backend: Backend) -> None:
-        lacking = missing(self._needs(backend), self.capabilities())
+    def _check_privileges(self, needs: dict[int, str]) -> None:
+        lacking = missing(needs, self.capabilities())
         if lacking:
             raise FatalError(f"missing privileges: {'; '.join(lacking)}; run as root or grant them "
                              f"(e.g. AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)")  # fmt: skip

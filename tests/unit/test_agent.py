@@ -337,14 +337,14 @@ def test_missing_capability_is_fatal_before_any_lease(tmp_path):
     assert w.reg.kv == {} and not any(c in w.reg.calls for c in ("create", "update", "list"))
 
 
-def test_alloc_needs_no_capability(tmp_path):
+def test_missing_cap_net_admin_is_fatal_before_etcd_is_asked_anything(tmp_path):
     async def go():
         w = World(tmp_path, caps=0)
-        await w.start()
-        await w.stop()
+        with pytest.raises(FatalError, match="CAP_NET_ADMIN"):
+            await asyncio.wait_for(w.agent.run(), 5)
         return w
 
-    assert len(run(go()).reg.kv) == 1
+    assert run(go()).reg.calls == []
 
 
 def test_unwritable_subnet_file_is_fatal_before_etcd(tmp_path):

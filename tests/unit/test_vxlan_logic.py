@@ -232,7 +232,7 @@ class FakeNetlink:
     def create(self, spec, mac):
         self.created += 1
         old = self.devs.get(spec.name)
-        self.devs[spec.name] = d = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
+        self.devs[spec.name] = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
                                                vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
         self.neighs[spec.name], self.fdbs[spec.name] = set(), set()
         if old is not None:

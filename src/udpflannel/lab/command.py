@@ -380,7 +380,6 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
     pr.cmd(last.name, f"etcdctl --endpoints={ep_last} get {config_key} --print-value-only", got)
 
     network = parse_config(raw)
-    device = device_name(network)
     subnet_files = {}
     for h in hosts:
         pr.section(f"udpflannel on {h.name}")

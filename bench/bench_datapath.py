@@ -4,7 +4,8 @@ Micro-benchmarks (pytest-benchmark):
 
     pytest bench/bench_datapath.py --benchmark-enable -p no:cacheprovider
 
-  - lookup cost with 1, 256, 4096 and 65,536 leases (must stay flat): 4096
+  - lookup cost with 1, 256, 4096 and 65,536 leases (must stay flat), IPv4 /24s and
+    IPv6 /64s, and in a dual-stack table (as many IPv4 as IPv6 subnets): 4096
     lookups per call done in C (uf_table_lookup_batch), so cffi's call
     overhead is not what is measured;
   - the receive pipeline (uf_rx_batch: checks, accept rule, TTL, writes) per batch size;
@@ -30,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ except ImportError:  # a checkout that was built in place but not installed
 
 from udpflannel.datapath import LeaseTable  # noqa: E402
 from udpflannel.datapath._native import ffi, lib  # noqa: E402
+from udpflannel.datapath.addr import fill  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # micro-benchmarks
@@ -48,23 +50,39 @@ from udpflannel.datapath._native import ffi, lib  # noqa: E402
 BATCH = 4096
 
 
-def _table_with(n: int) -> LeaseTable:
+def _subnet(family: int, i: int) -> tuple[bytes, int]:
+    """The i-th leased subnet of a family: 10.0.0.0/8 in /24s, fd00:5::/32 in /64s."""
+    if family == 4:
+        return (int(IPv4Address("10.0.0.0")) + (i << 8)).to_bytes(4, "big"), 24
+    return b"\xfd\x00\x00\x05" + i.to_bytes(4, "big") + bytes(8), 64
+
+
+def _table_with(n: int, families: tuple[int, ...] = (4,)) -> LeaseTable:
+    """n subnets of each family, each to an IPv4 outer address."""
     t = LeaseTable()
-    base = int(IPv4Address("10.0.0.0"))
-    for i in range(n):
-        assert lib.uf_table_set(t.c_table, base + (i << 8), 24, 0xC6120000 + (i & 0xFFFF)) == 0
+    net, peer = ffi.new("uf_addr *"), ffi.new("uf_addr *")
+    peer.family = 4
+    for family in families:
+        net.family = family
+        for i in range(n):
+            raw, plen = _subnet(family, i)
+            ffi.memmove(net.a, raw.ljust(16, b"\0"), 16)
+            ffi.memmove(peer.a, (0xC6120000 + (i & 0xFFFF)).to_bytes(4, "big"), 4)
+            assert lib.uf_table_set(t.c_table, net, plen, peer) == 0
     return t
 
 
-def _addresses(n_leases: int, count: int):
+def _addresses(n_leases: int, count: int, family: int = 4):
+    """count addresses inside the first n_leases subnets of a family, packed for uf_table_lookup_batch."""
     import random
 
     rnd = random.Random(3)
-    base = int(IPv4Address("10.0.0.0"))
-    addrs = ffi.new("uint32_t[]", count)
-    for i in range(count):
-        addrs[i] = base + (rnd.randrange(n_leases) << 8) + rnd.randrange(256)
-    return addrs
+    out = bytearray()
+    for _ in range(count):
+        raw, _ = _subnet(family, rnd.randrange(n_leases))
+        host = rnd.randrange(1, 256)
+        out += raw[:3] + bytes([host]) if family == 4 else raw[:15] + bytes([host])
+    return ffi.new("uint8_t[]", bytes(out))
 
 
 try:
@@ -74,48 +92,75 @@ except ImportError:  # pragma: no cover - `python bench_datapath.py iperf` witho
 
 if pytest is not None:
 
+    @pytest.mark.parametrize("family", [4, 6])
     @pytest.mark.parametrize("n_leases", [1, 256, 4096, 65536])
-    def test_lookup_cost_is_flat(benchmark, n_leases):
-        t = _table_with(n_leases)
-        addrs = _addresses(n_leases, BATCH)
-        peers = ffi.new("uint32_t[]", BATCH)
-        found = benchmark(lib.uf_table_lookup_batch, t.c_table, addrs, peers, BATCH)
+    def test_lookup_cost_is_flat(benchmark, n_leases, family):
+        t = _table_with(n_leases, (family,))
+        addrs = _addresses(n_leases, BATCH, family)
+        peers = ffi.new("uf_addr[]", BATCH)
+        found = benchmark(lib.uf_table_lookup_batch, t.c_table, family, addrs, peers, BATCH)
         assert found == BATCH
         benchmark.extra_info["ns_per_lookup"] = benchmark.stats.stats.median / BATCH * 1e9
-        print(f"\n{n_leases:6d} leases: {benchmark.stats.stats.median / BATCH * 1e9:.1f} ns/lookup")
+        print(f"\nIPv{family} {n_leases:6d} leases: {benchmark.stats.stats.median / BATCH * 1e9:.1f} ns/lookup")
 
+    @pytest.mark.parametrize("family", [4, 6])
+    @pytest.mark.parametrize("n_leases", [256, 32768])
+    def test_lookup_cost_in_a_dual_stack_table(benchmark, n_leases, family):
+        """n IPv4 and n IPv6 subnets in one table: a family's lookups do not pay for the other's."""
+        t = _table_with(n_leases, (4, 6))
+        addrs = _addresses(n_leases, BATCH, family)
+        peers = ffi.new("uf_addr[]", BATCH)
+        found = benchmark(lib.uf_table_lookup_batch, t.c_table, family, addrs, peers, BATCH)
+        assert found == BATCH
+        print(f"\ndual stack, IPv{family}, {n_leases} + {n_leases} leases: "
+              f"{benchmark.stats.stats.median / BATCH * 1e9:.1f} ns/lookup")
+
+    @pytest.mark.parametrize("family", [4, 6])
     @pytest.mark.parametrize("batch", [1, 8, 64])
-    def test_rx_pipeline_per_batch(benchmark, batch):
-        """uf_rx_batch (the workers' receive decisions) over `batch` 1472-byte datagrams per call."""
+    def test_rx_pipeline_per_batch(benchmark, batch, family):
+        """uf_rx_batch (the workers' receive decisions) over `batch` 1472-byte datagrams per call,
+        inner IPv4 or IPv6 (both in the IPv4 tunnel, as in dual stack)."""
         t = LeaseTable()
         t.set(IPv4Network("10.5.1.0/24"), IPv4Address("198.18.0.1"))
+        t.set(IPv6Network("fd00:5:0:1::/64"), IPv4Address("198.18.0.1"))
         size = 1472
         raw = bytearray(size)
-        raw[0], raw[2:4], raw[8], raw[9] = 0x45, size.to_bytes(2, "big"), 64, 17
-        raw[12:16] = IPv4Address("10.5.1.9").packed
-        raw[16:20] = IPv4Address("10.5.2.9").packed
-        hsum = sum(int.from_bytes(raw[i:i + 2], "big") for i in range(0, 20, 2))
-        while hsum >> 16:
-            hsum = (hsum & 0xFFFF) + (hsum >> 16)
-        raw[10:12] = (~hsum & 0xFFFF).to_bytes(2, "big")
+        if family == 4:
+            raw[0], raw[2:4], raw[8], raw[9] = 0x45, size.to_bytes(2, "big"), 64, 17
+            raw[12:16] = IPv4Address("10.5.1.9").packed
+            raw[16:20] = IPv4Address("10.5.2.9").packed
+            hsum = sum(int.from_bytes(raw[i:i + 2], "big") for i in range(0, 20, 2))
+            while hsum >> 16:
+                hsum = (hsum & 0xFFFF) + (hsum >> 16)
+            raw[10:12] = (~hsum & 0xFFFF).to_bytes(2, "big")
+        else:
+            raw[0], raw[4:6], raw[6], raw[7] = 0x60, (size - 40).to_bytes(2, "big"), 17, 64
+            raw[8:24] = IPv6Address("fd00:5:0:1::9").packed
+            raw[24:40] = IPv6Address("fd00:5:0:2::9").packed
+        hop = 8 if family == 4 else 7
         bufs = [ffi.new("uint8_t[]", bytes(raw)) for _ in range(batch)]
         d = ffi.new("uf_dgram[]", batch)
         for i, b in enumerate(bufs):
-            d[i].buf, d[i].len, d[i].src = b, size, int(IPv4Address("198.18.0.1"))
+            d[i].buf, d[i].len = b, size
+            fill(d[i].src, IPv4Address("198.18.0.1"))
         cfg = ffi.new("uf_pipe_cfg *")
-        cfg.table, cfg.network, cfg.plen, cfg.mtu = t.c_table, int(IPv4Address("10.5.0.0")), 16, 1472
+        cfg.table, cfg.mtu = t.c_table, 1472
+        fill(cfg.net[0].addr, IPv4Address("10.5.0.0"))
+        cfg.net[0].plen = 16
+        fill(cfg.net[1].addr, IPv6Address("fd00:5::"))
+        cfg.net[1].plen = 48
         rx = ffi.new("uf_rx *")
         ctr = ffi.new("uint64_t[]", lib.UF_C__COUNT)
 
         def run():
             for b in bufs:  # keep the TTL from running out (the checksum follows the TTL)
-                b[8], b[10], b[11] = raw[8], raw[10], raw[11]
+                b[hop], b[10], b[11] = raw[hop], raw[10], raw[11]
             lib.uf_rx_batch(cfg, rx, d, batch, ctr)
             return rx.npkts
 
         passed = benchmark(run)
         assert passed == batch
-        print(f"\nbatch {batch:4d}: {benchmark.stats.stats.median / batch * 1e9:.1f} ns/packet")
+        print(f"\nIPv{family} batch {batch:4d}: {benchmark.stats.stats.median / batch * 1e9:.1f} ns/packet")
 
     def test_table_updates_per_second(benchmark):
         t = LeaseTable()

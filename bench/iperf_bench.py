@@ -20,6 +20,8 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 backend sets it up with IPv6: flannel-v6.1, MTU - 70, host to fd00:101:0:2::
     uf-vxlan6   IPv6: udpflannel's vxlan backend with an IPv6-only config (flannel-v6.1),
                 targeting the peer's FLANNEL_IPV6_SUBNET address
+    uf-udp6     IPv6: udpflannel's udp backend with an IPv6-only config (flannel0, the UDP
+                tunnel over the IPv6 underlay, MTU - 48), to the peer's FLANNEL_IPV6_SUBNET address
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
@@ -59,7 +61,7 @@ except ImportError:  # run from a checkout without `pip install`
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
 ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
-             "vxlan6", "uf-vxlan6"]  # fmt: skip
+             "vxlan6", "uf-vxlan6", "uf-udp6"]  # fmt: skip
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6"}
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
@@ -85,6 +87,7 @@ AGENT_PATHS = {
     "uf-vxlan": ("vxlan", [], "10.111.0.0/16"),
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
     "uf-vxlan6": ("vxlan", [], "fd00:111::/48"),  # an IPv6 network: an IPv6-only config
+    "uf-udp6": ("udp", [], "fd00:110::/48"),
 }
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")

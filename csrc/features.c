@@ -66,7 +66,7 @@ int uf_probe_features(uf_features *f)
         int tfd;
         int r = tun_create(NULL, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, &tfd, NULL);
         if (r == 0) {
-            if (ioctl(tfd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) == 0)
+            if (ioctl(tfd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) == 0)
                 f->tun_tso = 1;
             else if (!f->tun_errno)
                 f->tun_errno = errno;
@@ -116,7 +116,7 @@ int uf_tun_open(const char *name, int queues, int flags, int *fds, char *name_ou
             break;
         if (flags & UF_TUN_VNET_HDR) {
             int hsz = 10;
-            unsigned off = TUN_F_CSUM | TUN_F_TSO4 | ((flags & UF_TUN_USO) ? TUN_F_USO4 | TUN_F_USO6 : 0);
+            unsigned off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | ((flags & UF_TUN_USO) ? TUN_F_USO4 | TUN_F_USO6 : 0);
             if (ioctl(fds[n], TUNSETVNETHDRSZ, &hsz) < 0 || ioctl(fds[n], TUNSETOFFLOAD, off) < 0) {
                 rc = -errno;
                 close(fds[n]);

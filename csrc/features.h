@@ -16,14 +16,14 @@
 #define UF_IFNAMSIZ 16
 
 /* Flags for uf_tun_open. */
-#define UF_TUN_VNET_HDR 1     /* IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4) */
+#define UF_TUN_VNET_HDR 1     /* IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4|TSO6) */
 #define UF_TUN_MULTI_QUEUE 2  /* IFF_MULTI_QUEUE */
 #define UF_TUN_USO 4          /* with UF_TUN_VNET_HDR: also TUN_F_USO4|USO6 (UDP super-packets) */
 
 typedef struct uf_features {
     int vnet_hdr;      /* TUN supports IFF_VNET_HDR */
     int multi_queue;   /* TUN supports IFF_MULTI_QUEUE */
-    int tun_tso;       /* TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) accepted */
+    int tun_tso;       /* TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) accepted */
     int tun_uso;       /* TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6) accepted */
     int udp_segment;   /* setsockopt(SOL_UDP, UDP_SEGMENT) accepted */
     int udp_gro;       /* setsockopt(SOL_UDP, UDP_GRO) accepted */

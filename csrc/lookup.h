@@ -1,17 +1,22 @@
-/* lookup.h - the lease table: IPv4 prefix -> peer PublicIP, read lock-free.
+/* lookup.h - the lease table: IPv4 and IPv6 prefixes -> peer public address, read lock-free.
  *
  * Layout. One anonymous MAP_SHARED mapping holds the whole table: a header
- * (sequence word, lease count, a bitmask of prefix lengths in use), an
- * open-addressing hash of leases keyed by (network, prefix length) and a
- * second hash of peer PublicIPs with reference counts (used only to tell an
- * unknown sender from a known one that spoofs). Both hashes have
- * UF_TABLE_SLOTS slots (twice UF_TABLE_MAX_LEASES, so load stays <= 0.5)
- * and use linear probing with backward-shift deletion (no tombstones).
+ * (sequence word, lease count, per family a bitmask of the prefix lengths in
+ * use), an open-addressing hash of leases keyed by (family, network, prefix
+ * length) and a second hash of peer public addresses with reference counts
+ * (used only to tell an unknown sender from a known one that spoofs). Both
+ * families share the hashes: a key is the address as two 64-bit words (an
+ * IPv4 address in the top 32 bits of the first), so one probe loop serves
+ * both. Each lease maps to an outer address of either family (PublicIP or
+ * PublicIPv6). Both hashes have UF_TABLE_SLOTS slots (twice
+ * UF_TABLE_MAX_LEASES, so load stays <= 0.5) and use linear probing with
+ * backward-shift deletion (no tombstones).
  *
- * Lookup (longest match): for each prefix length in use, longest first,
- * mask the address and probe the hash once. The cost depends on the number
- * of distinct prefix lengths (1 in a flannel network, at most 33), never on
- * the number of leases.
+ * Lookup (longest match): for each prefix length in use in the address's
+ * family, longest first, mask the address and probe the hash once. The cost
+ * depends on the number of distinct prefix lengths of that family (1 in a
+ * flannel network: every lease has SubnetLen / IPv6SubnetLen), never on the
+ * number of leases, and never on the other family's leases.
  *
  * Concurrency protocol (seqlock):
  *   writer (uf_table_set / uf_table_delete / uf_table_clear):
@@ -33,9 +38,10 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include "common.h"
 
 /* cffi:begin */
-#define UF_TABLE_MAX_LEASES 65536
+#define UF_TABLE_MAX_LEASES 65536   /* subnets, of both families (a dual-stack lease has two) */
 #define UF_TABLE_SLOTS 131072
 
 typedef struct uf_table uf_table;
@@ -45,24 +51,27 @@ int uf_table_new(uf_table **out);
 /* Unmap it. The caller guarantees no data path still reads it. */
 void uf_table_free(uf_table *t);
 
-/* Add or replace the lease network/plen -> peer. Host bits of network must
- * be zero and plen <= 32 (-EINVAL); -ENOSPC when UF_TABLE_MAX_LEASES leases
- * already exist. */
-int uf_table_set(uf_table *t, uint32_t network, int plen, uint32_t peer);
+/* Add or replace the lease network/plen -> peer (peer of either family). The
+ * network's host bits must be zero and plen <= 32 (IPv4) / 128 (IPv6), the
+ * families 4 or 6 (-EINVAL); -ENOSPC when UF_TABLE_MAX_LEASES leases exist. */
+int uf_table_set(uf_table *t, const uf_addr *network, int plen, const uf_addr *peer);
 /* Remove a lease: 0, or -ENOENT if absent, -EINVAL for a bad prefix. */
-int uf_table_delete(uf_table *t, uint32_t network, int plen);
+int uf_table_delete(uf_table *t, const uf_addr *network, int plen);
 /* Remove every lease. */
 void uf_table_clear(uf_table *t);
-/* Number of leases. */
+/* Number of leases (subnets). */
 uint32_t uf_table_count(const uf_table *t);
 
-/* Longest-prefix match of addr: 1 and *peer set (and *plen_out if not NULL),
- * or 0 when no lease covers addr. Lock-free; safe against a concurrent writer. */
-int uf_table_lookup(const uf_table *t, uint32_t addr, uint32_t *peer, int *plen_out);
-/* Look up n addresses: peers[i] = PublicIP or 0. Returns how many matched. */
-size_t uf_table_lookup_batch(const uf_table *t, const uint32_t *addrs, uint32_t *peers, size_t n);
-/* 1 if ip is the PublicIP of at least one lease, else 0. Lock-free. */
-int uf_table_peer_known(const uf_table *t, uint32_t ip);
+/* Longest-prefix match of the address addr (4 or 16 bytes in network order,
+ * by family: a packet's address field as it stands): 1 and *peer set (and
+ * *plen_out if not NULL), or 0 when no lease of that family covers addr.
+ * Lock-free; safe against a concurrent writer. */
+int uf_table_lookup(const uf_table *t, int family, const uint8_t *addr, uf_addr *peer, int *plen_out);
+/* Look up n addresses of one family packed back to back (4 or 16 bytes each):
+ * peers[i] = the peer (family 0 when none). Returns how many matched. */
+size_t uf_table_lookup_batch(const uf_table *t, int family, const uint8_t *addrs, uf_addr *peers, size_t n);
+/* 1 if ip is the public address of at least one lease, else 0. Lock-free. */
+int uf_table_peer_known(const uf_table *t, const uf_addr *ip);
 /* cffi:end */
 
 #endif

@@ -31,6 +31,13 @@
 #define CMSG_INT_SPACE CMSG_SPACE(sizeof(int))
 #define RX_CMSG_SPACE (2 * CMSG_INT_SPACE)       /* UDP_GRO + SO_RXQ_OVFL */
 
+/* A peer's socket address, either family. */
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} uf_sockaddr;
+
 _Static_assert(ARRAY_LEN(((uf_dp_config *)0)->tun_fds) == UF_TUN_MAX_QUEUES, "uf_dp_config.tun_fds");
 
 struct uf_worker {
@@ -39,7 +46,7 @@ struct uf_worker {
     uf_pipe_cfg pipe;                     /* own copy: a worker may fall back (gro_udp = 0) */
     int queue;
     int tun_fd;
-    int sock;
+    int sock[2];                          /* [0] IPv4, [1] IPv6 (fam_idx); -1 = none */
     int error;                            /* fatal error, -errno */
     pthread_t thread;
     int started;
@@ -50,7 +57,7 @@ struct uf_worker {
     uint32_t lens[UF_BATCH];
     uf_tx *tx;
     struct mmsghdr *smsgs;                /* UF_TX_MAX_SEGS */
-    struct sockaddr_in *saddrs;
+    uf_sockaddr *saddrs;
     uint8_t *scmsgs;
     int tun_busy;                         /* drain the TUN: it was readable at the last wake-up too */
     int tun_was_ready;                    /* the TUN was readable at the last wake-up */
@@ -58,16 +65,16 @@ struct uf_worker {
     uf_rx *rx;
     struct mmsghdr rmsgs[UF_BATCH];
     struct iovec riov[UF_BATCH];
-    struct sockaddr_in raddrs[UF_BATCH];
+    uf_sockaddr raddrs[UF_BATCH];
     uint8_t rcmsgs[UF_BATCH][RX_CMSG_SPACE];
     uf_dgram dgrams[UF_BATCH];
-    uint32_t sock_drops;                  /* the socket's drop count last seen (SO_RXQ_OVFL) */
+    uint32_t sock_drops[2];               /* each socket's drop count last seen (SO_RXQ_OVFL) */
     uint8_t *scratch;                     /* UF_FRAME_SIZE: a GSO write re-split after EINVAL */
 } __attribute__((aligned(64)));
 
 struct uf_dp {
     uf_dp_config cfg;
-    int socks[UF_TUN_MAX_QUEUES];
+    int socks[2][UF_TUN_MAX_QUEUES];      /* per underlay family, per queue; -1 = none */
     int efd;
     int running;
     int stopped;
@@ -76,7 +83,7 @@ struct uf_dp {
     struct uf_worker *workers;            /* one per queue, aligned */
 };
 
-_Static_assert(ARRAY_LEN(((uf_dp *)0)->socks) == UF_TUN_MAX_QUEUES, "uf_dp.socks");
+_Static_assert(ARRAY_LEN(((uf_dp *)0)->socks[0]) == UF_TUN_MAX_QUEUES, "uf_dp.socks");
 
 static void cadd(struct uf_worker *w, int dir, int idx, uint64_t n)
 {
@@ -143,7 +150,7 @@ static void tun_write_singly(struct uf_worker *w, const uf_iov *iov, const uf_ms
         len += iov[i].len;
     }
     uf_seg *segs = w->tx->segs;   /* the tx scratch is free between tx batches */
-    int n = uf_gso4_segment(&h, w->scratch, len, w->tx->hdrs, sizeof(w->tx->hdrs), segs, UF_TX_FRAME_SEGS);
+    int n = uf_gso_segment(&h, w->scratch, len, w->tx->hdrs, sizeof(w->tx->hdrs), segs, UF_TX_FRAME_SEGS);
     if (n < 0) {
         cadd(w, UF_DIR_RX, UF_C_DROP_IO, m->segs);
         return;
@@ -190,7 +197,7 @@ static void tun_write_all(struct uf_worker *w, const uf_iov *iov, const uf_msg *
 /* Send a UDP_SEGMENT message's segments one message each (after the kernel
  * refused the GSO send: e.g. EIO when the egress device cannot checksum).
  * Every segment but the last is seg_size bytes, made of whole iovecs. */
-static void tx_send_singly(struct uf_worker *w, const uf_msg *u, struct msghdr *tmpl)
+static void tx_send_singly(struct uf_worker *w, int sock, const uf_msg *u, struct msghdr *tmpl)
 {
     const uf_iov *iov = w->tx->iov + u->first, *end = iov + u->niov;
     struct msghdr m = *tmpl;
@@ -204,7 +211,7 @@ static void tx_send_singly(struct uf_worker *w, const uf_msg *u, struct msghdr *
         m.msg_iovlen = n;
         ssize_t r;
         do {
-            r = sendmsg(w->sock, &m, 0);
+            r = sendmsg(sock, &m, 0);
         } while (r < 0 && errno == EINTR);
         if (r >= 0) {
             cadd(w, UF_DIR_TX, UF_C_PACKETS, 1);
@@ -217,9 +224,9 @@ static void tx_send_singly(struct uf_worker *w, const uf_msg *u, struct msghdr *
 }
 
 /* Wait until the socket can take more (or stop): 1, 0 = stop, <0 = -errno. */
-static int wait_writable(struct uf_worker *w)
+static int wait_writable(struct uf_worker *w, int sock)
 {
-    struct pollfd p[2] = { { .fd = w->sock, .events = POLLOUT }, { .fd = w->dp->efd, .events = POLLIN } };
+    struct pollfd p[2] = { { .fd = sock, .events = POLLOUT }, { .fd = w->dp->efd, .events = POLLIN } };
     for (;;) {
         if (stopping(w->dp))
             return 0;
@@ -236,19 +243,34 @@ static int wait_writable(struct uf_worker *w)
     }
 }
 
-/* sendmmsg() the pipeline's messages; 1 to go on, or <= 0 on stop / fatal error. */
+/* The socket address of peer at port (network order); its length. */
+static socklen_t peer_sockaddr(const uf_addr *peer, uint16_t port, uf_sockaddr *sa)
+{
+    if (peer->family == UF_AF_INET6) {
+        memset(&sa->in6, 0, sizeof(sa->in6));
+        sa->in6.sin6_family = AF_INET6;
+        sa->in6.sin6_port = port;
+        memcpy(&sa->in6.sin6_addr, peer->a, 16);
+        return sizeof(sa->in6);
+    }
+    sa->in4.sin_family = AF_INET;
+    sa->in4.sin_port = port;
+    memcpy(&sa->in4.sin_addr, peer->a, 4);
+    memset(sa->in4.sin_zero, 0, sizeof(sa->in4.sin_zero));
+    return sizeof(sa->in4);
+}
+
+/* sendmmsg() the pipeline's messages, each run of peers of one family on that
+ * family's socket; 1 to go on, or <= 0 on stop / fatal error. */
 static int tx_send(struct uf_worker *w)
 {
     const uf_tx *tx = w->tx;
     const uint16_t port = htons(w->dp->cfg.port);
     for (uint32_t i = 0; i < tx->nmsgs; i++) {
         const uf_msg *u = &tx->msgs[i];
-        w->saddrs[i].sin_family = AF_INET;
-        w->saddrs[i].sin_port = port;
-        w->saddrs[i].sin_addr.s_addr = htonl(u->peer);
         struct msghdr *m = &w->smsgs[i].msg_hdr;
         m->msg_name = &w->saddrs[i];
-        m->msg_namelen = sizeof(struct sockaddr_in);
+        m->msg_namelen = peer_sockaddr(&u->peer, port, &w->saddrs[i]);
         m->msg_iov = (struct iovec *)(tx->iov + u->first);
         m->msg_iovlen = u->niov;
         m->msg_flags = 0;
@@ -270,7 +292,17 @@ static int tx_send(struct uf_worker *w)
     uint32_t i = 0;
     int sent_any = 0;
     while (i < tx->nmsgs) {
-        int r = sendmmsg(w->sock, &w->smsgs[i], tx->nmsgs - i, MSG_DONTWAIT);
+        const int fam = tx->msgs[i].peer.family;
+        const int sock = w->sock[fam_idx(fam)];
+        uint32_t end = i + 1;
+        while (end < tx->nmsgs && tx->msgs[end].peer.family == fam)
+            end++;
+        if (sock < 0) {  /* the pipeline routes only to families we have a socket for */
+            for (; i < end; i++)
+                cadd(w, UF_DIR_TX, UF_C_DROP_IO, tx->msgs[i].segs);
+            continue;
+        }
+        int r = sendmmsg(sock, &w->smsgs[i], end - i, MSG_DONTWAIT);
         if (r > 0) {
             for (int k = 0; k < r; k++) {
                 cadd(w, UF_DIR_TX, UF_C_PACKETS, tx->msgs[i + k].segs);
@@ -284,7 +316,7 @@ static int tx_send(struct uf_worker *w)
         if (e == EINTR)
             continue;
         if (e == EAGAIN || e == ENOBUFS) {
-            int wr = wait_writable(w);
+            int wr = wait_writable(w, sock);
             if (wr <= 0)
                 return wr;
             continue;
@@ -295,7 +327,7 @@ static int tx_send(struct uf_worker *w)
             /* the kernel refused the GSO send: fall back for good */
             w->tx->no_gso = 1;
             cadd(w, UF_DIR_TX, UF_C_GSO_FALLBACKS, 1);
-            tx_send_singly(w, &tx->msgs[i], &w->smsgs[i].msg_hdr);
+            tx_send_singly(w, sock, &tx->msgs[i], &w->smsgs[i].msg_hdr);
             i++;
             continue;
         }
@@ -351,7 +383,7 @@ static int tun_step(struct uf_worker *w, int busy, int *more)
 /* ------------------------------------------------------------------ */
 /* UDP -> TUN                                                          */
 
-static void rx_parse_cmsgs(struct uf_worker *w, struct msghdr *m, uf_dgram *d)
+static void rx_parse_cmsgs(struct uf_worker *w, int fi, struct msghdr *m, uf_dgram *d)
 {
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
         if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
@@ -363,25 +395,43 @@ static void rx_parse_cmsgs(struct uf_worker *w, struct msghdr *m, uf_dgram *d)
             /* the socket's drop count when this datagram was queued */
             uint32_t drops;
             memcpy(&drops, CMSG_DATA(cm), sizeof(drops));
-            if ((int32_t)(drops - w->sock_drops) > 0) {
-                cadd(w, UF_DIR_RX, UF_C_DROP_SOCKET_OVERFLOW, drops - w->sock_drops);
-                w->sock_drops = drops;
+            if ((int32_t)(drops - w->sock_drops[fi]) > 0) {
+                cadd(w, UF_DIR_RX, UF_C_DROP_SOCKET_OVERFLOW, drops - w->sock_drops[fi]);
+                w->sock_drops[fi] = drops;
             }
         }
     }
 }
 
-/* The socket was reported readable: one recvmmsg (it returns what is queued,
- * up to UF_BATCH, without a second probing call), decide, write to the TUN.
- * *more = a full batch came (read again before waiting). 0 or <0 fatal. */
-static int sock_step(struct uf_worker *w, int *more)
+/* The sender of a datagram as a uf_addr: 1, or 0 when it is not of the socket's family. */
+static int sockaddr_peer(const uf_sockaddr *sa, socklen_t len, int family, uf_addr *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (family == UF_AF_INET6) {
+        if (len < sizeof(sa->in6) || sa->sa.sa_family != AF_INET6)
+            return 0;
+        memcpy(out->a, &sa->in6.sin6_addr, 16);
+    } else {
+        if (len < sizeof(sa->in4) || sa->sa.sa_family != AF_INET)
+            return 0;
+        memcpy(out->a, &sa->in4.sin_addr, 4);
+    }
+    out->family = (uint8_t)family;
+    return 1;
+}
+
+/* Socket fi (fam_idx) was reported readable: one recvmmsg (it returns what is
+ * queued, up to UF_BATCH, without a second probing call), decide, write to the
+ * TUN. *more = a full batch came (read again before waiting). 0 or <0 fatal. */
+static int sock_step(struct uf_worker *w, int fi, int *more)
 {
     uint64_t local[UF_C__COUNT] = { 0 };
+    const int sock = w->sock[fi], family = fi ? UF_AF_INET6 : UF_AF_INET;
     *more = 0;
     for (unsigned i = 0; i < UF_BATCH; i++) {
         struct msghdr *m = &w->rmsgs[i].msg_hdr;
         m->msg_name = &w->raddrs[i];
-        m->msg_namelen = sizeof(struct sockaddr_in);
+        m->msg_namelen = sizeof(w->raddrs[i]);
         m->msg_iov = &w->riov[i];
         m->msg_iovlen = 1;
         m->msg_control = w->rcmsgs[i];
@@ -390,7 +440,7 @@ static int sock_step(struct uf_worker *w, int *more)
     }
     int r;
     do {
-        r = recvmmsg(w->sock, w->rmsgs, UF_BATCH, MSG_DONTWAIT, NULL);
+        r = recvmmsg(sock, w->rmsgs, UF_BATCH, MSG_DONTWAIT, NULL);
     } while (r < 0 && errno == EINTR);
     if (r < 0) {
         if (errno == EAGAIN)
@@ -405,17 +455,17 @@ static int sock_step(struct uf_worker *w, int *more)
     int nd = 0;
     for (int i = 0; i < r; i++) {
         struct msghdr *m = &w->rmsgs[i].msg_hdr;
-        if (m->msg_namelen < sizeof(struct sockaddr_in) || w->raddrs[i].sin_family != AF_INET) {
+        uf_dgram *d = &w->dgrams[nd];
+        if (!sockaddr_peer(&w->raddrs[i], m->msg_namelen, family, &d->src)) {
             cadd(w, UF_DIR_RX, UF_C_DROP_UNKNOWN_PEER, 1);
             continue;
         }
-        uf_dgram *d = &w->dgrams[nd++];
+        nd++;
         d->buf = w->riov[i].iov_base;
         d->len = w->rmsgs[i].msg_len;
-        d->src = ntohl(w->raddrs[i].sin_addr.s_addr);
         d->trunc = !!(m->msg_flags & MSG_TRUNC);
         d->gso_size = 0;
-        rx_parse_cmsgs(w, m, d);
+        rx_parse_cmsgs(w, fi, m, d);
     }
     for (int done = 0; done < nd;) {
         done += uf_rx_batch(&w->pipe, w->rx, w->dgrams + done, nd - done, local);
@@ -453,46 +503,63 @@ static void *worker_main(void *arg)
     struct uf_worker *w = arg;
     uf_dp *dp = w->dp;
     const uint64_t busy_ns = (uint64_t)dp->cfg.busy_poll_us * 1000u;
-    struct pollfd p[3] = { { .fd = w->tun_fd, .events = POLLIN }, { .fd = w->sock, .events = POLLIN },
-                           { .fd = dp->efd, .events = POLLIN } };
-    int tun_ready = 0, sock_ready = 0, rc = 0;
+    /* poll set: the TUN, the socket of each underlay family in use, the stop eventfd */
+    struct pollfd p[4];
+    int np = 0, at[2] = { -1, -1 };
+    p[np++] = (struct pollfd){ .fd = w->tun_fd, .events = POLLIN };
+    for (int f = 0; f < 2; f++)
+        if (w->sock[f] >= 0) {
+            at[f] = np;
+            p[np++] = (struct pollfd){ .fd = w->sock[f], .events = POLLIN };
+        }
+    const int stop_at = np;
+    p[np++] = (struct pollfd){ .fd = dp->efd, .events = POLLIN };
+    int tun_ready = 0, sock_ready[2] = { 0, 0 }, rc = 0;
     uint64_t last_work = 0;
 
     if (dp->cfg.pin_cpus)
         pin(w);
     while (!stopping(dp)) {
-        if (!tun_ready && !sock_ready) {
+        if (!tun_ready && !sock_ready[0] && !sock_ready[1]) {
             int timeout = busy_ns && now_ns() - last_work < busy_ns ? 0 : -1;
-            int r = poll(p, 3, timeout);
+            int r = poll(p, (nfds_t)np, timeout);
             if (r < 0) {
                 if (errno == EINTR)
                     continue;
                 rc = -errno;
                 break;
             }
-            if (p[2].revents)
+            if (p[stop_at].revents)
                 break;
-            if ((p[0].revents | p[1].revents) & POLLNVAL) {
+            int nval = 0;
+            for (int i = 0; i < stop_at; i++)
+                nval |= p[i].revents & POLLNVAL;
+            if (nval) {
                 rc = -EBADF;
                 break;
             }
             tun_ready = p[0].revents != 0;
-            sock_ready = p[1].revents != 0;
+            for (int f = 0; f < 2; f++)
+                sock_ready[f] = at[f] >= 0 && p[at[f]].revents != 0;
             /* read the TUN dry only when it was readable at the previous
              * wake-up too (under load): a lone packet (a ping) costs one
              * read, no EAGAIN probe */
             w->tun_busy = tun_ready && w->tun_was_ready;
             w->tun_was_ready = tun_ready;
-            if (!tun_ready && !sock_ready)
+            if (!tun_ready && !sock_ready[0] && !sock_ready[1])
                 continue;  /* busy-polling: nothing yet */
         }
-        int more_tun = 0, more_sock = 0;
+        int more_tun = 0, more_sock[2] = { 0, 0 };
         if (tun_ready && (rc = tun_step(w, w->tun_busy, &more_tun)) != 0)
             break;
-        if (sock_ready && (rc = sock_step(w, &more_sock)) != 0)
+        for (int f = 0; f < 2 && !rc; f++)
+            if (sock_ready[f])
+                rc = sock_step(w, f, &more_sock[f]);
+        if (rc)
             break;
         tun_ready = more_tun;
-        sock_ready = more_sock;
+        sock_ready[0] = more_sock[0];
+        sock_ready[1] = more_sock[1];
         if (busy_ns)
             last_work = now_ns();
     }
@@ -509,13 +576,17 @@ static void set_buf(int s, int force, int plain, int size)
         setsockopt(s, SOL_SOCKET, plain, &size, sizeof(size));
 }
 
-static int open_socket(const uf_dp_config *c, int *out)
+/* A UDP socket of underlay family fi (fam_idx) bound to cfg->bind[fi]:port. */
+static int open_socket(const uf_dp_config *c, int fi, int *out)
 {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    const int v6 = fi == 1;
+    int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
         return -errno;
     int one = 1, rc = 0;
     int bufsz = c->sock_buf > 0 ? c->sock_buf : UF_SOCK_BUF_DEFAULT;
+    if (v6 && setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+        goto fail;
     if (c->queues > 1 && setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
         goto fail;
     set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, bufsz);
@@ -525,9 +596,9 @@ static int open_socket(const uf_dp_config *c, int *out)
     /* every datagram the kernel drops at this socket is counted (drop_socket_overflow) */
     if (setsockopt(s, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
         goto fail;
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(c->port),
-                             .sin_addr.s_addr = htonl(c->bind_addr) };
-    if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0)
+    uf_sockaddr a;
+    socklen_t alen = peer_sockaddr(&c->bind[fi], htons(c->port), &a);
+    if (bind(s, &a.sa, alen) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -539,15 +610,18 @@ fail:
 
 /* All tunnel datagrams between two hosts share one outer 4-tuple, so the
  * kernel's SO_REUSEPORT hash would send them all to one socket. This classic
- * BPF program (it sees the UDP payload: the inner IPv4 packet) returns the
- * socket index from a symmetric hash of the inner addresses and, for TCP/UDP
- * first fragments, ports; anything else gets the kernel's own choice. */
+ * BPF program (it sees the UDP payload: the inner IPv4 or IPv6 packet)
+ * returns the socket index from a symmetric hash of the inner addresses and,
+ * for TCP/UDP (IPv4: first fragments; IPv6: right after the fixed header),
+ * ports; anything else gets the kernel's own choice. The same program serves
+ * the IPv4 and the IPv6 socket group. */
 static int attach_reuseport_bpf(int sock, int queues)
 {
     struct sock_filter code[] = {
         /* 0 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),
         /* 1 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf0),
-        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x40, 0, 31),       /* not IPv4 -> 34 */
+        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x40, 0, 12),       /* not IPv4 -> 15 */
+        /* IPv4 */
         /* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12),
         /* 4 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
         /* 5 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),
@@ -555,32 +629,64 @@ static int attach_reuseport_bpf(int sock, int queues)
         /* 7 */ BPF_STMT(BPF_ST, 0),
         /* 8 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 9),
         /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 1, 0),           /* TCP -> 11 */
-        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 14),        /* not UDP -> 25 */
+        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 43),        /* not UDP -> 54 */
         /* 11 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6),
-        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 12, 0),   /* fragment -> 25 */
+        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 41, 0),   /* fragment -> 54 */
         /* 13 */ BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),                /* X = IHL * 4 */
-        /* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_IND, 0),                 /* sport << 16 | dport */
-        /* 15 */ BPF_STMT(BPF_ST, 1),
-        /* 16 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 14 */ BPF_STMT(BPF_JMP | BPF_JA, 28),                        /* -> 43 */
+        /* IPv6 */
+        /* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x60, 0, 47),       /* not IPv6 -> 63 */
+        /* 16 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 8),
         /* 17 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 18 */ BPF_STMT(BPF_LD | BPF_MEM, 1),
-        /* 19 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xffff),
-        /* 20 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* sport ^ dport */
-        /* 21 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 22 */ BPF_STMT(BPF_LD | BPF_MEM, 0),
-        /* 23 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 24 */ BPF_STMT(BPF_ST, 0),
-        /* 25 */ BPF_STMT(BPF_LD | BPF_MEM, 0),                         /* fold and reduce */
+        /* 18 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12),
+        /* 19 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 20 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 21 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),
+        /* 22 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 23 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 24 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 20),
+        /* 25 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
         /* 26 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 27 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 27 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 24),
         /* 28 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
         /* 29 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 30 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8),
+        /* 30 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 28),
         /* 31 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 32 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (uint32_t)queues),
-        /* 33 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 34 */ BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),                /* the kernel's hash */
+        /* 32 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 33 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 32),
+        /* 34 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 35 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 36 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 36),
+        /* 37 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* all address words */
+        /* 38 */ BPF_STMT(BPF_ST, 0),
+        /* 39 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                 /* next header */
+        /* 40 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 1, 0),          /* TCP -> 42 */
+        /* 41 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 12),        /* not UDP -> 54 */
+        /* 42 */ BPF_STMT(BPF_LDX | BPF_W | BPF_IMM, 40),               /* X = 40 */
+        /* ports: X = offset of the L4 header */
+        /* 43 */ BPF_STMT(BPF_LD | BPF_W | BPF_IND, 0),                 /* sport << 16 | dport */
+        /* 44 */ BPF_STMT(BPF_ST, 1),
+        /* 45 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 46 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 47 */ BPF_STMT(BPF_LD | BPF_MEM, 1),
+        /* 48 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xffff),
+        /* 49 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* sport ^ dport */
+        /* 50 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 51 */ BPF_STMT(BPF_LD | BPF_MEM, 0),
+        /* 52 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 53 */ BPF_STMT(BPF_ST, 0),
+        /* 54 */ BPF_STMT(BPF_LD | BPF_MEM, 0),                         /* fold and reduce */
+        /* 55 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 56 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 57 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 58 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 59 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8),
+        /* 60 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+        /* 61 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (uint32_t)queues),
+        /* 62 */ BPF_STMT(BPF_RET | BPF_A, 0),
+        /* 63 */ BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),                /* the kernel's hash */
     };
+    _Static_assert(ARRAY_LEN(code) == 64, "jump offsets above assume 64 instructions");
     struct sock_fprog prog = { .len = ARRAY_LEN(code), .filter = code };
     return setsockopt(sock, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0 ? -errno : 0;
 }
@@ -591,7 +697,7 @@ static int worker_map(struct uf_worker *w)
 {
     size_t bufs = (size_t)UF_BATCH * UF_FRAME_SIZE;
     size_t smsgs = (size_t)UF_TX_MAX_SEGS * sizeof(struct mmsghdr);
-    size_t saddrs = (size_t)UF_TX_MAX_SEGS * sizeof(struct sockaddr_in);
+    size_t saddrs = (size_t)UF_TX_MAX_SEGS * sizeof(uf_sockaddr);
     size_t scm = (size_t)UF_TX_MAX_SEGS * CMSG_U16_SPACE;
     size_t total = 2 * ALIGN64(bufs) + ALIGN64(smsgs) + ALIGN64(saddrs) + ALIGN64(scm) +
                    ALIGN64(sizeof(uf_tx)) + ALIGN64(sizeof(uf_rx)) + ALIGN64(UF_FRAME_SIZE);
@@ -619,11 +725,33 @@ static int worker_map(struct uf_worker *w)
     return 0;
 }
 
+/* cfg's per-family arrays: index 0 holds IPv4 or nothing, index 1 IPv6 or nothing. */
+static int check_families(const uf_dp_config *cfg)
+{
+    int binds = 0, nets = 0;
+    for (int f = 0; f < 2; f++) {
+        const int fam = f ? UF_AF_INET6 : UF_AF_INET;
+        if (cfg->bind[f].family) {
+            if (cfg->bind[f].family != fam)
+                return -EINVAL;
+            binds++;
+        }
+        const uf_net *n = &cfg->net[f];
+        if (!n->addr.family)
+            continue;
+        if (n->addr.family != fam || n->plen < 0 || n->plen > (f ? 128 : 32) ||
+            cfg->icmp_source[f].family != fam)
+            return -EINVAL;
+        nets++;
+    }
+    return binds && nets ? 0 : -EINVAL;
+}
+
 int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
 {
     if (!cfg || !out || !cfg->table || cfg->queues < 1 || cfg->queues > UF_TUN_MAX_QUEUES)
         return -EINVAL;
-    if (cfg->plen < 0 || cfg->plen > 32 || cfg->mtu < 68 || cfg->mtu > 65535 - 28)
+    if (check_families(cfg) || cfg->mtu < 68 || cfg->mtu > 65535 - 28)
         return -EINVAL;
     if ((cfg->gro_coalesce || cfg->tun_uso) && !cfg->vnet_hdr)
         return -EINVAL;
@@ -641,8 +769,9 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         return -ENOMEM;
     dp->cfg = *cfg;
     dp->efd = -1;
-    for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
-        dp->socks[i] = -1;
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
+            dp->socks[f][i] = -1;
     int rc = 0;
     dp->nworkers = cfg->queues;
     if (posix_memalign((void **)&dp->workers, 64, sizeof(struct uf_worker) * (size_t)dp->nworkers)) {
@@ -655,18 +784,19 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         rc = -errno;
         goto fail;
     }
-    for (int q = 0; q < cfg->queues; q++) {
-        rc = open_socket(cfg, &dp->socks[q]);
-        if (rc)
+    for (int f = 0; f < 2; f++) {
+        if (!cfg->bind[f].family)
+            continue;
+        for (int q = 0; q < cfg->queues; q++) {
+            rc = open_socket(cfg, f, &dp->socks[f][q]);
+            if (rc)
+                goto fail;
+        }
+        if (cfg->queues > 1 && (rc = attach_reuseport_bpf(dp->socks[f][0], cfg->queues)) != 0)
             goto fail;
     }
-    if (cfg->queues > 1 && (rc = attach_reuseport_bpf(dp->socks[0], cfg->queues)) != 0)
-        goto fail;
-    const uf_pipe_cfg pipe = {
+    uf_pipe_cfg pipe = {
         .table = cfg->table,
-        .network = cfg->network,
-        .plen = cfg->plen,
-        .icmp_source = cfg->icmp_source,
         .mtu = cfg->mtu,
         .vnet_hdr = cfg->vnet_hdr,
         .udp_segment = cfg->udp_segment,
@@ -674,13 +804,19 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         .gro_tcp = cfg->gro_coalesce,
         .gro_udp = cfg->tun_uso,
     };
+    for (int f = 0; f < 2; f++) {
+        pipe.net[f] = cfg->net[f];
+        pipe.icmp_source[f] = cfg->icmp_source[f];
+        pipe.outer[f] = cfg->bind[f].family != 0;
+    }
     for (int i = 0; i < dp->nworkers; i++) {
         struct uf_worker *w = &dp->workers[i];
         w->dp = dp;
         w->pipe = pipe;
         w->queue = i;
         w->tun_fd = cfg->tun_fds[i];
-        w->sock = dp->socks[i];
+        w->sock[0] = dp->socks[0][i];
+        w->sock[1] = dp->socks[1][i];
         rc = worker_map(w);
         if (rc)
             goto fail;
@@ -750,9 +886,10 @@ void uf_dp_free(uf_dp *dp)
     if (!dp)
         return;
     uf_dp_stop(dp);
-    for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
-        if (dp->socks[i] >= 0)
-            close(dp->socks[i]);
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
+            if (dp->socks[f][i] >= 0)
+                close(dp->socks[f][i]);
     if (dp->efd >= 0)
         close(dp->efd);
     for (int i = 0; i < dp->nworkers; i++)

@@ -1,14 +1,18 @@
 /* loop.h - the data path's threads: the only code that makes system calls on packets.
  *
  * One worker thread per TUN queue serves both directions; queue i owns TUN fd
- * i and UDP socket i (with several queues the sockets share the port through
- * SO_REUSEPORT, and a classic BPF program picks the socket by the inner
- * addresses and ports, so each flow stays on one worker). The worker sleeps in
- * poll() on its TUN fd, its socket and the data path's eventfd, then:
+ * i and UDP socket i of each underlay family in use (an IPv4 socket bound to
+ * the PublicIP's interface address, an IPv6 one to the IPv6 address; either
+ * or both). With several queues the sockets of one family share the port
+ * through SO_REUSEPORT, and a classic BPF program picks the socket by the
+ * inner addresses and ports (IPv4 or IPv6), so each flow stays on one worker.
+ * The worker sleeps in poll() on its TUN fd, its sockets and the data path's
+ * eventfd, then:
  *
  *   TUN readable:    read() frames (one, or while the TUN stays busy up to
  *                    UF_BATCH) -> uf_tx_batch (pipeline.h) -> sendmmsg() the
- *                    messages, write the ICMP errors back to the TUN;
+ *                    messages (one call per run of peers of one family, on
+ *                    that family's socket), write the ICMP errors back to the TUN;
  *   socket readable: one recvmmsg() of up to UF_BATCH datagrams (UDP_GRO: each
  *                    may hold many) -> uf_rx_batch -> writev() each TUN write.
  *
@@ -56,11 +60,10 @@ typedef struct uf_dp_config {
     int tun_uso;           /* coalesce UDP datagrams into GSO_UDP_L4 TUN writes (needs vnet_hdr) */
     int busy_poll_us;      /* keep polling this long after the last packet before sleeping; 0 = off */
     int pin_cpus;          /* pin worker i to the i-th allowed CPU */
-    uint32_t bind_addr;    /* host order */
+    uf_addr bind[2];       /* [0] IPv4, [1] IPv6 underlay address to bind; family 0 = no socket */
     uint16_t port;
-    uint32_t network;      /* overlay network, host order */
-    int plen;
-    uint32_t icmp_source;  /* source of ICMP errors we generate */
+    uf_net net[2];         /* [0] IPv4, [1] IPv6 overlay network; family 0 = not routed */
+    uf_addr icmp_source[2];/* source of the ICMP / ICMPv6 errors we generate, per family */
     uint32_t mtu;          /* largest inner packet, = TUN MTU */
     int sock_buf;          /* SO_SNDBUF/SO_RCVBUF bytes; 0 = UF_SOCK_BUF_DEFAULT */
     uf_table *table;       /* read lock-free; must outlive the data path */
@@ -68,7 +71,8 @@ typedef struct uf_dp_config {
 
 /* Validate cfg (and make the TUN fds non-blocking), create and bind the UDP
  * sockets and the eventfd, map the buffers. 0 or -errno (-EINVAL bad
- * config, -EBADF bad TUN fd, -EADDRINUSE, ...). */
+ * config: no bind address, a network without an ICMP source of its family,
+ * ...; -EBADF bad TUN fd, -EADDRINUSE, ...). */
 int uf_dp_new(const uf_dp_config *cfg, uf_dp **out);
 /* Start the worker threads. 0, -EALREADY if running, -ESHUTDOWN after stop. */
 int uf_dp_start(uf_dp *dp);

@@ -1,4 +1,4 @@
-/* offload.c - TSO splitting and GRO coalescing for TUN offloads (see offload.h). */
+/* offload.c - TSO/USO splitting and GRO coalescing for TUN offloads, IPv4 and IPv6 (see offload.h). */
 #include "offload.h"
 #include "packet.h"
 #include "internal.h"
@@ -15,13 +15,14 @@
 #define TCP_URG 0x20
 #define TCP_ECE 0x40
 #define TCP_CWR 0x80
-#define PROTO_TCP 6
-#define PROTO_UDP 17
+#define PROTO_TCP UF_PROTO_TCP
+#define PROTO_UDP UF_PROTO_UDP
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 _Static_assert(ARRAY_LEN(((uf_gro *)0)->pay) == UF_GSO_MAX_SEGS, "uf_gro.pay holds UF_GSO_MAX_SEGS");
 _Static_assert(ARRAY_LEN(((uf_gro *)0)->pay_len) == UF_GSO_MAX_SEGS, "uf_gro.pay_len holds UF_GSO_MAX_SEGS");
-_Static_assert(UF_SEG_HDR_MAX >= 60 + 60, "a segment header is at most 60 (IP) + 60 (TCP) bytes");
+_Static_assert(UF_SEG_HDR_MAX >= 60 + 60, "a segment header is at most 60 (IPv4) + 60 (TCP) bytes");
+_Static_assert(UF_SEG_HDR_MAX >= UF_IPV6_HDR + 60, "or 40 (IPv6) + 60 (TCP) bytes");
 
 void uf_vnet_decode(const uint8_t *raw, uf_vnet_hdr *h)
 {
@@ -56,49 +57,66 @@ int uf_vnet_finish_csum(const uf_vnet_hdr *h, uint8_t *pkt, size_t len)
     return UF_PASS;
 }
 
+/* One's-complement sum of the pseudo-header of a TCP/UDP packet of l4len bytes
+ * (IPv4 or IPv6: the addresses, the protocol, the L4 length). */
 static uint32_t pseudo_sum(const uint8_t *ip, uint8_t proto, size_t l4len)
 {
-    uint32_t s = uf_csum_add(ip + 12, 8, 0);
+    int v = ip_ver(ip);
+    uint32_t s = uf_csum_add(ip + ip_src_off(v), 2 * ip_alen(v), 0);
     return s + proto + (uint32_t)l4len;
 }
 
-/* Segment an IPv4 super-packet of protocol proto (TCP or UDP): each segment's
- * IPv4 header (length, ID + i, checksum) and TCP header (sequence number,
- * FIN/PSH only on the last, CWR only on the first) or UDP header (length),
- * with a full L4 checksum over header and payload, go to hdrs back to back. */
-static int gso4_segment(const uf_vnet_hdr *h, uint8_t proto, const uint8_t *pkt, size_t len,
-                        uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
+/* The L4 protocol a virtio-net GSO type asks for in a packet of IP version v, or 0. */
+static uint8_t gso_proto(const uf_vnet_hdr *h, int v)
 {
-    if (h->gso_size == 0 || uf_pkt_check(pkt, len) != UF_PASS || pkt[9] != proto)
+    if (h->gso_type == UF_VNET_GSO_UDP_L4)
+        return PROTO_UDP;
+    int t = h->gso_type & ~UF_VNET_GSO_ECN;
+    if ((t == UF_VNET_GSO_TCPV4 && v == 4) || (t == UF_VNET_GSO_TCPV6 && v == 6))
+        return PROTO_TCP;
+    return 0;
+}
+
+int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                   uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
+{
+    if (h->gso_size == 0 || uf_pkt_check(pkt, len) != UF_PASS)
         return -UF_C_DROP_BAD_GSO;
-    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
-    size_t tot = rd16(pkt + 2);
+    const int v = ip_ver(pkt);
+    const uint8_t proto = gso_proto(h, v);
+    /* IPv6: the L4 header must follow the fixed header (no extension headers) */
+    if (!proto || ip_proto(pkt) != proto)
+        return -UF_C_DROP_BAD_GSO;
+    size_t iphl = ip_hlen(pkt);
+    size_t tot = ip_tot(pkt);
     if (tot < len)
-        len = tot;  /* ignore trailing bytes beyond the IP total length */
-    if (ihl + (proto == PROTO_TCP ? 20 : 8) > len)
+        len = tot;  /* ignore trailing bytes beyond the IP length */
+    if (iphl + (proto == PROTO_TCP ? 20 : 8) > len)
         return -UF_C_DROP_BAD_GSO;
-    size_t l4hl = proto == PROTO_TCP ? (size_t)(pkt[ihl + 12] >> 4) * 4u : 8;
-    if (l4hl < 8 || ihl + l4hl > len || (proto == PROTO_TCP && l4hl < 20))
+    size_t l4hl = proto == PROTO_TCP ? (size_t)(pkt[iphl + 12] >> 4) * 4u : 8;
+    if (l4hl < 8 || iphl + l4hl > len || (proto == PROTO_TCP && l4hl < 20))
         return -UF_C_DROP_BAD_GSO;
-    size_t hl = ihl + l4hl, payload = len - hl, mss = h->gso_size;
+    size_t hl = iphl + l4hl, payload = len - hl, mss = h->gso_size;
     size_t nsegs = payload == 0 ? 1 : (payload + mss - 1) / mss;
     if (nsegs > maxsegs || hdrcap < nsegs * hl)
         return -ENOSPC;
 
-    uint16_t id0 = rd16(pkt + 4);
-    uint32_t seq0 = proto == PROTO_TCP ? rd32(pkt + ihl + 4) : 0;
-    uint8_t flags0 = proto == PROTO_TCP ? pkt[ihl + 13] : 0;
+    uint16_t id0 = v == 4 ? rd16(pkt + 4) : 0;
+    uint32_t seq0 = proto == PROTO_TCP ? rd32(pkt + iphl + 4) : 0;
+    uint8_t flags0 = proto == PROTO_TCP ? pkt[iphl + 13] : 0;
     /* addresses + protocol, shared by every segment's pseudo-header */
-    uint32_t addr_sum = uf_csum_add(pkt + 12, 8, 0) + proto;
+    uint32_t addr_sum = pseudo_sum(pkt, proto, 0);
     size_t off = 0;
     for (size_t i = 0; i < nsegs; i++) {
         size_t plen = payload - off < mss ? payload - off : mss;
-        uint8_t *o = hdrs + i * hl, *l4 = o + ihl;
+        uint8_t *o = hdrs + i * hl, *l4 = o + iphl;
         memcpy(o, pkt, hl);
-        wr16(o + 2, (uint16_t)(hl + plen));
-        wr16(o + 4, (uint16_t)(id0 + i));
-        o[10] = o[11] = 0;
-        wr16(o + 10, uf_checksum(o, ihl));
+        ip_set_tot(o, hl + plen);
+        if (v == 4) {
+            wr16(o + 4, (uint16_t)(id0 + i));
+            o[10] = o[11] = 0;
+            wr16(o + 10, uf_checksum(o, iphl));
+        }
         size_t csum_at;
         if (proto == PROTO_TCP) {
             wr32(l4 + 4, seq0 + (uint32_t)off);
@@ -118,7 +136,7 @@ static int gso4_segment(const uf_vnet_hdr *h, uint8_t proto, const uint8_t *pkt,
         cs = uf_csum_add(pkt + hl + off, plen, cs);
         uint16_t c = (uint16_t)~uf_csum_fold(cs);
         if (proto == PROTO_UDP && c == 0)
-            c = 0xffffu;   /* 0 means "no checksum" in UDP/IPv4 */
+            c = 0xffffu;   /* 0 means "no checksum" (IPv4) and is invalid (IPv6) */
         wr16(l4 + csum_at, c);
         segs[i].hdr_off = (uint32_t)(i * hl);
         segs[i].hdr_len = (uint16_t)hl;
@@ -129,37 +147,13 @@ static int gso4_segment(const uf_vnet_hdr *h, uint8_t proto, const uint8_t *pkt,
     return (int)nsegs;
 }
 
-int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
-{
-    if ((h->gso_type & ~UF_VNET_GSO_ECN) != UF_VNET_GSO_TCPV4)
-        return -UF_C_DROP_BAD_GSO;
-    return gso4_segment(h, PROTO_TCP, pkt, len, hdrs, hdrcap, segs, maxsegs);
-}
-
-int uf_uso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
-{
-    if (h->gso_type != UF_VNET_GSO_UDP_L4)
-        return -UF_C_DROP_BAD_GSO;
-    return gso4_segment(h, PROTO_UDP, pkt, len, hdrs, hdrcap, segs, maxsegs);
-}
-
-int uf_gso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs)
-{
-    if (h->gso_type == UF_VNET_GSO_UDP_L4)
-        return uf_uso4_segment(h, pkt, len, hdrs, hdrcap, segs, maxsegs);
-    return uf_tso4_segment(h, pkt, len, hdrs, hdrcap, segs, maxsegs);
-}
-
-int uf_gso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                  uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs)
+int uf_gso_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                 uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs)
 {
     enum { MAXS = 256 };
     uf_seg segs[MAXS];
     uint8_t hdrs[MAXS * UF_SEG_HDR_MAX];
-    int n = uf_gso4_segment(h, pkt, len, hdrs, sizeof(hdrs), segs, maxsegs < MAXS ? maxsegs : MAXS);
+    int n = uf_gso_segment(h, pkt, len, hdrs, sizeof(hdrs), segs, maxsegs < MAXS ? maxsegs : MAXS);
     if (n < 0)
         return n;
     size_t need = 0;
@@ -181,62 +175,87 @@ int uf_gso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
 
 int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
 {
-    if (len < 28 || pkt[0] != 0x45)
+    if (len < UF_IPV4_MIN_HEADER + 8)
         return 0;
-    if (rd16(pkt + 6) & 0x3fffu)   /* MF or fragment offset */
+    const int v = ip_ver(pkt);
+    size_t iphl;
+    if (v == 4) {
+        if (pkt[0] != 0x45)            /* no IP options */
+            return 0;
+        if (rd16(pkt + 6) & 0x3fffu)   /* MF or fragment offset */
+            return 0;
+        /* the super-packet gets a fresh header checksum: never let a bad one in
+         * (the kernel would drop it; coalescing must not "repair" it) */
+        if (rd16(pkt + 2) != len || !uf_ip4_csum_ok(pkt))
+            return 0;
+        iphl = UF_IPV4_MIN_HEADER;
+    } else if (v == 6) {
+        if (len < UF_IPV6_HDR + 8 || UF_IPV6_HDR + (size_t)rd16(pkt + 4) != len)
+            return 0;
+        iphl = UF_IPV6_HDR;
+    } else {
         return 0;
-    if (rd16(pkt + 2) != len)
-        return 0;
-    /* the super-packet gets a fresh header checksum: never let a bad one in
-     * (the kernel would drop it; coalescing must not "repair" it) */
-    if (!uf_ip4_csum_ok(pkt))
-        return 0;
-    const uint8_t *l4 = pkt + 20;
+    }
+    const uint8_t *l4 = pkt + iphl;
+    const uint8_t proto = ip_proto(pkt);   /* IPv6: extension headers are not TCP/UDP */
     int type;
-    if (pkt[9] == PROTO_TCP) {
-        if (len < 40)
+    if (proto == PROTO_TCP) {
+        if (len < iphl + 20)
             return 0;
         size_t thl = (size_t)(l4[12] >> 4) * 4u;
-        if (thl < 20 || 20 + thl >= len)   /* needs payload */
+        if (thl < 20 || iphl + thl >= len)   /* needs payload */
             return 0;
         if ((l4[13] & ~TCP_PSH) != TCP_ACK)
             return 0;
-        type = UF_VNET_GSO_TCPV4;
-    } else if (pkt[9] == PROTO_UDP && udp) {
-        if (rd16(l4 + 4) != len - 20 || len == 28)   /* UDP length consistent, payload */
+        type = v == 4 ? UF_VNET_GSO_TCPV4 : UF_VNET_GSO_TCPV6;
+    } else if (proto == PROTO_UDP && udp) {
+        if (rd16(l4 + 4) != len - iphl || len == iphl + 8)   /* UDP length consistent, payload */
             return 0;
-        if (rd16(l4 + 6) == 0)                        /* no checksum: nothing to verify */
+        if (rd16(l4 + 6) == 0)                                /* no checksum: nothing to verify */
             return 0;
         type = UF_VNET_GSO_UDP_L4;
     } else {
         return 0;
     }
     /* verify the L4 checksum: the super-packet will claim CHECKSUM_PARTIAL */
-    uint32_t s = pseudo_sum(pkt, pkt[9], len - 20);
-    s = uf_csum_add(l4, len - 20, s);
+    uint32_t s = pseudo_sum(pkt, proto, len - iphl);
+    s = uf_csum_add(l4, len - iphl, s);
     return uf_csum_fold(s) == 0xffffu ? type : 0;
 }
 
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len)
 {
-    const uint8_t *l4 = pkt + 20;
+    const size_t iphl = ip_ver(pkt) == 6 ? UF_IPV6_HDR : UF_IPV4_MIN_HEADER;
+    const uint8_t *l4 = pkt + iphl;
     g->head = pkt;
     g->head_len = len;
     g->len = len;
     g->segs = 1;
-    if (pkt[9] == PROTO_UDP) {
+    g->iphl = (uint8_t)iphl;
+    if (ip_proto(pkt) == PROTO_UDP) {
         g->gso_type = UF_VNET_GSO_UDP_L4;
-        g->hdrlen = 28;
+        g->hdrlen = (uint16_t)(iphl + 8);
         g->closed = 0;
         g->next_seq = 0;
     } else {
         size_t thl = (size_t)(l4[12] >> 4) * 4u;
-        g->gso_type = UF_VNET_GSO_TCPV4;
-        g->hdrlen = (uint16_t)(20 + thl);
+        g->gso_type = iphl == UF_IPV6_HDR ? UF_VNET_GSO_TCPV6 : UF_VNET_GSO_TCPV4;
+        g->hdrlen = (uint16_t)(iphl + thl);
         g->closed = (l4[13] & TCP_PSH) ? 1 : 0;
-        g->next_seq = rd32(l4 + 4) + (uint32_t)(len - 20 - thl);
+        g->next_seq = rd32(l4 + 4) + (uint32_t)(len - iphl - thl);
     }
     g->gso_size = (uint16_t)(len - g->hdrlen);
+}
+
+/* b may join a's flow as far as the IP headers go: same version and protocol,
+ * addresses; IPv4: TOS, TTL, DF; IPv6: traffic class and flow label, hop limit. */
+static int same_ip_flow(const uint8_t *a, const uint8_t *b)
+{
+    if (ip_ver(a) != ip_ver(b) || ip_proto(a) != ip_proto(b))
+        return 0;
+    if (ip_ver(a) == 6)
+        return !memcmp(a, b, 4) && a[7] == b[7] && !memcmp(a + 8, b + 8, 32);
+    return !memcmp(a + 12, b + 12, 8) && a[1] == b[1] && a[8] == b[8] && !((a[6] ^ b[6]) & 0x40);
 }
 
 int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len)
@@ -244,33 +263,31 @@ int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len)
     if (!g->head || g->closed)
         return 0;
     const uint8_t *a = g->head, *b = pkt;
-    const uint8_t *ta = a + 20, *tb = b + 20;
-    if (a[9] != b[9])
+    if (!same_ip_flow(a, b))
         return 0;
-    size_t hl = b[9] == PROTO_UDP ? 28 : 20 + (size_t)(tb[12] >> 4) * 4u;
+    const size_t iphl = g->iphl;
+    const uint8_t *ta = a + iphl, *tb = b + iphl;
+    size_t hl = ip_proto(b) == PROTO_UDP ? iphl + 8 : iphl + (size_t)(tb[12] >> 4) * 4u;
     size_t plen = len - hl;
     if (hl != g->hdrlen || plen > g->gso_size)
         return 0;
     if (g->len + plen > UF_GRO_MAX_LEN || g->segs >= UF_GSO_MAX_SEGS)
         return 0;
-    /* same addresses, ports; same TOS, TTL, DF */
-    if (memcmp(a + 12, b + 12, 8) || memcmp(ta, tb, 4))
-        return 0;
-    if (a[1] != b[1] || a[8] != b[8] || ((a[6] ^ b[6]) & 0x40))
+    if (memcmp(ta, tb, 4))   /* same ports */
         return 0;
     int last = plen < g->gso_size;
-    if (g->gso_type == UF_VNET_GSO_TCPV4) {
+    if (g->gso_type != UF_VNET_GSO_UDP_L4) {
         /* in order; same ack, window and options */
         if (rd32(tb + 4) != g->next_seq)
             return 0;
         if (memcmp(ta + 8, tb + 8, 4) || memcmp(ta + 14, tb + 14, 2))
             return 0;
-        if (hl > 40 && memcmp(ta + 20, tb + 20, hl - 40))
+        if (hl > iphl + 20 && memcmp(ta + 20, tb + 20, hl - iphl - 20))
             return 0;
         g->next_seq += (uint32_t)plen;
         if (tb[13] & TCP_PSH) {
             last = 1;
-            g->head[20 + 13] |= TCP_PSH;
+            g->head[iphl + 13] |= TCP_PSH;
         }
     }
     g->pay[g->segs - 1] = b + hl;
@@ -290,21 +307,24 @@ size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h)
     if (g->segs <= 1)
         return g->len;   /* untouched original packet, valid checksums */
     uint8_t *p = g->head;
-    wr16(p + 2, (uint16_t)g->len);
-    p[10] = p[11] = 0;
-    wr16(p + 10, uf_checksum(p, 20));
+    const size_t iphl = g->iphl;
+    ip_set_tot(p, g->len);
+    if (ip_ver(p) == 4) {
+        p[10] = p[11] = 0;
+        wr16(p + 10, uf_checksum(p, iphl));
+    }
     h->flags = UF_VNET_F_NEEDS_CSUM;
     h->gso_type = g->gso_type;
     h->hdr_len = g->hdrlen;
     h->gso_size = g->gso_size;
-    h->csum_start = 20;
+    h->csum_start = (uint16_t)iphl;
     if (g->gso_type == UF_VNET_GSO_UDP_L4) {
-        wr16(p + 20 + 4, (uint16_t)(g->len - 20));
+        wr16(p + iphl + 4, (uint16_t)(g->len - iphl));
         h->csum_offset = 6;
-        wr16(p + 20 + 6, uf_csum_fold(pseudo_sum(p, PROTO_UDP, g->len - 20)));
+        wr16(p + iphl + 6, uf_csum_fold(pseudo_sum(p, PROTO_UDP, g->len - iphl)));
     } else {
         h->csum_offset = 16;
-        wr16(p + 20 + 16, uf_csum_fold(pseudo_sum(p, PROTO_TCP, g->len - 20)));
+        wr16(p + iphl + 16, uf_csum_fold(pseudo_sum(p, PROTO_TCP, g->len - iphl)));
     }
     return g->len;
 }

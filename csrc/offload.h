@@ -1,20 +1,27 @@
-/* offload.h - pure super-packet logic for TUN offloads (virtio-net header).
+/* offload.h - pure super-packet logic for TUN offloads (virtio-net header), IPv4 and IPv6.
  *
- * TX (TUN -> UDP): with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4
- * [|TUN_F_USO4]) the kernel hands us TCP (and UDP) super-packets of up to
- * 64 KiB with a virtio-net header. uf_tso4_segment / uf_uso4_segment cut one
- * into gso_size-sized IPv4 packets with correct lengths, IDs, sequence
- * numbers, flags and checksums (all but the last the same size, which is
- * what UDP_SEGMENT wants); only the headers are written, payloads stay in
- * place. uf_vnet_finish_csum completes a CHECKSUM_PARTIAL packet that is not GSO.
+ * TX (TUN -> UDP): with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|
+ * TUN_F_TSO6[|TUN_F_USO4|TUN_F_USO6]) the kernel hands us TCP (and UDP)
+ * super-packets of up to 64 KiB with a virtio-net header. uf_gso_segment cuts
+ * one into gso_size-sized packets with correct lengths, IDs (IPv4), sequence
+ * numbers, flags and checksums (all but the last the same size, which is what
+ * UDP_SEGMENT wants); only the headers are written, payloads stay in place.
+ * uf_vnet_finish_csum completes a CHECKSUM_PARTIAL packet that is not GSO.
  *
  * RX (UDP -> TUN): uf_gro_* coalesces consecutive segments of one TCP flow
  * (in order) or one UDP flow (equal sizes) into a single super-packet with a
- * GSO_TCPV4 / GSO_UDP_L4 virtio-net header, so one TUN write delivers many
- * segments (the receiving kernel segments or consumes it whole). Each
- * segment's IPv4 header checksum and L4 checksum are verified before it may
- * join, because the written super-packet gets a fresh IP header checksum and
- * carries CHECKSUM_PARTIAL: a corrupt segment must never be "repaired".
+ * GSO_TCPV4 / GSO_TCPV6 / GSO_UDP_L4 virtio-net header, so one TUN write
+ * delivers many segments (the receiving kernel segments or consumes it whole).
+ * Each segment's IPv4 header checksum and L4 checksum are verified before it
+ * may join, because the written super-packet gets a fresh IP header checksum
+ * and carries CHECKSUM_PARTIAL: a corrupt segment must never be "repaired".
+ *
+ * One code path for both IP versions: the version nibble says where the
+ * addresses and the length field are. IPv6 super-packets are split and
+ * coalesced only when TCP/UDP follows the fixed header directly: a
+ * super-packet with extension headers is dropped (drop_bad_gso; the kernel
+ * does not build those for TUN), and such packets on receive are written
+ * one by one.
  *
  * No file descriptors, no allocation: buffers belong to the caller.
  */
@@ -30,11 +37,12 @@
 #define UF_VNET_F_NEEDS_CSUM 1
 #define UF_VNET_GSO_NONE 0
 #define UF_VNET_GSO_TCPV4 1
+#define UF_VNET_GSO_TCPV6 4
 #define UF_VNET_GSO_UDP_L4 5
 #define UF_VNET_GSO_ECN 128
 #define UF_GSO_MAX_SEGS 64
 #define UF_GRO_MAX_LEN 65535
-#define UF_SEG_HDR_MAX 120          /* IPv4 header (<= 60) + TCP header (<= 60) of one segment */
+#define UF_SEG_HDR_MAX 120          /* IP header (IPv4 <= 60, IPv6 40) + TCP header (<= 60) of one segment */
 
 /* struct virtio_net_hdr (legacy, native byte order), decoded. */
 typedef struct uf_vnet_hdr {
@@ -63,27 +71,23 @@ typedef struct uf_seg {
     uint16_t pay_len;   /* payload bytes (<= gso_size) */
 } uf_seg;
 
-/* Segment an IPv4/TCP super-packet (gso_type TCPV4) into packets of at most
- * gso_size payload bytes: each segment's headers (lengths, IP ID + i, IP
- * checksum, sequence number, FIN/PSH only on the last and CWR only on the
- * first, full TCP checksum over header and payload) are written to hdrs
- * back to back; segs[i] says where its headers and payload are. Returns the
- * number of segments (>= 1), -UF_C_DROP_BAD_GSO (malformed, not TCPv4, not
- * a plain TCPV4 GSO type) or -ENOSPC (hdrs or segs too small). */
-int uf_tso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
-/* The same for an IPv4/UDP super-packet (gso_type UDP_L4): IP length, ID + i
- * and checksum, UDP length and full UDP checksum per segment. */
-int uf_uso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
-/* uf_tso4_segment or uf_uso4_segment by h->gso_type (-UF_C_DROP_BAD_GSO for others). */
-int uf_gso4_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                    uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
+/* Segment a TCP super-packet (gso_type TCPV4 with an IPv4 packet, TCPV6 with
+ * an IPv6 one, either with the ECN flag) or a UDP one (UDP_L4, either
+ * version) into packets of at most gso_size payload bytes: each segment's
+ * headers go to hdrs back to back -- IP length (and IPv4 ID + i and header
+ * checksum), TCP sequence number with FIN/PSH only on the last and CWR only
+ * on the first, or UDP length, and a full L4 checksum over header and
+ * payload; segs[i] says where its headers and payload are. Returns the number
+ * of segments (>= 1), -UF_C_DROP_BAD_GSO (malformed, a GSO type that does not
+ * fit the packet's version and protocol, IPv6 extension headers) or -ENOSPC
+ * (hdrs or segs too small). */
+int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                   uint8_t *hdrs, size_t hdrcap, uf_seg *segs, size_t maxsegs);
 
 /* The same, copying: segments written back to back into out (all but the
  * last the same size, what UDP_SEGMENT wants), their lengths in seglens. */
-int uf_gso4_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
-                  uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs);
+int uf_gso_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
+                 uint8_t *out, size_t outcap, uint16_t *seglens, size_t maxsegs);
 
 /* Coalescing state for one super-packet: the first segment (whose headers
  * become the super-packet's, patched in place by uf_gro_finish) and the
@@ -98,17 +102,19 @@ typedef struct uf_gro {
     uint16_t gso_size;             /* payload size of the first segment */
     uint16_t segs;                 /* segments coalesced */
     uint16_t hdrlen;               /* IP + TCP/UDP header bytes */
-    uint8_t gso_type;              /* UF_VNET_GSO_TCPV4 or UF_VNET_GSO_UDP_L4 */
+    uint8_t iphl;                  /* IP header bytes: 20 (IPv4) or 40 (IPv6) */
+    uint8_t gso_type;              /* UF_VNET_GSO_TCPV4, _TCPV6 or _UDP_L4 */
     uint8_t closed;                /* a short segment or PSH ended it */
     uint32_t next_seq;             /* TCP: sequence number the next segment must have */
 } uf_gro;
 
 /* Whether pkt (already checked) may take part in coalescing, and as what:
- * UF_VNET_GSO_TCPV4 for a TCP/IPv4 segment with only ACK (and PSH) set,
- * UF_VNET_GSO_UDP_L4 (only if udp is non-zero) for a UDP/IPv4 datagram with a
- * non-zero UDP checksum and consistent lengths; 0 otherwise. Both need: no IP
- * options, not a fragment, IP total length == len, non-empty payload, a valid
- * IPv4 header checksum and a valid L4 checksum. */
+ * UF_VNET_GSO_TCPV4 / UF_VNET_GSO_TCPV6 for a TCP segment with only ACK (and
+ * PSH) set, UF_VNET_GSO_UDP_L4 (only if udp is non-zero) for a UDP datagram
+ * with a non-zero UDP checksum and consistent lengths; 0 otherwise. All need:
+ * the IP length == len, non-empty payload, a valid L4 checksum; IPv4 also no
+ * options, not a fragment and a valid header checksum; IPv6 the L4 header
+ * right after the fixed header (no extension headers). */
 int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp);
 /* Start a new super-packet with an eligible pkt (kept by reference). */
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
@@ -116,8 +122,8 @@ void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
  * larger than the first): 1 appended, 0 not. */
 int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len);
 /* Finish g: when more than one segment was coalesced, patch the head's IP
- * length and checksum (and the UDP length), put the pseudo-header sum in
- * the L4 checksum field and fill *h for a GSO_TCPV4 / GSO_UDP_L4 write;
+ * length (and IPv4 header checksum, UDP length), put the pseudo-header sum in
+ * the L4 checksum field and fill *h for a GSO_TCPV4/TCPV6/UDP_L4 write;
  * otherwise the head is untouched and *h is all zero. Returns the
  * super-packet's length. */
 size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h);

@@ -136,15 +136,28 @@ int uf_pkt_check(const uint8_t *pkt, size_t len)
 {
     if (len < UF_IPV4_MIN_HEADER)
         return UF_C_DROP_SHORT;
-    if ((pkt[0] >> 4) != 4)
-        return UF_C_DROP_NOT_IPV4;
-    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
-    size_t tot = rd16(pkt + 2);
-    if (ihl < UF_IPV4_MIN_HEADER || ihl > len || tot < ihl)
-        return UF_C_DROP_BAD_HEADER;
-    if (tot > len)
-        return UF_C_DROP_SHORT;
-    return UF_PASS;
+    switch (ip_ver(pkt)) {
+    case 4: {
+        size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
+        size_t tot = rd16(pkt + 2);
+        if (ihl < UF_IPV4_MIN_HEADER || ihl > len || tot < ihl)
+            return UF_C_DROP_BAD_HEADER;
+        return tot > len ? UF_C_DROP_SHORT : UF_PASS;
+    }
+    case 6:
+        /* payload length 0 is a packet of 40 bytes (a jumbogram would be larger
+         * than any buffer here, so its hop-by-hop option is never needed) */
+        if (len < UF_IPV6_HEADER || UF_IPV6_HEADER + (size_t)rd16(pkt + 4) > len)
+            return UF_C_DROP_SHORT;
+        return UF_PASS;
+    default:
+        return UF_C_DROP_BAD_VERSION;
+    }
+}
+
+size_t uf_pkt_len(const uint8_t *pkt)
+{
+    return ip_tot(pkt);
 }
 
 int uf_ip4_csum_ok(const uint8_t *pkt)
@@ -155,9 +168,12 @@ int uf_ip4_csum_ok(const uint8_t *pkt)
 int uf_pkt_dec_ttl(uint8_t *pkt, size_t len)
 {
     (void)len;
-    if (pkt[8] <= 1)
+    uint8_t *hop = pkt + ip_hop_off(ip_ver(pkt));
+    if (*hop <= 1)
         return UF_C_DROP_TTL;
-    pkt[8]--;
+    (*hop)--;
+    if (ip_ver(pkt) == 6)
+        return UF_PASS;  /* no header checksum */
     /* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); the TTL is the high byte of
      * the 16-bit word at offset 8, so m - m' = 0x0100. */
     uint32_t hc = rd16(pkt + 10);
@@ -166,11 +182,69 @@ int uf_pkt_dec_ttl(uint8_t *pkt, size_t len)
     return UF_PASS;
 }
 
+/* IPv6: follow the extension headers of pkt (tot bytes) to the upper-layer
+ * header, at most 8 of them: its protocol and offset, and whether a fragment
+ * header says this is not the first fragment. -1 when the chain leaves the packet. */
+static int ip6_upper(const uint8_t *pkt, size_t tot, size_t *off, int *later_fragment)
+{
+    uint8_t nh = pkt[6];
+    size_t at = UF_IPV6_HDR;
+    *later_fragment = 0;
+    for (int n = 0; n < 8; n++) {
+        size_t hl;
+        switch (nh) {
+        case 0:    /* hop-by-hop options */
+        case 43:   /* routing */
+        case 60:   /* destination options */
+            if (at + 2 > tot)
+                return -1;
+            hl = ((size_t)pkt[at + 1] + 1u) * 8u;
+            break;
+        case 44:   /* fragment */
+            if (at + 8 > tot)
+                return -1;
+            if (rd16(pkt + at + 2) & 0xfff8u)
+                *later_fragment = 1;
+            hl = 8;
+            break;
+        case 51:   /* authentication header */
+            if (at + 2 > tot)
+                return -1;
+            hl = ((size_t)pkt[at + 1] + 2u) * 4u;
+            break;
+        default:
+            *off = at;
+            return nh;
+        }
+        if (at + hl > tot)
+            return -1;
+        nh = pkt[at];
+        at += hl;
+    }
+    return -1;
+}
+
 int uf_icmp_eligible(const uint8_t *pkt, size_t len)
 {
-    if (len < UF_IPV4_MIN_HEADER)
+    if (uf_pkt_check(pkt, len) != UF_PASS)
         return 0;
-    if (pkt[9] == 1 /* ICMP */)
+    if (ip_ver(pkt) == 6) {
+        const uint8_t *src = pkt + 8;
+        if (src[0] == 0xff)  /* multicast */
+            return 0;
+        static const uint8_t unspecified[16];
+        if (!memcmp(src, unspecified, 16))
+            return 0;
+        size_t off = 0;
+        int later = 0, up = ip6_upper(pkt, ip_tot(pkt), &off, &later);
+        if (up < 0 || later)
+            return 0;
+        /* never about an ICMPv6 error message (types 0..127); its type byte must be there */
+        if (up == UF_PROTO_ICMPV6 && (off >= ip_tot(pkt) || pkt[off] < 128))
+            return 0;
+        return 1;
+    }
+    if (pkt[9] == UF_PROTO_ICMP)
         return 0;
     if (rd16(pkt + 6) & 0x1fffu)  /* fragment offset != 0 */
         return 0;
@@ -180,11 +254,39 @@ int uf_icmp_eligible(const uint8_t *pkt, size_t len)
     return 1;
 }
 
-int uf_icmp_net_unreachable(const uint8_t *pkt, size_t len, uint32_t src,
-                            uint8_t *out, size_t outcap)
+/* ICMPv6 destination unreachable, no route (type 1 code 0), quoting as much of
+ * pkt as fits the IPv6 minimum MTU. */
+static int icmp6_unreachable(const uint8_t *pkt, const uf_addr *src, uint8_t *out, size_t outcap)
 {
-    if (uf_pkt_check(pkt, len) != UF_PASS || !uf_icmp_eligible(pkt, len))
+    size_t tot = ip_tot(pkt);
+    size_t quote = tot < UF_ICMP_MAX_LEN - 48u ? tot : UF_ICMP_MAX_LEN - 48u;
+    size_t total = 48u + quote;
+    if (outcap < total)
+        return -ENOSPC;
+    uint8_t *ip = out, *icmp = out + UF_IPV6_HDR;
+    memset(out, 0, 48);
+    ip[0] = 0x60;
+    wr16(ip + 4, (uint16_t)(total - UF_IPV6_HDR));
+    ip[6] = UF_PROTO_ICMPV6;
+    ip[7] = 64;
+    memcpy(ip + 8, src->a, 16);
+    memcpy(ip + 24, pkt + 8, 16);  /* back to the sender */
+    icmp[0] = 1;                   /* destination unreachable */
+    icmp[1] = 0;                   /* no route to destination */
+    memcpy(icmp + 8, pkt, quote);
+    /* checksum over the pseudo-header (addresses, upper-layer length, next header) */
+    size_t mlen = 8u + quote;
+    uint32_t s = uf_csum_add(ip + 8, 32, 0) + (uint32_t)mlen + UF_PROTO_ICMPV6;
+    wr16(icmp + 2, (uint16_t)~uf_csum_fold(uf_csum_add(icmp, mlen, s)));
+    return (int)total;
+}
+
+int uf_icmp_unreachable(const uint8_t *pkt, size_t len, const uf_addr *src, uint8_t *out, size_t outcap)
+{
+    if (!uf_icmp_eligible(pkt, len) || src->family != ip_ver(pkt))
         return -EINVAL;
+    if (ip_ver(pkt) == 6)
+        return icmp6_unreachable(pkt, src, out, outcap);
     size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
     size_t tot = rd16(pkt + 2);
     size_t quote = ihl + 8u;
@@ -199,8 +301,8 @@ int uf_icmp_net_unreachable(const uint8_t *pkt, size_t len, uint32_t src,
     ip[1] = 0xc0;                /* IPTOS_PREC_INTERNETCONTROL, as Linux sends */
     wr16(ip + 2, (uint16_t)total);
     ip[8] = 64;
-    ip[9] = 1;
-    wr32(ip + 12, src);
+    ip[9] = UF_PROTO_ICMP;
+    memcpy(ip + 12, src->a, 4);
     memcpy(ip + 16, pkt + 12, 4);  /* back to the sender */
     wr16(ip + 10, uf_checksum(ip, 20));
     icmp[0] = 3;                 /* destination unreachable */
@@ -210,28 +312,51 @@ int uf_icmp_net_unreachable(const uint8_t *pkt, size_t len, uint32_t src,
     return (int)total;
 }
 
-int uf_tx_route(const uf_table *t, uint32_t network, int plen,
-                const uint8_t *pkt, size_t len, uint32_t *peer)
+int uf_in_net(const uf_net *net, int family, const uint8_t *addr)
+{
+    if (net->addr.family != family || (family != UF_AF_INET && family != UF_AF_INET6))
+        return 0;
+    int plen = net->plen, whole = plen / 8, bits = plen % 8;
+    if (plen < 0 || (size_t)plen > 8u * ip_alen(family))
+        return 0;
+    if (memcmp(addr, net->addr.a, (size_t)whole))
+        return 0;
+    if (bits) {
+        uint8_t m = (uint8_t)(0xffu << (8 - bits));
+        if ((addr[whole] & m) != (net->addr.a[whole] & m))
+            return 0;
+    }
+    return 1;
+}
+
+int uf_dst_in_network(const uint8_t *pkt, const uf_net *nets)
+{
+    int v = ip_ver(pkt);
+    return uf_in_net(&nets[fam_idx(v)], v, pkt + ip_dst_off(v));
+}
+
+int uf_tx_route(const uf_table *t, const uf_net *nets, const uint8_t *pkt, size_t len, uf_addr *peer)
 {
     (void)len;
-    uint32_t dst = rd32(pkt + 16);
-    if ((dst & uf_plen_mask(plen)) != network)
+    int v = ip_ver(pkt);
+    if (!uf_dst_in_network(pkt, nets))
         return UF_C_DROP_OUTSIDE_NETWORK;
-    if (!uf_table_lookup(t, dst, peer, NULL))
+    if (!uf_table_lookup(t, v, pkt + ip_dst_off(v), peer, NULL))
         return UF_C_DROP_NO_ROUTE;
     return UF_PASS;
 }
 
-int uf_dst_in_network(const uint8_t *pkt, uint32_t network, int plen)
+static inline int addr_eq(const uf_addr *a, const uf_addr *b)
 {
-    return (rd32(pkt + 16) & uf_plen_mask(plen)) == network;
+    return a->family == b->family && !memcmp(a->a, b->a, 16);
 }
 
-int uf_rx_accept(const uf_table *t, uint32_t outer_src, const uint8_t *pkt, size_t len)
+int uf_rx_accept(const uf_table *t, const uf_addr *outer_src, const uint8_t *pkt, size_t len)
 {
     (void)len;
-    uint32_t peer;
-    if (uf_table_lookup(t, rd32(pkt + 12), &peer, NULL) && peer == outer_src)
+    int v = ip_ver(pkt);
+    uf_addr peer;
+    if (uf_table_lookup(t, v, pkt + ip_src_off(v), &peer, NULL) && addr_eq(&peer, outer_src))
         return UF_PASS;
     return uf_table_peer_known(t, outer_src) ? UF_C_DROP_SPOOFED_SOURCE : UF_C_DROP_UNKNOWN_PEER;
 }

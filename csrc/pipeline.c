@@ -40,7 +40,7 @@ void uf_tx_init(uf_tx *tx, uint64_t now_ns)
     uf_ratelimit_init(&tx->icmp_rl, UF_ICMP_RATE_PER_SEC, UF_ICMP_BURST, now_ns);
 }
 
-/* The ICMP net-unreachable about pkt, as a TUN write (rate-limited). */
+/* The ICMP net-unreachable / ICMPv6 no-route about pkt, as a TUN write (rate-limited). */
 static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t len,
                     uint64_t now_ns, uint64_t *ctr)
 {
@@ -52,7 +52,7 @@ static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t 
     }
     uint32_t i = tx->nwrites;
     uint8_t *out = tx->icmp + (size_t)i * UF_ICMP_MAX_LEN;
-    int n = uf_icmp_net_unreachable(pkt, len, c->icmp_source, out, UF_ICMP_MAX_LEN);
+    int n = uf_icmp_unreachable(pkt, len, &c->icmp_source[fam_idx(ip_ver(pkt))], out, UF_ICMP_MAX_LEN);
     if (n <= 0)
         return;
     uf_msg *w = &tx->writes[i];
@@ -78,15 +78,15 @@ static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t 
  * empty) for peer: join the last message when it is a UDP_SEGMENT run that
  * can take it, else start a new message; `run` says whether that new
  * message may take further segments. */
-static void tx_add_seg(const uf_pipe_cfg *c, uf_tx *tx, uint32_t peer, void *hdr, size_t hlen,
+static void tx_add_seg(const uf_pipe_cfg *c, uf_tx *tx, const uf_addr *peer, void *hdr, size_t hlen,
                        void *pay, size_t plen, int run)
 {
     uint32_t sl = (uint32_t)(hlen + plen);
     uf_msg *m = tx->nmsgs ? &tx->msgs[tx->nmsgs - 1] : NULL;
-    if (!(m && m->open && m->peer == peer && sl <= m->seg_size && m->segs < UF_UDP_GSO_MAX_SEGS &&
-          m->bytes + sl <= UF_UDP_GSO_MAX_BYTES)) {
+    if (!(m && m->open && !memcmp(&m->peer, peer, sizeof(*peer)) && sl <= m->seg_size &&
+          m->segs < UF_UDP_GSO_MAX_SEGS && m->bytes + sl <= UF_UDP_GSO_MAX_BYTES)) {
         m = &tx->msgs[tx->nmsgs++];
-        m->peer = peer;
+        m->peer = *peer;
         m->first = tx->niov;
         m->niov = 0;
         m->segs = 0;
@@ -127,20 +127,23 @@ static void tx_frame(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *frame, size_t fle
         uf_vnet_decode(frame, &h);
     uint8_t *pkt = frame + vh;
     size_t len = flen - vh;
-    int v = uf_pkt_check(pkt, len);   /* IPv4 only for now: an IPv6 route lookup goes here */
+    int v = uf_pkt_check(pkt, len);
     if (v) {
         ctr[v]++;
         return;
     }
-    uint32_t peer = 0;
-    v = uf_tx_route(c->table, c->network, c->plen, pkt, len, &peer);
+    uf_addr peer;
+    memset(&peer, 0, sizeof(peer));
+    v = uf_tx_route(c->table, c->net, pkt, len, &peer);
+    if (v == UF_PASS && !c->outer[fam_idx(peer.family)])
+        v = UF_C_DROP_NO_ROUTE;   /* a peer we have no socket of its family for */
     if (v) {
         ctr[v]++;
         if (v == UF_C_DROP_NO_ROUTE)
             tx_icmp(c, tx, pkt, len, now_ns, ctr);
         return;
     }
-    size_t tot = rd16(pkt + 2);
+    size_t tot = ip_tot(pkt);
     if (h.gso_type != UF_VNET_GSO_NONE) {
         v = uf_pkt_dec_ttl(pkt, len);
         if (v) {
@@ -148,8 +151,8 @@ static void tx_frame(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *frame, size_t fle
             return;
         }
         uint8_t *hdrs = tx->hdrs + tx->hdr_used;
-        int ns = uf_gso4_segment(&h, pkt, len, hdrs, sizeof(tx->hdrs) - tx->hdr_used, tx->segs,
-                                 UF_TX_FRAME_SEGS);
+        int ns = uf_gso_segment(&h, pkt, len, hdrs, sizeof(tx->hdrs) - tx->hdr_used, tx->segs,
+                                UF_TX_FRAME_SEGS);
         if (ns < 0) {
             ctr[UF_C_DROP_BAD_GSO]++;
             return;
@@ -162,7 +165,7 @@ static void tx_frame(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *frame, size_t fle
         ctr[UF_C_SUPER_PACKETS]++;
         for (int i = 0; i < ns; i++) {
             const uf_seg *s = &tx->segs[i];
-            tx_add_seg(c, tx, peer, hdrs + s->hdr_off, s->hdr_len, pkt + s->pay_off, s->pay_len, 1);
+            tx_add_seg(c, tx, &peer, hdrs + s->hdr_off, s->hdr_len, pkt + s->pay_off, s->pay_len, 1);
         }
         return;
     }
@@ -179,7 +182,7 @@ static void tx_frame(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *frame, size_t fle
         ctr[v]++;
         return;
     }
-    tx_add_seg(c, tx, peer, NULL, 0, pkt, tot, c->coalesce_tx);
+    tx_add_seg(c, tx, &peer, NULL, 0, pkt, tot, c->coalesce_tx);
 }
 
 int uf_tx_batch(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *const *frames, const uint32_t *lens,
@@ -250,25 +253,32 @@ static void rx_flush_gro(uf_rx *rx)
 }
 
 /* The receive checks of one inner packet: UF_PASS (TTL decremented) or the drop reason. */
-static int rx_check(const uf_pipe_cfg *c, uint32_t src, uint8_t *pkt, size_t len)
+static int rx_check(const uf_pipe_cfg *c, const uf_addr *src, uint8_t *pkt, size_t len)
 {
     if (len > c->mtu)
         return UF_C_DROP_OVERSIZE;
-    int v = uf_pkt_check(pkt, len);   /* IPv4 only for now: IPv6 checks go here */
+    int v = uf_pkt_check(pkt, len);
     if (v)
         return v;
-    if (!uf_ip4_csum_ok(pkt))
+    if (ip_ver(pkt) == 4 && !uf_ip4_csum_ok(pkt))
         return UF_C_DROP_BAD_CHECKSUM;
     v = uf_rx_accept(c->table, src, pkt, len);
     if (v)
         return v;
     /* overlay traffic is always for the overlay: never relay elsewhere */
-    if (!uf_dst_in_network(pkt, c->network, c->plen))
+    if (!uf_dst_in_network(pkt, c->net))
         return UF_C_DROP_OUTSIDE_NETWORK;
     return uf_pkt_dec_ttl(pkt, len);
 }
 
-static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, uint32_t src, uint8_t *pkt, size_t len,
+/* Same IP version and the same two addresses. */
+static int same_hosts(const uint8_t *a, const uint8_t *b)
+{
+    int v = ip_ver(a);
+    return ip_ver(b) == v && !memcmp(a + ip_src_off(v), b + ip_src_off(v), 2 * ip_alen(v));
+}
+
+static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, const uf_addr *src, uint8_t *pkt, size_t len,
                      uint64_t *ctr)
 {
     int v = rx_check(c, src, pkt, len);
@@ -276,11 +286,11 @@ static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, uint32_t src, uint8_t *pkt
         ctr[v]++;
         return;
     }
-    len = rd16(pkt + 2);
+    len = ip_tot(pkt);
     rx->npkts++;
     if (c->vnet_hdr && (c->gro_tcp || c->gro_udp)) {
         int kind = uf_gro_eligible(pkt, len, c->gro_udp);
-        if (kind == UF_VNET_GSO_TCPV4 && !c->gro_tcp)
+        if (kind != UF_VNET_GSO_UDP_L4 && !c->gro_tcp)
             kind = 0;
         if (kind) {
             if (!uf_gro_append(&rx->gro, pkt, len)) {
@@ -291,7 +301,7 @@ static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, uint32_t src, uint8_t *pkt
         }
         /* anything else between the same two hosts may belong to the open
          * flow (a FIN, a retransmission): keep the order */
-        if (rx->gro.head && !memcmp(rx->gro.head + 12, pkt + 12, 8))
+        if (rx->gro.head && same_hosts(rx->gro.head, pkt))
             rx_flush_gro(rx);
     }
     rx_write_plain(c, rx, pkt, len);
@@ -311,7 +321,7 @@ int uf_rx_batch(const uf_pipe_cfg *c, uf_rx *rx, const uf_dgram *d, int n, uint6
         if (!g || g >= len) {
             if (rx->npkts + 1 > UF_RX_MAX_PKTS)
                 break;
-            rx_inner(c, rx, d[i].src, d[i].buf, len, ctr);
+            rx_inner(c, rx, &d[i].src, d[i].buf, len, ctr);
             continue;
         }
         size_t segs = (len + g - 1) / g;
@@ -326,7 +336,7 @@ int uf_rx_batch(const uf_pipe_cfg *c, uf_rx *rx, const uf_dgram *d, int n, uint6
         if (rx->npkts + segs > UF_RX_MAX_PKTS)
             break;
         for (size_t off = 0; off < len; off += g)
-            rx_inner(c, rx, d[i].src, d[i].buf + off, len - off < g ? len - off : g, ctr);
+            rx_inner(c, rx, &d[i].src, d[i].buf + off, len - off < g ? len - off : g, ctr);
     }
     rx_flush_gro(rx);
     return i;

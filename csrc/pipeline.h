@@ -9,10 +9,15 @@
  * or allocates; the time and every piece of state are passed in, so the unit
  * tests and the fuzz targets (fuzz/) drive exactly the code the workers run.
  *
+ * Both IP versions take the same steps; each function below dispatches on the
+ * version nibble (the network, ICMP source and outer address of the packet's
+ * family come from per-family arrays in uf_pipe_cfg).
+ *
  * tx, per TUN frame (uf_tx_batch):
- *   [vnet header] -> IP version (only 4 routed; the place for an IPv6 lookup)
- *   -> uf_pkt_check -> uf_tx_route (lease table) -> no lease: ICMP
- *   net-unreachable back to the TUN (rate-limited) -> uf_pkt_dec_ttl ->
+ *   [vnet header] -> uf_pkt_check (IPv4 or IPv6) -> uf_tx_route (the network
+ *   of its family, the lease table; the peer's outer family must have a
+ *   socket) -> no lease: ICMP net-unreachable / ICMPv6 no-route back to the
+ *   TUN (rate-limited, one limiter for both) -> uf_pkt_dec_ttl (TTL / hop limit) ->
  *   TCP/UDP super-packet: split into gso_size segments (headers in the arena,
  *   payloads in place) | partial checksum: completed -> each segment joins
  *   the last message if it goes to the same peer, is no larger than that
@@ -24,7 +29,8 @@
  * rx, per datagram (uf_rx_batch):
  *   truncated -> drop_oversize; split at gso_size (UDP_GRO) -> per inner
  *   packet: <= MTU -> uf_pkt_check -> IPv4 header checksum -> uf_rx_accept
- *   (outer source = PublicIP of the lease of the inner source) -> inner
+ *   (outer source, of either family, = the public address of the lease of
+ *   the inner source) -> inner
  *   destination inside the network -> uf_pkt_dec_ttl -> coalesce in-order TCP
  *   segments / equal-size UDP datagrams of one flow into one GSO write
  *   (uf_gro_*), or a write of its own behind an all-zero virtio-net header.
@@ -62,7 +68,7 @@ typedef struct uf_iov {
 
 /* One message of a batch's result: iovecs iov[first .. first+niov). */
 typedef struct uf_msg {
-    uint32_t peer;      /* tx: destination PublicIP, host order; 0 for TUN writes */
+    uf_addr peer;       /* tx: destination public address; family 0 for TUN writes */
     uint32_t first;     /* index of the first iovec */
     uint16_t niov;
     uint16_t segs;      /* inner packets it carries */
@@ -72,17 +78,17 @@ typedef struct uf_msg {
     uint32_t bytes;     /* inner bytes */
 } uf_msg;
 
-/* What the decisions depend on. Addresses in host order. */
+/* What the decisions depend on. Arrays of two: [0] IPv4, [1] IPv6. */
 typedef struct uf_pipe_cfg {
     const uf_table *table;  /* read lock-free */
-    uint32_t network;       /* the overlay network */
-    int plen;
-    uint32_t icmp_source;   /* source of the ICMP errors we generate */
+    uf_net net[2];          /* the overlay network per family (family 0: not routed) */
+    uf_addr icmp_source[2]; /* source of the ICMP / ICMPv6 errors we generate */
+    int outer[2];           /* tx: peers with an IPv4 / IPv6 public address can be sent to */
     uint32_t mtu;           /* largest inner packet */
     int vnet_hdr;           /* TUN frames start with a virtio-net header */
     int udp_segment;        /* tx: several segments per message (UDP_SEGMENT) */
     int coalesce_tx;        /* tx: runs of equal-size plain packets share a message too */
-    int gro_tcp;            /* rx: coalesce TCP segments into GSO_TCPV4 writes (needs vnet_hdr) */
+    int gro_tcp;            /* rx: coalesce TCP segments into GSO_TCPV4/V6 writes (needs vnet_hdr) */
     int gro_udp;            /* rx: coalesce UDP datagrams into GSO_UDP_L4 writes (needs vnet_hdr) */
 } uf_pipe_cfg;
 
@@ -104,14 +110,14 @@ typedef struct uf_tx {
     uf_seg segs[256];             /* UF_TX_FRAME_SEGS */
     uint8_t zero_vnet[16];        /* an all-zero virtio-net header */
     uint8_t hdrs[491520];         /* UF_TX_MAX_SEGS * UF_SEG_HDR_MAX segment headers */
-    uint8_t icmp[36864];          /* UF_BATCH * UF_ICMP_MAX_LEN */
+    uint8_t icmp[81920];          /* UF_BATCH * UF_ICMP_MAX_LEN */
 } uf_tx;
 
 /* One received datagram. */
 typedef struct uf_dgram {
     uint8_t *buf;       /* modified in place (TTL, coalesced headers) */
     uint32_t len;
-    uint32_t src;       /* outer source address, host order */
+    uf_addr src;        /* outer source address */
     uint16_t gso_size;  /* UDP_GRO segment size, 0 = one datagram */
     uint8_t trunc;      /* MSG_TRUNC: larger than the buffer */
 } uf_dgram;

@@ -1,12 +1,14 @@
 /* fuzz_split.c - TSO/USO splitting (csrc/offload.c) and the tx pipeline (csrc/pipeline.c).
  *
  * Half the inputs are raw: a virtio-net header and packet bytes straight from
- * the fuzzer into uf_gso4_segment and uf_tx_batch (must never misbehave). The
- * other half build a well-formed TCP or UDP super-packet whose header fields,
- * sizes and payload come from the input; then every segment must carry valid
- * IPv4 and L4 checksums (checked with the reference checksum), fit gso_size,
+ * the fuzzer into uf_gso_segment and uf_tx_batch (must never misbehave). The
+ * other half build a well-formed TCP or UDP super-packet, IPv4 (GSO_TCPV4 /
+ * UDP_L4) or IPv6 (GSO_TCPV6 / UDP_L4), whose header fields, sizes and payload
+ * come from the input; then every segment must carry valid IP and L4
+ * checksums (checked with the reference checksum) and lengths, fit gso_size,
  * and the payloads must add up to the original payload; and the tx pipeline's
- * messages must be valid UDP_SEGMENT runs that carry exactly those bytes.
+ * messages must be valid UDP_SEGMENT runs that carry exactly those bytes, to
+ * the lease's outer address (IPv4 for the IPv4 lease, IPv6 for the IPv6 one).
  */
 #include "fuzz_util.h"
 #include "pipeline.h"
@@ -44,19 +46,37 @@ static void check_tx_result(size_t expect_bytes, int expect_segs)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static uf_addr peer4, peer6;
+    static const uint8_t net6[16] = { 0xfd, 0, 0, 5, 0, 0, 0, 2 }, src6[16] = { 0xfd, 0, 0, 5, 0, 0, 0, 1 };
     if (!tx) {
         tx = calloc(1, sizeof(*tx));
         if (!tx || uf_table_new(&table))
             abort();
-        uf_table_set(table, 0x0a050200u, 24, 0xc6120002u);
+        uint8_t n4[4] = { 10, 5, 2, 0 }, p4[4] = { 198, 18, 0, 2 }, p6[16] = { 0x20, 0x01, 0x0d, 0xb8, [15] = 2 };
+        uf_addr n;
+        ref_addr(4, p4, &peer4.family, peer4.a);
+        ref_addr(6, p6, &peer6.family, peer6.a);
+        ref_addr(4, n4, &n.family, n.a);
+        uf_table_set(table, &n, 24, &peer4);
+        ref_addr(6, net6, &n.family, n.a);
+        uf_table_set(table, &n, 64, &peer6);
     }
     fz_in in = { data, size };
     uint32_t mode = fz_u8(&in);
     uf_vnet_hdr h = { 0 };
     uf_pipe_cfg cfg = {
-        .table = table, .network = 0x0a050000u, .plen = 16, .icmp_source = 0x0a050000u,
-        .mtu = 1400 + fz_u16(&in) % 64200, .vnet_hdr = 1, .udp_segment = mode & 2, .coalesce_tx = mode & 4,
+        .table = table, .mtu = 1400 + fz_u16(&in) % 64200, .vnet_hdr = 1, .udp_segment = mode & 2,
+        .coalesce_tx = mode & 4, .outer = { 1, 1 },
     };
+    {
+        uint8_t n4[4] = { 10, 5, 0, 0 }, n6[16] = { 0xfd, 0, 0, 5 };
+        ref_addr(4, n4, &cfg.net[0].addr.family, cfg.net[0].addr.a);
+        cfg.net[0].plen = 16;
+        ref_addr(6, n6, &cfg.net[1].addr.family, cfg.net[1].addr.a);
+        cfg.net[1].plen = 48;
+        cfg.icmp_source[0] = cfg.net[0].addr;
+        cfg.icmp_source[1] = cfg.net[1].addr;
+    }
     uf_tx_init(tx, 1);
     memset(ctr, 0, sizeof(ctr));
 
@@ -68,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         h.csum_start = (uint16_t)fz_u16(&in);
         h.csum_offset = (uint16_t)fz_u16(&in);
         size_t len = fz_bytes(&in, pkt, sizeof(pkt) - UF_VNET_HDR_LEN);
-        int n = uf_gso4_segment(&h, pkt, len, hdrs, sizeof(hdrs), segs, UF_TX_FRAME_SEGS);
+        int n = uf_gso_segment(&h, pkt, len, hdrs, sizeof(hdrs), segs, UF_TX_FRAME_SEGS);
         FZ_ASSERT(n != 0 && n <= UF_TX_FRAME_SEGS);
         uf_vnet_encode(&h, frame);
         memcpy(frame + UF_VNET_HDR_LEN, pkt, len);
@@ -79,29 +99,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
 
-    /* a well-formed super-packet: TCP or UDP, options, payload from the input */
-    int udp = mode & 8;
-    size_t ihl = 20 + 4 * (fz_u8(&in) % 2);          /* sometimes an IP option (NOPs) */
+    /* a well-formed super-packet: IPv4 or IPv6, TCP or UDP, options, payload from the input */
+    int udp = mode & 8, ip6 = mode & 16;
+    size_t ihl = ip6 ? 40 : 20 + 4 * (fz_u8(&in) % 2);   /* sometimes an IPv4 option (NOPs) */
     size_t l4 = udp ? 8 : 20 + 4 * (fz_u8(&in) % 11);
     size_t hl = ihl + l4;
     size_t payload = fz_u16(&in) % (65535 - hl + 1);
     size_t len = hl + payload;
     memset(pkt, 0x01, hl);                            /* options: NOP */
-    pkt[0] = (uint8_t)(0x40 | ihl / 4);
-    pkt[1] = (uint8_t)fz_u8(&in);
-    pkt[2] = (uint8_t)(len >> 8);
-    pkt[3] = (uint8_t)len;
-    pkt[4] = (uint8_t)fz_u8(&in);
-    pkt[5] = (uint8_t)fz_u8(&in);
-    pkt[6] = 0x40;
-    pkt[7] = 0;
-    pkt[8] = (uint8_t)(2 + fz_u8(&in) % 254);
-    pkt[9] = udp ? 17 : 6;
-    uint32_t src = 0x0a050100u | fz_u8(&in), dst = 0x0a050200u | fz_u8(&in);
-    for (int i = 0; i < 4; i++) {
-        pkt[12 + i] = (uint8_t)(src >> (24 - 8 * i));
-        pkt[16 + i] = (uint8_t)(dst >> (24 - 8 * i));
+    if (ip6) {
+        uint32_t first = 0x60000000u | fz_u32(&in) >> 4;   /* traffic class and flow label */
+        for (int i = 0; i < 4; i++)
+            pkt[i] = (uint8_t)(first >> (24 - 8 * i));
+        pkt[6] = udp ? 17 : 6;
+        pkt[7] = (uint8_t)(2 + fz_u8(&in) % 254);
+        memcpy(pkt + 8, src6, 16);
+        pkt[23] = (uint8_t)fz_u8(&in);
+        memcpy(pkt + 24, net6, 16);
+        pkt[39] = (uint8_t)fz_u8(&in);
+    } else {
+        pkt[0] = (uint8_t)(0x40 | ihl / 4);
+        pkt[1] = (uint8_t)fz_u8(&in);
+        pkt[4] = (uint8_t)fz_u8(&in);
+        pkt[5] = (uint8_t)fz_u8(&in);
+        pkt[6] = 0x40;
+        pkt[7] = 0;
+        pkt[8] = (uint8_t)(2 + fz_u8(&in) % 254);
+        pkt[9] = udp ? 17 : 6;
+        uint32_t src = 0x0a050100u | fz_u8(&in), dst = 0x0a050200u | fz_u8(&in);
+        for (int i = 0; i < 4; i++) {
+            pkt[12 + i] = (uint8_t)(src >> (24 - 8 * i));
+            pkt[16 + i] = (uint8_t)(dst >> (24 - 8 * i));
+        }
     }
+    ref_set_tot(pkt, len);
     ref_set_ip_csum(pkt);
     uint8_t *th = pkt + ihl;
     for (size_t i = 0; i < 4; i++)
@@ -120,13 +151,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < payload; i++)
         pkt[hl + i] = (uint8_t)(i * 7 + (in.n ? in.p[i % in.n] : 0));
     h.flags = UF_VNET_F_NEEDS_CSUM;
-    h.gso_type = udp ? UF_VNET_GSO_UDP_L4 : UF_VNET_GSO_TCPV4;
+    h.gso_type = udp ? UF_VNET_GSO_UDP_L4 : ip6 ? UF_VNET_GSO_TCPV6 : UF_VNET_GSO_TCPV4;
     h.hdr_len = (uint16_t)hl;
     h.gso_size = (uint16_t)(1 + fz_u16(&in) % 9000);
     h.csum_start = (uint16_t)ihl;
     h.csum_offset = udp ? 6 : 16;
 
-    int n = uf_gso4_segment(&h, pkt, len, hdrs, sizeof(hdrs), segs, UF_TX_FRAME_SEGS);
+    int n = uf_gso_segment(&h, pkt, len, hdrs, sizeof(hdrs), segs, UF_TX_FRAME_SEGS);
     size_t want = payload ? (payload + h.gso_size - 1) / h.gso_size : 1;
     if (want > UF_TX_FRAME_SEGS) {
         FZ_ASSERT(n < 0);
@@ -142,7 +173,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(seg, hdrs + segs[i].hdr_off, hl);
         memcpy(seg + hl, pkt + segs[i].pay_off, segs[i].pay_len);
         size_t sl = hl + segs[i].pay_len;
-        FZ_ASSERT((size_t)(seg[2] << 8 | seg[3]) == sl);
+        FZ_ASSERT(ref_tot(seg) == sl);
+        FZ_ASSERT(!memcmp(seg, pkt, ip6 ? 4 : 2) && !memcmp(seg + ref_aoff(seg), pkt + ref_aoff(pkt), ref_alen(pkt)));
         FZ_ASSERT(ref_ip_ok(seg));
         FZ_ASSERT(ref_l4_ok(seg, sl));
         if (udp)
@@ -157,9 +189,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *f = frame;
     uint32_t flen = (uint32_t)(len + UF_VNET_HDR_LEN);
     FZ_ASSERT(uf_tx_batch(&cfg, tx, &f, &flen, 1, 2, ctr) == 1);
-    if (hl + (n > 1 ? h.gso_size : payload) <= cfg.mtu)
+    if (hl + (n > 1 ? h.gso_size : payload) <= cfg.mtu) {
         check_tx_result(len + (size_t)(n - 1) * hl, n);
-    else
+        for (uint32_t i = 0; i < tx->nmsgs; i++)
+            FZ_ASSERT(!memcmp(&tx->msgs[i].peer, ip6 ? &peer6 : &peer4, sizeof(uf_addr)));
+    } else
         FZ_ASSERT(tx->nmsgs == 0 && ctr[UF_C_DROP_OVERSIZE] == (uint64_t)n);
     return 0;
 }

@@ -1,7 +1,10 @@
-/* fuzz_util.h - shared by the libFuzzer targets: an input reader and a reference checksum.
+/* fuzz_util.h - shared by the libFuzzer targets: an input reader, a reference checksum and
+ * reference readers of IPv4/IPv6 headers.
  *
  * The reference checksum is the plain RFC 1071 loop, independent of csrc/packet.c's
- * vectorised one, so the targets check the data path's results against it.
+ * vectorised one, and the header readers are written here again rather than taken from
+ * csrc/internal.h, so the targets check the data path's results against an independent
+ * reading of the packets.
  */
 #ifndef UF_FUZZ_UTIL_H
 #define UF_FUZZ_UTIL_H
@@ -51,16 +54,45 @@ static inline uint16_t ref_fold(uint32_t s)
         s = (s & 0xffff) + (s >> 16);
     return (uint16_t)s;
 }
-static inline int ref_ip_ok(const uint8_t *ip) { return ref_fold(ref_sum(ip, (size_t)(ip[0] & 15) * 4, 0)) == 0xffff; }
-/* L4 checksum of an IPv4 packet (whole, len = total length) is valid. */
+/* IPv4 or IPv6, by the version nibble: header length (IPv6: the fixed header), where the
+ * addresses are, the protocol / next header, the total length. */
+static inline size_t ref_iphl(const uint8_t *ip) { return (ip[0] >> 4) == 6 ? 40 : (size_t)(ip[0] & 15) * 4; }
+static inline size_t ref_aoff(const uint8_t *ip) { return (ip[0] >> 4) == 6 ? 8 : 12; }
+static inline size_t ref_alen(const uint8_t *ip) { return (ip[0] >> 4) == 6 ? 32 : 8; }
+static inline uint8_t ref_proto(const uint8_t *ip) { return (ip[0] >> 4) == 6 ? ip[6] : ip[9]; }
+static inline size_t ref_tot(const uint8_t *ip)
+{
+    return (ip[0] >> 4) == 6 ? 40 + (size_t)(ip[4] << 8 | ip[5]) : (size_t)(ip[2] << 8 | ip[3]);
+}
+static inline void ref_set_tot(uint8_t *ip, size_t tot)
+{
+    if ((ip[0] >> 4) == 6) {
+        ip[4] = (uint8_t)((tot - 40) >> 8);
+        ip[5] = (uint8_t)(tot - 40);
+    } else {
+        ip[2] = (uint8_t)(tot >> 8);
+        ip[3] = (uint8_t)tot;
+    }
+}
+/* The IP header is valid: an IPv4 header checksum (IPv6 has none). */
+static inline int ref_ip_ok(const uint8_t *ip)
+{
+    return (ip[0] >> 4) == 6 || ref_fold(ref_sum(ip, (size_t)(ip[0] & 15) * 4, 0)) == 0xffff;
+}
+static inline uint32_t ref_pseudo(const uint8_t *ip, size_t l4len)
+{
+    return ref_sum(ip + ref_aoff(ip), ref_alen(ip), 0) + ref_proto(ip) + (uint32_t)l4len;
+}
+/* L4 checksum of a TCP/UDP packet (whole, len = total length, no IPv6 extension headers) is valid. */
 static inline int ref_l4_ok(const uint8_t *ip, size_t len)
 {
-    size_t ihl = (size_t)(ip[0] & 15) * 4;
-    uint32_t s = ref_sum(ip + 12, 8, 0) + ip[9] + (uint32_t)(len - ihl);
-    return ref_fold(ref_sum(ip + ihl, len - ihl, s)) == 0xffff;
+    size_t hl = ref_iphl(ip);
+    return ref_fold(ref_sum(ip + hl, len - hl, ref_pseudo(ip, len - hl))) == 0xffff;
 }
 static inline void ref_set_ip_csum(uint8_t *ip)
 {
+    if ((ip[0] >> 4) == 6)
+        return;
     ip[10] = ip[11] = 0;
     uint16_t c = (uint16_t)~ref_fold(ref_sum(ip, (size_t)(ip[0] & 15) * 4, 0));
     ip[10] = (uint8_t)(c >> 8);
@@ -69,14 +101,20 @@ static inline void ref_set_ip_csum(uint8_t *ip)
 /* Store the full L4 checksum at offset off of the L4 header. */
 static inline void ref_set_l4_csum(uint8_t *ip, size_t len, size_t off)
 {
-    size_t ihl = (size_t)(ip[0] & 15) * 4;
-    ip[ihl + off] = ip[ihl + off + 1] = 0;
-    uint32_t s = ref_sum(ip + 12, 8, 0) + ip[9] + (uint32_t)(len - ihl);
-    uint16_t c = (uint16_t)~ref_fold(ref_sum(ip + ihl, len - ihl, s));
-    if (ip[9] == 17 && c == 0)
+    size_t hl = ref_iphl(ip);
+    ip[hl + off] = ip[hl + off + 1] = 0;
+    uint16_t c = (uint16_t)~ref_fold(ref_sum(ip + hl, len - hl, ref_pseudo(ip, len - hl)));
+    if (ref_proto(ip) == 17 && c == 0)
         c = 0xffff;
-    ip[ihl + off] = (uint8_t)(c >> 8);
-    ip[ihl + off + 1] = (uint8_t)c;
+    ip[hl + off] = (uint8_t)(c >> 8);
+    ip[hl + off + 1] = (uint8_t)c;
+}
+/* An IPv4 address (host order) or an IPv6 one (16 bytes) as a uf_addr-like pair: family + bytes. */
+static inline void ref_addr(uint8_t family, const uint8_t *bytes, uint8_t *fam_out, uint8_t *a_out)
+{
+    *fam_out = family;
+    memset(a_out, 0, 16);
+    memcpy(a_out, bytes, family == 6 ? 16 : 4);
 }
 
 #define FZ_ASSERT(cond)                                                             \

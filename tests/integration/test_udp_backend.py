@@ -148,7 +148,7 @@ def ip(src, dst, payload=b'hello', ttl=64):
     h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
     return h + payload
 kind, src, dst, target = sys.argv[1:5]
-pkt = {'good': ip(src, dst), 'short': b'0123456789', 'notv4': b'\\x60' + bytes(39),
+pkt = {'good': ip(src, dst), 'short': b'0123456789', 'notv4': b'\\x70' + bytes(39),
        'oversize': ip(src, dst, bytes(1600))}[kind]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(5):
@@ -168,7 +168,7 @@ def test_spoofed_and_malformed_datagrams_are_dropped_and_counted(udp_lab):
         host.run("python3", "-c", SEND, kind, src, dst1, str(h1.ip))
 
     base = {k: metric(h1, f"rx_{k}") for k in ("drop_unknown_peer", "drop_spoofed_source", "drop_short",
-                                                  "drop_oversize", "drop_not_ipv4", "packets")}  # fmt: skip
+                                                  "drop_oversize", "drop_bad_version", "packets")}  # fmt: skip
     send(attacker, "good")  # right inner source, wrong outer source
     send(h2, "good", src="10.5.250.7")  # from a real peer, inner source outside its subnet
     send(h2, "short")
@@ -183,7 +183,7 @@ def test_spoofed_and_malformed_datagrams_are_dropped_and_counted(udp_lab):
     wait_for(lambda: grew("drop_unknown_peer"), 10, what="unknown peer drops")
     wait_for(lambda: grew("drop_spoofed_source"), 10, what="spoofed source drops")
     wait_for(lambda: grew("drop_short"), 10, what="truncated datagram drops")
-    wait_for(lambda: grew("drop_not_ipv4"), 10, what="non-IPv4 drops")
+    wait_for(lambda: grew("drop_bad_version"), 10, what="neither-IPv4-nor-IPv6 drops")
     wait_for(lambda: grew("drop_oversize"), 10, what="oversize drops")
     wait_for(lambda: grew("packets"), 10, what="the pings' replies counted")  # counted just after delivery
     assert lab.udp["procs"][0].poll() is None

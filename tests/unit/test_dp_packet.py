@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 
 import pytest
 from hypothesis import assume, given, settings
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from udpflannel.datapath import LeaseTable
 from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.addr import fill, from_c, to_c
 
 # ---- packet builders (independent of the C code) ------------------------------------------
 
@@ -95,7 +96,8 @@ def test_check_accepts_valid_ipv4():
         (lambda p: p[:19], "UF_C_DROP_SHORT"),
         (lambda p: b"", "UF_C_DROP_SHORT"),
         (lambda p: p[:30], "UF_C_DROP_SHORT"),                   # total length > bytes
-        (lambda p: b"\x60" + p[1:], "UF_C_DROP_NOT_IPV4"),
+        (lambda p: b"\x70" + p[1:], "UF_C_DROP_BAD_VERSION"),
+        (lambda p: b"\x05" + p[1:], "UF_C_DROP_BAD_VERSION"),
         (lambda p: b"\x44" + p[1:], "UF_C_DROP_BAD_HEADER"),     # IHL 4
         (lambda p: b"\x4f" + p[1:24], "UF_C_DROP_BAD_HEADER"),   # IHL 15 > packet
         (lambda p: p[:2] + b"\x00\x10" + p[4:], "UF_C_DROP_BAD_HEADER"),  # total 16 < IHL
@@ -140,7 +142,7 @@ def test_ttl_checksum_stays_valid_for_any_header(raw, ttl):
 
 def make_icmp(orig: bytes, src: str = "10.5.0.0", cap: int = 600) -> tuple[int, bytes]:
     out = ffi.new("uint8_t[]", cap)
-    n = lib.uf_icmp_net_unreachable(orig, len(orig), int(IPv4Address(src)), out, cap)
+    n = lib.uf_icmp_unreachable(orig, len(orig), to_c(ip_address(src)), out, cap)
     return n, bytes(ffi.buffer(out, max(n, 0)))
 
 
@@ -179,6 +181,10 @@ def test_icmp_needs_room():
     assert make_icmp(udp_pkt(), cap=40)[0] == -28  # -ENOSPC
 
 
+def test_icmp_source_must_match_the_family():
+    assert make_icmp(udp_pkt(), src="fd00:5::")[0] == -22
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=120))
 def test_icmp_never_crashes_and_is_valid(raw):
@@ -200,10 +206,20 @@ def table():
     return t
 
 
-def route(t: LeaseTable, pkt: bytes) -> tuple[int, IPv4Address]:
-    peer = ffi.new("uint32_t *")
-    v = lib.uf_tx_route(t.c_table, int(NET.network_address), NET.prefixlen, pkt, len(pkt), peer)
-    return v, IPv4Address(peer[0])
+def nets(*networks) -> object:
+    """uf_net[2] ([0] IPv4, [1] IPv6) for the given networks."""
+    c = ffi.new("uf_net[2]")
+    for n in networks:
+        n = ip_network(n)
+        fill(c[n.version == 6].addr, n.network_address)
+        c[n.version == 6].plen = n.prefixlen
+    return c
+
+
+def route(t: LeaseTable, pkt: bytes, *networks) -> tuple[int, object]:
+    peer = ffi.new("uf_addr *")
+    v = lib.uf_tx_route(t.c_table, nets(*(networks or (NET,))), pkt, len(pkt), peer)
+    return v, from_c(peer)
 
 
 def test_tx_route(table):
@@ -215,14 +231,16 @@ def test_tx_route(table):
 
 
 def test_dst_in_network():
-    net, plen = int(NET.network_address), NET.prefixlen
-    assert lib.uf_dst_in_network(udp_pkt(dst="10.5.200.1"), net, plen) == 1
-    assert lib.uf_dst_in_network(udp_pkt(dst="10.6.0.1"), net, plen) == 0
-    assert lib.uf_dst_in_network(udp_pkt(dst="8.8.8.8"), 0, 0) == 1
+    assert lib.uf_dst_in_network(udp_pkt(dst="10.5.200.1"), nets(NET)) == 1
+    assert lib.uf_dst_in_network(udp_pkt(dst="10.6.0.1"), nets(NET)) == 0
+    assert lib.uf_dst_in_network(udp_pkt(dst="8.8.8.8"), nets("0.0.0.0/0")) == 1
+    assert lib.uf_dst_in_network(udp_pkt(dst="10.5.200.1"), nets("fd00:5::/48")) == 0  # no IPv4 network
+    assert lib.uf_dst_in_network(udp_pkt(dst="10.5.200.1"), nets("10.5.200.0/23")) == 1  # a bit inside a byte
+    assert lib.uf_dst_in_network(udp_pkt(dst="10.5.202.1"), nets("10.5.200.0/23")) == 0
 
 
 def accept(t: LeaseTable, outer: str, pkt: bytes) -> int:
-    return lib.uf_rx_accept(t.c_table, int(IPv4Address(outer)), pkt, len(pkt))
+    return lib.uf_rx_accept(t.c_table, to_c(ip_address(outer)), pkt, len(pkt))
 
 
 def test_rx_accept_rules(table):
@@ -245,14 +263,15 @@ def test_receive_pipeline_never_crashes(raw, outer):
     t.set(IPv4Network("10.5.1.0/24"), IPv4Address("192.0.2.11"))
     ba, p = C(raw)
     v = lib.uf_pkt_check(p, len(ba))
-    assert v in (lib.UF_PASS, lib.UF_C_DROP_SHORT, lib.UF_C_DROP_NOT_IPV4, lib.UF_C_DROP_BAD_HEADER)
+    assert v in (lib.UF_PASS, lib.UF_C_DROP_SHORT, lib.UF_C_DROP_BAD_VERSION, lib.UF_C_DROP_BAD_HEADER)
     if v:
         return
     had_valid = ip_ok(bytes(ba))
-    v = lib.uf_rx_accept(t.c_table, int(IPv4Address(outer)), p, len(ba))
+    v = lib.uf_rx_accept(t.c_table, to_c(IPv4Address(outer)), p, len(ba))
     if v:
         assert v in (lib.UF_C_DROP_SPOOFED_SOURCE, lib.UF_C_DROP_UNKNOWN_PEER)
         return
+    assert ba[0] >> 4 == 4  # no IPv6 lease in this table
     assert IPv4Address(bytes(ba[12:16])) in IPv4Network("10.5.1.0/24") and outer == "192.0.2.11"
     v = lib.uf_pkt_dec_ttl(p, len(ba))
     if v == lib.UF_PASS and had_valid:
@@ -266,8 +285,10 @@ def test_check_agrees_with_a_model(raw, cut):
     v = check(data)
     if len(data) < 20:
         assert v == lib.UF_C_DROP_SHORT
+    elif data[0] >> 4 == 6:
+        assert v == (lib.UF_C_DROP_SHORT if len(data) < 40 + struct.unpack("!H", data[4:6])[0] else lib.UF_PASS)
     elif data[0] >> 4 != 4:
-        assert v == lib.UF_C_DROP_NOT_IPV4
+        assert v == lib.UF_C_DROP_BAD_VERSION
     else:
         ihl = (data[0] & 15) * 4
         tot = struct.unpack("!H", data[2:4])[0]
@@ -332,7 +353,7 @@ def test_finish_partial_checksum():
 def split(h, pkt: bytes, maxsegs: int = 256) -> list[bytes]:
     out = ffi.new("uint8_t[]", 200_000)
     lens = ffi.new("uint16_t[]", maxsegs)
-    n = lib.uf_gso4_split(h, pkt, len(pkt), out, 200_000, lens, maxsegs)
+    n = lib.uf_gso_split(h, pkt, len(pkt), out, 200_000, lens, maxsegs)
     assert n > 0, n
     segs, off = [], 0
     for i in range(n):
@@ -376,19 +397,20 @@ def test_tso_split_rejects_bad_input():
     lens = ffi.new("uint16_t[]", 64)
     h, pkt = super_packet(b"x" * 3000, 1000)
     udp = udp_pkt()
-    assert lib.uf_gso4_split(h, udp, len(udp), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso_split(h, udp, len(udp), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_size = 0
-    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_size = 1000
     h.gso_type = 4  # TCPV6
-    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
+    assert lib.uf_gso_split(h, pkt, len(pkt), out, 70000, lens, 64) == -lib.UF_C_DROP_BAD_GSO
     h.gso_type = lib.UF_VNET_GSO_TCPV4
-    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 70000, lens, 2) == -28  # ENOSPC: 3 segments
-    assert lib.uf_gso4_split(h, pkt, len(pkt), out, 100, lens, 64) == -28
+    assert lib.uf_gso_split(h, pkt, len(pkt), out, 70000, lens, 2) == -28  # ENOSPC: 3 segments
+    assert lib.uf_gso_split(h, pkt, len(pkt), out, 100, lens, 64) == -28
 
 
-def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
-    """Run the loop's coalescing policy over pkts; returns (packet, vnet hdr) writes."""
+def gro(pkts: list[bytes], udp: int = 0) -> list[tuple[bytes, object]]:
+    """Run the loop's coalescing policy over pkts (UDP flows too when udp); returns
+    (packet, vnet hdr) writes."""
     g = ffi.new("uf_gro *")
     keep = [C(p) for p in pkts]  # the coalescer keeps references into these buffers
     out = ffi.new("uint8_t[]", lib.UF_GRO_MAX_LEN)
@@ -403,7 +425,7 @@ def gro(pkts: list[bytes]) -> list[tuple[bytes, object]]:
             g.head = ffi.NULL
 
     for ba, p in keep:
-        if lib.uf_gro_eligible(p, len(ba), 0):
+        if lib.uf_gro_eligible(p, len(ba), udp):
             if not lib.uf_gro_append(g, p, len(ba)):
                 flush()
                 lib.uf_gro_start(g, p, len(ba))
@@ -419,12 +441,12 @@ def test_tso_segment_is_zero_copy():
     h, pkt = super_packet(payload, 1448)
     hdrs = ffi.new("uint8_t[]", 4 * 52)
     segs = ffi.new("uf_seg[]", 4)
-    n = lib.uf_tso4_segment(h, pkt, len(pkt), hdrs, 4 * 52, segs, 4)
+    n = lib.uf_gso_segment(h, pkt, len(pkt), hdrs, 4 * 52, segs, 4)
     assert n == 4
     assert [(s.hdr_off, s.hdr_len, s.pay_off, s.pay_len) for s in segs] == [
         (0, 52, 52, 1448), (52, 52, 52 + 1448, 1448), (104, 52, 52 + 2896, 1448), (156, 52, 52 + 4344, 656)]
-    assert lib.uf_tso4_segment(h, pkt, len(pkt), hdrs, 3 * 52, segs, 4) == -28
-    assert lib.uf_tso4_segment(h, pkt, len(pkt), hdrs, 4 * 52, segs, 3) == -28
+    assert lib.uf_gso_segment(h, pkt, len(pkt), hdrs, 3 * 52, segs, 4) == -28
+    assert lib.uf_gso_segment(h, pkt, len(pkt), hdrs, 4 * 52, segs, 3) == -28
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 
 import pytest
 
 from udpflannel.datapath import COUNTER_NAMES, LeaseTable
 from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.addr import fill, from_c, to_c
 
 from .test_dp_packet import C, csum, ip4, ip_ok, super_packet, tcp, tcp_ok, udp_pkt, vnet
 
@@ -26,12 +27,17 @@ def table():
 
 
 def pipe_cfg(table, *, vnet_hdr=False, udp_segment=False, coalesce_tx=False, gro_tcp=False, gro_udp=False,
-             mtu=MTU):
+             mtu=MTU, networks=(NET,), outer=(4,)):
+    """networks: the overlay networks (one per family); outer: the underlay families with a socket."""
     c = ffi.new("uf_pipe_cfg *")
     c.table = table.c_table
-    c.network = int(NET.network_address)
-    c.plen = NET.prefixlen
-    c.icmp_source = int(IPv4Address("10.5.0.0"))
+    for n in networks:
+        n = ip_network(n)
+        fill(c.net[n.version == 6].addr, n.network_address)
+        c.net[n.version == 6].plen = n.prefixlen
+        fill(c.icmp_source[n.version == 6], n.network_address)
+    for v in outer:
+        c.outer[v == 6] = 1
     c.mtu = mtu
     c.vnet_hdr = int(vnet_hdr)
     c.udp_segment = int(udp_segment)
@@ -68,7 +74,7 @@ class Tx:
             m = self.tx.msgs[i]
             data = gather(self.tx.iov, m.first, m.niov)
             assert len(data) == m.bytes
-            msgs.append({"peer": IPv4Address(m.peer), "segs": m.segs, "seg_size": m.seg_size, "data": data})
+            msgs.append({"peer": from_c(m.peer), "segs": m.segs, "seg_size": m.seg_size, "data": data})
         writes = [gather(self.tx.wiov, self.tx.writes[i].first, self.tx.writes[i].niov)
                   for i in range(self.tx.nwrites)]
         return done, msgs, writes
@@ -181,7 +187,8 @@ class Rx:
         self.keep = [C(p) for _, p, _ in dgrams]
         d = ffi.new("uf_dgram[]", len(dgrams))
         for i, ((src, payload, gso), (_, ptr)) in enumerate(zip(dgrams, self.keep)):
-            d[i].buf, d[i].len, d[i].src, d[i].gso_size = ptr, len(payload), int(IPv4Address(src)), gso
+            d[i].buf, d[i].len, d[i].gso_size = ptr, len(payload), gso
+            fill(d[i].src, ip_address(src))
         done = lib.uf_rx_batch(self.cfg, self.rx, d, len(dgrams), self.ctr)
         out = []
         for i in range(self.rx.nwrites):
@@ -214,7 +221,7 @@ def test_rx_udp_gro_datagram_is_split_and_tcp_coalesced(table):
     h, pkt = super_packet(payload, 1400)
     out = ffi.new("uint8_t[]", 200_000)
     lens = ffi.new("uint16_t[]", 64)
-    n = lib.uf_gso4_split(h, pkt, len(pkt), out, 200_000, lens, 64)
+    n = lib.uf_gso_split(h, pkt, len(pkt), out, 200_000, lens, 64)
     segs = [bytes(ffi.buffer(out + sum(lens[j] for j in range(i)), lens[i])) for i in range(n)]
     assert len({len(s) for s in segs}) == 1
     blob = b"".join(segs)

@@ -67,25 +67,28 @@ AGENT: dict[str, Family] = {
 #: the udp data path's per-direction counters (datapath.COUNTER_NAMES without drop_*)
 DATAPATH_HELP: dict[str, str] = {
     "packets": "Inner packets forwarded.",
-    "bytes": "Inner bytes forwarded (IPv4 header included).",
+    "bytes": "Inner bytes forwarded (IP header included).",
     "batches": "sendmmsg/recvmmsg calls that moved at least one packet.",
     "super_packets": "tx: TSO super-packets read from the TUN; rx: GRO super-packets written to it.",
-    "icmp_unreachable_sent": "ICMP net-unreachable written back to the TUN for a packet to a subnet with no lease (tx).",
-    "icmp_ratelimited": "ICMP net-unreachable not sent because of the rate limit (tx).",
+    "icmp_unreachable_sent": "ICMP net-unreachable (ICMPv6 no-route) written back to the TUN for a packet to a "
+                             "subnet with no lease (tx).",
+    "icmp_ratelimited": "ICMP/ICMPv6 unreachable not sent because of the rate limit (tx).",
     "io_errors": "Failed reads (recvmmsg, TUN read) that were retried.",
     "gso_fallbacks": "UDP_SEGMENT refused by the kernel; the worker sends one datagram per segment since (tx).",
 }
 
 #: values of the reason label of udpflannel_datapath_dropped_packets_total (drop_<reason>)
 DROP_REASONS: dict[str, str] = {
-    "short": "Under 20 bytes, or shorter than its IPv4 total length.",
-    "not_ipv4": "IP version is not 4.",
-    "bad_header": "IHL under 5, header longer than the packet, or total length under IHL.",
-    "ttl": "TTL would reach 0.",
-    "no_route": "tx: destination inside the Network but no lease covers it (an ICMP net-unreachable may be sent).",
-    "outside_network": "Destination outside the Network (rx: a peer trying to use this host as a relay).",
-    "unknown_peer": "rx: outer source address is no lease's PublicIP.",
-    "spoofed_source": "rx: a known peer, but the inner source is outside that peer's subnet.",
+    "short": "Under 20 bytes (IPv6: 40), or shorter than its IPv4 total length / IPv6 payload length says.",
+    "bad_version": "IP version is neither 4 nor 6.",
+    "bad_header": "IPv4: IHL under 5, header longer than the packet, or total length under IHL.",
+    "ttl": "TTL (IPv4) or hop limit (IPv6) would reach 0.",
+    "no_route": "tx: destination inside the Network but no lease covers it (an ICMP net-unreachable or ICMPv6 "
+                "no-route may be sent).",
+    "outside_network": "Destination outside the Network of its IP version, or that version is not enabled "
+                       "(rx: a peer trying to use this host as a relay).",
+    "unknown_peer": "rx: outer source address is no lease's PublicIP (or PublicIPv6 over an IPv6 underlay).",
+    "spoofed_source": "rx: a known peer, but the inner source is outside that peer's subnets.",
     "oversize": "Larger than the MTU (never truncated).",
     "bad_gso": "tx: a TUN super-packet that cannot be segmented.",
     "io": "The send (UDP) or write (TUN) failed.",

@@ -1,47 +1,69 @@
-"""udp: flanneld's udp backend, wire- and etcd-compatible, on udpflannel's batched C data path.
+"""udp: flanneld's udp backend, wire- and etcd-compatible, on udpflannel's batched C data path;
+unlike flanneld's, it carries IPv6 too.
 
 The backend's whole job is configuration: it opens the TUN `flannel0` through the data
-path package, addresses it with `<subnet network address>/32`, sets MTU = interface MTU - 28
-and one route `<Network> dev flannel0` (pyroute2), and keeps the data path's lease table in
-step with the peers' leases: a Snapshot makes the table equal to it (entries it lacks are
-deleted), a Delta adds, replaces and deletes. Packets never pass through Python.
+path package, addresses it with `<subnet network address>/32` (and `<IPv6 subnet network
+address>/128`), sets the MTU and one route per family `<Network> dev flannel0` (pyroute2),
+and keeps the data path's lease table in step with the peers' leases: a Snapshot makes the
+table equal to it (entries it lacks are deleted), a Delta adds, replaces and deletes.
+Packets never pass through Python.
+
+Families. IPv4 only: exactly flanneld's udp backend (each datagram's payload is one inner
+IPv4 packet, to `<PublicIP>:<Port>`). Dual stack: inner IPv6 packets travel in the same IPv4
+UDP tunnel to the PublicIP of the lease that owns the IPv6 subnet (the payload is the IPv6
+packet unchanged; its version nibble tells the receiver), so IPv4 traffic stays
+wire-compatible with flanneld's udp peers. IPv6 only (EnableIPv4 false): the tunnel runs over
+the IPv6 underlay, from a socket bound to the interface's IPv6 address to each peer's
+PublicIPv6. MTU = interface MTU - 28 over IPv4 (outer IPv4 + UDP), - 48 over IPv6 (outer
+IPv6 + UDP); IPv6 needs at least 1280 on flannel0.
+
+flanneld's udp backend has no IPv6, and its proxy would treat an IPv6 datagram as IPv4
+(decrementing a "TTL" inside the IPv6 source address) and write it to its TUN. So a host
+whose udp backend carries IPv6 says so in its lease, `"BackendV6Data":{"Underlay":"IPv4"}`
+(or "IPv6"; flanneld's udp writes no BackendV6Data and ignores it), and only the IPv6
+subnets of leases that say so are routed: a flanneld udp peer in a dual-stack cluster
+still gets IPv4, and an IPv6 packet for it gets an ICMPv6 no-route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
-from ipaddress import IPv4Address
-from ipaddress import IPv4Network
-from typing import Mapping, Optional
+from ipaddress import IPv4Network, IPv6Network
+from typing import Mapping, Optional, Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
-from ..core.subnet import Lease, LeaseAttrs
-from ..errors import BackendError, ConfigError
+from ..core.subnet import IPAddress, Lease, LeaseAttrs
+from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend
 
 log = logging.getLogger("udpflannel.backends.udp")
 
 DEFAULT_PORT = 8285
 DEVICE = "flannel0"
-OVERHEAD = 28  # outer IPv4 + UDP headers
+OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay family
+IPV6_MIN_MTU = 1280  # the kernel turns IPv6 off on a device with a smaller MTU
+
+IPNetwork = Union[IPv4Network, IPv6Network]
+AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
+IFA_F_NODAD = 0x02
 
 
 class UdpBackend(Backend):
     type = "udp"
 
     def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0):
-        if config.v4 is None:
-            raise ConfigError("EnableIPv4", False, "the udp backend forwards IPv4 only: an IPv6-only "
-                              "network needs vxlan or host-gw")  # fmt: skip
         super().__init__(iface, config)
-        if config.v6 is not None:
-            log.warning("udp: EnableIPv6 is set; the IPv6 subnet is leased but IPv6 is not forwarded yet")
+        if 6 in self.families() and self.mtu() < IPV6_MIN_MTU:
+            raise InterfaceError(
+                f"udp: {iface.name} has MTU {iface.mtu}, which leaves {DEVICE} {self.mtu()} "
+                f"(- {OVERHEAD[self.tunnel_family]} for the outer headers); IPv6 needs at least {IPV6_MIN_MTU}")
         self.queues = queues  # 0: one per CPU (datapath.default_queues)
         self.busy_poll_us = busy_poll_us
         port = config.backend_option("Port", DEFAULT_PORT)
@@ -53,7 +75,8 @@ class UdpBackend(Backend):
         self._table = None
         self._lease: Optional[Lease] = None
         self._final: dict[str, int] = {}
-        self._routes: dict[IPv4Network, IPv4Address] = {}  # what the lease table holds
+        self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
+        self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
 
     def capabilities(self) -> dict[int, str]:
@@ -62,19 +85,34 @@ class UdpBackend(Backend):
             caps[CAP_NET_BIND_SERVICE] = f"the udp backend binds port {self.port}"
         return caps
 
+    @property
+    def tunnel_family(self) -> int:
+        """The underlay's IP version: IPv4 whenever the overlay has IPv4 (flanneld's wire
+        format; IPv6 rides along), IPv6 for an IPv6-only network."""
+        return 4 if 4 in self.families() else 6
+
     def mtu(self) -> int:
-        return self.iface.mtu - OVERHEAD
+        return self.iface.mtu - OVERHEAD[self.tunnel_family]
 
     def underlay(self) -> dict[int, int]:
-        # every family travels in the IPv4 UDP tunnel to the peer's PublicIP
-        return {v: 4 for v in self.families()}
+        # every overlay family travels in one UDP tunnel to the peer's PublicIP (or PublicIPv6)
+        return {v: self.tunnel_family for v in self.families()}
 
     def same_type(self, lease: Lease) -> bool:
         # flanneld's udp backend writes no BackendType at all
         return lease.attrs.backend_type.lower() in ("", self.type)
 
+    @property
+    def v6_data(self) -> dict:
+        """Our lease's BackendV6Data: this host carries its IPv6 subnet, over this underlay."""
+        return {"Underlay": f"IPv{self.tunnel_family}"}
+
     async def prepare(self) -> LeaseAttrs:
-        return LeaseAttrs(public_ip=self.iface.public_ip)  # {"PublicIP":"...","PublicIPv6":null}
+        # IPv4 only: {"PublicIP":"...","PublicIPv6":null}, flanneld's udp bytes; dual stack
+        # adds "BackendV6Data":{"Underlay":"IPv4"}; IPv6 only: {"PublicIP":"0.0.0.0",
+        # "PublicIPv6":"...","BackendV6Data":{"Underlay":"IPv6"}}
+        v6 = self.v6_data if 6 in self.families() else None
+        return LeaseAttrs(**self.lease_addresses(), backend_v6_data=v6)
 
     async def start(self, lease: Lease) -> None:
         from ..datapath import DataPathError
@@ -101,25 +139,40 @@ class UdpBackend(Backend):
             self._dp.stop()
         self._lease = lease
         # pyroute2's IPRoute runs its own event loop: keep it off the agent's
-        await asyncio.to_thread(self._configure_link, lease.subnet.network_address)
+        await asyncio.to_thread(self._configure_link, lease)
+        networks = [p.network for p in (self.config.v4, self.config.v6) if p is not None]
+        bind = self.iface.address(self.tunnel_family)
         self._dp = DataPath(
             tun=self._tun,
-            bind=(self.iface.iface_addr, self.port),
+            bind=(bind, self.port),
             table=self._table,
-            network=self.config.network,
-            # not flannel0's own address: the kernel drops ICMP from a local address as a
-            # martian, so containers would never see the unreachable (flanneld's bug)
-            icmp_source=self.config.network.network_address,
+            network=networks,
+            icmp_source=[self._icmp_source(lease, n) for n in networks],
             mtu=self.mtu(),
             features=self._features,
             busy_poll_us=self.busy_poll_us,
         )
         self._dp.start()
-        log.info("udp data path up: %s %s/32 mtu %d, UDP %s:%d",
-                 DEVICE, lease.subnet.network_address, self.mtu(), self.iface.iface_addr, self.port)  # fmt: skip
+        log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
+                 DEVICE, ", ".join(f"{s.network_address}/{s.max_prefixlen}" for s in lease.nets), self.mtu(),
+                 bind, self.port)  # fmt: skip
 
-    def _configure_link(self, address: IPv4Address) -> None:
-        """MTU, up, our address and the Network route; idempotent (used by resync too)."""
+    @staticmethod
+    def _icmp_source(lease: Lease, network: IPNetwork) -> IPAddress:
+        """Where our ICMP unreachables come from. IPv4: not flannel0's own address (the
+        kernel drops ICMP from a local address as a martian, so containers would never see
+        it: flanneld's bug) but the Network's, which lies in its first subnet, never leased.
+        IPv6 has no martian check, and RFC 4443 asks for a unicast address of the node:
+        flannel0's own (<IPv6 subnet>::). tests/integration/test_udp_ipv6.py and
+        test_dp_netns.py show a container behind the host get both."""
+        if network.version == 6:
+            return lease.ipv6_subnet.network_address
+        return network.network_address
+
+    def _configure_link(self, lease: Lease) -> None:
+        """MTU, up, our address of each family (the subnet's network address, /32 or /128:
+        flanneld's convention for flannel0) and one route per Network; idempotent (used by
+        resync too). Link-local IPv6 addresses the kernel gives the device are left alone."""
         try:
             with IPRoute() as ipr:
                 idx = ipr.link_lookup(ifname=self._tun.name)
@@ -127,25 +180,37 @@ class UdpBackend(Backend):
                     raise BackendError(f"{self._tun.name} disappeared")
                 idx = idx[0]
                 ipr.link("set", index=idx, mtu=self.mtu(), state="up")
-                for a in ipr.get_addr(index=idx, family=2):
-                    have = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-                    if have != str(address):
-                        ipr.addr("del", index=idx, address=have, prefixlen=a["prefixlen"])
-                try:
-                    ipr.addr("add", index=idx, address=str(address), prefixlen=32)
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
-                        raise
-                net = self.config.network
-                ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, scope=253)
+                for pool in (self.config.v4, self.config.v6):
+                    subnet = lease.net(pool.network.version) if pool is not None else None
+                    if subnet is not None:
+                        self._configure_family(ipr, idx, subnet, pool.network)
         except NetlinkError as e:
             raise BackendError(f"configuring {self._tun.name}: {e}") from e
+
+    @staticmethod
+    def _configure_family(ipr, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:
+        v, address = net.version, subnet.network_address
+        for a in ipr.get_addr(index=idx, family=AF[v]):
+            have = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+            if have != str(address) and (v == 4 or a["scope"] == 0):  # IPv6: not the link-local fe80::
+                ipr.addr("del", index=idx, address=have, prefixlen=a["prefixlen"])
+        try:
+            kw = {"flags": IFA_F_NODAD} if v == 6 else {}
+            ipr.addr("add", index=idx, address=str(address), prefixlen=net.max_prefixlen, **kw)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                if v == 6 and e.code == errno.EACCES:  # IPv6 disabled on the device
+                    raise BackendError(f"cannot add {address} to {DEVICE}: IPv6 is disabled there "
+                                       f"(sysctl net.ipv6.conf.{DEVICE}.disable_ipv6)") from e
+                raise
+        scope = {"scope": 253} if v == 4 else {}  # IPv4: scope link, as `ip route add ... dev flannel0`
+        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, family=AF[v], **scope)
 
     async def apply(self, update: PeerUpdate) -> None:
         if self._table is None:
             raise BackendError("udp: peers before start()")
         if isinstance(update, Snapshot):
-            want = {l.subnet: l.attrs.public_ip for l in update.leases}
+            want = {net: ip for l in update.leases for net, ip in self._entries(l)}
             for net in [n for n in self._routes if n not in want]:
                 self._delete(net)
             for net, ip in want.items():
@@ -154,11 +219,39 @@ class UdpBackend(Backend):
         elif isinstance(update, Delta):
             for ev in update.events:
                 if ev.kind == "removed":
-                    self._delete(ev.lease.subnet)
-                else:
-                    self._set(ev.lease.subnet, ev.lease.attrs.public_ip)
+                    for net in ev.lease.nets:
+                        self._delete(net)
+                else:  # add or replace: a replaced lease may have lost what made a subnet routable
+                    entries = dict(self._entries(ev.lease))
+                    for net in ev.lease.nets:
+                        if net not in entries:
+                            self._delete(net)
+                    for net, ip in entries.items():
+                        self._set(net, ip)
 
-    def _set(self, net: IPv4Network, ip: IPv4Address) -> None:
+    def _entries(self, lease: Lease) -> list[tuple[IPNetwork, IPAddress]]:
+        """The lease table entries of a peer: each subnet of an enabled family -> the peer's
+        public address of the tunnel's family (validated by core.validate). An IPv6 subnet
+        only when the lease says its host carries IPv6 over our underlay (flanneld's udp
+        hosts do not: they would mangle the packets)."""
+        outer = lease.attrs.public(self.tunnel_family)
+        out = []
+        for s in lease.nets:
+            if s.version not in self.families():
+                continue
+            if s.version == 6 and lease.attrs.backend_v6_data != self.v6_data:
+                if lease.key not in self._v6_skipped:  # logged once, until it says so
+                    self._v6_skipped.add(lease.key)
+                    log.info("udp: not routing %s to %s: its lease does not say it carries IPv6 over %s "
+                             "(BackendV6Data %s; a flanneld udp host?)", s, outer, self.v6_data["Underlay"],
+                             json.dumps(lease.attrs.backend_v6_data))  # fmt: skip
+                continue
+            if s.version == 6:
+                self._v6_skipped.discard(lease.key)
+            out.append((s, outer))
+        return out
+
+    def _set(self, net: IPNetwork, ip: IPAddress) -> None:
         from ..datapath import DataPathError
 
         try:
@@ -170,9 +263,9 @@ class UdpBackend(Backend):
             return
         self._routes[net] = ip
 
-    def _delete(self, net: IPv4Network) -> None:
-        self._table.delete(net)
-        self._routes.pop(net, None)
+    def _delete(self, net: IPNetwork) -> None:
+        if self._routes.pop(net, None) is not None:
+            self._table.delete(net)
 
     async def resync(self) -> None:
         if self._dp is None:
@@ -182,7 +275,7 @@ class UdpBackend(Backend):
             log.error("data path worker failed (%s); restarting it", err)
             await self.start(self._lease)
             return
-        await asyncio.to_thread(self._configure_link, self._lease.subnet.network_address)
+        await asyncio.to_thread(self._configure_link, self._lease)
 
     async def stop(self) -> None:
         if self._dp is not None:

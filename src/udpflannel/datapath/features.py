@@ -29,7 +29,7 @@ class Features:
 
     @property
     def tun_offload(self) -> bool:
-        """TUN super-packets usable: IFF_VNET_HDR with TUNSETOFFLOAD(CSUM|TSO4)."""
+        """TUN super-packets usable: IFF_VNET_HDR with TUNSETOFFLOAD(CSUM|TSO4|TSO6)."""
         return self.vnet_hdr and self.tun_tso
 
     def describe(self) -> str:

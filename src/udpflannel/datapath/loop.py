@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Iterable, Sequence, Union
 
+from udpflannel.datapath import addr as _addr
 from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.addr import Address, Network
 from udpflannel.datapath.errors import DataPathError, check
 from udpflannel.datapath.features import Features, probe_features
 from udpflannel.datapath.table import LeaseTable
@@ -21,8 +24,33 @@ COUNTER_NAMES: tuple[str, ...] = tuple(
 _TOTALLED = tuple(n for n in COUNTER_NAMES if n.startswith(("drop_", "icmp_")))
 
 
+def _by_family(items: Iterable, what: str, convert) -> dict[int, object]:
+    """IP version -> item, at most one per family."""
+    out: dict[int, object] = {}
+    for item in items:
+        item = convert(item)
+        if item.version in out:
+            raise ValueError(f"{what}: two IPv{item.version} values ({out[item.version]}, {item})")
+        out[item.version] = item
+    return out
+
+
+def _many(x) -> Sequence:
+    """One value or several."""
+    return [x] if isinstance(x, (str, IPv4Address, IPv6Address, IPv4Network, IPv6Network)) else list(x)
+
+
 class DataPath:
-    """Forward between ``tun`` and a UDP socket bound to ``bind`` using ``table``.
+    """Forward between ``tun`` and UDP sockets bound to ``bind`` using ``table``.
+
+    Families: ``network`` is the overlay network, or one per IP version (IPv4 and/or
+    IPv6): inner packets of a version with no network are dropped. ``bind`` is
+    ``(address, port)`` or ``((address, ...), port)``: one socket per address, at most
+    one IPv4 and one IPv6 (the underlay); a lease's public address of a family with
+    no socket is unreachable (drop_no_route). ``icmp_source`` (default: each
+    network's own address) is the source of the ICMP / ICMPv6 unreachables, one per
+    network family. Either inner family travels over either underlay: the payload is
+    the inner packet, its version nibble tells the receiver which it is.
 
     ``features`` (default: probed now) decides the socket offloads: UDP_SEGMENT
     sends (runs of equal-size packets to one peer share one send), UDP_GRO
@@ -46,10 +74,10 @@ class DataPath:
         self,
         *,
         tun: Tun,
-        bind: tuple[IPv4Address, int],
+        bind: tuple[Union[Address, Sequence[Address]], int],
         table: LeaseTable,
-        network: IPv4Network,
-        icmp_source: IPv4Address,
+        network: Union[Network, Sequence[Network]],
+        icmp_source: Union[Address, Sequence[Address], None] = None,
         mtu: int,
         features: Features | None = None,
         busy_poll_us: int = 0,
@@ -62,12 +90,20 @@ class DataPath:
             raise ValueError(f"tun must have 1..{lib.UF_TUN_MAX_QUEUES} queue fds")
         if not isinstance(table, LeaseTable):
             raise TypeError("table must be a LeaseTable")
-        addr, port = bind
-        addr = IPv4Address(addr)
+        addrs, port = bind
+        binds = _by_family(_many(addrs), "bind", _addr.address)
+        if not binds:
+            raise ValueError("bind: no address")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"bad port {port!r}")
-        network = IPv4Network(network)
-        icmp_source = IPv4Address(icmp_source)
+        nets = _by_family(_many(network), "network", _addr.network)
+        if not nets:
+            raise ValueError("network: none given")
+        icmp = _by_family(_many(icmp_source) if icmp_source is not None else [], "icmp_source", _addr.address)
+        for v, net in nets.items():
+            icmp.setdefault(v, net.network_address)
+        if set(icmp) - set(nets):
+            raise ValueError(f"icmp_source: an address of a family with no network ({icmp})")
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535 - 28:
             raise ValueError(f"bad mtu {mtu!r}")
         if not isinstance(busy_poll_us, int) or not 0 <= busy_poll_us <= lib.UF_BUSY_POLL_MAX_US:
@@ -88,23 +124,28 @@ class DataPath:
         cfg.udp_gro = int(features.udp_gro)
         cfg.gro_coalesce = int(tun.vnet_hdr)
         cfg.tun_uso = int(tun.vnet_hdr and tun.uso)
-        cfg.bind_addr = int(addr)
+        for v, a in binds.items():
+            _addr.fill(cfg.bind[v == 6], a)
         cfg.port = port
-        cfg.network = int(network.network_address)
-        cfg.plen = network.prefixlen
-        cfg.icmp_source = int(icmp_source)
+        for v, net in nets.items():
+            _addr.fill(cfg.net[v == 6].addr, net.network_address)
+            cfg.net[v == 6].plen = net.prefixlen
+            _addr.fill(cfg.icmp_source[v == 6], icmp[v])
         cfg.mtu = mtu
         cfg.busy_poll_us = busy_poll_us
         cfg.pin_cpus = int(pin_cpus)
         cfg.sock_buf = sock_buf
         cfg.table = table.c_table
         out = ffi.new("uf_dp **")
-        check(lib.uf_dp_new(cfg, out), f"DataPath(bind={addr}:{port})")
+        where = ",".join(str(a) for a in binds.values())
+        check(lib.uf_dp_new(cfg, out), f"DataPath(bind={where}:{port})")
         self._dp = out[0]
         self._table = table  # the C side reads it: keep it alive
         self._tun = tun
         self._final: dict[str, int] | None = None
         self.mode = {
+            "overlay": "+".join(f"IPv{v}" for v in sorted(nets)),
+            "underlay": "+".join(f"IPv{v}" for v in sorted(binds)),
             "queues": cfg.queues,
             "vnet_hdr": bool(cfg.vnet_hdr),
             "udp_segment": bool(cfg.udp_segment),
@@ -116,8 +157,8 @@ class DataPath:
             "batch": lib.UF_BATCH,
         }
         log.info(
-            "data path %s <-> %s:%d network %s mtu %d: %s",
-            tun.name, addr, port, network, mtu,
+            "data path %s <-> %s port %d network %s mtu %d: %s",
+            tun.name, where, port, ",".join(str(n) for n in nets.values()), mtu,
             " ".join(f"{k}={v}" for k, v in self.mode.items()),
         )
 

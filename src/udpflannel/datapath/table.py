@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import errno
 import threading
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_network
 
+from udpflannel.datapath import addr as _addr
 from udpflannel.datapath._native import ffi, lib
+from udpflannel.datapath.addr import Address, Network
 from udpflannel.datapath.errors import check
 
 
-def _net(network: IPv4Network | str) -> IPv4Network:
-    if isinstance(network, str):
-        network = IPv4Network(network)  # strict: host bits must be zero
-    if not isinstance(network, IPv4Network):
-        raise TypeError(f"expected IPv4Network, got {type(network).__name__}")
-    return network
-
-
-def _addr(addr: IPv4Address | str) -> IPv4Address:
-    if isinstance(addr, str):
-        addr = IPv4Address(addr)
-    if not isinstance(addr, IPv4Address):
-        raise TypeError(f"expected IPv4Address, got {type(addr).__name__}")
-    return addr
-
-
 class LeaseTable:
-    """Subnet -> peer PublicIP, longest-prefix match, up to ``MAX_LEASES`` leases.
+    """Subnet (IPv4 or IPv6) -> peer public address (IPv4 or IPv6), longest-prefix match,
+    up to ``MAX_LEASES`` subnets.
 
     Writes go through the C setters under a lock (one writer at a time; the
     seqlock in lookup.h makes them safe for concurrent C readers); a change
@@ -47,20 +34,20 @@ class LeaseTable:
         """The uf_table pointer, for DataPath."""
         return self._ptr
 
-    def set(self, network: IPv4Network | str, public_ip: IPv4Address | str) -> None:
-        """Add or replace the lease for network. Raises TableFullError when full."""
-        net, peer = _net(network), _addr(public_ip)
+    def set(self, network: Network | str, public_ip: Address | str) -> None:
+        """Add or replace the lease for network (either family; the peer's address may be of
+        the other family). Raises TableFullError when full."""
+        net, peer = _addr.network(network), _addr.address(public_ip)
+        cnet, cpeer = _addr.to_c(net.network_address), _addr.to_c(peer)
         with self._lock:
-            check(
-                lib.uf_table_set(self._ptr, int(net.network_address), net.prefixlen, int(peer)),
-                f"LeaseTable.set({net})",
-            )
+            check(lib.uf_table_set(self._ptr, cnet, net.prefixlen, cpeer), f"LeaseTable.set({net})")
 
-    def delete(self, network: IPv4Network | str) -> bool:
+    def delete(self, network: Network | str) -> bool:
         """Remove the lease for network; False if there was none."""
-        net = _net(network)
+        net = _addr.network(network)
+        cnet = _addr.to_c(net.network_address)
         with self._lock:
-            rc = lib.uf_table_delete(self._ptr, int(net.network_address), net.prefixlen)
+            rc = lib.uf_table_delete(self._ptr, cnet, net.prefixlen)
         if rc == -errno.ENOENT:
             return False
         check(rc, f"LeaseTable.delete({net})")
@@ -70,23 +57,23 @@ class LeaseTable:
         with self._lock:
             lib.uf_table_clear(self._ptr)
 
-    def lookup(self, addr: IPv4Address | str) -> IPv4Address | None:
-        """PublicIP of the longest lease covering addr, or None."""
+    def lookup(self, addr: Address | str) -> Address | None:
+        """Public address of the longest lease covering addr, or None."""
         match = self.match(addr)
         return match[1] if match else None
 
-    def match(self, addr: IPv4Address | str) -> tuple[IPv4Network, IPv4Address] | None:
-        """(lease network, PublicIP) of the longest lease covering addr, or None."""
-        a = _addr(addr)
-        peer = ffi.new("uint32_t *")
+    def match(self, addr: Address | str) -> tuple[Network, Address] | None:
+        """(lease network, public address) of the longest lease covering addr, or None."""
+        a = _addr.address(addr)
+        peer = ffi.new("uf_addr *")
         plen = ffi.new("int *")
-        if not lib.uf_table_lookup(self._ptr, int(a), peer, plen):
+        if not lib.uf_table_lookup(self._ptr, a.version, a.packed, peer, plen):
             return None
-        return IPv4Network((int(a), plen[0]), strict=False), IPv4Address(peer[0])
+        return ip_network((a, plen[0]), strict=False), _addr.from_c(peer)
 
-    def peer_known(self, public_ip: IPv4Address | str) -> bool:
-        """True if some lease has this PublicIP."""
-        return bool(lib.uf_table_peer_known(self._ptr, int(_addr(public_ip))))
+    def peer_known(self, public_ip: Address | str) -> bool:
+        """True if some lease has this public address."""
+        return bool(lib.uf_table_peer_known(self._ptr, _addr.to_c(_addr.address(public_ip))))
 
     def __len__(self) -> int:
         return int(lib.uf_table_count(self._ptr))

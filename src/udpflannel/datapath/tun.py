@@ -54,7 +54,7 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
     """Create TUN `name` with `queues` queues.
 
     With ``features.tun_offload`` the device gets IFF_VNET_HDR and
-    TUNSETOFFLOAD(CSUM|TSO4), plus USO4|USO6 when ``features.tun_uso``, so
+    TUNSETOFFLOAD(CSUM|TSO4|TSO6), plus USO4|USO6 when ``features.tun_uso``, so
     reads return TCP (and UDP) super-packets and writes may be GSO; if that
     fails the device is opened without USO, then without offloads (logged),
     and the plain path runs.
@@ -79,7 +79,7 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
             if rc == 0:
                 tun = Tun(ffi.string(kname).decode(), tuple(fds), vnet_hdr=True, uso=uso)
                 log.info("TUN %s: %d queue(s), vnet header with %s offload", tun.name, queues,
-                         "TSO4/USO/CSUM" if uso else "TSO4/CSUM")
+                         "TSO4/TSO6/USO/CSUM" if uso else "TSO4/TSO6/CSUM")
                 return tun
         log.warning("TUN %s: offload setup failed (%s), using the plain path", name, os.strerror(-rc))
     check(lib.uf_tun_open(name.encode(), queues, flags, fds, kname), f"open_tun({name})")

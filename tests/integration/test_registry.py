@@ -4,6 +4,7 @@ deadlines on a frozen etcd, gRPC cancellations turned into RegistryError."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from udpflannel.adapters.etcd import PAGE_KEYS, RPC_TIMEOUT, WATCH_SILENCE
+from udpflannel.adapters.etcd import PAGE_KEYS, RPC_TIMEOUT, WATCH_SILENCE, EtcdClient
 from udpflannel.adapters.registry import Compacted, EtcdOptions, EtcdRegistry
 from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import LeaseParseError, RegistryError
@@ -181,6 +182,83 @@ def test_listing_is_paged_at_one_revision(loopback_etcd):
     listing = asyncio.run(go())
     assert len(listing.leases) == n and len({l.key for l in listing.leases}) == n
     assert listing.malformed == {}
+
+
+def revision(etcd) -> int:
+    return json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
+
+
+class BetweenPages(EtcdClient):
+    """The real client, with `hook()` run once, after the first page of a lease listing
+    arrived and before the next is asked for: faults that land in the middle of a listing."""
+
+    def __init__(self, opts: EtcdOptions, hook):
+        super().__init__(opts)
+        self.hook, self.pages = hook, 0
+
+    async def kv(self, what: str, method: str, request):
+        resp = await super().kv(what, method, request)
+        if what == "list leases":
+            self.pages += 1
+            if self.pages == 1:
+                self.hook()
+        return resp
+
+
+def test_a_listing_compacted_between_pages_starts_over_and_has_each_lease_once(loopback_etcd):
+    n = 2 * PAGE_KEYS + 17
+    fill(loopback_etcd, "--count", str(n), "--network", "10.5.0.0/16", "--subnet-len", "28", prefix="/test/net")
+    first_page = []
+
+    def change_and_compact():
+        # a key of the first page goes away, one comes, and the revision pinned for the
+        # listing is compacted: the listing must start over at a new revision
+        first_page.append(loopback_etcd.ctl("get", "/test/net/subnets/", "--prefix", "--keys-only", "--limit", "1").stdout.split()[0])
+        loopback_etcd.delete(first_page[0])
+        loopback_etcd.put("/test/net/subnets/10.5.255.240-28", OTHER.to_json())
+        loopback_etcd.ctl("compact", str(revision(loopback_etcd)))
+
+    async def go():
+        opts = EtcdOptions(endpoints=[loopback_etcd.endpoint], prefix="/test/net")
+        reg = EtcdRegistry(opts, client=BetweenPages(opts, change_and_compact))
+        try:
+            return await reg.list_leases(), reg.etcd.pages
+        finally:
+            await reg.close()
+
+    listing, pages = asyncio.run(go())
+    keys = [l.key for l in listing.leases]
+    assert pages > 3  # the first page, then all of them again
+    assert len(keys) == len(set(keys)) == n  # each lease once: one gone, one new
+    assert first_page[0].rsplit("/", 1)[1] not in keys and "10.5.255.240-28" in keys
+    assert listing.revision == revision(loopback_etcd)
+
+
+def test_a_listing_frozen_between_pages_fails_in_its_deadline_and_the_next_is_whole(loopback_etcd):
+    n = 2 * PAGE_KEYS + 17
+    fill(loopback_etcd, "--count", str(n), "--network", "10.5.0.0/16", "--subnet-len", "28", prefix="/test/net")
+    pid = loopback_etcd.proc.pid
+
+    async def go():
+        opts = EtcdOptions(endpoints=[loopback_etcd.endpoint], prefix="/test/net")
+        reg = EtcdRegistry(opts, client=BetweenPages(opts, lambda: os.kill(pid, signal.SIGSTOP)))
+        try:
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(RegistryError, match="DEADLINE_EXCEEDED"):
+                    await reg.list_leases()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            failed_s = time.monotonic() - t0
+            return await reg.list_leases(), failed_s
+        finally:
+            await reg.close()
+
+    listing, failed_s = asyncio.run(go())
+    print(f"listing frozen after its first page: failed after {failed_s:.1f}s")
+    assert failed_s < 2 * RPC_TIMEOUT + 2
+    keys = [l.key for l in listing.leases]
+    assert len(keys) == len(set(keys)) == n
 
 
 def test_oversize_garbage_values_do_not_break_the_listing(loopback_etcd):

@@ -297,10 +297,15 @@ class EtcdClient:
 
         return await self.call("renew lease", op)
 
-    async def range_all(self, what: str, key: bytes, range_end: bytes, each: Callable[[object], None]) -> int:
+    async def range_all(self, what: str, key: bytes, range_end: bytes, each: Callable[[object], None],
+                        start_over: Callable[[], None]) -> int:  # fmt: skip
         """Every key in [key, range_end), in pages, all at one revision; calls `each(kv)` per
-        key and returns the revision."""
-        for _ in range(3):  # the pinned revision may be compacted between pages: start over
+        key and returns the revision. When the pinned revision is compacted between two
+        pages the listing starts again at a new one, after `start_over()`: the caller drops
+        what `each` got so far (keys since deleted would otherwise come back)."""
+        for attempt in range(3):
+            if attempt:
+                start_over()
             revision, start, limit = 0, key, PAGE_KEYS
             while True:
                 req = rpc.RangeRequest(key=start, range_end=range_end, limit=limit, revision=revision)

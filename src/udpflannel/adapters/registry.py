@@ -116,7 +116,12 @@ class EtcdRegistry:
             except LeaseParseError as e:
                 malformed[self._name(kv.key)] = str(e)
 
-        revision = await self.etcd.range_all("list leases", self.subnets_prefix, _range_end(self.subnets_prefix), each)
+        def start_over() -> None:
+            leases.clear()
+            malformed.clear()
+
+        revision = await self.etcd.range_all("list leases", self.subnets_prefix, _range_end(self.subnets_prefix),
+                                             each, start_over)  # fmt: skip
         for name, why in malformed.items():
             self._malformed(name, why)
         for name in set(self._reported) - set(malformed):

@@ -10,6 +10,8 @@ behaviour: alive, renewed, forwarding, the same lease.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -95,6 +97,85 @@ def test_etcd_killed_with_a_renewal_due_and_restarted(etcd_lab):
         agents.wait_log(p, "renewed lease", timeout=40)
     assert all(p.poll() is None for p in procs)
     assert etcd_lease_ids(lab) == before
+    assert c2.ping(c1.ip, 3).returncode == 0
+
+
+# Inside etcd's namespace: poll etcd's own /metrics until it has answered `n` Range calls,
+# then SIGSTOP it (same PID namespace) -- a freeze that lands between two pages of a listing.
+FREEZE_AFTER_RANGES = r"""
+import os, re, signal, sys, time, urllib.request
+url, pid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pat = re.compile(r'grpc_server_handled_total\{[^}]*grpc_method="Range"[^}]*\} (\S+)')
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        done = sum(float(v) for v in pat.findall(urllib.request.urlopen(url, timeout=2).read().decode()))
+    except OSError:
+        done = 0
+    if done >= n:
+        os.kill(pid, signal.SIGSTOP)
+        print(int(done))
+        sys.exit(0)
+    time.sleep(0.002)
+sys.exit("etcd never answered %d Range calls" % n)
+"""
+FILLED = 40_000  # leases: a listing is 40 pages (adapters.etcd.PAGE_KEYS)
+
+
+def test_etcd_frozen_between_two_pages_of_a_relisting(etcd_lab):
+    """The watch breaks (etcd killed and restarted: a re-listing is due) and etcd freezes
+    after a few pages of the 40-page listing that follows. The agents keep forwarding, the
+    listing fails within its deadline and is retried, and after the thaw they list all
+    40,000 leases again and watch on."""
+    lab = etcd_lab
+    etcd = lab.etcd[0]
+    etcd.put(f"{PREFIX}/config", '{"Network": "10.0.0.0/8", "Backend": {"Type": "udp"}}')
+    agents.fill(etcd, "--count", str(FILLED), "--network", "10.0.0.0/8", "--subnet-len", "24", "--backend-type", "udp")
+    hosts = [lab.add_host(), lab.add_host()]
+    procs = [agents.start(lab, h) for h in hosts]
+    envs = [agents.wait_subnet(lab, h, timeout=60) for h in hosts]
+    c1, c2 = (lab.add_container(h, e) for h, e in zip(hosts, envs))
+    for h in hosts:
+        wait_for(lambda: agents.metric(h, "peers") == FILLED + 1, 60, what="every lease a peer")
+    assert c1.ping(c2.ip, 3).returncode == 0
+
+    pinger = Pinger(c1, c2.ip, 30)
+    etcd_signal(etcd, signal.SIGKILL)
+    etcd.proc.wait(10)
+    etcd.proc = None
+    for p in procs:
+        agents.wait_log(p, "lease watch interrupted", timeout=20)
+    etcd.start()
+    # the agents retry the listing (every 5 s); freeze etcd after a few pages of it
+    freezer = subprocess.run(
+        ["ip", "netns", "exec", etcd.ns, sys.executable, "-c", FREEZE_AFTER_RANGES,
+         f"{etcd.endpoint}/metrics", str(etcd.proc.pid), "10"],
+        capture_output=True, text=True, timeout=90)  # fmt: skip
+    t_freeze = time.time()
+    try:
+        assert freezer.returncode == 0, freezer.stderr
+        # each agent's listing fails in the freeze (the page's 5 s deadline) and is retried
+        def listing_failed(p) -> bool:
+            return any(t >= t_freeze - 0.5 for t in agents.log_times(p, "(listing the leases"))
+        wait_for(lambda: any(listing_failed(p) for p in procs), 20, what="a listing that fails in the freeze")
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs), "an agent exited during the freeze"
+    finally:
+        etcd_signal(etcd, signal.SIGCONT)
+    print(f"\nfroze etcd after {freezer.stdout.strip()} Range calls;",
+          "listings failed in the freeze:", [listing_failed(p) for p in procs])
+    for h, p in zip(hosts, procs):
+        wait_for(lambda: "listing the leases: succeeded" in agents.log_text(p).split("lease watch interrupted")[-1],
+                 40, what="a listing after the thaw")  # fmt: skip
+        assert agents.metric(h, "peers") == FILLED + 1
+    sent, received = pinger.result()
+    print(f"{sent - received} of {sent} pings lost while etcd was killed, restarted and frozen")
+    assert received >= 0.95 * sent, f"{sent - received} of {sent} pings lost"
+    # and the watch is back: a new lease reaches both
+    etcd.put(f"{PREFIX}/subnets/10.250.250.0-24", '{"PublicIP":"192.0.2.99","PublicIPv6":null}')
+    for p in procs:
+        agents.wait_log(p, "peer added: 10.250.250.0/24", timeout=30)
+    assert all(p.poll() is None for p in procs)
     assert c2.ping(c1.ip, 3).returncode == 0
 
 

@@ -100,6 +100,48 @@ def test_etcd_killed_with_a_renewal_due_and_restarted(etcd_lab):
     assert c2.ping(c1.ip, 3).returncode == 0
 
 
+def test_etcd_outage_longer_than_the_lease_ttl_keeps_forwarding_and_the_same_subnets(etcd_lab):
+    """etcd frozen for longer than the leases live (TTL 15 s, frozen 25 s): the renewals fail,
+    and on the thaw etcd expires both leases and deletes the keys. Forwarding goes on with
+    the last table throughout; each agent takes its own subnet again (no other), on one new
+    etcd lease, and the hosts learn each other's lease anew."""
+    lab = etcd_lab
+    etcd = lab.etcd[0]
+    etcd.put(f"{PREFIX}/config", UDP)
+    hosts, procs, envs, (c1, c2), _ = udp_pair(lab, "--subnet-lease-ttl", "15", "--subnet-lease-renew-margin-seconds", "5")
+    subnets = {h.name: e["FLANNEL_SUBNET"] for h, e in zip(hosts, envs)}
+    pinger = Pinger(c1, c2.ip, 2 + 25 + 10)  # until some 10 s after the thaw
+    time.sleep(2)
+    etcd_signal(etcd, signal.SIGSTOP)
+    t_freeze = time.monotonic()
+    try:
+        for p in procs:
+            agents.wait_log(p, "waiting for etcd (renewing lease", timeout=20)
+        time.sleep(max(0.0, 25 - (time.monotonic() - t_freeze)))
+        assert all(p.poll() is None for p in procs), "an agent exited during the freeze"
+    finally:
+        etcd_signal(etcd, signal.SIGCONT)
+    t_thaw = time.time()
+    for p in procs:  # etcd expires the leases on the thaw; the agents notice and take them again
+        agents.wait_log(p, "re-acquiring", timeout=30)
+        agents.wait_log(p, "leased subnet", count=2, timeout=30)
+    sent, received = pinger.result()
+    took = [agents.log_times(p, "leased subnet")[1] - t_thaw for p in procs]
+    print(f"\netcd frozen 25 s with 15 s leases: {sent - received} of {sent} pings lost;",
+          "leases back %.1f s, %.1f s after the thaw" % tuple(took))
+    for h in hosts:
+        assert agents.wait_subnet(lab, h)["FLANNEL_SUBNET"] == subnets[h.name]
+    held = {k: v["PublicIP"] for k, v in agents.leases(lab).items()}
+    assert held == {subnets[h.name].replace(".1/24", ".0-24"): str(h.ip) for h in hosts}, held
+    wait_for(lambda: all(agents.metric(h, "peers") == 1 for h in hosts), 20, what="each host's peer back")
+    assert received >= 0.9 * sent, f"{sent - received} of {sent} pings lost"
+    assert c1.ping(c2.ip, 3).returncode == 0 and c2.ping(c1.ip, 3).returncode == 0
+    time.sleep(1)
+    leases = [l for l in etcd.ctl("lease", "list").stdout.splitlines()[1:] if l.strip()]
+    assert len(leases) == 2, leases  # one etcd lease per host, none left over
+    assert all(p.poll() is None for p in procs)
+
+
 # Inside etcd's namespace: poll etcd's own /metrics until it has answered `n` Range calls,
 # then SIGSTOP it (same PID namespace) -- a freeze that lands between two pages of a listing.
 FREEZE_AFTER_RANGES = r"""

@@ -163,8 +163,33 @@ def test_failed_renewal_retries_and_keeps_the_lease(reg, clock):
 
     run(scenario())
     assert m.reacquisitions == 0
-    assert clock.sleeps[:3] == [10, 10, 10]
+    assert [w for w in clock.waits if w][1:4] == [10, 10, 10]  # after the wait for the renewal time
     assert "10.5" in next(iter(reg.kv))
+
+
+def test_key_gone_while_renewals_fail_is_reacquired_at_the_watcher_s_word(reg, clock):
+    """An outage outlasts the lease: etcd comes back and deletes our expired key. The
+    manager is between two failed renewals; the watcher's signal starts the re-acquisition
+    then, not after the retry interval."""
+    m = manager(reg, clock, ttl=100, renew_margin=50, retry_interval=10)
+    own = run(m.acquire())
+    retry_waits = []
+
+    async def wait_event(event, timeout):
+        if timeout == 10:  # waiting to retry the renewal: etcd is back and expired our lease
+            retry_waits.append(timeout)
+            reg.down = False
+            del reg.etcd_leases[own.lease_id]
+            reg.kv.pop(own.key)
+            event.set()  # what the watcher does when it sees our key deleted
+        return await clock.wait_event(event, timeout)
+
+    m.wait_event = wait_event
+    reg.down = True
+    lost = asyncio.Event()
+    adopted = maintain_until_adopted(m, own, lost)
+    assert retry_waits == [10] and 10 not in clock.waits and 10 not in clock.sleeps
+    assert m.reacquisitions == 1 and adopted[0].lease.subnet == own.lease.subnet
 
 
 def maintain_until_adopted(m, own, lost: asyncio.Event) -> list:

@@ -265,9 +265,13 @@ class LeaseManager:
             except RegistryError as e:
                 self.etcd_errors += 1
                 waiting.failed("etcd", f"renewing lease {own.lease.label}", e)
-                await self.sleep(self.retry_interval)
+                # not a plain sleep: an outage longer than the TTL ends with etcd deleting our
+                # key, and the watcher's word should start the re-acquisition at once (the
+                # other hosts stop routing to us until the key is back)
+                await self.wait_event(check, self.retry_interval)
                 continue
-            waiting.done(f"renewing lease {own.lease.label}")
+            # (etcd answering "no such lease" ends the wait for etcd, not the renewal)
+            waiting.done(f"{'renewing' if renewed is not None else 'reaching etcd to renew'} lease {own.lease.label}")
             if renewed is None:
                 own = await self.reacquire(own, adopt, "expired in etcd")
                 continue

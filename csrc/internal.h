@@ -38,6 +38,7 @@ static inline uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 |
  * These read fields of a packet uf_pkt_check has passed; extension headers of IPv6
  * count as payload (only the fixed 40-byte header is "the IP header" here). */
 #define UF_IPV6_HDR 40
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define UF_PROTO_TCP 6
 #define UF_PROTO_UDP 17
 #define UF_PROTO_ICMP 1

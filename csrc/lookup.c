@@ -90,14 +90,11 @@ static inline key128 key_mask(key128 k, int plen)
  * One multiplication for an IPv4 key or an IPv6 prefix up to /64 (k[1] == 0). */
 static inline uint32_t fib_hash(uint64_t x) { return (uint32_t)((x * 0x9e3779b97f4a7c15ull) >> (64 - SLOT_BITS)); }
 
-static inline uint32_t lease_home(key128 k, uint32_t tag)
+/* The home slot of a key, in the lease slots (tag: family and prefix length) or the
+ * peers (tag: family). */
+static inline uint32_t key_home(key128 k, uint32_t tag)
 {
     return fib_hash(k.k[0] ^ (k.k[1] ? mix64(k.k[1]) : 0) ^ tag);
-}
-
-static inline uint32_t peer_home(key128 k, uint32_t family)
-{
-    return fib_hash(k.k[0] ^ (k.k[1] ? mix64(k.k[1]) : 0) ^ family);
 }
 
 static inline uint32_t lease_meta(int family, int plen) { return META_USED | (uint32_t)family << 8 | (uint32_t)plen; }
@@ -142,7 +139,7 @@ static void write_end(uf_table *t)
 /* Index of the lease (key, meta), or -1. Writer-only (no seqlock). */
 static long lease_find(const uf_table *t, key128 k, uint32_t meta)
 {
-    uint32_t i = lease_home(k, meta & 0xffffu);
+    uint32_t i = key_home(k, meta & 0xffffu);
     for (uint32_t n = 0; n < UF_TABLE_SLOTS; n++, i = (i + 1u) & SLOT_MASK) {
         const struct uf_slot *s = &t->slots[i];
         if (!(s->meta & META_USED))
@@ -179,7 +176,7 @@ static key128 slot_key(const struct uf_slot *s) { return (key128){ { s->key[0], 
 
 static void peer_ref(uf_table *t, key128 ip, uint32_t family)
 {
-    uint32_t i = peer_home(ip, family);
+    uint32_t i = key_home(ip, family);
     for (;;) {
         struct uf_peer_slot *s = &t->peers[i];
         if (s->refs == 0) {
@@ -199,7 +196,7 @@ static void peer_ref(uf_table *t, key128 ip, uint32_t family)
 
 static void peer_unref(uf_table *t, key128 ip, uint32_t family)
 {
-    uint32_t i = peer_home(ip, family);
+    uint32_t i = key_home(ip, family);
     for (uint32_t n = 0; n < UF_TABLE_SLOTS; n++, i = (i + 1u) & SLOT_MASK) {
         struct uf_peer_slot *s = &t->peers[i];
         if (s->refs == 0)
@@ -210,7 +207,7 @@ static void peer_unref(uf_table *t, key128 ip, uint32_t family)
             ST(&s->refs, s->refs - 1u);
             return;
         }
-        BACKSHIFT(t->peers, i, t->peers[j].refs != 0, peer_home(peer_key(&t->peers[j]), t->peers[j].family),
+        BACKSHIFT(t->peers, i, t->peers[j].refs != 0, key_home(peer_key(&t->peers[j]), t->peers[j].family),
                   (ST(&t->peers[j].refs, 0u), ST(&t->peers[j].family, 0u), ST(&t->peers[j].ip[0], 0ull),
                    ST(&t->peers[j].ip[1], 0ull)),
                   (ST(&t->peers[hole].ip[0], t->peers[j].ip[0]), ST(&t->peers[hole].ip[1], t->peers[j].ip[1]),
@@ -282,7 +279,7 @@ int uf_table_set(uf_table *t, const uf_addr *network, int plen, const uf_addr *p
         write_end(t);
         return -ENOSPC;
     }
-    uint32_t i = lease_home(k, meta & 0xffffu);
+    uint32_t i = key_home(k, meta & 0xffffu);
     while (t->slots[i].meta & META_USED)
         i = (i + 1u) & SLOT_MASK;
     struct uf_slot *s = &t->slots[i];
@@ -315,7 +312,7 @@ int uf_table_delete(uf_table *t, const uf_addr *network, int plen)
     uint8_t pa[16];
     memcpy(pa, t->slots[idx].peer, 16);
     BACKSHIFT(t->slots, (uint32_t)idx, t->slots[j].meta & META_USED,
-              lease_home(slot_key(&t->slots[j]), t->slots[j].meta & 0xffffu),
+              key_home(slot_key(&t->slots[j]), t->slots[j].meta & 0xffffu),
               (ST(&t->slots[j].meta, 0u), ST(&t->slots[j].key[0], 0ull), ST(&t->slots[j].key[1], 0ull),
                ST(&t->slots[j].peer[0], 0ull), ST(&t->slots[j].peer[1], 0ull)),
               (ST(&t->slots[hole].key[0], t->slots[j].key[0]), ST(&t->slots[hole].key[1], t->slots[j].key[1]),
@@ -380,7 +377,7 @@ static inline int read_retry(const uf_table *t, uint32_t s)
 /* Probe for the lease (key, meta): 1 and its peer words and meta, or 0. Reader side. */
 static inline int probe(const uf_table *t, key128 k, uint32_t want, uint64_t pw[2], uint32_t *meta_out)
 {
-    uint32_t i = lease_home(k, want & 0xffffu);
+    uint32_t i = key_home(k, want & 0xffffu);
     for (uint32_t n = 0; n < UF_TABLE_SLOTS; n++, i = (i + 1u) & SLOT_MASK) {
         const struct uf_slot *sl = &t->slots[i];
         uint32_t meta = LD(&sl->meta);
@@ -440,7 +437,7 @@ int uf_table_peer_known(const uf_table *t, const uf_addr *ip)
     for (;;) {
         uint32_t s = read_begin(t);
         int found = 0;
-        uint32_t i = peer_home(k, family);
+        uint32_t i = key_home(k, family);
         for (uint32_t n = 0; n < UF_TABLE_SLOTS; n++, i = (i + 1u) & SLOT_MASK) {
             const struct uf_peer_slot *p = &t->peers[i];
             if (LD(&p->refs) == 0)

@@ -26,7 +26,6 @@
 #define SO_ATTACH_REUSEPORT_CBPF 51
 #endif
 
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CMSG_U16_SPACE CMSG_SPACE(sizeof(uint16_t))
 #define CMSG_INT_SPACE CMSG_SPACE(sizeof(int))
 #define RX_CMSG_SPACE (2 * CMSG_INT_SPACE)       /* UDP_GRO + SO_RXQ_OVFL */
@@ -59,8 +58,6 @@ struct uf_worker {
     struct mmsghdr *smsgs;                /* UF_TX_MAX_SEGS */
     uf_sockaddr *saddrs;
     uint8_t *scmsgs;
-    int tun_busy;                         /* drain the TUN: it was readable at the last wake-up too */
-    int tun_was_ready;                    /* the TUN was readable at the last wake-up */
     /* rx: UDP -> TUN */
     uf_rx *rx;
     struct mmsghdr rmsgs[UF_BATCH];
@@ -79,7 +76,6 @@ struct uf_dp {
     int running;
     int stopped;
     int stopping;                         /* atomic flag, set by uf_dp_stop */
-    int nworkers;
     struct uf_worker *workers;            /* one per queue, aligned */
 };
 
@@ -325,7 +321,7 @@ static int tx_send(struct uf_worker *w)
             return -e;
         if (tx->msgs[i].segs > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
             /* the kernel refused the GSO send: fall back for good */
-            w->tx->no_gso = 1;
+            w->pipe.udp_segment = 0;
             cadd(w, UF_DIR_TX, UF_C_GSO_FALLBACKS, 1);
             tx_send_singly(w, sock, &tx->msgs[i], &w->smsgs[i].msg_hdr);
             i++;
@@ -515,6 +511,8 @@ static void *worker_main(void *arg)
     const int stop_at = np;
     p[np++] = (struct pollfd){ .fd = dp->efd, .events = POLLIN };
     int tun_ready = 0, sock_ready[2] = { 0, 0 }, rc = 0;
+    int tun_busy = 0;       /* drain the TUN: it was readable at the last wake-up too */
+    int tun_was_ready = 0;  /* the TUN was readable at the last wake-up */
     uint64_t last_work = 0;
 
     if (dp->cfg.pin_cpus)
@@ -544,13 +542,13 @@ static void *worker_main(void *arg)
             /* read the TUN dry only when it was readable at the previous
              * wake-up too (under load): a lone packet (a ping) costs one
              * read, no EAGAIN probe */
-            w->tun_busy = tun_ready && w->tun_was_ready;
-            w->tun_was_ready = tun_ready;
+            tun_busy = tun_ready && tun_was_ready;
+            tun_was_ready = tun_ready;
             if (!tun_ready && !sock_ready[0] && !sock_ready[1])
                 continue;  /* busy-polling: nothing yet */
         }
         int more_tun = 0, more_sock[2] = { 0, 0 };
-        if (tun_ready && (rc = tun_step(w, w->tun_busy, &more_tun)) != 0)
+        if (tun_ready && (rc = tun_step(w, tun_busy, &more_tun)) != 0)
             break;
         for (int f = 0; f < 2 && !rc; f++)
             if (sock_ready[f])
@@ -773,12 +771,11 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         for (int i = 0; i < UF_TUN_MAX_QUEUES; i++)
             dp->socks[f][i] = -1;
     int rc = 0;
-    dp->nworkers = cfg->queues;
-    if (posix_memalign((void **)&dp->workers, 64, sizeof(struct uf_worker) * (size_t)dp->nworkers)) {
+    if (posix_memalign((void **)&dp->workers, 64, sizeof(struct uf_worker) * (size_t)dp->cfg.queues)) {
         free(dp);
         return -ENOMEM;
     }
-    memset(dp->workers, 0, sizeof(struct uf_worker) * (size_t)dp->nworkers);
+    memset(dp->workers, 0, sizeof(struct uf_worker) * (size_t)dp->cfg.queues);
     dp->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (dp->efd < 0) {
         rc = -errno;
@@ -809,7 +806,7 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
         pipe.icmp_source[f] = cfg->icmp_source[f];
         pipe.outer[f] = cfg->bind[f].family != 0;
     }
-    for (int i = 0; i < dp->nworkers; i++) {
+    for (int i = 0; i < dp->cfg.queues; i++) {
         struct uf_worker *w = &dp->workers[i];
         w->dp = dp;
         w->pipe = pipe;
@@ -841,7 +838,7 @@ int uf_dp_start(uf_dp *dp)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    for (int i = 0; i < dp->nworkers; i++) {
+    for (int i = 0; i < dp->cfg.queues; i++) {
         struct uf_worker *w = &dp->workers[i];
         int rc = pthread_create(&w->thread, NULL, worker_main, w);
         if (rc) {
@@ -869,7 +866,7 @@ int uf_dp_stop(uf_dp *dp)
         ssize_t r = write(dp->efd, &one, sizeof(one));
         (void)r;
     }
-    for (int i = 0; i < dp->nworkers; i++) {
+    for (int i = 0; i < dp->cfg.queues; i++) {
         struct uf_worker *w = &dp->workers[i];
         if (w->started) {
             pthread_join(w->thread, NULL);
@@ -892,7 +889,7 @@ void uf_dp_free(uf_dp *dp)
                 close(dp->socks[f][i]);
     if (dp->efd >= 0)
         close(dp->efd);
-    for (int i = 0; i < dp->nworkers; i++)
+    for (int i = 0; i < dp->cfg.queues; i++)
         if (dp->workers[i].mem)
             munmap(dp->workers[i].mem, dp->workers[i].mem_len);
     free(dp->workers);
@@ -912,19 +909,19 @@ static int sum_counters(const uf_dp *dp, int first, int last, int direction, uin
 
 int uf_dp_counters(const uf_dp *dp, int direction, uint64_t *out, int n)
 {
-    return sum_counters(dp, 0, dp ? dp->nworkers : 0, direction, out, n);
+    return sum_counters(dp, 0, dp ? dp->cfg.queues : 0, direction, out, n);
 }
 
 int uf_dp_queue_counters(const uf_dp *dp, int queue, int direction, uint64_t *out, int n)
 {
-    if (!dp || queue < 0 || queue >= dp->nworkers)
+    if (!dp || queue < 0 || queue >= dp->cfg.queues)
         return -EINVAL;
     return sum_counters(dp, queue, queue + 1, direction, out, n);
 }
 
 int uf_dp_error(const uf_dp *dp)
 {
-    for (int i = 0; dp && i < dp->nworkers; i++) {
+    for (int i = 0; dp && i < dp->cfg.queues; i++) {
         int e = __atomic_load_n(&dp->workers[i].error, __ATOMIC_RELAXED);
         if (e < 0)
             return e;

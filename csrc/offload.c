@@ -15,10 +15,7 @@
 #define TCP_URG 0x20
 #define TCP_ECE 0x40
 #define TCP_CWR 0x80
-#define PROTO_TCP UF_PROTO_TCP
-#define PROTO_UDP UF_PROTO_UDP
 
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 _Static_assert(ARRAY_LEN(((uf_gro *)0)->pay) == UF_GSO_MAX_SEGS, "uf_gro.pay holds UF_GSO_MAX_SEGS");
 _Static_assert(ARRAY_LEN(((uf_gro *)0)->pay_len) == UF_GSO_MAX_SEGS, "uf_gro.pay_len holds UF_GSO_MAX_SEGS");
 _Static_assert(UF_SEG_HDR_MAX >= 60 + 60, "a segment header is at most 60 (IPv4) + 60 (TCP) bytes");
@@ -70,10 +67,10 @@ static uint32_t pseudo_sum(const uint8_t *ip, uint8_t proto, size_t l4len)
 static uint8_t gso_proto(const uf_vnet_hdr *h, int v)
 {
     if (h->gso_type == UF_VNET_GSO_UDP_L4)
-        return PROTO_UDP;
+        return UF_PROTO_UDP;
     int t = h->gso_type & ~UF_VNET_GSO_ECN;
     if ((t == UF_VNET_GSO_TCPV4 && v == 4) || (t == UF_VNET_GSO_TCPV6 && v == 6))
-        return PROTO_TCP;
+        return UF_PROTO_TCP;
     return 0;
 }
 
@@ -91,10 +88,10 @@ int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
     size_t tot = ip_tot(pkt);
     if (tot < len)
         len = tot;  /* ignore trailing bytes beyond the IP length */
-    if (iphl + (proto == PROTO_TCP ? 20 : 8) > len)
+    if (iphl + (proto == UF_PROTO_TCP ? 20 : 8) > len)
         return -UF_C_DROP_BAD_GSO;
-    size_t l4hl = proto == PROTO_TCP ? (size_t)(pkt[iphl + 12] >> 4) * 4u : 8;
-    if (l4hl < 8 || iphl + l4hl > len || (proto == PROTO_TCP && l4hl < 20))
+    size_t l4hl = proto == UF_PROTO_TCP ? (size_t)(pkt[iphl + 12] >> 4) * 4u : 8;
+    if (l4hl < 8 || iphl + l4hl > len || (proto == UF_PROTO_TCP && l4hl < 20))
         return -UF_C_DROP_BAD_GSO;
     size_t hl = iphl + l4hl, payload = len - hl, mss = h->gso_size;
     size_t nsegs = payload == 0 ? 1 : (payload + mss - 1) / mss;
@@ -102,8 +99,8 @@ int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
         return -ENOSPC;
 
     uint16_t id0 = v == 4 ? rd16(pkt + 4) : 0;
-    uint32_t seq0 = proto == PROTO_TCP ? rd32(pkt + iphl + 4) : 0;
-    uint8_t flags0 = proto == PROTO_TCP ? pkt[iphl + 13] : 0;
+    uint32_t seq0 = proto == UF_PROTO_TCP ? rd32(pkt + iphl + 4) : 0;
+    uint8_t flags0 = proto == UF_PROTO_TCP ? pkt[iphl + 13] : 0;
     /* addresses + protocol, shared by every segment's pseudo-header */
     uint32_t addr_sum = pseudo_sum(pkt, proto, 0);
     size_t off = 0;
@@ -118,7 +115,7 @@ int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
             wr16(o + 10, uf_checksum(o, iphl));
         }
         size_t csum_at;
-        if (proto == PROTO_TCP) {
+        if (proto == UF_PROTO_TCP) {
             wr32(l4 + 4, seq0 + (uint32_t)off);
             uint8_t fl = flags0;
             if (i + 1 < nsegs)
@@ -135,7 +132,7 @@ int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
         uint32_t cs = uf_csum_add(l4, l4hl, addr_sum + (uint32_t)(l4hl + plen));
         cs = uf_csum_add(pkt + hl + off, plen, cs);
         uint16_t c = (uint16_t)~uf_csum_fold(cs);
-        if (proto == PROTO_UDP && c == 0)
+        if (proto == UF_PROTO_UDP && c == 0)
             c = 0xffffu;   /* 0 means "no checksum" (IPv4) and is invalid (IPv6) */
         wr16(l4 + csum_at, c);
         segs[i].hdr_off = (uint32_t)(i * hl);
@@ -199,7 +196,7 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
     const uint8_t *l4 = pkt + iphl;
     const uint8_t proto = ip_proto(pkt);   /* IPv6: extension headers are not TCP/UDP */
     int type;
-    if (proto == PROTO_TCP) {
+    if (proto == UF_PROTO_TCP) {
         if (len < iphl + 20)
             return 0;
         size_t thl = (size_t)(l4[12] >> 4) * 4u;
@@ -208,7 +205,7 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
         if ((l4[13] & ~TCP_PSH) != TCP_ACK)
             return 0;
         type = v == 4 ? UF_VNET_GSO_TCPV4 : UF_VNET_GSO_TCPV6;
-    } else if (proto == PROTO_UDP && udp) {
+    } else if (proto == UF_PROTO_UDP && udp) {
         if (rd16(l4 + 4) != len - iphl || len == iphl + 8)   /* UDP length consistent, payload */
             return 0;
         if (rd16(l4 + 6) == 0)                                /* no checksum: nothing to verify */
@@ -232,7 +229,7 @@ void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len)
     g->len = len;
     g->segs = 1;
     g->iphl = (uint8_t)iphl;
-    if (ip_proto(pkt) == PROTO_UDP) {
+    if (ip_proto(pkt) == UF_PROTO_UDP) {
         g->gso_type = UF_VNET_GSO_UDP_L4;
         g->hdrlen = (uint16_t)(iphl + 8);
         g->closed = 0;
@@ -267,7 +264,7 @@ int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len)
         return 0;
     const size_t iphl = g->iphl;
     const uint8_t *ta = a + iphl, *tb = b + iphl;
-    size_t hl = ip_proto(b) == PROTO_UDP ? iphl + 8 : iphl + (size_t)(tb[12] >> 4) * 4u;
+    size_t hl = ip_proto(b) == UF_PROTO_UDP ? iphl + 8 : iphl + (size_t)(tb[12] >> 4) * 4u;
     size_t plen = len - hl;
     if (hl != g->hdrlen || plen > g->gso_size)
         return 0;
@@ -321,10 +318,10 @@ size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h)
     if (g->gso_type == UF_VNET_GSO_UDP_L4) {
         wr16(p + iphl + 4, (uint16_t)(g->len - iphl));
         h->csum_offset = 6;
-        wr16(p + iphl + 6, uf_csum_fold(pseudo_sum(p, PROTO_UDP, g->len - iphl)));
+        wr16(p + iphl + 6, uf_csum_fold(pseudo_sum(p, UF_PROTO_UDP, g->len - iphl)));
     } else {
         h->csum_offset = 16;
-        wr16(p + iphl + 16, uf_csum_fold(pseudo_sum(p, PROTO_TCP, g->len - iphl)));
+        wr16(p + iphl + 16, uf_csum_fold(pseudo_sum(p, UF_PROTO_TCP, g->len - iphl)));
     }
     return g->len;
 }

@@ -147,7 +147,7 @@ int uf_pkt_check(const uint8_t *pkt, size_t len)
     case 6:
         /* payload length 0 is a packet of 40 bytes (a jumbogram would be larger
          * than any buffer here, so its hop-by-hop option is never needed) */
-        if (len < UF_IPV6_HEADER || UF_IPV6_HEADER + (size_t)rd16(pkt + 4) > len)
+        if (len < UF_IPV6_HDR || UF_IPV6_HDR + (size_t)rd16(pkt + 4) > len)
             return UF_C_DROP_SHORT;
         return UF_PASS;
     default:

@@ -22,7 +22,6 @@
 
 /* cffi:begin */
 #define UF_IPV4_MIN_HEADER 20
-#define UF_IPV6_HEADER 40
 #define UF_ICMP_MAX_LEN 1280        /* an ICMPv6 error fills at most the IPv6 minimum MTU (RFC 4443 2.4) */
 #define UF_ICMP_RATE_PER_SEC 200
 #define UF_ICMP_BURST 50

@@ -6,7 +6,6 @@
 #include <string.h>
 #include <sys/uio.h>
 
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 _Static_assert(sizeof(uf_iov) == sizeof(struct iovec), "uf_iov must match struct iovec");
 _Static_assert(offsetof(uf_iov, base) == offsetof(struct iovec, iov_base), "uf_iov.base");
@@ -94,7 +93,7 @@ static void tx_add_seg(const uf_pipe_cfg *c, uf_tx *tx, const uf_addr *peer, voi
         m->gso_type = 0;
         m->bytes = 0;
         /* a segment bigger than one UDP_SEGMENT send allows is always alone */
-        m->open = run && c->udp_segment && !tx->no_gso && sl <= UF_UDP_GSO_MAX_BYTES;
+        m->open = run && c->udp_segment && sl <= UF_UDP_GSO_MAX_BYTES;
     }
     if (hlen) {
         tx->iov[tx->niov].base = hdr;

@@ -86,7 +86,7 @@ typedef struct uf_pipe_cfg {
     int outer[2];           /* tx: peers with an IPv4 / IPv6 public address can be sent to */
     uint32_t mtu;           /* largest inner packet */
     int vnet_hdr;           /* TUN frames start with a virtio-net header */
-    int udp_segment;        /* tx: several segments per message (UDP_SEGMENT) */
+    int udp_segment;        /* tx: several segments per message (UDP_SEGMENT; the caller clears it when the kernel refuses) */
     int coalesce_tx;        /* tx: runs of equal-size plain packets share a message too */
     int gro_tcp;            /* rx: coalesce TCP segments into GSO_TCPV4/V6 writes (needs vnet_hdr) */
     int gro_udp;            /* rx: coalesce UDP datagrams into GSO_UDP_L4 writes (needs vnet_hdr) */
@@ -105,7 +105,6 @@ typedef struct uf_tx {
     uf_iov wiov[128];             /* 2 * UF_BATCH */
     /* state kept across batches */
     uf_ratelimit icmp_rl;         /* initialise with uf_tx_init */
-    int no_gso;                   /* set by the caller when the kernel refused UDP_SEGMENT */
     /* scratch */
     uf_seg segs[256];             /* UF_TX_FRAME_SEGS */
     uint8_t zero_vnet[16];        /* an all-zero virtio-net header */

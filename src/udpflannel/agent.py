@@ -118,7 +118,6 @@ class Agent:
         self.view = PeerView(LeaseContext(()))
         self.rules: list[IptablesRules] = []  # one per enabled family (iptables, ip6tables)
         self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
-        self.subnet_written = False
         self._ready = False
         self._listed = asyncio.Event()  # the backend has had its first Snapshot
         self._peers_lock = asyncio.Lock()
@@ -297,7 +296,7 @@ class Agent:
 
     def _context(self) -> LeaseContext:
         cfg = self.config
-        nets = tuple(p.network for p in (cfg.v4, cfg.v6) if p is not None)
+        nets = tuple(p.network for p in cfg.pools)
         own = self.own.lease if self.own is not None else None
         return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay())
 
@@ -332,7 +331,6 @@ class Agent:
             write(self.opts.subnet_file, render(self.config, self.own.lease, self.backend.mtu(), self.opts.ip_masq))
         except OSError as e:
             raise FatalError(f"cannot write the subnet file {self.opts.subnet_file}: {e}") from e
-        self.subnet_written = True
         log.info("wrote %s", self.opts.subnet_file)
 
     async def _rules_first(self) -> None:
@@ -342,21 +340,24 @@ class Agent:
             return
         self.rules = [self.rules_factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
                                          self.opts.iptables_forward_rules)
-                      for pool in (self.config.v4, self.config.v6) if pool is not None]  # fmt: skip
+                      for pool in self.config.pools]  # fmt: skip
         waiting = self._waiting()
-        pending = list(self.rules)
-        while pending:
-            try:
-                if n := await asyncio.to_thread(pending[0].ensure):
-                    log.info("%s rules (re)applied: %d rules", pending[0].command, n)
-                pending.pop(0)
-                continue
-            except IptablesMissing as e:
-                raise FatalError(str(e)) from e
-            except UdpFlannelError as e:
-                waiting.failed("iptables", "applying the rules", e, logging.ERROR)
-            await asyncio.sleep(self.opts.retry_interval)
+        for rules in self.rules:
+            while True:
+                try:
+                    await self._ensure(rules)
+                    break
+                except IptablesMissing as e:
+                    raise FatalError(str(e)) from e
+                except UdpFlannelError as e:
+                    waiting.failed("iptables", "applying the rules", e, logging.ERROR)
+                await asyncio.sleep(self.opts.retry_interval)
         waiting.done("applying the iptables rules")
+
+    @staticmethod
+    async def _ensure(rules: IptablesRules) -> None:
+        if n := await asyncio.to_thread(rules.ensure):
+            log.info("%s rules (re)applied: %d rules", rules.command, n)
 
     # -- peers ----------------------------------------------------------------------
     def _log_rejections(self) -> None:
@@ -385,8 +386,7 @@ class Agent:
         await self.backend.apply(update)
 
     def _own_changed(self, lease_id: Optional[int], attrs) -> bool:
-        own = self.own
-        return own is None or lease_id != own.lease_id or attrs != own.lease.attrs
+        return self.own is None or not self.own.holds(lease_id, attrs)
 
     async def _peer_loop(self) -> None:
         waiting = self._waiting()
@@ -458,8 +458,7 @@ class Agent:
             await asyncio.sleep(self.opts.iptables_resync)
             for rules in self.rules:
                 try:
-                    if n := await asyncio.to_thread(rules.ensure):
-                        log.info("%s rules (re)applied: %d rules", rules.command, n)
+                    await self._ensure(rules)
                 except UdpFlannelError as e:
                     log.error("%s: %s", rules.command, e)
 

@@ -71,10 +71,13 @@ _ENDPOINT_TROUBLE = {
 }
 
 
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
 @dataclass(frozen=True)
 class EtcdOptions:
     endpoints: Sequence[str]
-    prefix: str = "/coreos.com/network"
+    prefix: str = DEFAULT_PREFIX
     keyfile: str = ""
     certfile: str = ""
     cafile: str = ""

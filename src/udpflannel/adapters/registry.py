@@ -18,11 +18,9 @@ from aetcd import rpc
 
 from ..core.subnet import Lease, LeaseAttrs, parse_lease
 from ..errors import LeaseParseError, RegistryError
-from .etcd import Compacted, EtcdClient, EtcdError, EtcdOptions
+from .etcd import DEFAULT_PREFIX, Compacted, EtcdClient, EtcdError, EtcdOptions
 
 log = logging.getLogger("udpflannel.registry")
-
-DEFAULT_PREFIX = "/coreos.com/network"
 
 __all__ = ["Compacted", "EtcdOptions", "EtcdRegistry", "Listing", "WatchEvent", "DEFAULT_PREFIX"]
 
@@ -97,7 +95,7 @@ class EtcdRegistry:
     def _malformed(self, name: str, why: str) -> None:
         if self._reported.get(name) != why:
             self._reported[name] = why
-            log.warning("skipping malformed lease %s: %s", (self.subnets_prefix + name.encode()).decode(errors="replace"), why)
+            log.warning("skipping malformed lease %s: %s", self.lease_key(name).decode(errors="replace"), why)
 
     # -- verbs -------------------------------------------------------------------
     async def get_config(self) -> Optional[bytes]:
@@ -143,21 +141,31 @@ class EtcdRegistry:
         req = rpc.TxnRequest(compare=[compare], success=[rpc.RequestOp(request_put=put)], failure=[])
         return (await self.etcd.kv(what, "Txn", req)).succeeded
 
-    async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]:
-        """Create <prefix>/subnets/<name> on a new etcd lease of `ttl` seconds, only if the
-        key does not exist. Returns the etcd lease id, or None when the key exists."""
-        key = self.lease_key(name)
+    @staticmethod
+    def _put(key: bytes, attrs: LeaseAttrs, lease_id: int) -> rpc.PutRequest:
+        return rpc.PutRequest(key=key, value=attrs.to_json().encode(), lease=lease_id)
+
+    async def _put_on_new_lease(self, what: str, key: bytes, compare, attrs: LeaseAttrs, ttl: int) -> Optional[int]:
+        """Write `attrs` under `key` on a new etcd lease of `ttl` seconds if `compare` holds.
+        Returns the etcd lease id, or None when it did not hold (the lease is revoked then,
+        and on any error: no empty etcd lease is left behind)."""
         lease_id = await self._grant(ttl)
         try:
-            cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=0)
-            ok = await self._txn("create lease", cmp, rpc.PutRequest(key=key, value=attrs.to_json().encode(), lease=lease_id))
+            ok = await self._txn(what, compare, self._put(key, attrs, lease_id))
         except BaseException:
-            await self.revoke(lease_id, quiet=True)  # don't leave an empty etcd lease behind
+            await self.revoke(lease_id, quiet=True)
             raise
         if not ok:
             await self.revoke(lease_id, quiet=True)
             return None
         return lease_id
+
+    async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]:
+        """Create <prefix>/subnets/<name> on a new etcd lease of `ttl` seconds, only if the
+        key does not exist. Returns the etcd lease id, or None when the key exists."""
+        key = self.lease_key(name)
+        cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=0)
+        return await self._put_on_new_lease("create lease", key, cmp, attrs, ttl)
 
     async def update_lease(self, name: str, attrs: LeaseAttrs, ttl: int, expect_lease_id: Optional[int]) -> Optional[int]:
         """Re-write an existing lease key (ours from an earlier run) on a fresh etcd lease,
@@ -168,15 +176,9 @@ class EtcdRegistry:
         got = resp.kvs[0] if resp.kvs else None
         if got is None or (expect_lease_id is not None and got.lease != expect_lease_id):
             return None
-        lease_id = await self._grant(ttl)
-        try:
-            cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=got.mod_revision)
-            ok = await self._txn("update lease", cmp, rpc.PutRequest(key=key, value=attrs.to_json().encode(), lease=lease_id))
-        except BaseException:
-            await self.revoke(lease_id, quiet=True)
-            raise
-        if not ok:
-            await self.revoke(lease_id, quiet=True)
+        cmp = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=got.mod_revision)
+        lease_id = await self._put_on_new_lease("update lease", key, cmp, attrs, ttl)
+        if lease_id is None:
             return None
         if got.lease:  # the old etcd lease holds nothing now; let it go at once
             await self.revoke(got.lease, quiet=True)
@@ -185,9 +187,8 @@ class EtcdRegistry:
     async def put_lease(self, name: str, attrs: LeaseAttrs, lease_id: int) -> bool:
         """Write our value under our key on our (existing) etcd lease, whatever is there now.
         False when that etcd lease no longer exists (the caller acquires a new one)."""
-        put = rpc.PutRequest(key=self.lease_key(name), value=attrs.to_json().encode(), lease=lease_id)
         try:
-            await self.etcd.kv("re-assert lease", "Put", put)
+            await self.etcd.kv("re-assert lease", "Put", self._put(self.lease_key(name), attrs, lease_id))
         except EtcdError as e:
             if "lease not found" in e.details:
                 return False
@@ -203,12 +204,9 @@ class EtcdRegistry:
         `quiet`, etcd trouble is logged, not raised (the lease then expires on its own)."""
         try:
             await self.etcd.lease("revoke lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
-        except EtcdError as e:
-            if "not found" not in e.details:
-                if not quiet:
-                    raise
-                log.warning("could not revoke etcd lease %x: %s (it expires on its own)", lease_id, e)
         except RegistryError as e:
+            if isinstance(e, EtcdError) and "not found" in e.details:
+                return
             if not quiet:
                 raise
             log.warning("could not revoke etcd lease %x: %s (it expires on its own)", lease_id, e)

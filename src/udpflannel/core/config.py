@@ -60,6 +60,14 @@ class NetworkConfig:
     def network(self) -> Optional[IPv4Network]:
         return self.v4.network if self.v4 else None
 
+    @property
+    def pools(self) -> tuple[Pool, ...]:
+        """The enabled families' pools, IPv4 first."""
+        return tuple(p for p in (self.v4, self.v6) if p is not None)
+
+    def pool(self, version: int) -> Optional[Pool]:
+        return self.v4 if version == 4 else self.v6
+
     def backend_option(self, name: str, default: Any = None) -> Any:
         """A Backend option by case-insensitive name (flannel matches JSON keys that way)."""
         for k, v in self.backend.items():

@@ -87,6 +87,10 @@ class OwnLease:
     def key(self) -> str:
         return self.lease.key
 
+    def holds(self, lease_id: Optional[int], attrs: LeaseAttrs) -> bool:
+        """A key with this etcd lease and value is still ours, as we wrote it."""
+        return lease_id == self.lease_id and attrs == self.lease.attrs
+
 
 class LeaseManager:
     def __init__(
@@ -127,9 +131,6 @@ class LeaseManager:
         self._waiting = dict(every=still_waiting_every, interval=retry_interval, clock=clock, status=status)
 
     # -- pure helpers -------------------------------------------------------------
-    def _pools(self) -> tuple[Pool, ...]:
-        return tuple(p for p in (self.config.v4, self.config.v6) if p is not None)
-
     @staticmethod
     def _fits(pool: Pool, subnet: Optional[IPNetwork]) -> bool:
         return subnet is not None and subnet_fits(subnet, pool.network, pool.subnet_len, pool.subnet_min, pool.subnet_max)
@@ -202,7 +203,7 @@ class LeaseManager:
                     taken.add(s, name)
         # per family: (2) the subnet we had before, if free and fitting, else (3) a random free one
         chosen: dict[int, IPNetwork] = {}
-        for pool in self._pools():
+        for pool in self.config.pools:
             v = pool.network.version
             prev = self.previous.get(v)
             if self._fits(pool, prev) and not taken.overlapping(prev):
@@ -287,30 +288,30 @@ class LeaseManager:
         except LeaseParseError as e:
             cur, what = e, f"a value that is not a lease ({e})"
         except RegistryError as e:
-            self.etcd_errors += 1
-            log.warning("cannot check our lease %s: %s; trying again in %.0fs", own.lease.label, e, self.retry_interval)
-            await self.sleep(self.retry_interval)
-            check.set()
-            return own
+            return await self._check_later(own, check, "cannot check our lease %s: %s", own.lease.label, e)
         else:
             if cur is None:
                 return await self.reacquire(own, adopt, "is gone from etcd")
-            if cur.attrs == own.lease.attrs and cur.lease_id == own.lease_id:
+            if own.holds(cur.lease_id, cur.attrs):
                 return own
             what = f"{cur.attrs.to_json()} on etcd lease {cur.lease_id or 0:x}"
         log.warning("our lease key %s was overwritten by another writer (%s); re-asserting ours", own.key, what)
         try:
             ok = await self.registry.put_lease(own.key, self.attrs, own.lease_id)
         except RegistryError as e:
-            self.etcd_errors += 1
-            log.warning("cannot re-assert our lease %s: %s; trying again in %.0fs", own.key, e, self.retry_interval)
-            await self.sleep(self.retry_interval)
-            check.set()
-            return own
+            return await self._check_later(own, check, "cannot re-assert our lease %s: %s", own.key, e)
         if not ok:
             return await self.reacquire(own, adopt, "has no etcd lease any more")
         self.reasserts += 1
         log.info("re-asserted our lease %s", own.key)
+        return own
+
+    async def _check_later(self, own: OwnLease, check: asyncio.Event, msg: str, *args) -> OwnLease:
+        """etcd trouble while checking our key: log, wait, and have it checked again."""
+        self.etcd_errors += 1
+        log.warning(msg + "; trying again in %.0fs", *args, self.retry_interval)
+        await self.sleep(self.retry_interval)
+        check.set()
         return own
 
     async def reacquire(self, old: OwnLease, adopt, why: str) -> OwnLease:

@@ -62,7 +62,7 @@ class Backend(abc.ABC):
 
     def families(self) -> tuple[int, ...]:
         """The overlay's IP versions, as the config enables them: (4,), (4, 6) or (6,)."""
-        return tuple(p.network.version for p in (self.config.v4, self.config.v6) if p is not None)
+        return tuple(p.network.version for p in self.config.pools)
 
     def underlay(self) -> dict[int, int]:
         """Overlay IP version -> the IP version of the public address its packets are sent

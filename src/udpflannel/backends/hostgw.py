@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MAIN_TABLE = 254
 RTNH_F_ONLINK = 4
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+IPV6_MIN_MTU = 1280  # below this the kernel turns IPv6 off on a device
+IFA_F_NODAD = 0x02  # an address that skips duplicate address detection
 Addr = Union[IPv4Address, IPv6Address]
 
 E = TypeVar("E", bound=Hashable)
@@ -194,7 +196,6 @@ class HostGwBackend(Backend):
         super().__init__(iface, config)
         # host-gw has no options; flanneld ignores unknown ones, so do we.
         self._nl = netlink or RouteNetlink()
-        self._own: Optional[Lease] = None
         self._peers: dict[str, Lease] = {}
         self._started = False
         self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
@@ -215,7 +216,6 @@ class HostGwBackend(Backend):
         return LeaseAttrs(**self.lease_addresses(), backend_type=self.type)
 
     async def start(self, lease: Lease) -> None:
-        self._own = lease
         self._started = True
         log.info("host-gw: started for %s on %s (%s)", lease.label, self.iface.name, lease.attrs.addresses)
 
@@ -243,7 +243,7 @@ class HostGwBackend(Backend):
             await self._apply_family(v, heal)
 
     async def _apply_family(self, version: int, heal: bool) -> None:
-        pool = self.config.v4 if version == 4 else self.config.v6
+        pool = self.config.pool(version)
         net, slen = pool.network, pool.subnet_len
         have = await self._nl.call(self._nl.routes, [self.iface.index], version)
         actual = [r for r in have if our_route(r, net, slen)]

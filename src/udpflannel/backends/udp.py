@@ -31,28 +31,23 @@ import asyncio
 import errno
 import json
 import logging
-from ipaddress import IPv4Network, IPv6Network
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
-from ..core.subnet import IPAddress, Lease, LeaseAttrs
+from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend
+from .hostgw import FAMILY, IFA_F_NODAD, IPV6_MIN_MTU
 
 log = logging.getLogger("udpflannel.backends.udp")
 
 DEFAULT_PORT = 8285
 DEVICE = "flannel0"
 OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay family
-IPV6_MIN_MTU = 1280  # the kernel turns IPv6 off on a device with a smaller MTU
-
-IPNetwork = Union[IPv4Network, IPv6Network]
-AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
-IFA_F_NODAD = 0x02
 
 
 class UdpBackend(Backend):
@@ -140,7 +135,7 @@ class UdpBackend(Backend):
         self._lease = lease
         # pyroute2's IPRoute runs its own event loop: keep it off the agent's
         await asyncio.to_thread(self._configure_link, lease)
-        networks = [p.network for p in (self.config.v4, self.config.v6) if p is not None]
+        networks = [p.network for p in self.config.pools]
         bind = self.iface.address(self.tunnel_family)
         self._dp = DataPath(
             tun=self._tun,
@@ -180,8 +175,8 @@ class UdpBackend(Backend):
                     raise BackendError(f"{self._tun.name} disappeared")
                 idx = idx[0]
                 ipr.link("set", index=idx, mtu=self.mtu(), state="up")
-                for pool in (self.config.v4, self.config.v6):
-                    subnet = lease.net(pool.network.version) if pool is not None else None
+                for pool in self.config.pools:
+                    subnet = lease.net(pool.network.version)
                     if subnet is not None:
                         self._configure_family(ipr, idx, subnet, pool.network)
         except NetlinkError as e:
@@ -190,7 +185,7 @@ class UdpBackend(Backend):
     @staticmethod
     def _configure_family(ipr, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:
         v, address = net.version, subnet.network_address
-        for a in ipr.get_addr(index=idx, family=AF[v]):
+        for a in ipr.get_addr(index=idx, family=FAMILY[v]):
             have = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
             if have != str(address) and (v == 4 or a["scope"] == 0):  # IPv6: not the link-local fe80::
                 ipr.addr("del", index=idx, address=have, prefixlen=a["prefixlen"])
@@ -204,7 +199,7 @@ class UdpBackend(Backend):
                                        f"(sysctl net.ipv6.conf.{DEVICE}.disable_ipv6)") from e
                 raise
         scope = {"scope": 253} if v == 4 else {}  # IPv4: scope link, as `ip route add ... dev flannel0`
-        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, family=AF[v], **scope)
+        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, family=FAMILY[v], **scope)
 
     async def apply(self, update: PeerUpdate) -> None:
         if self._table is None:

@@ -48,7 +48,7 @@ from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend
-from .hostgw import FAMILY, Route, RouteNetlink, our_route, reconcile
+from .hostgw import FAMILY, IFA_F_NODAD, IPV6_MIN_MTU, Route, RouteNetlink, our_route, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,10 @@ DEVICE = {4: "flannel.{vni}", 6: "flannel-v6.{vni}"}  # flanneld's names
 DATA_KEY = {4: "BackendData", 6: "BackendV6Data"}
 IFNAMSIZ = 15  # longest interface name
 MIN_MTU = 68
-IPV6_MIN_MTU = 1280  # below this the kernel turns IPv6 off on a device
 
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
 NTF_SELF = 0x02
-IFA_F_NODAD = 0x02
 
 
 # -- options ------------------------------------------------------------------
@@ -534,7 +532,7 @@ class VxlanBackend(Backend):
                 self._nl.set_address(dev.index, self._own.net(v).network_address, self._pool(v).network)
 
     def _pool(self, version: int):
-        return self.config.v4 if version == 4 else self.config.v6
+        return self.config.pool(version)
 
     # -- peers -------------------------------------------------------------------
     def lease_problem(self, lease: Lease) -> Optional[str]:

@@ -35,10 +35,6 @@ def diff(old: Mapping[str, Lease], new: Mapping[str, Lease]) -> list[LeaseEvent]
     return events
 
 
-def _nets(lease: Lease) -> list:
-    return list(lease.nets)
-
-
 class PeerView:
     """Every lease seen, and which of them the backend has (`leases`)."""
 
@@ -59,7 +55,7 @@ class PeerView:
     def reset(self, listing: Iterable[Lease]) -> Snapshot:
         """Replace everything with a full listing (start-up, or after a lost watch)."""
         self.raw = {l.key: l for l in listing}
-        self._index = NetIndex((s, k) for k, l in self.raw.items() for s in _nets(l))
+        self._index = NetIndex((s, k) for k, l in self.raw.items() for s in l.nets)
         return self._judge_all()
 
     def set_context(self, ctx: LeaseContext) -> Snapshot:
@@ -69,26 +65,28 @@ class PeerView:
 
     def put(self, lease: Lease) -> Delta:
         key = lease.key
-        old = self.raw.get(key)
-        seeds = {key}
-        if old is not None:
-            for s in _nets(old):
-                self._index.remove(s, key)
-                seeds |= self._index.overlapping(s)
+        seeds = self._unindex(key)
         self.raw[key] = lease
-        for s in _nets(lease):
+        for s in lease.nets:
             self._index.add(s, key)
         return self._judge(seeds)
 
     def delete(self, key: str) -> Delta:
-        old = self.raw.pop(key, None)
-        if old is None:
+        if key not in self.raw:
             return Delta()
+        seeds = self._unindex(key)
+        del self.raw[key]
+        return self._judge(seeds)
+
+    def _unindex(self, key: str) -> set[str]:
+        """Take `key`'s subnets out of the index; the keys to judge again: it and every
+        lease that overlapped them (one may be accepted now)."""
         seeds = {key}
-        for s in _nets(old):
+        old = self.raw.get(key)
+        for s in old.nets if old is not None else ():
             self._index.remove(s, key)
             seeds |= self._index.overlapping(s)
-        return self._judge(seeds)
+        return seeds
 
     def new_rejections(self) -> list[tuple[str, str]]:
         """(key, reason) pairs not reported before; each is returned once."""
@@ -124,7 +122,7 @@ class PeerView:
             lease = self.raw.get(todo.pop())
             if lease is None:
                 continue
-            for s in _nets(lease):
+            for s in lease.nets:
                 for k in self._index.overlapping(s) - group:
                     group.add(k)
                     todo.append(k)

@@ -32,9 +32,7 @@ def network(net: Network | str) -> Network:
 def fill(c_addr, addr: Address) -> None:
     """Write addr into a `uf_addr` (cdata struct, or an element of an array of them)."""
     c_addr.family = addr.version
-    raw = addr.packed.ljust(16, b"\0")
-    for i in range(16):
-        c_addr.a[i] = raw[i]
+    ffi.memmove(c_addr.a, addr.packed.ljust(16, b"\0"), 16)
 
 
 def to_c(addr: Address):

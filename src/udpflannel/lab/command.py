@@ -76,7 +76,6 @@ CONFIGS = {
 }
 NO_DATA_PATH = {"alloc"}  # leases a subnet, carries nothing: the ping is skipped
 IPV6_NETWORK = "fd00:5::/48"  # the overlay's IPv6 network with --ipv6
-NO_IPV6: dict[str, str] = {}  # backend -> why it cannot carry IPv6 (every data path backend can)
 SEED_CONTAINER_CMD = ["sh", "-c", "while true; do sleep 3600; done"]
 PEER_PORT = 7000  # the address-seen check: `nc -l -p 7000 -e netstat -tn` in the container
 
@@ -119,7 +118,7 @@ def with_ipv6(cfg: dict) -> dict:
 def underlay_families(config: NetworkConfig) -> tuple[int, ...]:
     """The lab's underlay for a config: IPv4 (as the tutorial), dual stack when the config
     enables IPv6, IPv6 only when it disables IPv4."""
-    return tuple(v for v, pool in ((4, config.v4), (6, config.v6)) if pool is not None)
+    return tuple(p.network.version for p in config.pools)
 
 
 def check_config(cfg: dict) -> NetworkConfig:
@@ -411,7 +410,7 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
         containers.append(c)
         _run_shown(pr, c.name, c.ns, ["ip", "addr", "show", "eth0"])
     state["containers"] = {c.name: {"ns": c.ns, "ip": str(c.ip or c.ip6)} for c in containers}
-    families = underlay_families(network)
+    families = lab.families
     for v in families:
         _run_shown(pr, hosts[0].name, hosts[0].ns, ["ip", f"-{v}", "route"] if families != (4,) else ["ip", "route"])
 
@@ -671,11 +670,8 @@ def lab(backend: str, n_hosts: int, docker: bool, keep: bool, short: bool, ipv6:
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--config" if config_json else "--backend") from None
     backend = checked.backend_type
-    if checked.v6 is not None:
-        if backend in NO_IPV6:
-            raise click.BadParameter(NO_IPV6[backend], param_hint="--ipv6" if ipv6 else "--config")
-        if docker:
-            raise click.BadParameter("the Docker lab is IPv4 only", param_hint="--ipv6" if ipv6 else "--config")
+    if checked.v6 is not None and docker:
+        raise click.BadParameter("the Docker lab is IPv4 only", param_hint="--ipv6" if ipv6 else "--config")
     avail = backend_available(backend)
     if avail is not True:
         raise click.ClickException(str(avail))

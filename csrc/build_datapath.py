@@ -38,10 +38,10 @@ def _cdef_text() -> str:
 def make_ffibuilder(prefix: str = "csrc", sanitize: str = "") -> FFI:
     """The builder; source paths start with prefix (relative to the repo root for setuptools).
 
-    sanitize (e.g. "address,undefined"; default $UF_SANITIZE) builds with those sanitizers,
-    for tests/integration/test_dp_asan.py; never for the installed package.
+    sanitize (e.g. "address,undefined") builds with those sanitizers: the script run as
+    `UF_SANITIZE=... build_datapath.py --out DIR` (tests/integration/test_dp_asan.py), never
+    the module-level builder setup.py uses, whatever the environment.
     """
-    sanitize = sanitize or os.environ.get("UF_SANITIZE", "")
     san = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"] if sanitize else []
     ffi = FFI()
     ffi.cdef(_cdef_text())
@@ -68,7 +68,8 @@ if __name__ == "__main__":
     # --out DIR: put the extension in DIR instead of next to the package (the ASan test does)
     out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else None
     tmp = (out or ROOT / "build") / "cffi"
-    built = Path(make_ffibuilder(str(HERE)).compile(tmpdir=str(tmp), verbose="-v" in sys.argv))
+    builder = make_ffibuilder(str(HERE), sanitize=os.environ.get("UF_SANITIZE", ""))
+    built = Path(builder.compile(tmpdir=str(tmp), verbose="-v" in sys.argv))
     dest = (out or ROOT / "src" / "udpflannel" / "datapath") / built.name
     shutil.copy2(built, dest)
     print(dest)

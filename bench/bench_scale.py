@@ -14,26 +14,19 @@ Prints medians, and each size's ratio to the empty etcd measured in the same run
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' namespace helpers
 
-HERE = Path(__file__).resolve().parent
-PREFIX = "/coreos.com/network"
+from tests.integration import agents  # noqa: E402
+from tests.integration.agents import PREFIX  # noqa: E402
+from udpflannel.lab.netlab import ETCD_HOST_IP, Lab  # noqa: E402
+
 CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 26, "Backend": {"Type": "alloc"}}'
-
-
-def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_run(n: int, timeout: float) -> tuple[float, float, int]:
@@ -41,26 +34,14 @@ def one_run(n: int, timeout: float) -> tuple[float, float, int]:
         etcd = lab.start_etcd(lab.add_etcd_host(), ETCD_HOST_IP)
         etcd.put(f"{PREFIX}/config", CONFIG)
         if n:
-            subprocess.run(["ip", "netns", "exec", etcd.ns, sys.executable, str(HERE / "etcd_fill.py"),
-                            "--endpoint", etcd.endpoint, "--count", str(n)], check=True, capture_output=True)  # fmt: skip
+            agents.fill(etcd, "--count", str(n))  # /26s of 10.0.0.0/8, alloc
         h = lab.add_host()
         t0 = time.time()
-        p = lab.start_agent(h, "--etcd-endpoints", lab.etcd_endpoints, "--iface", "eth1",
-                            "--subnet-file", str(lab.workdir / "subnet.env"), "--healthz-port", "8471")  # fmt: skip
-        log = Path(p.log_path)
-
-        def ready_line():
-            if p.poll() is not None:
-                raise SystemExit(f"the agent exited:\n{log.read_text()}")
-            return next((l for l in log.read_text().splitlines() if " ready: " in l), None)
-
-        line = wait_for(ready_line, timeout, interval=0.05, what="the agent's ready line")
-        ready = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
+        p, _ = agents.start_and_wait(lab, h, timeout=timeout)  # fails at once if the agent exits
+        agents.wait_log(p, " ready: ", timeout=timeout)
+        ready = agents.log_times(p, " ready: ")[0] - t0
         time.sleep(1)  # let the listing's garbage go
-        rss = rss_mib(p.pid)
-        out = h.run("curl", "-s", "http://127.0.0.1:8471/metrics").stdout
-        peers = int(float(re.search(r"^udpflannel_peers (\S+)$", out, re.M).group(1)))
-        return ready, rss, peers
+        return ready, agents.rss_kib(p) / 1024, int(agents.metric(h, "peers"))
 
 
 def main() -> int:

@@ -319,7 +319,7 @@ class Testbed:
                     "--subnet-file", str(subnet_file), *extra]  # fmt: skip
             if self.agent_verbose:
                 args += ["-v"]
-            p = self._start_agent(h, python, args, f"agent-{name}-{h.name}.log")
+            p = self.lab.start_agent(h, *args, log_name=f"agent-{name}-{h.name}.log", python=python)
             procs.append(p)
 
             def written(p=p, f=subnet_file):
@@ -340,18 +340,6 @@ class Testbed:
         pids = [p.pid for p in procs] if name not in KERNEL_PATHS else []
         return PathSetup(name, a, b, target, tunnel_pids=pids, procs=procs,
                          note=f"MTU {envs[a.name]['FLANNEL_MTU']}")  # fmt: skip
-
-    def _start_agent(self, h: Host, python: str, args: list[str], log_name: str) -> subprocess.Popen:
-        """`udpflannel <args>` in h's namespace with the given interpreter (the Lab stops it)."""
-        if python == sys.executable:
-            return self.lab.start_agent(h, *args, log_name=log_name)
-        log_path = self.lab.workdir / log_name
-        with open(log_path, "ab") as log_f:
-            p = subprocess.Popen(["ip", "netns", "exec", h.ns, python, "-m", "udpflannel", *args],
-                                 stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
-        p.log_path = log_path  # type: ignore[attr-defined]
-        h.procs.append(p)
-        return p
 
     def close(self) -> None:
         for p in self.iperf_servers:

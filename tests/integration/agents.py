@@ -104,6 +104,14 @@ def metric(host: Host, family: str, **labels: str) -> float:
     return hits[0]
 
 
+def rss_kib(proc: subprocess.Popen) -> int:
+    """The agent's resident memory."""
+    for line in open(f"/proc/{proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
     proc.terminate()
     return proc.wait(timeout)

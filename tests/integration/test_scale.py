@@ -24,13 +24,6 @@ def metric(host, name: str) -> int:
     return int(agents.metric(host, name))
 
 
-def rss_kib(proc) -> int:
-    for line in open(f"/proc/{proc.pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_oversize_garbage_values_in_the_prefix(etcd_lab):
     """Twenty 1 MB values under subnets/ (20 MB: over the 16 MiB receive limit in one page,
     five of them already broke acquisition with gRPC's 4 MB default)."""
@@ -86,6 +79,6 @@ def test_100k_leases(etcd_lab):
     agents.wait_log(p, "ready:", timeout=300)
     ready_s = time.monotonic() - t0
     assert metric(h1, "peers") == n
-    print(f"\n{n} leases: put in {fill_s:.0f}s; agent ready after {ready_s:.1f}s, RSS {rss_kib(p) / 1024:.0f} MiB")
+    print(f"\n{n} leases: put in {fill_s:.0f}s; agent ready after {ready_s:.1f}s, RSS {agents.rss_kib(p) / 1024:.0f} MiB")
     assert len(agents.leases(lab)) == n + 1
 

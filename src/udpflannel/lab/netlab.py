@@ -415,11 +415,13 @@ class Lab:
         return c
 
     # -- agents ---------------------------------------------------------------
-    def start_agent(self, host: Host, *args: str, env: Optional[dict] = None, log_name: str = "") -> subprocess.Popen:
-        """Run `udpflannel <args>` inside the host's namespace; output goes to a log file."""
+    def start_agent(self, host: Host, *args: str, env: Optional[dict] = None, log_name: str = "",
+                    python: str = sys.executable) -> subprocess.Popen:  # fmt: skip
+        """Run `udpflannel <args>` inside the host's namespace (with `python`: another build's
+        interpreter, for the bench); output goes to a log file."""
         log_path = self.workdir / (log_name or f"agent-{host.name}-{len(host.procs)}.log")
         log = open(log_path, "ab")
-        cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "udpflannel", *args]
+        cmd = ["ip", "netns", "exec", host.ns, python, "-m", "udpflannel", *args]
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
                              start_new_session=True)  # a kept lab's agents outlive the terminal
         log.close()

@@ -42,7 +42,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Optional, Sequence, Union
+from typing import Optional, Protocol, Sequence, Union
 
 from ..errors import UdpFlannelError
 
@@ -57,6 +57,21 @@ MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}  # not masqueraded, per IP version
 COMMAND = {4: "iptables", 6: "ip6tables"}  # the tools per IP version (-save, -restore alike)
 RANDOM_FULLY_MIN = (1, 6, 2)
 LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (legacy backend)
+
+
+class RulesKeeper(Protocol):
+    """What the agent needs of one IP version's rules: IptablesRules here, NftablesRules in
+    adapters/nftables.py ("EnableNFTables")."""
+
+    command: str  # names the rules in logs: "iptables", "ip6tables", "nftables flannel-ipv4", ...
+
+    def ensure(self) -> int:
+        """Put right whatever differs; how many rules it wrote or deleted (0: all in place)."""
+        ...
+
+    def stop(self) -> None:
+        """The agent stops: remove or leave the rules (both leave them, as flanneld)."""
+        ...
 
 
 class IptablesError(UdpFlannelError):
@@ -288,6 +303,11 @@ class IptablesRules:
             self._restore(doc)
         self.applied += 1
         return rule_lines(doc)
+
+    def stop(self) -> None:
+        """The chains stay, as flanneld (>= v0.27) leaves them: traffic keeps flowing while the
+        agent restarts, and the next start puts right what differs."""
+        log.info("%s: rules left in place", self.command)
 
     def remove(self) -> None:
         """Delete our jump rules and chains from both tables. Logs, never raises."""

@@ -130,21 +130,12 @@ def test_dual_stack_rules_for_both_families_before_the_subnet_file(tmp_path):
     assert ("READY=1", True) in w.timeline
     text = (tmp_path / "run" / "subnet.env").read_text()
     assert f"FLANNEL_IPV6_SUBNET={own.ipv6_subnet.network_address + 1}/64" in text
-
-
-def test_iptables_mode_removes_flanneld_nftables_tables_first_and_leaves_its_rules_on_stop(tmp_path):
-    async def go():
-        w = World(tmp_path, config=DUAL, iface=DUAL_IFACE, ip_masq=True)
-        await w.start()
-        await w.stop()
-        return w
-
-    w = run(go())
+    # flanneld's start: the other mode's rules go (our nftables tables, once), then this mode's;
+    # on stop both families' keepers are told (they leave the rules), then the backend stops
     steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
-    # flanneld's start: the other mode's rules go (our nftables tables), then this mode's are ensured
     assert steps.index("nftables remove_tables") < steps.index("rules") and steps.count("nftables remove_tables") == 1
     assert w.nft.made == []
-    assert steps.count("iptables stop") == 2 and steps.index("iptables stop") < steps.index("stop")  # then the backend
+    assert steps.count("iptables stop") == 2 and steps.index("iptables stop") < steps.index("stop")
 
 
 @pytest.mark.parametrize("config,nets", [(DUAL, 2), (V6_ONLY, 1)])

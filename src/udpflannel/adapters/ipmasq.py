@@ -31,6 +31,8 @@ How they are kept (pure parts first, one thin subprocess adapter):
 - `remove()` deletes our jumps and chains (when the network or subnet changes the agent
   removes the old set and ensures a new one).
 iptables-save/-restore work on whichever backend `iptables` is (nf_tables here, or legacy).
+`RulesKeeper` is what the agent sees of either kind (ensure(), stop(), command): IptablesRules
+here, NftablesRules (adapters/nftables.py) in nftables mode.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Optional, Protocol, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from ..errors import UdpFlannelError
 
@@ -57,21 +59,6 @@ MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}  # not masqueraded, per IP version
 COMMAND = {4: "iptables", 6: "ip6tables"}  # the tools per IP version (-save, -restore alike)
 RANDOM_FULLY_MIN = (1, 6, 2)
 LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (legacy backend)
-
-
-class RulesKeeper(Protocol):
-    """What the agent needs of one IP version's rules: IptablesRules here, NftablesRules in
-    adapters/nftables.py ("EnableNFTables")."""
-
-    command: str  # names the rules in logs: "iptables", "ip6tables", "nftables flannel-ipv4", ...
-
-    def ensure(self) -> int:
-        """Put right whatever differs; how many rules it wrote or deleted (0: all in place)."""
-        ...
-
-    def stop(self) -> None:
-        """The agent stops: remove or leave the rules (both leave them, as flanneld)."""
-        ...
 
 
 class IptablesError(UdpFlannelError):
@@ -244,20 +231,41 @@ def random_fully_supported(command: str = "iptables") -> bool:
     return v is not None and v >= RANDOM_FULLY_MIN
 
 
-class IptablesRules:
-    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
-    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
+class RulesKeeper:
+    """What the agent needs of one IP version's masquerade and forward rules for one
+    (Network, subnet) pair: IptablesRules here, NftablesRules in adapters/nftables.py
+    ("EnableNFTables"). Subclasses set `command` and implement ensure()."""
+
+    command = ""  # names the rules in logs: "iptables", "ip6tables", "nftables flannel-ipv4", ...
 
     def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
         self.network = ip_network(network)
         self.subnet = ip_network(subnet)
         if self.subnet.version != self.network.version:
             raise ValueError(f"subnet {subnet} and Network {network} are of different IP versions")
-        self.command = COMMAND[self.network.version]
+        self.version = self.network.version
         self.ip_masq = ip_masq
         self.forward = forward_rules
-        self._random_fully: Optional[bool] = None  # probed on first use
         self.applied = 0  # how many times ensure() had to change something
+
+    def ensure(self) -> int:
+        """Put right whatever differs; how many rules it wrote or deleted (0: all in place)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """The agent stops. The rules stay, as flanneld (>= v0.27) leaves them: traffic keeps
+        flowing while the agent restarts, and the next start puts right what differs."""
+        logging.getLogger(type(self).__module__).info("%s: rules left in place", self.command)
+
+
+class IptablesRules(RulesKeeper):
+    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
+    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
+
+    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
+        super().__init__(network, subnet, ip_masq, forward_rules)
+        self.command = COMMAND[self.version]
+        self._random_fully: Optional[bool] = None  # probed on first use
 
     @property
     def random_fully(self) -> bool:
@@ -303,11 +311,6 @@ class IptablesRules:
             self._restore(doc)
         self.applied += 1
         return rule_lines(doc)
-
-    def stop(self) -> None:
-        """The chains stay, as flanneld (>= v0.27) leaves them: traffic keeps flowing while the
-        agent restarts, and the next start puts right what differs."""
-        log.info("%s: rules left in place", self.command)
 
     def remove(self) -> None:
         """Delete our jump rules and chains from both tables. Logs, never raises."""

@@ -1,9 +1,9 @@
 """flanneld's nftables mode through the `nft` command: read with `nft -j list`, write with one
 `nft -f -` batch (one transaction). The tables and the comparison: core/nftrules.py.
 
-`NftablesRules` keeps one IP version's table (flannel-ipv4 or flannel-ipv6) as wanted, with
-the interface of `ipmasq.IptablesRules` (ensure() -> changes, stop(), command), so the agent
-runs either the same way. Nothing here calls iptables. `remove_tables()` is flanneld's
+`NftablesRules` keeps one IP version's table (flannel-ipv4 or flannel-ipv6) as wanted; it is
+an `ipmasq.RulesKeeper` like IptablesRules (ensure() -> changes, stop(), command), so the
+agent runs either the same way. Nothing here calls iptables. `remove_tables()` is flanneld's
 clean-up of this mode, which flanneld runs when it starts in iptables mode.
 """
 
@@ -14,12 +14,12 @@ import logging
 import shlex
 import shutil
 import subprocess
-from ipaddress import ip_network
 from typing import Optional, Sequence
 
 from ..core import nftrules
 from ..core.nftrules import Net, Table, TableState
 from ..errors import UdpFlannelError
+from .ipmasq import RulesKeeper
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,13 @@ def fully_random_supported(version: int) -> bool:
     return True
 
 
-class NftablesRules:
+class NftablesRules(RulesKeeper):
     """flanneld's nftables table for one (Network, subnet) pair, kept as wanted."""
 
     def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
-        self.network = ip_network(network)
-        self.subnet = ip_network(subnet)
-        if self.subnet.version != self.network.version:
-            raise ValueError(f"subnet {subnet} and Network {network} are of different IP versions")
-        self.version = self.network.version
+        super().__init__(network, subnet, ip_masq, forward_rules)
         self.command = f"nftables {nftrules.TABLE[self.version]}"
-        self.ip_masq = ip_masq
-        self.forward = forward_rules
         self._fully_random: Optional[bool] = None  # probed on first use
-        self.applied = 0  # how many times ensure() had to change something
 
     @property
     def fully_random(self) -> bool:
@@ -118,11 +111,6 @@ class NftablesRules:
         _run(["-f", "-"], stdin=doc)
         self.applied += 1
         return nftrules.changes(lines)
-
-    def stop(self) -> None:
-        """The table stays, as flanneld (>= v0.27) leaves it: traffic keeps flowing while the
-        agent restarts, and the next start puts right what differs."""
-        log.info("%s: rules left in place", self.command)
 
     @staticmethod
     def remove_tables() -> None:

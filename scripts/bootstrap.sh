@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 # clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
               containernetworking-plugins systemd util-linux clang libclang-rt-14-dev)
+APT_PACKAGES+=(nftables)  # nft: the network config's "EnableNFTables" (adapters/nftables.py) and its tests
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

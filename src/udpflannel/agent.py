@@ -8,7 +8,7 @@ Start-up, in this order (each waits and retries through etcd trouble, logging
   2. the network config is read; the backend is built and prepared (vxlan: its device);
   3. a lease is acquired; the backend starts on it (device address, routes);
   4. the first listing of the leases reaches the backend as a Snapshot (peer routes);
-  5. the iptables rules are in place;
+  5. the iptables rules (nftables tables with "EnableNFTables") are in place;
   6. only then the subnet file is written, /readyz turns 200 and systemd hears READY=1.
 Then these tasks run under a Supervisor (supervise.py: a task that fails, or is cancelled
 by anyone but us, is logged with its traceback and restarted with backoff):
@@ -16,7 +16,7 @@ by anyone but us, is logged with its traceback and restarted with backoff):
   peers     - list, then watch from the next revision; a broken or compacted watch re-lists;
               every lease goes through core.validate before the backend sees it
   resync    - let the backend heal its devices and routes
-  iptables  - re-check the rules
+  iptables  - re-check the rules (either kind)
   watchdog  - systemd WATCHDOG=1 (when WatchdogSec is set)
 The data path keeps forwarding with its last table however long etcd is away.
 `run()` returns only after `stop()` (the CLI calls it on SIGTERM/SIGINT); it raises
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .adapters.health import HealthServer
-from .adapters.ipmasq import IptablesMissing, IptablesRules
+from .adapters.ipmasq import IptablesMissing, IptablesRules, RulesKeeper
+from .adapters.nftables import NftablesMissing, NftablesRules
 from .adapters.registry import Compacted
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
@@ -84,8 +85,9 @@ class AgentOptions:
 
 class Agent:
     """Built from its parts (the one seam): a Registry, the external interface, options,
-    and optionally the backend factory, the systemd notifier, the iptables rules factory,
-    the capability probe and the clock. Tests pass fakes for any of them."""
+    and optionally the backend factory, the systemd notifier, the rules factories (iptables;
+    nftables, whose remove_tables() iptables mode runs first), the capability probe and the
+    clock. Tests pass fakes for any of them."""
 
     def __init__(
         self,
@@ -95,7 +97,8 @@ class Agent:
         *,
         backends: Callable[[str], type[Backend]] = backend_class,
         notifier: Optional[SdNotify] = None,
-        rules: Callable[..., IptablesRules] = IptablesRules,
+        rules: Callable[..., RulesKeeper] = IptablesRules,
+        nftables: Callable[..., RulesKeeper] = NftablesRules,
         capabilities: Callable[[], int] = effective_capabilities,
         clock: Callable[[], float] = time.monotonic,
         supervisor: Optional[Supervisor] = None,
@@ -106,6 +109,7 @@ class Agent:
         self.backends = backends
         self.notifier = notifier or SdNotify({})
         self.rules_factory = rules
+        self.nft_factory = nftables
         self.capabilities = capabilities
         self.clock = clock
         self.supervisor = supervisor or Supervisor()
@@ -116,7 +120,7 @@ class Agent:
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
         self.view = PeerView(LeaseContext(()))
-        self.rules: list[IptablesRules] = []  # one per enabled family (iptables, ip6tables)
+        self.rules: list[RulesKeeper] = []  # one per enabled family (iptables/ip6tables, or nftables)
         self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
         self._ready = False
         self._listed = asyncio.Event()  # the backend has had its first Snapshot
@@ -174,6 +178,8 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         await self.supervisor.close()
+        for rules in self.rules:
+            rules.stop()
         if self.backend is not None:
             try:
                 await self.backend.stop()
@@ -221,6 +227,9 @@ class Agent:
         self.supervisor.start("peers", self._peer_loop)
         self.notifier.status("listing the peers")
         await self.supervisor.wait(self._listed.wait())
+        if not self.config.enable_nftables and self.backend.type != "alloc":
+            # flanneld starts by removing the other mode's rules: our nftables tables, if any
+            await asyncio.to_thread(self.nft_factory.remove_tables)
         await self.supervisor.wait(self._rules_first())
         self._write_subnet_file()
         self._ready = True
@@ -248,7 +257,7 @@ class Agent:
     def _needs(self, backend: Backend) -> dict[int, str]:
         needs = dict(backend.capabilities())
         if self._rules_wanted(backend):
-            needs.setdefault(CAP_NET_ADMIN, "iptables rules (--ip-masq, --iptables-forward-rules)")
+            needs.setdefault(CAP_NET_ADMIN, f"{self._rules_kind()} rules (--ip-masq, --iptables-forward-rules)")
         return needs
 
     def _check_privileges(self, needs: dict[int, str]) -> None:
@@ -259,6 +268,9 @@ class Agent:
 
     def _rules_wanted(self, backend: Backend) -> bool:
         return (self.opts.ip_masq or self.opts.iptables_forward_rules) and backend.type != "alloc"
+
+    def _rules_kind(self) -> str:
+        return "nftables" if self.config.enable_nftables else "iptables"
 
     async def _wait_config(self) -> tuple[NetworkConfig, Backend]:
         """Read <prefix>/config until it exists and is valid."""
@@ -334,12 +346,14 @@ class Agent:
         log.info("wrote %s", self.opts.subnet_file)
 
     async def _rules_first(self) -> None:
-        """The iptables rules (ip6tables for IPv6) for the current subnets, one set per
-        enabled family, retried until they are all in place."""
+        """The iptables rules (ip6tables for IPv6; with EnableNFTables the table flannel-ipv4 or
+        flannel-ipv6) for the current subnets, one set per enabled family, retried until they
+        are all in place."""
         if not self._rules_wanted(self.backend):
             return
-        self.rules = [self.rules_factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
-                                         self.opts.iptables_forward_rules)
+        factory = self.nft_factory if self.config.enable_nftables else self.rules_factory
+        self.rules = [factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
+                              self.opts.iptables_forward_rules)
                       for pool in self.config.pools]  # fmt: skip
         waiting = self._waiting()
         for rules in self.rules:
@@ -347,15 +361,15 @@ class Agent:
                 try:
                     await self._ensure(rules)
                     break
-                except IptablesMissing as e:
+                except (IptablesMissing, NftablesMissing) as e:
                     raise FatalError(str(e)) from e
                 except UdpFlannelError as e:
-                    waiting.failed("iptables", "applying the rules", e, logging.ERROR)
+                    waiting.failed(self._rules_kind(), "applying the rules", e, logging.ERROR)
                 await asyncio.sleep(self.opts.retry_interval)
-        waiting.done("applying the iptables rules")
+        waiting.done(f"applying the {self._rules_kind()} rules")
 
     @staticmethod
-    async def _ensure(rules: IptablesRules) -> None:
+    async def _ensure(rules: RulesKeeper) -> None:
         if n := await asyncio.to_thread(rules.ensure):
             log.info("%s rules (re)applied: %d rules", rules.command, n)
 

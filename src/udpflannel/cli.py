@@ -73,7 +73,8 @@ class _Root(click.Group):
               help="[testing] renewal margin in seconds; overrides --subnet-lease-renew-margin.")
 @click.option("--ip-masq", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Masquerade traffic leaving the overlay network (--ip-masq or --ip-masq=true).")
-@click.option("--iptables-resync", type=click.FloatRange(min=0.1), default=5.0, help="Seconds between iptables checks.")
+@click.option("--iptables-resync", type=click.FloatRange(min=0.1), default=5.0,
+              help="Seconds between checks of the iptables rules (nftables tables with EnableNFTables).")
 @click.option("--iptables-forward-rules", type=click.BOOL, is_flag=False, flag_value=True, default=True,
               help="Add FORWARD ACCEPT rules for the network (--iptables-forward-rules=false: don't).")
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")

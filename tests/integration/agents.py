@@ -44,9 +44,10 @@ def start(lab: Lab, host: Host, *extra: str, env: dict | None = None) -> subproc
     )  # fmt: skip
 
 
-def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40) -> tuple[subprocess.Popen, dict]:
+def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40,
+                   env: dict | None = None) -> tuple[subprocess.Popen, dict]:  # fmt: skip
     """start() and wait until the agent has written its subnet file; fail at once if it exits."""
-    p = start(lab, host, *extra)
+    p = start(lab, host, *extra, env=env)
 
     def written() -> bool:
         if p.poll() is not None:

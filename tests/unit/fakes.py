@@ -253,16 +253,24 @@ class Recorder(Backend):
 
 
 class FakeRules:
-    """IptablesRules stand-in: records ensure() in the shared timeline, with whether the
-    subnet file existed at that moment."""
+    """IptablesRules (or NftablesRules, command="nftables") stand-in: records ensure(), with
+    whether the subnet file existed at that moment, stop() and remove_tables() in the shared
+    timeline. `missing=True`: ensure() raises the kind's "tool not installed" error."""
 
-    def __init__(self, timeline: list, subnet_file: str = "", fail: int = 0):
+    def __init__(self, timeline: list, subnet_file: str = "", fail: int = 0, command: str = "iptables",
+                 missing: bool = False):  # fmt: skip
         self.timeline = timeline
         self.subnet_file = subnet_file
         self.fail = fail
+        self.command = command
+        self.missing = missing
         self.made: list = []  # (network, subnet) per set of rules the agent asked for
 
-    command = "iptables"
+    def remove_tables(self) -> None:
+        self.timeline.append((f"{self.command} remove_tables",))
+
+    def stop(self) -> None:
+        self.timeline.append((f"{self.command} stop",))
 
     def __call__(self, network, subnet, ip_masq, forward):
         self.subnet = subnet
@@ -270,6 +278,11 @@ class FakeRules:
         return self
 
     def ensure(self) -> bool:
+        if self.missing:
+            from udpflannel.adapters.ipmasq import IptablesMissing
+            from udpflannel.adapters.nftables import NftablesMissing
+
+            raise (NftablesMissing if self.command == "nftables" else IptablesMissing)(f"{self.command} not found")
         if self.fail > 0:
             self.fail -= 1
             from udpflannel.adapters.ipmasq import IptablesError

@@ -47,6 +47,7 @@ class World:
         self.backend = None
         self.notifier = FakeNotifier(self.timeline, self.subnet_file)
         self.rules = FakeRules(self.timeline, self.subnet_file)
+        self.nft = FakeRules(self.timeline, self.subnet_file, command="nftables")
 
         def backends(btype):
             def make(iface, cfg, **tuning):  # the udp data-path flags (queues, busy-poll)
@@ -61,7 +62,7 @@ class World:
         opts.setdefault("iptables_resync", 3600)
         self.agent = Agent(
             self.reg, iface, AgentOptions(subnet_file=self.subnet_file, **opts), backends=backends,
-            notifier=self.notifier, rules=self.rules, capabilities=lambda: caps,
+            notifier=self.notifier, rules=self.rules, nftables=self.nft, capabilities=lambda: caps,
             supervisor=Supervisor(backoff=(0.01, 0.02)),
         )  # fmt: skip
         self.task = None
@@ -104,7 +105,8 @@ def test_readiness_order_device_peers_rules_subnet_file_then_ready(tmp_path):
 
     w = run(go())
     steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
-    assert steps[:6] == ["prepare", "start", "snapshot", "rules", "READY=1", "stop"]
+    assert steps[:8] == ["prepare", "start", "snapshot", "nftables remove_tables", "rules", "READY=1", "iptables stop",
+                         "stop"]  # fmt: skip
     assert ("rules", False) in w.timeline  # the rules were in place before the subnet file
     assert ("READY=1", True) in w.timeline  # ...which existed when systemd heard READY=1
     assert {"STOPPING": 1} in w.notifier.sent
@@ -128,6 +130,46 @@ def test_dual_stack_rules_for_both_families_before_the_subnet_file(tmp_path):
     assert ("READY=1", True) in w.timeline
     text = (tmp_path / "run" / "subnet.env").read_text()
     assert f"FLANNEL_IPV6_SUBNET={own.ipv6_subnet.network_address + 1}/64" in text
+    # flanneld's start: the other mode's rules go (our nftables tables, once), then this mode's;
+    # on stop both families' keepers are told (they leave the rules), then the backend stops
+    steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
+    assert steps.index("nftables remove_tables") < steps.index("rules") and steps.count("nftables remove_tables") == 1
+    assert w.nft.made == []
+    assert steps.count("iptables stop") == 2 and steps.index("iptables stop") < steps.index("stop")
+
+
+@pytest.mark.parametrize("config,nets", [(DUAL, 2), (V6_ONLY, 1)])
+def test_enable_nftables_uses_the_nftables_keeper_per_family_and_never_iptables(tmp_path, config, nets):
+    async def go():
+        w = World(tmp_path, config=config.replace("{", '{"EnableNFTables": true, ', 1), iface=DUAL_IFACE, ip_masq=True)
+        await w.start()
+        await w.stop()
+        return w
+
+    w = run(go())
+    own = w.agent.own.lease
+    want = [(IPv4Network("10.5.0.0/16"), own.subnet)] if nets == 2 else []
+    assert w.nft.made == want + [(IPv6Network("fd00:5::/48"), own.ipv6_subnet)]
+    assert w.rules.made == []  # the iptables factory is never asked
+    steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
+    assert "nftables remove_tables" not in steps  # (that is iptables mode's clean-up)
+    assert [s for s in w.timeline if s[0] == "rules"] == [("rules", False)] * nets  # before the subnet file
+    assert steps.count("nftables stop") == nets
+    assert ("READY=1", True) in w.timeline
+
+
+@pytest.mark.parametrize("nft", [False, True])
+def test_missing_rules_tool_is_fatal_with_its_name(tmp_path, nft):
+    async def go():
+        cfg = '{"Network": "10.5.0.0/16", "EnableNFTables": %s, "Backend": {"Type": "udp"}}' % str(nft).lower()
+        w = World(tmp_path, config=cfg, ip_masq=True)
+        (w.nft if nft else w.rules).missing = True
+        with pytest.raises(FatalError, match=f"{'nftables' if nft else 'iptables'} not found"):
+            await w.start()
+        return w
+
+    w = run(go())
+    assert not (tmp_path / "run" / "subnet.env").exists()
 
 
 def test_ipv6_only_lease_peers_and_rejections(tmp_path, caplog):

@@ -430,6 +430,23 @@ def test_ipv6_network_is_ignored_unless_enabled():
     assert c.v6 is None
 
 
+# -- EnableNFTables ----------------------------------------------------------------------------------
+
+
+def test_enable_nftables_defaults_to_false_and_is_read_in_any_case():
+    assert cfg(Network="10.5.0.0/16").enable_nftables is False
+    assert cfg(Network="10.5.0.0/16", EnableNFTables=None).enable_nftables is False  # JSON null: Go's zero value
+    assert cfg(Network="10.5.0.0/16", EnableNFTables=True).enable_nftables is True
+    assert cfg(Network="10.5.0.0/16", enablenftables=True).enable_nftables is True
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, "true", [True], {}])
+def test_enable_nftables_must_be_a_boolean(bad):
+    e = err({"Network": "10.5.0.0/16", "EnableNFTables": bad})
+    assert_names(e, "EnableNFTables", bad)
+    assert "must be true or false" in str(e)
+
+
 # -- IPv6 mirrors IPv4 ----------------------------------------------------------------------------
 
 

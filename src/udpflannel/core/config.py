@@ -55,6 +55,7 @@ class NetworkConfig:
     backend_type: str  # lower case
     backend: Mapping[str, Any] = field(default_factory=dict)  # raw Backend object, keys as written
     raw: str = ""
+    enable_nftables: bool = False  # EnableNFTables: the rules as nftables tables, not iptables chains
 
     @property
     def network(self) -> Optional[IPv4Network]:
@@ -189,5 +190,6 @@ def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
         btype = DEFAULT_BACKEND
     if not isinstance(btype, str):
         raise ConfigError(f"Backend.{tname}", btype, "must be a string")
-    return NetworkConfig(enable_v4, enable_v6, v4, v6, btype.lower(), backend, text)
+    nftables = _as_bool(d, "EnableNFTables", False)
+    return NetworkConfig(enable_v4, enable_v6, v4, v6, btype.lower(), backend, text, enable_nftables=nftables)
 

@@ -36,7 +36,6 @@ from typing import Callable, Optional
 from .adapters.health import HealthServer
 from .adapters.ipmasq import IptablesMissing, IptablesRules, RulesKeeper
 from .adapters.nftables import NftablesMissing, NftablesRules
-from .adapters.registry import Compacted
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
@@ -44,10 +43,11 @@ from .backends import Backend, backend_class
 from .core.config import NetworkConfig, parse_config
 from .core.events import ExternalInterface, PeerUpdate, Snapshot
 from .core.leasediff import PeerView, diff
+from .core.registry import Compacted, Listing, Registry
 from .core.validate import Ignored, LeaseContext
 from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
-from .policy.manager import LeaseManager, OwnLease, Registry
-from .policy.retry import Waiting, foreign_cancel
+from .policy.manager import LeaseManager, OwnLease
+from .retry import Waiting, foreign_cancel
 from .supervise import Supervisor
 
 log = logging.getLogger("udpflannel.agent")
@@ -119,6 +119,7 @@ class Agent:
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
+        self._first_listing: Optional[Listing] = None  # the acquisition's, for the peer loop's first pass
         self.view = PeerView(LeaseContext(()))
         self.rules: list[RulesKeeper] = []  # one per enabled family (iptables/ip6tables, or nftables)
         self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
@@ -222,7 +223,8 @@ class Agent:
             status=self.notifier.status,
         )
         self.notifier.status("acquiring a lease")
-        await self._adopt(await self.manager.acquire_forever(), initial=True)
+        own, self._first_listing = await self.manager.acquire_forever()
+        await self._adopt(own, initial=True)
         self.supervisor.start("renew", self._renew_loop)
         self.supervisor.start("peers", self._peer_loop)
         self.notifier.status("listing the peers")
@@ -407,7 +409,7 @@ class Agent:
         # The listing the acquisition made (just before our lease was written) serves as the
         # first: one listing less at start-up (100,000 leases: seconds and 50 MB). The watch
         # from its revision + 1 then brings our own lease's creation, and whatever followed.
-        seeded, self.manager.listing = self.manager.listing, None
+        seeded, self._first_listing = self._first_listing, None
         while True:
             if seeded is not None:
                 listing, seeded = seeded, None

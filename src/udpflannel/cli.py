@@ -21,7 +21,6 @@ from .adapters.subnetfile import DEFAULT_PATH
 from .agent import Agent, AgentOptions
 from .dockeropts_cli import docker_opts
 from .errors import UdpFlannelError
-from .lab.command import lab
 
 log = logging.getLogger("udpflannel")
 
@@ -36,11 +35,37 @@ Every flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_IFACE=eth1).
 """
 
 
+#: the start of `udpflannel lab`'s help, for `udpflannel --help` (which does not import the lab)
+LAB_HELP = ("Reproduce the flannel multi-host tutorial on this machine with network namespaces: "
+            "N hosts on one underlay")  # fmt: skip
+
+
 class _Root(click.Group):
-    """The agent is the group's own command; `lab` and `docker-opts` are extra subcommands."""
+    """The agent is the group's own command; `lab` and `docker-opts` are extra subcommands.
+
+    The lab (network namespaces, etcd members, the tutorial) is a tool built on the agent,
+    not part of it: it is imported only when `udpflannel lab` runs."""
 
     def format_usage(self, ctx, formatter):
         formatter.write_usage("udpflannel", "[OPTIONS]  |  udpflannel lab [OPTIONS]  |  udpflannel docker-opts [OPTIONS]")
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted([*super().list_commands(ctx), "lab"])
+
+    def get_command(self, ctx, name):
+        if name == "lab":
+            from .lab.command import lab
+
+            return lab
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, self.commands[name]) for name in super().list_commands(ctx) if not self.commands[name].hidden]
+        limit = formatter.width - 6 - max(len(name) for name in [*self.commands, "lab"])
+        lab = ("lab", click.Command("lab", help=LAB_HELP).get_short_help_str(limit))
+        lines = sorted([(name, cmd.get_short_help_str(limit)) for name, cmd in rows] + [lab])
+        with formatter.section("Commands"):
+            formatter.write_dl(lines)
 
 
 @click.group(
@@ -183,5 +208,4 @@ async def _run(agent: Agent) -> None:
     await agent.run()
 
 
-main.add_command(lab)
 main.add_command(docker_opts)

@@ -16,7 +16,7 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from .errors import FatalError
-from .policy.retry import foreign_cancel
+from .retry import foreign_cancel
 
 log = logging.getLogger("udpflannel.supervise")
 

@@ -13,7 +13,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from udpflannel.adapters.etcd import PAGE_KEYS, RPC_TIMEOUT, WATCH_SILENCE, EtcdClient
-from udpflannel.adapters.registry import Compacted, EtcdOptions, EtcdRegistry
+from udpflannel.adapters.registry import EtcdOptions, EtcdRegistry
+from udpflannel.core.registry import Compacted
 from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import LeaseParseError, RegistryError
 from udpflannel.lab.netlab import free_port

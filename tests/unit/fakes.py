@@ -9,7 +9,7 @@ import os
 from ipaddress import IPv4Address
 from typing import Optional
 
-from udpflannel.adapters.registry import Compacted, Listing, WatchEvent
+from udpflannel.core.registry import Compacted, Listing, WatchEvent
 from udpflannel.backends.base import Backend
 from udpflannel.core.events import Delta, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease

@@ -230,7 +230,7 @@ def test_watch_events_are_deltas_and_a_compacted_watch_relists_as_a_snapshot(tmp
         await until(lambda: "10.5.221.0-24" in b.routes)
         assert isinstance(b.updates[-1], Delta)
         # the watch is compacted while a change happens: re-list, and the whole set comes again
-        from udpflannel.adapters.registry import Compacted
+        from udpflannel.core.registry import Compacted
 
         w.reg.compacted = w.reg.revision + 1
         w.reg.break_watch.append(Compacted("compacted"))

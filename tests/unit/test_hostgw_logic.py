@@ -10,9 +10,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 import pytest
 
 from udpflannel.backends import backend_class
-from udpflannel.backends.hostgw import HostGwBackend, Route, host_route, our_route, reconcile
+from udpflannel.backends.hostgw import HostGwBackend, host_route
 from udpflannel.core.config import parse_config
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
+from udpflannel.core.reconcile import Route, our_route, reconcile
 from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.errors import BackendError
 

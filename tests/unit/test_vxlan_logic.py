@@ -8,13 +8,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+from udpflannel.adapters.netlink import LinkState, VxlanSpec
 from udpflannel.backends import backend_class
-from udpflannel.backends.hostgw import Route
 from udpflannel.backends.vxlan import (
-    DeviceSpec,
-    DeviceState,
-    Fdb,
-    Neigh,
     VxlanBackend,
     VxlanOptions,
     incompatibility,
@@ -25,6 +21,7 @@ from udpflannel.backends.vxlan import (
     random_mac,
 )
 from udpflannel.core.config import parse_config
+from udpflannel.core.reconcile import Fdb, Neigh, Route
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import ConfigError, InterfaceError
@@ -150,14 +147,14 @@ def test_peer_entries_unusable_lease(data):
 
 # -- device compatibility -----------------------------------------------------------------------
 
-SPEC = DeviceSpec("flannel.100", 100, 8472, IPv4Address("192.0.2.11"), 2, 1450, False, False)
+SPEC = VxlanSpec("flannel.100", 100, 8472, IPv4Address("192.0.2.11"), 2, 1450, False, False)
 
 
 def state(**kw):
     base = dict(index=9, kind="vxlan", mac="02:00:00:00:00:01", mtu=1450, up=True, vni=100, port=8472,
                 local=IPv4Address("192.0.2.11"), link=2, gbp=False, learning=False)  # fmt: skip
     base.update(kw)
-    return DeviceState(**base)
+    return LinkState(**base)
 
 
 def test_compatible_device_is_reused_even_with_other_mtu_or_down():
@@ -166,7 +163,7 @@ def test_compatible_device_is_reused_even_with_other_mtu_or_down():
 
 
 def test_port_zero_accepts_any_port():
-    spec0 = DeviceSpec(**{**SPEC.__dict__, "port": 0})
+    spec0 = VxlanSpec(**{**SPEC.__dict__, "port": 0})
     assert incompatibility(spec0, state(port=4789)) is None
 
 
@@ -201,11 +198,11 @@ def _view(name: str, table: str) -> property:
 
 
 class FakeNetlink:
-    """The VxlanNetlink surface, in memory, for any number of devices (by name). `dev`,
+    """The part of adapters.netlink.Netlink the vxlan backend uses, in memory, for any number of devices (by name). `dev`,
     `neigh`, `fdb` and `addrs` are flannel.100's; `dev6`, `neigh6`, ... flannel-v6.100's."""
 
     def __init__(self):
-        self.devs: dict[str, DeviceState] = {}
+        self.devs: dict[str, LinkState] = {}
         self.neighs: dict[str, set] = {}
         self.fdbs: dict[str, set] = {}
         self.addrs_: dict[str, list] = {}
@@ -226,26 +223,26 @@ class FakeNetlink:
     async def close(self):
         pass
 
-    def device(self, name):
+    def link(self, name):
         return self.devs.get(name)
 
-    def create(self, spec, mac):
+    def create_vxlan(self, spec, mac):
         self.created += 1
         old = self.devs.get(spec.name)
-        self.devs[spec.name] = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
+        self.devs[spec.name] = LinkState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
                                                vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
         self.neighs[spec.name], self.fdbs[spec.name] = set(), set()
         if old is not None:
             self.routes_ = {r for r in self.routes_ if r.oif != old.index}
 
-    def delete(self, index):
+    def delete_link(self, index):
         self.devs.pop(self._name(index))
 
     def set_link(self, index, mtu):
         name = self._name(index)
-        self.devs[name] = DeviceState(**{**self.devs[name].__dict__, "mtu": mtu, "up": True})
+        self.devs[name] = LinkState(**{**self.devs[name].__dict__, "mtu": mtu, "up": True})
 
-    def set_address(self, index, addr, network):
+    def set_address(self, index, addr, ours):
         self.addrs_[self._name(index)] = [(addr, addr.max_prefixlen)]
 
     def sysctls(self, name, version):
@@ -470,7 +467,7 @@ def test_ipv6_device_names_mtus_and_options():
     b, _ = backend6()
     assert (b.options.device_for(4), b.options.device_for(6)) == ("flannel.100", "flannel-v6.100")
     assert (b.device_mtu(4), b.device_mtu(6), b.mtu()) == (1450, 1430, 1430)  # FLANNEL_MTU fits both
-    assert b.spec(6) == DeviceSpec("flannel-v6.100", 100, 0, IPv6Address("2001:db8::11"), 2, 1430, False, False)
+    assert b.spec(6) == VxlanSpec("flannel-v6.100", 100, 0, IPv6Address("2001:db8::11"), 2, 1430, False, False)
     assert backend6(v4=False)[0].mtu() == 1430
     # flannel-v6.<VNI> must fit in 15 characters: VNI up to 9999 once IPv6 is on
     with pytest.raises(ConfigError, match=r"must be 0\.\.9999 \(the device name flannel-v6.<VNI>"):
@@ -540,7 +537,7 @@ def test_ipv6_lease_problems_name_backend_v6_data():
 
 def test_ipv6_stale_entries_pruned_by_a_snapshot_and_the_device_healed():
     b, nl = backend6(v4=False)
-    nl.dev6 = DeviceState(index=4, kind="vxlan", mac="02:aa:bb:cc:dd:66", mtu=1430, up=True, vni=100, port=8472,
+    nl.dev6 = LinkState(index=4, kind="vxlan", mac="02:aa:bb:cc:dd:66", mtu=1430, up=True, vni=100, port=8472,
                           local=IPv6Address("2001:db8::11"), link=2)  # fmt: skip
     mac6 = run(b.prepare()).backend_v6_data["VtepMAC"]
     assert mac6 == "02:aa:bb:cc:dd:66"  # reused, as for IPv4

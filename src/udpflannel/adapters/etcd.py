@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 import grpc
 from aetcd import rpc
 
+from ..core.registry import Compacted
 from ..errors import RegistryError
-from ..policy.retry import foreign_cancel
+from ..retry import foreign_cancel
 
 log = logging.getLogger("udpflannel.etcd")
 T = TypeVar("T")
@@ -92,10 +93,6 @@ class EtcdError(RegistryError):
         super().__init__(message)
         self.code = code
         self.details = details
-
-
-class Compacted(RegistryError):
-    """The watch's start revision was compacted: re-list and resume."""
 
 
 class _TooLarge(Exception):

@@ -1,6 +1,6 @@
 """The etcd registry: flannel's storage verbs, nothing about allocation policy.
 
-Verbs (the `Registry` protocol in policy/manager.py names them all): get the config;
+Verbs (the `Registry` protocol in core/registry.py names them all): get the config;
 list the leases (paged, with the revision to watch from and the keys whose value is not a
 lease); watch the subnets prefix; create a lease only if its key is absent; replace our
 own lease; put our value back under our key (re-assert); get one lease; renew, revoke;
@@ -11,34 +11,18 @@ adapters/etcd.py for the timing, and docs/etcd.md. Callers retry on RegistryErro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 from aetcd import rpc
 
+from ..core.registry import Listing, WatchEvent
 from ..core.subnet import Lease, LeaseAttrs, parse_lease
 from ..errors import LeaseParseError, RegistryError
-from .etcd import DEFAULT_PREFIX, Compacted, EtcdClient, EtcdError, EtcdOptions
+from .etcd import DEFAULT_PREFIX, EtcdClient, EtcdError, EtcdOptions
 
 log = logging.getLogger("udpflannel.registry")
 
-__all__ = ["Compacted", "EtcdOptions", "EtcdRegistry", "Listing", "WatchEvent", "DEFAULT_PREFIX"]
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # "put" | "delete"
-    name: str  # last key element ("10.5.3.0-24")
-    lease: Optional[Lease]  # parsed lease for "put"; None for "delete" or a malformed value
-    revision: int
-    problem: str = ""  # why a put's value is not a lease
-
-
-@dataclass(frozen=True)
-class Listing:
-    leases: list[Lease]
-    revision: int
-    malformed: dict[str, str] = field(default_factory=dict)  # key name -> why it is not a lease
+__all__ = ["EtcdOptions", "EtcdRegistry", "DEFAULT_PREFIX"]
 
 
 def _range_end(prefix: bytes) -> bytes:

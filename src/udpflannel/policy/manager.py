@@ -1,6 +1,6 @@
 """Lease policy: which subnet to take, when to renew, what to do when a lease is lost.
 
-Storage is a `Registry` (etcd in production, a dict in unit tests); time comes from an
+Storage is a `Registry` (core/registry.py: etcd in production, a dict in unit tests); time comes from an
 injected clock, so the policy runs without etcd or real waiting. Acquisition order is
 flanneld's: (1) a lease that already carries our PublicIP (taken over if it fits the
 config, deleted if not), (2) the subnet we had before (subnet file), if free and fitting,
@@ -26,54 +26,20 @@ import random
 import time
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Protocol
+from typing import Awaitable, Callable, Iterable, NamedTuple, Optional
 
 from ..core.config import NetworkConfig, Pool
 from ..core.netindex import NetIndex
+from ..core.registry import Listing, Registry
 from ..core.subnet import IPNetwork, Lease, LeaseAttrs, lease_key, parse_lease_key, subnet_fits, subnets_between
 from ..errors import LeaseParseError, OutOfSubnets, RegistryError
-from .retry import Waiting, foreign_cancel
+from ..retry import Waiting, foreign_cancel
 
 log = logging.getLogger("udpflannel.manager")
 
 LEASE_TTL = 24 * 3600
 FREE_CANDIDATES = 100  # flanneld picks at random among the first 100 free subnets
 RACE_RETRIES = 50
-
-
-class Listing(Protocol):
-    leases: list[Lease]
-    revision: int
-    malformed: dict[str, str]  # key name -> why its value is not a lease
-
-
-class WatchEvent(Protocol):
-    kind: str  # "put" | "delete"
-    name: str
-    lease: Optional[Lease]  # None for a delete or a malformed value
-    revision: int
-
-
-class Registry(Protocol):
-    """Every storage verb the agent and the manager use (adapters/registry.py: etcd).
-    All raise RegistryError when etcd cannot be reached; callers retry."""
-
-    config_key: bytes
-    failovers: int  # times the registry moved to another endpoint (for /metrics)
-
-    async def get_config(self) -> Optional[bytes]: ...
-    async def list_leases(self) -> Listing: ...
-    def watch_leases(self, start_revision: int) -> AsyncIterator[WatchEvent]: ...
-    async def get_lease(self, name: str) -> Optional[Lease]: ...  # LeaseParseError: not a lease
-    async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]: ...
-    async def update_lease(
-        self, name: str, attrs: LeaseAttrs, ttl: int, expect_lease_id: Optional[int]
-    ) -> Optional[int]: ...
-    async def put_lease(self, name: str, attrs: LeaseAttrs, lease_id: int) -> bool: ...
-    async def renew(self, lease_id: int) -> int: ...
-    async def revoke(self, lease_id: int, quiet: bool = False) -> None: ...
-    async def delete_lease(self, name: str) -> None: ...
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +56,15 @@ class OwnLease:
     def holds(self, lease_id: Optional[int], attrs: LeaseAttrs) -> bool:
         """A key with this etcd lease and value is still ours, as we wrote it."""
         return lease_id == self.lease_id and attrs == self.lease.attrs
+
+
+class Acquired(NamedTuple):
+    """What an acquisition got: our lease, and the listing it was chosen from (taken just
+    before our key was written: the agent's first view of the peers, watched from its
+    revision + 1)."""
+
+    own: OwnLease
+    listing: Listing
 
 
 class LeaseManager:
@@ -123,7 +98,6 @@ class LeaseManager:
         self.sleep = sleep
         self.wait_event = wait_event or _wait_event
         self.retry_interval = retry_interval
-        self.listing: Optional[Listing] = None  # the one the last acquisition used
         self.renewals = 0
         self.reacquisitions = 0
         self.reasserts = 0
@@ -165,19 +139,19 @@ class LeaseManager:
         return OwnLease(lease, lease_id, self.clock() + self.ttl, reason)
 
     # -- acquisition ----------------------------------------------------------------
-    async def acquire(self) -> OwnLease:
+    async def acquire(self) -> Acquired:
         """Get a lease, retrying lost races. Raises OutOfSubnets (callers wait and retry)."""
         for attempt in range(RACE_RETRIES):
-            own = await self._try_acquire()
+            listing = await self.registry.list_leases()
+            own = await self._try_acquire(listing)
             if own is not None:
                 self.previous = {s.version: s for s in own.lease.nets}
-                return own
+                return Acquired(own, listing)
             log.info("lost a race for a subnet (attempt %d), trying again", attempt + 1)
             await self.sleep(self.rng.uniform(0.05, 0.3))
         raise OutOfSubnets(f"could not win a subnet after {RACE_RETRIES} attempts")
 
-    async def _try_acquire(self) -> Optional[OwnLease]:
-        listing = self.listing = await self.registry.list_leases()
+    async def _try_acquire(self, listing: Listing) -> Optional[OwnLease]:
         leases = listing.leases
         # (1) a lease with our PublicIP
         for lease in leases:
@@ -229,12 +203,12 @@ class LeaseManager:
             return None
         return replace(own, expires_at=self.clock() + ttl)
 
-    async def acquire_forever(self) -> OwnLease:
+    async def acquire_forever(self) -> Acquired:
         """acquire(), waiting and retrying through etcd trouble and a full pool."""
         waiting = Waiting(log, **self._waiting)
         while True:
             try:
-                own = await self.acquire()
+                got = await self.acquire()
             except RegistryError as e:
                 self.etcd_errors += 1
                 waiting.failed("etcd", "acquiring a lease", e)
@@ -246,7 +220,7 @@ class LeaseManager:
                 log.error("acquiring a lease: a call was cancelled, but not by us; retrying", exc_info=True)
             else:
                 waiting.done("acquiring a lease")
-                return own
+                return got
             await self.sleep(self.retry_interval)
 
     async def maintain(
@@ -320,8 +294,7 @@ class LeaseManager:
         log.warning("our lease %s %s; re-acquiring", old.lease.label, why)
         self.previous = {s.version: s for s in old.lease.nets}
         self.reacquisitions += 1
-        own = await self.acquire_forever()
-        self.listing = None  # only the first acquisition's listing seeds the watcher
+        own, _ = await self.acquire_forever()  # the listing: the watcher has its own by now
         if own.lease_id != old.lease_id:
             await self.registry.revoke(old.lease_id, quiet=True)
         await adopt(own)

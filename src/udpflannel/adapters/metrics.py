@@ -144,8 +144,9 @@ FEATURES_NONE = "none"
 #: labels of udpflannel_datapath_info: how the udp data path runs (not kernel features)
 DATAPATH_INFO: dict[str, str] = {
     "queues": "TUN queues, each with its own worker thread (--udp-queues).",
-    "pin_cpus": "`true` when each worker is pinned to a CPU the agent may use (worker i to the (i mod n)-th of "
-                "those n; the default with more than one queue).",
+    "pin_cpus": "`true` when each worker pins itself to a CPU the agent may use (worker i to the (i mod n)-th of "
+                "those n; the default with more than one queue). What was asked: a pin the kernel refuses is not "
+                "reported.",
     "busy_poll_us": "Microseconds a worker polls after traffic before it sleeps (--udp-busy-poll; 0: off).",
 }
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Optional
 
 import click
 
@@ -74,7 +75,8 @@ UNSUPPORTED = {
 
 def option_table(cmd: click.Command, ctx: click.Context) -> goflags.Table:
     """goflags' view of a click command: each option name, how click spells it, its kind;
-    a group's subcommands too. Derived from click, so a new option needs nothing more."""
+    a group's subcommands too (looked up when their name comes up). Derived from click, so a
+    new option needs nothing more."""
     options = {}
     for p in cmd.get_params(ctx):
         if not isinstance(p, click.Option):
@@ -90,11 +92,12 @@ def option_table(cmd: click.Command, ctx: click.Context) -> goflags.Table:
             options[name.lstrip("-")] = goflags.Opt(spelling, kind)
         for name in p.secondary_opts:  # --x/--no-x
             options[name.lstrip("-")] = goflags.Opt(name, goflags.Kind.SWITCH)
-    commands = {}
-    if isinstance(cmd, click.Group):
-        for name, sub in cmd.commands.items():
-            commands[name] = option_table(sub, click.Context(sub, info_name=name, parent=ctx))
-    return goflags.Table(options, commands, UNSUPPORTED if ctx.parent is None else {})
+
+    def subcommand(name: str) -> Optional[goflags.Table]:
+        sub = cmd.get_command(ctx, name) if isinstance(cmd, click.Group) else None
+        return option_table(sub, click.Context(sub, info_name=name, parent=ctx)) if sub is not None else None
+
+    return goflags.Table(options, subcommand, UNSUPPORTED if ctx.parent is None else {})
 
 
 def _env_name(flag: str) -> str:

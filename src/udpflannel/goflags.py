@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 #: strconv.ParseBool, which Go's bool flags use
 GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
@@ -49,13 +49,19 @@ class Opt:
     kind: Kind
 
 
+def _no_subcommands(name: str) -> Optional["Table"]:
+    return None
+
+
 @dataclass(frozen=True)
 class Table:
-    """One command's options by name without dashes ("iface", "v", "verbose"), its
-    subcommands' tables, and the flag names it refuses, each with the reason."""
+    """One command's options by name without dashes ("iface", "v", "verbose"), the table of
+    a subcommand by its name (None: no such subcommand; asked only for a word that comes up,
+    so a subcommand is loaded only when it is used), and the flag names it refuses, each
+    with the reason."""
 
     options: Mapping[str, Opt]
-    commands: Mapping[str, "Table"] = field(default_factory=dict)
+    subcommand: Callable[[str], Optional["Table"]] = _no_subcommands
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -78,7 +84,7 @@ def normalize(args: Sequence[str], table: Table) -> list[str]:
             break
         if not tok.startswith("-") or tok == "-":
             out.append(tok)
-            table = table.commands.get(tok, table)
+            table = table.subcommand(tok) or table
             continue
         dashes = 2 if tok.startswith("--") else 1
         name, eq, value = tok[dashes:].partition("=")
@@ -99,7 +105,7 @@ def normalize(args: Sequence[str], table: Table) -> list[str]:
         elif opt.kind is Kind.BOOL:
             if not eq:
                 value = "true"
-                if i < len(args) and args[i] in GO_TRUE + GO_FALSE and args[i] not in table.commands:
+                if i < len(args) and args[i] in GO_TRUE + GO_FALSE and table.subcommand(args[i]) is None:
                     raise FlagError(f"{flag} takes no separate value (a Go bool): write {flag}={args[i]}")
             out += _with_value(opt, value)
         elif opt.kind is Kind.SWITCH:

@@ -18,7 +18,7 @@ ROOT = Table(
         "verbose": Opt("--verbose", Kind.OPTIONAL),
         "version": Opt("--version", Kind.SWITCH),
     },
-    commands={"sub": SUB},
+    subcommand={"sub": SUB}.get,
     unsupported={"kube-subnet-mgr": "etcd mode only"},
 )
 
@@ -68,3 +68,19 @@ def test_errors(args, message):
 def test_a_subcommand_has_its_own_table():
     assert normalize(["sub", "-ip-masq"], ROOT) == ["sub", "-ip-masq"]  # not sub's flag: click refuses it
     assert normalize(["sub", "-kube-subnet-mgr"], ROOT) == ["sub", "-kube-subnet-mgr"]
+
+
+def test_subcommands_are_looked_up_only_when_a_word_names_one():
+    """(The CLI loads `udpflannel lab` only when it runs: no lookup for a command line of flags.)"""
+    asked = []
+
+    def lookup(name):
+        asked.append(name)
+        return SUB if name == "sub" else None
+
+    table = Table(ROOT.options, lookup)
+    assert normalize(["-iface=a", "-ip-masq", "-v", "--iface", "b"], table) == ["--iface=a", "--ip-masq=true",
+                                                                              "--verbose", "--iface=b"]  # fmt: skip
+    assert asked == []
+    assert normalize(["-ip-masq", "sub", "-f=x"], table) == ["--ip-masq=true", "sub", "-f", "x"]
+    assert asked == ["sub"]

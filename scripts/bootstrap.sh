@@ -11,9 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan
+# clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan; systemd-container:
+# systemd-nspawn, which boots a systemd to run dist/udpflannel.service in tests/integration/test_service.py
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
-              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev)
+              containernetworking-plugins systemd systemd-container util-linux clang libclang-rt-14-dev)
 APT_PACKAGES+=(nftables)  # nft: the network config's "EnableNFTables" (adapters/nftables.py) and its tests
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -133,7 +133,7 @@ class Agent:
     def ready(self) -> bool:
         return self._ready and self.backend is not None and self.backend.ready()
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, float]:
         mgr = self.manager
         m = {
             "peers": len(self.view.leases),
@@ -147,14 +147,18 @@ class Agent:
             "etcd_failovers": self.registry.failovers,
             "ready": int(self.ready()),
         }
+        if mgr is not None and mgr.expires_at is not None:  # the manager's clock -> Unix time
+            m["lease_expiry_timestamp_seconds"] = time.time() + mgr.expires_at - mgr.clock()
         if self.backend is not None:
             m.update({f"dp_{k}": v for k, v in self.backend.metrics().items()})
         return m
 
-    def info(self) -> dict[str, str]:
-        """What runs, for udpflannel_build_info: backend type and its data-path features."""
+    def info(self) -> dict:
+        """What runs, for udpflannel_build_info (backend type, data-path offloads) and
+        udpflannel_datapath_info (how a userspace data path runs)."""
         return {"backend": self.backend.type if self.backend else "",
-                "features": self.backend.features() if self.backend else ""}  # fmt: skip
+                "features": self.backend.features() if self.backend else "",
+                "datapath": self.backend.datapath_info() if self.backend else {}}  # fmt: skip
 
     # -- run and stop ----------------------------------------------------------------
     def stop(self) -> None:

@@ -150,7 +150,7 @@ def test_lab_docker_is_the_seed_with_real_containers(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     prefix = prefix_of(out)
-    assert re.search(r'^DOCKER_OPTS=" --bip=10\.5\.\d+\.1/24 --ip-masq=false --mtu=1472 "$', out, re.M), out
+    assert re.search(r'^DOCKER_OPTS=" --bip=10\.5\.\d+\.1/24 --ip-masq=false --mtu=1472"$', out, re.M), out
     assert "docker run -d --name test1 busybox sh -c 'while true; do sleep 3600; done'" in out
     ips = re.findall(r"inet addr:(10\.5\.\d+\.2) ", out)
     assert len(ips) == 2, out

@@ -35,8 +35,8 @@ def metric(host, name: str) -> int:
     """A udp data-path counter by its data-path name: tx_packets, rx_drop_short, icmp_unreachable_sent (tx), leases."""
     if name == "leases":
         return int(agents.metric(host, "datapath_leases"))
-    if name.startswith("icmp_"):
-        name = "tx_" + name
+    if name.startswith("icmp_"):  # counted by tx only: no direction label
+        return int(agents.metric(host, f"datapath_{name}"))
     direction, _, counter = name.partition("_")
     if counter.startswith("drop_"):
         return int(agents.metric(host, "datapath_dropped_packets", direction=direction, reason=counter[5:]))

@@ -446,15 +446,20 @@ def test_config_wait_logs_still_waiting_and_tells_systemd(tmp_path, caplog):
     assert {"STATUS": "waiting for the network config (reading /coreos.com/network/config)"} in w.notifier.sent
 
 
-def test_metrics_stay_a_dict_of_ints(tmp_path):
+def test_metrics_stay_a_dict_of_ints_and_the_lease_expiry(tmp_path):
     async def go():
         w = World(tmp_path)
         await w.start()
         m = w.agent.metrics()
+        ttl = w.agent.manager.ttl
         await w.stop()
-        return m
+        return m, ttl
 
-    m = run(go())
+    import time
+
+    m, ttl = run(go())
+    expiry = m.pop("lease_expiry_timestamp_seconds")  # Unix time, when the lease just taken runs out
+    assert abs(expiry - (time.time() + ttl)) < 30, (expiry, ttl)
     assert all(isinstance(v, int) for v in m.values())
     assert {"peers", "rejected_leases", "lease_reasserts", "task_restarts", "ready"} <= set(m)
 

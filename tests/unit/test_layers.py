@@ -43,6 +43,7 @@ PLACES = {  # module or package -> layer; the longest match wins
     "udpflannel.supervise": "agent",
     "udpflannel.cli": "cli",
     "udpflannel.dockeropts_cli": "cli",
+    "udpflannel.goflags": "cli",
     "udpflannel.__main__": "cli",
     "udpflannel.lab": "lab",
 }

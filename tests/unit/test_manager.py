@@ -155,6 +155,7 @@ def test_renewal_happens_at_expiry_minus_margin(reg, clock):
     # each wait lasted until 1 h before expiry: 23 h, then 23 h after each renewal
     assert clock.waits[:3] == [82800.0, 82800.0, 82800.0]
     assert adopted == []
+    assert m.expires_at == clock.now + 3600  # the last renewal's expiry; the clock waits for the next
 
 
 def test_failed_renewal_retries_and_keeps_the_lease(reg, clock):

@@ -106,8 +106,12 @@ class Backend(abc.ABC):
         return {}
 
     def features(self) -> str:
-        """The data-path features in use, comma-separated (build_info's features label)."""
+        """The data-path offloads in use, comma-separated (build_info's features label)."""
         return ""
+
+    def datapath_info(self) -> Mapping[str, str]:
+        """How a userspace data path runs (udpflannel_datapath_info's labels); {} for none."""
+        return {}
 
     def ready(self) -> bool:
         return True

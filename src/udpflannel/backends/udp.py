@@ -32,6 +32,7 @@ import json
 import logging
 from typing import Mapping, Optional
 
+from ..adapters.metrics import DATAPATH_INFO, FEATURES, FEATURES_NONE
 from ..adapters.netlink import IPV6_MIN_MTU, Netlink, NetlinkError
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
@@ -280,7 +281,12 @@ class UdpBackend(Backend):
     def features(self) -> str:
         if self._dp is None:
             return ""
-        return ",".join(k for k, v in self._dp.mode.items() if v is True) or "none"
+        return ",".join(k for k in FEATURES if self._dp.mode[k] is True) or FEATURES_NONE
+
+    def datapath_info(self) -> Mapping[str, str]:
+        if self._dp is None:
+            return {}
+        return {k: str(self._dp.mode[k]).lower() for k in DATAPATH_INFO}
 
     def ready(self) -> bool:
         return self._dp is not None and self._dp.running

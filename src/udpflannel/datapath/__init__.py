@@ -13,11 +13,12 @@ The data path never imports the control plane.
 
 from udpflannel.datapath.errors import DataPathError, InvalidArgumentError, TableFullError
 from udpflannel.datapath.features import Features, probe_features
-from udpflannel.datapath.loop import COUNTER_NAMES, DataPath
+from udpflannel.datapath.loop import COUNTER_DIRECTIONS, COUNTER_NAMES, DataPath
 from udpflannel.datapath.table import LeaseTable
 from udpflannel.datapath.tun import Tun, default_queues, open_tun
 
 __all__ = [
+    "COUNTER_DIRECTIONS",
     "COUNTER_NAMES",
     "DataPath",
     "DataPathError",

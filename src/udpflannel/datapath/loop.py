@@ -21,6 +21,11 @@ log = logging.getLogger("udpflannel.datapath")
 COUNTER_NAMES: tuple[str, ...] = tuple(
     ffi.string(lib.uf_counter_name(i)).decode() for i in range(lib.UF_C__COUNT)
 )
+#: counter name -> the directions that count it, ("tx", "rx") or one of them (the C core's table)
+COUNTER_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(d for d, bit in (("tx", lib.UF_CTR_TX), ("rx", lib.UF_CTR_RX)) if lib.uf_counter_dirs(i) & bit)
+    for i, name in enumerate(COUNTER_NAMES)
+}
 _TOTALLED = tuple(n for n in COUNTER_NAMES if n.startswith(("drop_", "icmp_")))
 
 
@@ -201,13 +206,15 @@ class DataPath:
                 rc = lib.uf_dp_queue_counters(self._dp, queue, direction, buf, n)
             check(rc, "DataPath.counters")
             for i, name in enumerate(COUNTER_NAMES):
-                result[prefix + name] = int(buf[i])
+                if prefix[:2] in COUNTER_DIRECTIONS[name]:
+                    result[prefix + name] = int(buf[i])
         for name in _TOTALLED:
-            result[name] = result["tx_" + name] + result["rx_" + name]
+            result[name] = sum(result[f"{d}_{name}"] for d in COUNTER_DIRECTIONS[name])
         return result
 
     def counters(self) -> dict[str, int]:
-        """tx_* / rx_* per direction, plus drop_* and icmp_* summed over both."""
+        """tx_* / rx_* for the directions that count each counter (COUNTER_DIRECTIONS), plus
+        drop_* and icmp_* summed over both."""
         if self._dp is None:
             return dict(self._final or {})
         return self._read_counters()

@@ -102,6 +102,7 @@ class LeaseManager:
         self.reacquisitions = 0
         self.reasserts = 0
         self.etcd_errors = 0
+        self.expires_at: Optional[float] = None  # our current lease's expiry (this clock); None before one
         self._waiting = dict(every=still_waiting_every, interval=retry_interval, clock=clock, status=status)
 
     # -- pure helpers -------------------------------------------------------------
@@ -136,7 +137,8 @@ class LeaseManager:
 
     def _own(self, nets: dict, lease_id: int, reason: str) -> OwnLease:
         lease = Lease(subnet=nets.get(4), ipv6_subnet=nets.get(6), attrs=self.attrs, lease_id=lease_id)
-        return OwnLease(lease, lease_id, self.clock() + self.ttl, reason)
+        self.expires_at = self.clock() + self.ttl
+        return OwnLease(lease, lease_id, self.expires_at, reason)
 
     # -- acquisition ----------------------------------------------------------------
     async def acquire(self) -> Acquired:
@@ -201,7 +203,8 @@ class LeaseManager:
         ttl = await self.registry.renew(own.lease_id)
         if ttl <= 0:
             return None
-        return replace(own, expires_at=self.clock() + ttl)
+        self.expires_at = self.clock() + ttl
+        return replace(own, expires_at=self.expires_at)
 
     async def acquire_forever(self) -> Acquired:
         """acquire(), waiting and retrying through etcd trouble and a full pool."""

@@ -159,13 +159,17 @@ class EtcdClient:
         return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
 
     async def _connect(self) -> _Conn:
+        """The current connection, or a new one to the current endpoint. Tasks that ask while
+        a connect is under way share it. When it fails at the endpoint, the endpoint index
+        moves on once -- by this connect, and only if no one moved it meanwhile -- however
+        many tasks shared it."""
         if self._conn is not None:
             return self._conn
         if self._connecting is not None:  # another task is connecting: share its result
             return await asyncio.shield(self._connecting)
         fut = asyncio.get_running_loop().create_future()
         self._connecting = fut
-        endpoint = self.endpoint
+        index, endpoint = self._index, self.endpoint
         conn = _Conn(endpoint, self._channel(endpoint))
         try:
             if self.opts.username:
@@ -174,6 +178,9 @@ class EtcdClient:
                 conn.metadata = (("token", resp.token),)
         except BaseException as e:
             self._retire(conn)
+            err = self._classify("connect", endpoint, e)
+            if isinstance(err, _EndpointFailed) and self._index == index:
+                self._advance(str(err))
             fut.set_exception(e if isinstance(e, Exception) else _EndpointFailed("cancelled"))
             fut.exception()  # retrieved: no "never retrieved" warning when nobody shares it
             raise
@@ -259,8 +266,8 @@ class EtcdClient:
                 return result
             if not isinstance(err, _EndpointFailed):
                 raise err
-            if conn is None:  # connecting or authenticating failed
-                self._advance(str(err))
+            if conn is None:
+                pass  # connecting or authenticating failed: _connect moved on (once for all who shared it)
             elif conn is self._conn:
                 self._fail(conn, str(err))
             else:

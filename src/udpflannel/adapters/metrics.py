@@ -62,6 +62,15 @@ AGENT: dict[str, Family] = {
                               "Times another writer changed this host's lease key and the agent put its lease back."),
     "task_restarts": Family("task_restarts", "counter",
                             "Agent tasks (renewal, peer watch, resync, iptables) that failed and were restarted."),
+    "task_repeated_failures": Family("task_repeated_failures", "counter",
+                                     "Task failures identical to the task's previous one: a bug a restart does not "
+                                     "fix (the log names it); alert on any increase."),
+    "malformed_leases": Family("malformed_leases", "gauge",
+                               "Keys under <prefix>/subnets whose key or value is not a lease (not UTF-8, not JSON, "
+                               "nested too deep, too big, ...); skipped, never routed."),
+    "peer_errors": Family("peer_errors", "counter",
+                          "Unexpected errors (bugs) while handling one lease; that lease was skipped, the others "
+                          "went on. The log has the traceback."),
 }  # fmt: skip
 
 #: the udp data path's per-direction counters (datapath.COUNTER_NAMES without drop_*)

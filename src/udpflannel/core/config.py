@@ -65,9 +65,13 @@ class NetworkConfig:
     v4: Optional[Pool]
     v6: Optional[Pool]
     backend_type: str  # lower case
-    backend: Mapping[str, Any] = field(default_factory=dict)  # raw Backend object, keys as written
+    backend: Mapping[str, Any] = field(default_factory=dict, compare=False)  # raw Backend object, keys as written
     raw: str = field(default="", compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)  # unknown keys, for the log
+    _options: dict = field(init=False, repr=False)  # Backend with lower-case keys: what equality compares
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_options", {k.lower(): v for k, v in self.backend.items()})
 
     @property
     def network(self) -> Optional[IPv4Network]:

@@ -158,9 +158,10 @@ def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] 
 
 def parse_lease_key(name: str) -> tuple[Optional[IPv4Network], Optional[IPv6Network]]:
     """Parse the last element of a lease key: (IPv4 subnet or None, IPv6 subnet or None).
-    Raises LeaseParseError on anything malformed, including host bits set and an IPv6 part
-    not spelled the way flanneld writes it (compressed, lower case: the key must be the
-    one `lease_key` gives, or watch events and our own key would not match)."""
+    Raises LeaseParseError on anything malformed, including host bits set and a key not
+    spelled the way flanneld writes it (a prefix length with a leading zero; an IPv6 part
+    not compressed or not lower case): the key must be the one `lease_key` gives, or watch
+    events (a delete names the key) and our own key would not match."""
     m = _KEY_RE.fullmatch(name)
     if not m:
         raise LeaseParseError(f"not a lease key: {printable(repr(name))}")
@@ -175,8 +176,8 @@ def parse_lease_key(name: str) -> tuple[Optional[IPv4Network], Optional[IPv6Netw
         if v6 is None:
             raise LeaseParseError(f"not a lease key: {name!r}: no IPv4 and no IPv6 subnet")
         v4 = None
-    if v6 is not None and lease_key(v4, v6) != name:
-        raise LeaseParseError(f"not a lease key: {name!r}: flanneld writes it {lease_key(v4, v6)!r}")
+    if lease_key(v4, v6) != name:  # '10.0.0.0-08' would be keyed '10.0.0.0-8': a delete would miss it
+        raise LeaseParseError(f"not a lease key: {printable(repr(name))}: flanneld writes it {lease_key(v4, v6)!r}")
     return v4, v6
 
 

@@ -25,15 +25,15 @@ LEASE = b'{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","Back
         (b"\xff\xfe{}", "not UTF-8 (byte 0xff at offset 0)"),
         (b'{"PublicIP":"192.0.2.1\xc3"}', "not UTF-8 (byte 0xc3 at offset 22)"),
         ('{"a":1}'.encode("utf-16"), "not UTF-8"),  # json.loads would take UTF-16
-        (b"NaN", "NaN is not a JSON number"),
-        (b'{"VNI": Infinity}', "Infinity is not a JSON number"),
-        (b"[-Infinity]", "-Infinity is not a JSON number"),
+        (b"NaN", "holds NaN, which is not a JSON number"),
+        (b'{"VNI": Infinity}', "Infinity, which is not a JSON number"),
+        (b"[-Infinity]", "-Infinity, which is not a JSON number"),
         (b"1" * 5000, "out of range (integers must fit in 64 bits)"),
         (b"9223372036854775808", "out of range"),
         (b"-9223372036854775809", "out of range"),
         (b"1e999", "overflows a 64-bit float"),
-        (b'{"PublicIP":"a","PublicIP":"b"}', "key 'PublicIP' appears twice"),
-        (b'{"x":{"a":1,"a":1}}', "key 'a' appears twice"),
+        (b'{"PublicIP":"a","PublicIP":"b"}', "the key 'PublicIP' twice"),
+        (b'{"x":{"a":1,"a":1}}', "the key 'a' twice"),
         (b'"\\ud800"', "lone UTF-16 surrogate"),
         (b'{"\\udfff":1}', "lone UTF-16 surrogate"),
         (b"x" * (LEASE_LIMIT + 1), f"more than the {LEASE_LIMIT}"),
@@ -69,7 +69,7 @@ def test_accepts_what_json_means(raw, doc):
 
 def test_the_limit_is_checked_before_anything_else():
     big = b"[" * 10_000_000  # 10 MB: refused on its length alone
-    with pytest.raises(Rejected, match="10000000 bytes, more than the 65536"):
+    with pytest.raises(Rejected, match="is 10000000 bytes, more than the 65536"):
         decode_json(big, LEASE_LIMIT)
 
 
@@ -146,7 +146,7 @@ def test_lease_decoding_errors_are_lease_parse_errors():
         LeaseAttrs.from_json(b'{"PublicIP":"192.0.2.1","BackendData":' + b"[" * 3000 + b"]" * 3000 + b"}")
     with pytest.raises(LeaseParseError, match="lease value is not UTF-8"):
         LeaseAttrs.from_json(b'{"PublicIP":"192.0.2.1\xff"}')
-    with pytest.raises(LeaseParseError, match="appears twice"):
+    with pytest.raises(LeaseParseError, match="twice"):
         LeaseAttrs.from_json(b'{"PublicIP":"192.0.2.1","PublicIP":"192.0.2.2"}')
     with pytest.raises(LeaseParseError, match=r"bad address: .*\.\.\. \(6013 characters\)"):  # clipped
         LeaseAttrs.from_json(json.dumps({"PublicIP": "x" * 5990}).encode())
@@ -158,8 +158,8 @@ def test_lease_decoding_errors_are_lease_parse_errors():
     [
         (b"\xff" * 10, "config", "not UTF-8"),
         (b'{"Network": ' + b"[" * 3000 + b"]" * 3000 + b"}", "config", "nested deeper"),
-        (b'{"Network": "10.5.0.0/16", "SubnetLen": NaN}', "config", "NaN is not a JSON number"),
-        (b'{"Network": "10.5.0.0/16", "Network": "10.6.0.0/16"}', "config", "'Network' appears twice"),
+        (b'{"Network": "10.5.0.0/16", "SubnetLen": NaN}', "config", "holds NaN, which is not a JSON number"),
+        (b'{"Network": "10.5.0.0/16", "Network": "10.6.0.0/16"}', "config", "'Network' twice"),
         (b'{"Network": "10.5.0.0/16", "network": "10.6.0.0/16"}', "network", "Network is given too"),
         (b'{"Network": "10.5.0.0/16", "Backend": {"Type": "udp", "type": "vxlan"}}', "Backend.type", "Backend.Type is given too"),
         (b'{"Network": "10.5.0.0/16", "SubnetLen": ' + b"1" * 10_000 + b"}", "config", "out of range"),

@@ -1,7 +1,8 @@
 """The one JSON decoder for every value read from etcd (the config, leases). Pure, total.
 
 `decode_json(raw, limit)` takes arbitrary bytes and returns the JSON document they hold,
-or raises `Rejected` with the reason -- and nothing else, whatever the bytes. The typed
+or raises `Rejected` with the reason ("is not UTF-8 (...)", "is nested deeper than 32
+...": the caller names the value) -- and nothing else, whatever the bytes. The typed
 decoders on top of it (`core.subnet.parse_lease`, `core.config.parse_config`) turn a
 rejection into their own error (LeaseParseError, ConfigError). Rejected are:
 
@@ -59,22 +60,22 @@ def _depth(text: str) -> int:
 
 
 def _constant(name: str) -> Any:
-    raise Rejected(f"{name} is not a JSON number")
+    raise Rejected(f"holds {name}, which is not a JSON number")
 
 
 def _int(s: str) -> int:
     if len(s.lstrip("-")) > _INT_DIGITS:
-        raise Rejected(f"number {_clip(s)} is out of range (integers must fit in 64 bits)")
+        raise Rejected(f"holds the number {_clip(s)}, out of range (integers must fit in 64 bits)")
     v = int(s)
     if not INT_MIN <= v <= INT_MAX:
-        raise Rejected(f"number {s} is out of range (integers must fit in 64 bits)")
+        raise Rejected(f"holds the number {s}, out of range (integers must fit in 64 bits)")
     return v
 
 
 def _float(s: str) -> float:
     v = float(s)
     if math.isinf(v):
-        raise Rejected(f"number {_clip(s)} is out of range (it overflows a 64-bit float)")
+        raise Rejected(f"holds the number {_clip(s)}, out of range (it overflows a 64-bit float)")
     return v
 
 
@@ -84,7 +85,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise Rejected(f"key {_clip(repr(k))} appears twice in one object")
+                raise Rejected(f"has the key {_clip(repr(k))} twice in one object")
             seen.add(k)
     return doc
 
@@ -119,24 +120,24 @@ def decode_json(raw: Union[bytes, str], limit: int) -> Any:
     if isinstance(raw, str):  # tests and fakes; etcd hands bytes
         raw = raw.encode("utf-8", "surrogatepass")
     if len(raw) > limit:
-        raise Rejected(f"value is {len(raw)} bytes, more than the {limit} a value may have")
+        raise Rejected(f"is {len(raw)} bytes, more than the {limit} a value may have")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise Rejected(f"value is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise Rejected(f"is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
-        raise Rejected(f"value is nested deeper than {MAX_DEPTH} arrays/objects")
+        raise Rejected(f"is nested deeper than {MAX_DEPTH} arrays/objects")
     try:
         doc = json.loads(text, parse_constant=_constant, parse_int=_int, parse_float=_float,
                          object_pairs_hook=_object)  # fmt: skip
     except Rejected:
         raise
     except (ValueError, RecursionError) as e:  # RecursionError: cannot happen after the depth check
-        raise Rejected(f"value is not JSON ({_clip(str(e), 120)})") from None
+        raise Rejected(f"is not JSON ({_clip(str(e), 120)})") from None
     if _SURROGATE_ESCAPE.search(text):
         for s in _strings(doc):
             try:
                 s.encode("utf-8")
             except UnicodeEncodeError:
-                raise Rejected("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+                raise Rejected("holds a string with a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
     return doc

@@ -88,7 +88,7 @@ class LeaseAttrs:
         try:
             doc = decode_json(raw, LEASE_LIMIT)
         except Rejected as e:
-            raise LeaseParseError(f"lease {e}") from None
+            raise LeaseParseError(f"lease value {e}") from None
         if not isinstance(doc, dict):
             raise LeaseParseError("lease value is not a JSON object")
         for k in ("PublicIP", "PublicIPv6", "BackendType"):

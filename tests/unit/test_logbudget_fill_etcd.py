@@ -97,3 +97,48 @@ def test_tasks_sharing_a_failed_connect_advance_the_endpoint_once(monkeypatch):
     assert dialled[:3] == ["http://192.0.2.2:2379", "http://192.0.2.3:2379", "http://192.0.2.4:2379"]
     assert client.failovers == len(dialled)  # one move per failed connect, whoever shared it
     assert client.failovers <= 2 * 3, dialled
+
+
+# -- listing pages are kept near PAGE_BYTES ---------------------------------------------------
+
+
+class _FakeKV:
+    """etcd's Range over a sorted dict, honouring key, range_end and limit; records limits."""
+
+    def __init__(self, items: dict[bytes, bytes]):
+        self.items = dict(sorted(items.items()))
+        self.limits: list[int] = []
+        self.sizes: list[int] = []
+
+    async def __call__(self, what, method, req):
+        self.limits.append(req.limit)
+        keys = [k for k in self.items if req.key <= k < req.range_end]
+        page = keys[: req.limit] if req.limit else keys
+        resp = etcd_mod.rpc.RangeResponse(kvs=[etcd_mod.rpc.KeyValue(key=k, value=self.items[k]) for k in page],
+                                          more=len(page) < len(keys), count=len(keys))  # fmt: skip
+        resp.header.revision = 7
+        self.sizes.append(resp.ByteSize())
+        return resp
+
+
+def _list(client, kv) -> int:
+    client.kv = kv
+    got = []
+    asyncio.run(client.range_all("list", b"/s/", b"/s0", got.append, got.clear))
+    return len(got)
+
+
+def test_listing_pages_stay_near_page_bytes_and_the_size_is_remembered():
+    """30 values of 1 MB: a first page of 4, then one key a page (2 MiB hold one), never a
+    16 MiB page or a refused one; the next listing starts at 1. Small leases still come
+    1,000 a page after the first."""
+    client = EtcdClient(EtcdOptions(["http://192.0.2.2:2379"]))
+    big = _FakeKV({f"/s/10.0.{i}.0-24".encode(): b"x" * (1 << 20) for i in range(30)})
+    assert _list(client, big) == 30
+    assert big.limits[0] == etcd_mod.FIRST_PAGE_KEYS and set(big.limits[1:]) == {1}
+    assert max(big.sizes) <= etcd_mod.FIRST_PAGE_KEYS * (1 << 20) + 4096
+    big.limits.clear()
+    assert _list(client, big) == 30 and set(big.limits) == {1}  # remembered
+    small = _FakeKV({f"/s/10.{i // 256}.{i % 256}.0-24".encode(): b'{"PublicIP":"192.0.2.1"}' for i in range(2500)})
+    assert _list(client, small) == 2500
+    assert small.limits[0] == 1 and set(small.limits[1:]) == {etcd_mod.PAGE_KEYS}

@@ -77,6 +77,17 @@ class World:
         self.agent.stop()
         await asyncio.wait_for(self.task, 20)
 
+    def put_peers(self, *n: int) -> None:
+        """Peer leases 10.5.<n>.0/24 at 192.0.2.<n - 200>."""
+        for i in n:
+            self.reg.put(f"10.5.{i}.0-24", attrs(f"192.0.2.{i - 200}"))
+
+    async def metrics_and_stop(self):
+        """(self, the metrics just before the stop)."""
+        m = self.agent.metrics()
+        await self.stop()
+        return self, m
+
     def own_key(self) -> str:
         return self.agent.own.key
 
@@ -304,16 +315,11 @@ def test_a_backend_bug_on_one_lease_costs_that_lease_not_the_others(tmp_path, ca
 
     async def go():
         w = World(tmp_path, fail_on={"10.5.221.0-24": KeyError("VtepMAC"), "10.5.223.0-24": TypeError("unhashable")})
-        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
-        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        w.put_peers(220, 221)
         await w.start()
-        w.reg.put("10.5.222.0-24", attrs("192.0.2.22"))
-        w.reg.put("10.5.223.0-24", attrs("192.0.2.23"))
-        w.reg.put("10.5.224.0-24", attrs("192.0.2.24"))
+        w.put_peers(222, 223, 224)
         await until(lambda: "10.5.224.0-24" in w.backend.routes)
-        m = w.agent.metrics()
-        await w.stop()
-        return w, m
+        return await w.metrics_and_stop()
 
     with caplog.at_level(logging.ERROR, logger="udpflannel"):
         w, m = run(go())
@@ -328,15 +334,12 @@ def test_a_backend_bug_on_one_lease_costs_that_lease_not_the_others(tmp_path, ca
 def test_a_lease_check_that_raises_rejects_that_lease_only(tmp_path, caplog):
     async def go():
         w = World(tmp_path)
-        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
+        w.put_peers(220)
         await w.start()
         w.backend.problem_bug.add("10.5.221.0-24")
-        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
-        w.reg.put("10.5.222.0-24", attrs("192.0.2.22"))
+        w.put_peers(221, 222)
         await until(lambda: "10.5.222.0-24" in w.backend.routes)
-        m = w.agent.metrics()
-        await w.stop()
-        return w, m
+        return await w.metrics_and_stop()
 
     with caplog.at_level(logging.ERROR, logger="udpflannel"):
         w, m = run(go())

@@ -10,6 +10,7 @@ to -artifact_prefix). fuzz/run.sh runs these as py-lease, py-config, py-watch.
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,10 +24,13 @@ with atheris.instrument_imports(include=["udpflannel", "py_targets"]):
 
 def main() -> None:
     logging.disable(logging.CRITICAL)  # the registry's warnings about each bad input
-    if len(sys.argv) < 2 or sys.argv[1] not in py_targets.TARGETS:
+    args = sys.argv[1:]
+    if args and args[0] in py_targets.TARGETS:  # libFuzzer re-runs us (merge) without it: keep it in the environment
+        os.environ["UF_FUZZ_TARGET"] = args.pop(0)
+    name = os.environ.get("UF_FUZZ_TARGET")
+    if name not in py_targets.TARGETS:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(py_targets.TARGETS)}}} [libFuzzer flags] CORPUS...")
-    target = py_targets.TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Setup([sys.argv[0], *args], py_targets.TARGETS[name])
     atheris.Fuzz()
 
 

@@ -36,6 +36,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table py-lease py-config py-watch)
 PYTHON=${PYTHON:-.venv/bin/python}
+# libFuzzer re-runs a Python target (merging) by its path: fuzz_py.py's "env python3" must be $PYTHON's
+PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"
+export PATH
 
 command -v "$CC" >/dev/null || { echo "fuzz/run.sh: $CC not found (scripts/bootstrap.sh installs clang)" >&2; exit 2; }
 OUT=build/fuzz

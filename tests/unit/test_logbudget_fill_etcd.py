@@ -109,6 +109,7 @@ class _FakeKV:
         self.items = dict(sorted(items.items()))
         self.limits: list[int] = []
         self.sizes: list[int] = []
+        self.refused = 0
 
     async def __call__(self, what, method, req):
         self.limits.append(req.limit)
@@ -117,6 +118,9 @@ class _FakeKV:
         resp = etcd_mod.rpc.RangeResponse(kvs=[etcd_mod.rpc.KeyValue(key=k, value=self.items[k]) for k in page],
                                           more=len(page) < len(keys), count=len(keys))  # fmt: skip
         resp.header.revision = 7
+        if resp.ByteSize() > etcd_mod.MAX_RECEIVE:  # what gRPC's receive limit does
+            self.refused += 1
+            raise etcd_mod._TooLarge("larger than max")
         self.sizes.append(resp.ByteSize())
         return resp
 
@@ -128,17 +132,26 @@ def _list(client, kv) -> int:
     return len(got)
 
 
-def test_listing_pages_stay_near_page_bytes_and_the_size_is_remembered():
+def test_listing_pages_stay_near_page_bytes():
     """30 values of 1 MB: a first page of 4, then one key a page (2 MiB hold one), never a
-    16 MiB page or a refused one; the next listing starts at 1. Small leases still come
-    1,000 a page after the first."""
+    16 MiB page or a refused one. Small leases still come 1,000 a page after the first."""
     client = EtcdClient(EtcdOptions(["http://192.0.2.2:2379"]))
     big = _FakeKV({f"/s/10.0.{i}.0-24".encode(): b"x" * (1 << 20) for i in range(30)})
     assert _list(client, big) == 30
     assert big.limits[0] == etcd_mod.FIRST_PAGE_KEYS and set(big.limits[1:]) == {1}
     assert max(big.sizes) <= etcd_mod.FIRST_PAGE_KEYS * (1 << 20) + 4096
-    big.limits.clear()
-    assert _list(client, big) == 30 and set(big.limits) == {1}  # remembered
     small = _FakeKV({f"/s/10.{i // 256}.{i % 256}.0-24".encode(): b'{"PublicIP":"192.0.2.1"}' for i in range(2500)})
     assert _list(client, small) == 2500
-    assert small.limits[0] == 1 and set(small.limits[1:]) == {etcd_mod.PAGE_KEYS}
+    assert small.limits[0] == etcd_mod.FIRST_PAGE_KEYS and set(small.limits[1:]) == {etcd_mod.PAGE_KEYS}
+
+
+def test_big_values_after_small_ones_cost_few_refused_pages():
+    """The pages of small leases grow to 1,000; the first page that reaches the big values
+    is refused, and no later page asks for more than a quarter of it."""
+    client = EtcdClient(EtcdOptions(["http://192.0.2.2:2379"]))
+    items = {f"/s/10.0.{i // 256}.{i % 256}-32".encode(): b'{"PublicIP":"192.0.2.1"}' for i in range(1500)}
+    items.update({f"/s/10.9.{i}.0-24".encode(): b"x" * (1 << 20) for i in range(30)})  # sorted after them
+    kv = _FakeKV(items)
+    assert _list(client, kv) == 1530
+    assert kv.refused <= 2, kv.limits
+    assert kv.limits[-15:] == [1] * 15  # then the big values one a page

@@ -17,14 +17,14 @@ Timing (what `docs/etcd.md` promises operators):
   the agent is back on a healthy member within ~10 s.
 - Listings are paged: at most PAGE_KEYS keys per range, all pages at the revision of the
   first (one consistent snapshot), each page continuing after the last key it got. Pages
-  are also kept near PAGE_BYTES: the first page ever asks for FIRST_PAGE_KEYS keys, and
-  after each page the next asks for as many keys as fit in PAGE_BYTES at that page's
-  bytes per key (remembered for the next listing). So big values cost a few MiB of
-  buffers at a time, never a 16 MiB page or a page refused for its size (those buffers
-  stayed with the process: 30 values of 1 MB took the agent from 65 to 113 MiB in two
-  re-lists); small leases still come 1,000 a page.
-  A page that does not fit in MAX_RECEIVE (16 MiB, the gRPC receive limit we set) is asked
-  again with a quarter of the keys, down to one key per page.
+  are also kept near PAGE_BYTES: a listing's first page asks for FIRST_PAGE_KEYS keys, and
+  each next page for as many as fit in PAGE_BYTES at the previous page's bytes per key.
+  So big values cost a few MiB of buffers at a time, not 16 MiB pages and pages refused
+  for their size (those buffers stayed with the process: 30 values of 1 MB took the agent
+  from 58 to 248 MiB in five re-lists); small leases still come 1,000 a page. A page that
+  does not fit in MAX_RECEIVE (16 MiB, the gRPC receive limit we set) anyway is asked
+  again with at most FIRST_PAGE_KEYS keys, and no later page of that listing asks for
+  more than a quarter of it (down to one key per page).
 
 Cancellation: grpc.aio raises asyncio.CancelledError from a call whose channel was closed
 (e.g. by another task's failover). Unless our own task is being cancelled, that becomes
@@ -53,7 +53,7 @@ WATCH_PROGRESS_EVERY = 2.0
 WATCH_SILENCE = 6.0
 PAGE_KEYS = 1000
 PAGE_BYTES = 2 << 20
-FIRST_PAGE_KEYS = 4  # before any page was seen: at most 6 MiB of etcd's largest values (1.5 MiB)
+FIRST_PAGE_KEYS = 4  # before a page was seen: at most 6 MiB of etcd's largest values (1.5 MiB)
 MAX_RECEIVE = 16 << 20
 GRPC_OPTIONS = [
     # HTTP/2 pings: a silent partition (no RST) closes the channel instead of hanging it.
@@ -148,7 +148,6 @@ class EtcdClient:
         self._closing: set[asyncio.Task] = set()
         self._healthy = True
         self.failovers = 0
-        self._page_keys = FIRST_PAGE_KEYS  # keys per listing page that keep it near PAGE_BYTES (learned)
 
     @property
     def endpoint(self) -> str:
@@ -325,7 +324,8 @@ class EtcdClient:
         for attempt in range(3):
             if attempt:
                 start_over()
-            revision, start, limit = 0, key, self._page_keys
+            revision, start, limit = 0, key, FIRST_PAGE_KEYS
+            ceiling = PAGE_KEYS  # a quarter of the last page refused for its size
             while True:
                 req = rpc.RangeRequest(key=start, range_end=range_end, limit=limit, revision=revision)
                 try:
@@ -334,7 +334,8 @@ class EtcdClient:
                     if limit == 1:
                         raise RegistryError(f"etcd {what}: one key under {key.decode(errors='replace')} after "
                                             f"{start.decode(errors='replace')!r} exceeds {MAX_RECEIVE} bytes: {e}")
-                    limit = self._page_keys = max(1, limit // 4)
+                    ceiling = max(1, limit // 4)
+                    limit = min(ceiling, FIRST_PAGE_KEYS)
                     log.info("etcd %s: a page of keys is over %d MiB; asking for %d keys per page",
                              what, MAX_RECEIVE >> 20, limit)  # fmt: skip
                     continue
@@ -348,7 +349,7 @@ class EtcdClient:
                     each(kv)
                 if resp.kvs:
                     per_key = max(1, resp.ByteSize() // len(resp.kvs))
-                    limit = self._page_keys = max(1, min(PAGE_KEYS, PAGE_BYTES // per_key))
+                    limit = max(1, min(ceiling, PAGE_BYTES // per_key))
                 if not resp.more or not resp.kvs:
                     return revision
                 start = resp.kvs[-1].key + b"\0"

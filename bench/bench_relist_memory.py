@@ -28,13 +28,12 @@ from tests.integration import agents  # noqa: E402
 from tests.integration.agents import PREFIX  # noqa: E402
 from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for  # noqa: E402
 
-# the agent's own lease from 10.1.0.0 on: the filled ones are 10.0.16.0/24 ...
-CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.1.0.0", "Backend": {"Type": "udp"}}'
+# the agent's own lease from 10.128.0.0 on: the filled ones are 10.0.16.0/24, 10.0.17.0/24, ...
+CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.128.0.0", "Backend": {"Type": "udp"}}'
 
 
 def one_run(python: str, leases: int, size: int, relists: int, freeze: float, env: dict) -> list[tuple[str, float]]:
     """(phase, RSS MiB) in order; the second is (taken as peers, count)."""
-    out = []
     with Lab() as lab:
         etcd = lab.start_etcd(lab.add_etcd_host(), ETCD_HOST_IP)
         etcd.put(f"{PREFIX}/config", CONFIG)
@@ -42,31 +41,41 @@ def one_run(python: str, leases: int, size: int, relists: int, freeze: float, en
         p = lab.start_agent(h, "--etcd-endpoints", lab.etcd_endpoints, "--iface", "eth1", "--subnet-file",
                             str(agents.subnet_file(lab, h)), "--healthz-port", str(agents.HEALTHZ_PORT),
                             python=python, env=env)  # fmt: skip
-        agents.wait_log(p, " ready: ", timeout=60)
-        time.sleep(2)
-        out.append(("ready, no peers", agents.rss_kib(p) / 1024))
-        agents.fill(etcd, "--count", str(leases), "--skip", "16", "--network", "10.0.0.0/8", "--subnet-len", "24",
-                    "--backend-type", "", "--backend-data-size", str(size))  # fmt: skip
-        seen = lambda: agents.log_text(p).count("skipping malformed lease") + agents.metric(h, "peers")  # noqa: E731
-        wait_for(lambda: seen() >= leases, 120, what="every lease seen")
-        time.sleep(2)
-        accepted = int(agents.metric(h, "peers"))
-        out.append(("taken as peers", accepted))
-        out.append((f"{leases} leases put", agents.rss_kib(p) / 1024))
-        for i in range(1, relists + 1):
-            agents.etcd_signal(etcd, signal.SIGSTOP)
-            time.sleep(freeze)
-            agents.etcd_signal(etcd, signal.SIGCONT)
-            # the watch went silent and broke; the re-listing after the thaw takes < 1 s
-            wait_for(lambda: agents.metric(h, "watch_restarts") >= i, 120, what=f"re-listing {i}")
-            wait_for(lambda: agents.metric(h, "peers") == accepted, 60, what="the peers back")
-            time.sleep(8)
-            out.append((f"after re-listing {i}", agents.rss_kib(p) / 1024))
-        etcd.delete(f"{PREFIX}/subnets/10.0.", prefix=True)
-        wait_for(lambda: agents.metric(h, "peers") == 0, 60, what="the peers gone")
-        time.sleep(2)
-        out.append(("leases deleted", agents.rss_kib(p) / 1024))
-        assert p.poll() is None
+        try:
+            return _measure(lab, etcd, h, p, leases, size, relists, freeze)
+        except Exception:
+            print(f"agent log ({python}):\n{agents.log_text(p)[-4000:]}", file=sys.stderr)
+            raise
+
+
+def _measure(lab, etcd, h, p, leases: int, size: int, relists: int, freeze: float) -> list[tuple[str, float]]:
+    out = []
+    agents.wait_log(p, " ready: ", timeout=60)
+    time.sleep(2)
+    out.append(("ready, no peers", agents.rss_kib(p) / 1024))
+    agents.fill(etcd, "--count", str(leases), "--skip", "16", "--network", "10.0.0.0/8", "--subnet-len", "24",
+                "--backend-type", "", "--backend-data-size", str(size))  # fmt: skip
+    seen = lambda: agents.log_text(p).count("skipping malformed lease") + agents.metric(h, "peers")  # noqa: E731
+    wait_for(lambda: seen() >= leases, 120, what="every lease seen")
+    time.sleep(2)
+    accepted = int(agents.metric(h, "peers"))
+    out.append(("taken as peers", accepted))
+    out.append((f"{leases} leases put", agents.rss_kib(p) / 1024))
+    for i in range(1, relists + 1):
+        agents.etcd_signal(etcd, signal.SIGSTOP)
+        time.sleep(freeze)
+        agents.etcd_signal(etcd, signal.SIGCONT)
+        # the watch went silent and broke; the re-listing after the thaw takes < 1 s
+        wait_for(lambda: agents.metric(h, "watch_restarts") >= i, 120, what=f"re-listing {i}")
+        wait_for(lambda: agents.metric(h, "peers") == accepted, 60, what="the peers back")
+        time.sleep(8)
+        out.append((f"after re-listing {i}", agents.rss_kib(p) / 1024))
+    for second in range((16 + leases - 1) // 256 + 1):  # the filled ones only
+        etcd.delete(f"{PREFIX}/subnets/10.{second}.", prefix=True)
+    wait_for(lambda: agents.metric(h, "peers") == 0, 60, what="the peers gone")
+    time.sleep(2)
+    out.append(("leases deleted", agents.rss_kib(p) / 1024))
+    assert p.poll() is None
     return out
 
 

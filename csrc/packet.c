@@ -244,10 +244,19 @@ int uf_icmp_eligible(const uint8_t *pkt, size_t len)
             return 0;
         return 1;
     }
-    if (pkt[9] == UF_PROTO_ICMP)
-        return 0;
     if (rd16(pkt + 6) & 0x1fffu)  /* fragment offset != 0 */
         return 0;
+    /* never about an ICMP error message (RFC 1122 3.2.2); the query messages of
+     * RFC 792/950 (echo 8/0, timestamp 13/14, information 15/16, address mask
+     * 17/18) get their unreachable like any packet, every other type counts as an
+     * error. The type byte must be there. */
+    if (pkt[9] == UF_PROTO_ICMP) {
+        const uint32_t queries = (1u << 0) | (1u << 8) | (1u << 13) | (1u << 14) | (1u << 15) | (1u << 16) |
+                                 (1u << 17) | (1u << 18);
+        size_t off = ip_hlen(pkt);
+        if (off >= ip_tot(pkt) || pkt[off] > 18 || !((queries >> pkt[off]) & 1u))
+            return 0;
+    }
     uint32_t src = rd32(pkt + 12);
     if (src == 0 || src == 0xffffffffu || (src >> 28) == 0xe)
         return 0;

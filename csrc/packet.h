@@ -65,8 +65,10 @@ int uf_ip4_csum_ok(const uint8_t *pkt);
 int uf_pkt_dec_ttl(uint8_t *pkt, size_t len);
 
 /* Whether a destination-unreachable may be sent about a checked pkt: not about
- * an ICMP error (IPv4: any ICMP; IPv6: an ICMPv6 error message, types < 128,
- * found behind the extension headers), a non-first fragment, or a packet from
+ * an ICMP error message (IPv4: every type but the queries and their replies,
+ * 0, 8 and 13-18, so an echo request does get one; IPv6: an ICMPv6 error
+ * message, types < 128, found behind the extension headers), a non-first
+ * fragment, or a packet from
  * a zero, broadcast or multicast source; IPv6: nor when the extension-header
  * chain cannot be followed within the packet. 1 or 0. */
 int uf_icmp_eligible(const uint8_t *pkt, size_t len);

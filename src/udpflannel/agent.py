@@ -16,6 +16,8 @@ by anyone but us, is logged with its traceback and restarted with backoff):
   peers     - list, then watch from the next revision; a broken or compacted watch re-lists;
               every lease goes through core.validate before the backend sees it
   resync    - let the backend heal its devices and routes
+  config    - re-read the network config now and then: a change is logged as a warning
+              (a restart applies it; flanneld ignores it silently), never applied live
   iptables  - re-check the rules (either kind)
   watchdog  - systemd WATCHDOG=1 (when WatchdogSec is set)
 The data path keeps forwarding with its last table however long etcd is away.
@@ -41,18 +43,18 @@ from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
 from .backends import Backend, backend_class
 from .core.config import NetworkConfig, parse_config
-from .core.events import ExternalInterface, PeerUpdate, Snapshot
+from .core.decode import printable
+from .core.events import Delta, ExternalInterface, LeaseEvent, PeerUpdate, Snapshot, peer_log_level
 from .core.leasediff import PeerView, diff
+from .core.logbudget import LogBudget, held_back_note
 from .core.registry import Compacted, Listing, Registry
-from .core.validate import Ignored, LeaseContext
+from .core.validate import Failed, Ignored, LeaseContext
 from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
 from .policy.manager import LeaseManager, OwnLease
 from .retry import Waiting, foreign_cancel
 from .supervise import Supervisor
 
 log = logging.getLogger("udpflannel.agent")
-
-LOG_EACH_PEER_UPTO = 100  # a bigger change is logged as counts (peer lines at debug level)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class AgentOptions:
     lease_ttl: int = 24 * 3600
     renew_margin_s: Optional[float] = None  # overrides renew_margin_min (tests: short leases)
     still_waiting_every: float = 30.0  # repeat "still waiting for ..." this often
+    config_check_every: float = 30.0  # re-read the config this often to warn about a change
 
     @property
     def renew_margin(self) -> float:
@@ -115,6 +118,9 @@ class Agent:
         self.supervisor = supervisor or Supervisor()
         self.watch_restarts = 0
         self.etcd_errors = 0
+        self.peer_errors = 0  # unexpected errors handling one lease (that lease was skipped)
+        self.malformed: dict[str, str] = {}  # keys under the subnets prefix that are not leases
+        self._budget = LogBudget(clock=clock)  # rejection lines one writer of bad leases can cause
         self.backend: Optional[Backend] = None
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
@@ -138,12 +144,15 @@ class Agent:
         m = {
             "peers": len(self.view.leases),
             "rejected_leases": len(self.view.rejected),
+            "malformed_leases": len(self.malformed),
+            "peer_errors": self.peer_errors,
             "lease_renewals": mgr.renewals if mgr else 0,
             "lease_reacquisitions": mgr.reacquisitions if mgr else 0,
             "lease_reasserts": mgr.reasserts if mgr else 0,
             "watch_restarts": self.watch_restarts,
             "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
             "task_restarts": sum(self.supervisor.restarts.values()),
+            "task_repeated_failures": sum(self.supervisor.repeated.values()),
             "etcd_failovers": self.registry.failovers,
             "ready": int(self.ready()),
         }
@@ -244,6 +253,7 @@ class Agent:
         log.info("ready: %s", status)
         self.supervisor.start("resync", self._resync_loop)
         self.supervisor.start("iptables", self._rules_loop)
+        self.supervisor.start("config", self._config_loop)
         await self.supervisor.wait()
 
     # -- start-up steps ------------------------------------------------------------
@@ -293,7 +303,9 @@ class Agent:
                     kind = config.backend_option("Type") or config.backend_type
                     backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
-                    log.info("network config: %s", raw.decode(errors="replace").strip())
+                    log.info("network config: %s", printable(config.raw.strip(), 4000))
+                    for warning in config.warnings:
+                        log.warning("%s", warning)
                     return config, backend
             except ConfigError as e:
                 waiting.failed("a corrected network config", f"reading {key}", e, logging.ERROR)
@@ -382,10 +394,17 @@ class Agent:
     # -- peers ----------------------------------------------------------------------
     def _log_rejections(self) -> None:
         for key, why in self.view.new_rejections():
-            if isinstance(why, Ignored):
-                log.info("ignoring lease %s: %s", key, why)
+            if isinstance(why, Failed):
+                self.peer_errors += 1
+            held = self._budget.take()
+            if held is None:
+                continue
+            if isinstance(why, Failed):
+                log.error("rejecting lease %s: %s%s", key, why, held_back_note(held), exc_info=why.error)
+            elif isinstance(why, Ignored):
+                log.info("ignoring lease %s: %s%s", key, why, held_back_note(held))
             else:
-                log.warning("rejecting lease %s: %s", key, why)
+                log.warning("rejecting lease %s: %s%s", key, why, held_back_note(held))
 
     async def _deliver(self, update: PeerUpdate, before: Optional[dict] = None) -> None:
         """Log what changes (a Snapshot against `before`, the backend's last set), then hand
@@ -395,7 +414,7 @@ class Agent:
             changes = diff(before or {}, self.view.leases)
         else:
             changes = list(update.events)
-        level = logging.INFO if len(changes) <= LOG_EACH_PEER_UPTO else logging.DEBUG
+        level = peer_log_level(len(changes))
         for ev in changes:
             a = ev.lease.attrs
             log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.label, a.addresses, a.backend_type or "udp")
@@ -403,7 +422,38 @@ class Agent:
             added = sum(ev.kind == "added" for ev in changes)
             log.info("peers: %d added or changed, %d removed (%d in all)", added, len(changes) - added,
                      len(self.view.leases))  # fmt: skip
-        await self.backend.apply(update)
+        await self._apply(update, before)
+
+    async def _apply(self, update: PeerUpdate, before: Optional[dict]) -> None:
+        """Hand `update` to the backend. Its own errors (BackendError) end the task, which
+        restarts and re-lists, as always. Anything else is a bug, and it costs the leases it
+        fails on, not the others: the update is handed over again lease by lease (a
+        Snapshot as the additions of its leases and the removals of those `before` had)."""
+        try:
+            await self.backend.apply(update)
+            return
+        except UdpFlannelError:
+            raise
+        except Exception as e:
+            self.peer_errors += 1
+            what = f"a snapshot of {len(update.leases)} peers" if isinstance(update, Snapshot) else "a peer change"
+            log.error("the backend failed on %s (a bug): %s; handing it over lease by lease", what, e, exc_info=True)
+        if isinstance(update, Snapshot):
+            keep = update.by_key()
+            events = [LeaseEvent("added", l) for l in update.leases]
+            events += [LeaseEvent("removed", l) for k, l in (before or {}).items() if k not in keep]
+        else:
+            events = list(update.events)
+        for ev in events:
+            try:
+                await self.backend.apply(Delta((ev,)))
+            except UdpFlannelError:
+                raise
+            except Exception as e:
+                self.peer_errors += 1
+                if (held := self._budget.take()) is not None:
+                    log.error("the backend failed on lease %s (%s, a bug): %s; skipped until the next listing%s",
+                              ev.lease.key, ev.kind, e, held_back_note(held), exc_info=True)  # fmt: skip
 
     def _own_changed(self, lease_id: Optional[int], attrs) -> bool:
         return self.own is None or not self.own.holds(lease_id, attrs)
@@ -433,24 +483,25 @@ class Agent:
                 if fresh and (mine is None or self._own_changed(mine.lease_id, mine.attrs)):
                     self.check_own.set()
                 before = self.view.leases
-                await self._deliver(self.view.reset(listing.leases), before)
+                self.malformed = dict(listing.malformed)
+                update = self.view.reset(listing.leases)
+                revision, listing = listing.revision, None  # the leases live on in the view only
+                await self._deliver(update, before)
+                del before, update
             self._listed.set()
             started = self.clock()
             try:
-                async for ev in self.registry.watch_leases(listing.revision + 1):
+                async for ev in self.registry.watch_leases(revision + 1):
                     async with self._peers_lock:
-                        if ev.name == self.own.key:
-                            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
-                                self.check_own.set()
-                            continue
-                        if ev.kind == "put" and ev.lease is not None:
-                            update = self.view.put(ev.lease)
-                        else:  # deleted, or overwritten with something that is not a lease
-                            update = self.view.delete(ev.name)
-                        if update.events:
-                            await self._deliver(update)
-                        else:
-                            self._log_rejections()
+                        try:
+                            await self._on_event(ev)
+                        except UdpFlannelError as e:  # the backend's: the task restarts, re-lists
+                            e.add_note(f"while handling the {ev.kind} of lease {printable(ev.name)}")
+                            raise
+                        except Exception as e:  # a bug: it costs this key, not the watch
+                            self.peer_errors += 1
+                            log.error("handling a %s of lease %s failed (a bug): %s; skipped, the peer watch "
+                                      "goes on", ev.kind, printable(ev.name), e, exc_info=True)  # fmt: skip
             except Compacted as e:
                 self.watch_restarts += 1
                 log.info("%s; re-listing", e)
@@ -461,6 +512,55 @@ class Agent:
                 log.warning("lease watch interrupted (%s); re-listing", e)
                 if self.clock() - started < self.opts.retry_interval:  # failing fast: don't spin
                     await asyncio.sleep(self.opts.retry_interval)
+
+    async def _on_event(self, ev) -> None:
+        """One watch event: our own key wakes the manager; a peer's goes through the view."""
+        if ev.kind == "put" and ev.lease is None:
+            self.malformed[ev.name] = ev.problem
+        else:
+            self.malformed.pop(ev.name, None)
+        if ev.name == self.own.key:
+            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
+                self.check_own.set()
+            return
+        if ev.kind == "put" and ev.lease is not None:
+            update = self.view.put(ev.lease)
+        else:  # deleted, or overwritten with something that is not a lease
+            update = self.view.delete(ev.name)
+        if update.events:
+            await self._deliver(update)
+        else:
+            self._log_rejections()
+
+    async def _config_loop(self) -> None:
+        """Warn, once per value, when <prefix>/config no longer says what we run with: the
+        config is read at start only (as flanneld, which says nothing); a restart applies it."""
+        key = self.registry.config_key.decode()
+        seen: Optional[bytes] = self.config.raw.encode()
+        while True:
+            await asyncio.sleep(self.opts.config_check_every)
+            try:
+                raw = await self.registry.get_config()
+            except RegistryError:
+                continue  # the other tasks report etcd trouble
+            if raw == seen:
+                continue
+            seen = raw
+            if raw is None:
+                log.warning("the network config at %s was deleted; going on with the one this agent started with",
+                            key)  # fmt: skip
+                continue
+            try:
+                new = parse_config(raw)
+            except ConfigError as e:
+                log.warning("the network config at %s changed and the new one is invalid (%s); going on with the "
+                            "one this agent started with", key, e)  # fmt: skip
+                continue
+            if new == self.config:
+                log.info("the network config at %s is again the one in use", key)
+            else:
+                log.warning("the network config at %s changed (now %s): restart udpflannel to apply it; until then "
+                            "it goes on with the one it started with", key, printable(new.raw.strip(), 4000))  # fmt: skip
 
     async def _renew_loop(self) -> None:
         await self.manager.maintain(self.own, self.check_own, self._adopt)

@@ -27,6 +27,23 @@ def fill(etcd: EtcdServer, *args: str, prefix: str = PREFIX) -> None:
     assert p.returncode == 0, p.stderr
 
 
+def put_bytes(etcd: EtcdServer, key: str, value: bytes) -> str:
+    """Put any bytes under `key`: with etcdctl (the value on its standard input) up to 1 MiB,
+    beyond that with bench/etcd_fill.py --put (etcdctl's client refuses requests over
+    2 MiB). Returns which tool wrote it."""
+    if len(value) <= 1 << 20:
+        cmd = ["etcdctl", f"--endpoints={etcd.endpoint}", "--dial-timeout=3s", *etcd.ctl_args, "put", key]
+        tool = "etcdctl"
+    else:
+        cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--put", key]
+        tool = "etcd_fill.py --put"
+    if etcd.ns:
+        cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
+    p = subprocess.run(cmd, input=value, capture_output=True, timeout=60, env=dict(os.environ, ETCDCTL_API="3"))
+    assert p.returncode == 0, p.stderr
+    return tool
+
+
 def subnet_file(lab: Lab, host: Host) -> Path:
     return lab.workdir / f"{host.name}.subnet.env"
 

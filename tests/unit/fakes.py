@@ -213,6 +213,8 @@ class Recorder(Backend):
         self.routes: dict[str, Lease] = {}
         self.fail_start = fail_start
         self.fail_apply: list[BaseException] = []
+        self.fail_on: dict[str, BaseException] = {}  # a bug: every update holding this lease key raises
+        self.problem_bug: set[str] = set()  # lease_problem raises for these keys (a bug in the hook)
         self.caps = caps if caps is not None else {}
         self.stopped = False
 
@@ -231,9 +233,17 @@ class Recorder(Backend):
         if self.fail_start is not None:
             raise self.fail_start
 
+    def lease_problem(self, lease):
+        if lease.key in self.problem_bug:
+            raise KeyError("VtepMAC")
+        return super().lease_problem(lease)
+
     async def apply(self, update):
         if self.fail_apply:
             raise self.fail_apply.pop(0)
+        keys = {l.key for l in update.leases} if isinstance(update, Snapshot) else {e.lease.key for e in update.events}
+        for key in keys & self.fail_on.keys():
+            raise self.fail_on[key]
         self.updates.append(update)
         if isinstance(update, Snapshot):
             self.timeline.append(("snapshot", len(update.leases)))

@@ -40,7 +40,7 @@ class World:
     """An agent wired to fakes, with everything it did in `timeline`."""
 
     def __init__(self, tmp_path, config=CONFIG, caps=1 << CAP_NET_ADMIN, backend_caps=None, fail_start=None,
-                 iface=IFACE, **opts):  # fmt: skip
+                 iface=IFACE, fail_on=None, **opts):  # fmt: skip
         self.timeline: list = []
         self.subnet_file = str(tmp_path / "run" / "subnet.env")
         self.reg = FakeRegistry(config=config)
@@ -52,6 +52,7 @@ class World:
         def backends(btype):
             def make(iface, cfg, **tuning):  # the udp data-path flags (queues, busy-poll)
                 self.backend = Recorder(iface, cfg, self.timeline, fail_start=fail_start, caps=backend_caps)
+                self.backend.fail_on.update(fail_on or {})
                 self.backend.type = "udp" if btype == "udp" else "alloc"
                 return self.backend
 
@@ -76,6 +77,17 @@ class World:
     async def stop(self):
         self.agent.stop()
         await asyncio.wait_for(self.task, 20)
+
+    def put_peers(self, *n: int) -> None:
+        """Peer leases 10.5.<n>.0/24 at 192.0.2.<n - 200>."""
+        for i in n:
+            self.reg.put(f"10.5.{i}.0-24", attrs(f"192.0.2.{i - 200}"))
+
+    async def metrics_and_stop(self):
+        """(self, the metrics just before the stop)."""
+        m = self.agent.metrics()
+        await self.stop()
+        return self, m
 
     def own_key(self) -> str:
         return self.agent.own.key
@@ -324,7 +336,7 @@ def test_a_foreign_cancellation_or_a_failing_task_is_logged_and_restarted(tmp_pa
         w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
         w.reg.cancel_next = 3  # get config, then list (in acquire) raise CancelledError, as grpc.aio does
         await w.start()
-        w.backend.fail_apply.append(RuntimeError("boom"))
+        w.backend.fail_apply.append(BackendError("boom"))  # the backend's own error: restart, re-list
         w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
         await until(lambda: "10.5.221.0-24" in w.backend.routes)
         restarts = w.agent.metrics()["task_restarts"]
@@ -335,8 +347,104 @@ def test_a_foreign_cancellation_or_a_failing_task_is_logged_and_restarted(tmp_pa
         w, restarts = run(go())
     assert w.task.result() is None  # a clean stop, not an error
     assert restarts >= 1
-    assert "task peers failed: boom" in caplog.text
+    assert "task peers failed: boom (while handling the put of lease 10.5.221.0-24)" in caplog.text
     assert any(r.exc_info for r in caplog.records if "task peers failed" in r.getMessage())
+
+
+def test_a_backend_bug_on_one_lease_costs_that_lease_not_the_others(tmp_path, caplog):
+    """A backend that raises (not a BackendError: a bug) on one lease, every time: in the
+    start-up snapshot and in the watch. The others are routed, the task never restarts."""
+
+    async def go():
+        w = World(tmp_path, fail_on={"10.5.221.0-24": KeyError("VtepMAC"), "10.5.223.0-24": TypeError("unhashable")})
+        w.put_peers(220, 221)
+        await w.start()
+        w.put_peers(222, 223, 224)
+        await until(lambda: "10.5.224.0-24" in w.backend.routes)
+        return await w.metrics_and_stop()
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        w, m = run(go())
+    assert set(w.backend.routes) == {"10.5.220.0-24", "10.5.222.0-24", "10.5.224.0-24"}
+    assert m["task_restarts"] == 0 and m["peer_errors"] >= 2 and m["peers"] == 5
+    assert "the backend failed on a snapshot of 2 peers (a bug): 'VtepMAC'; handing it over lease by lease" in caplog.text
+    assert "the backend failed on lease 10.5.221.0-24 (added, a bug): 'VtepMAC'; skipped until the next listing" in caplog.text
+    assert "the backend failed on lease 10.5.223.0-24 (added, a bug): unhashable" in caplog.text
+    assert all(r.exc_info for r in caplog.records if "the backend failed" in r.getMessage())
+
+
+def test_a_lease_check_that_raises_rejects_that_lease_only(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        w.put_peers(220)
+        await w.start()
+        w.backend.problem_bug.add("10.5.221.0-24")
+        w.put_peers(221, 222)
+        await until(lambda: "10.5.222.0-24" in w.backend.routes)
+        return await w.metrics_and_stop()
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        w, m = run(go())
+    assert set(w.backend.routes) == {"10.5.220.0-24", "10.5.222.0-24"}
+    assert m["rejected_leases"] == 1 and m["peer_errors"] == 1 and m["task_restarts"] == 0
+    line = next(r for r in caplog.records if "rejecting lease 10.5.221.0-24" in r.getMessage())
+    assert "checking it failed (KeyError: 'VtepMAC'; a bug)" in line.getMessage() and line.exc_info
+
+
+def test_malformed_leases_are_counted_and_skipped(tmp_path):
+    async def go():
+        w = World(tmp_path)
+        w.reg.put("10.5.219.0-24", "[" * 3000 + "]" * 3000)  # there before the start
+        await w.start()
+        first = w.agent.metrics()["malformed_leases"]
+        w.reg.put("10.5.220.0-24", '{"PublicIP": "192.0.2.20", "PublicIP": "192.0.2.21"}')
+        w.reg.put("10.5.221.0-24", attrs("192.0.2.21"))
+        await until(lambda: "10.5.221.0-24" in w.backend.routes)
+        second = w.agent.metrics()["malformed_leases"]
+        w.reg.remove("10.5.219.0-24")
+        w.reg.put("10.5.220.0-24", attrs("192.0.2.20"))
+        await until(lambda: "10.5.220.0-24" in w.backend.routes)
+        third = w.agent.metrics()["malformed_leases"]
+        await w.stop()
+        return first, second, third
+
+    assert run(go()) == (1, 2, 0)
+
+
+def test_a_config_changed_while_running_gets_a_warning_once(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path, config_check_every=0.01)
+        await w.start()
+        w.reg.config = b'{"Network": "10.6.0.0/16", "Backend": {"Type": "alloc"}}'
+        await until(lambda: "restart udpflannel to apply it" in caplog.text)
+        w.reg.config = b"\xff{"
+        await until(lambda: "the new one is invalid" in caplog.text)
+        w.reg.config = None
+        await until(lambda: "was deleted" in caplog.text)
+        w.reg.config = b'{"network": "10.5.0.0/16", "backend": {"type": "alloc"}}'  # the same, respelled
+        await until(lambda: "again the one in use" in caplog.text)
+        await asyncio.sleep(0.1)
+        await w.stop()
+        return w
+
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        w = run(go())
+    text = caplog.text
+    assert text.count("the network config at /coreos.com/network/config changed (now {\"Network\": \"10.6.0.0/16\"") == 1
+    assert text.count("changed and the new one is invalid (invalid network config: config=b'\\xff{': is not UTF-8") == 1
+    assert text.count("was deleted; going on with the one this agent started with") == 1
+    assert w.agent.config.network == IPv4Network("10.5.0.0/16")  # never applied live
+
+
+def test_unknown_config_keys_are_warned_about_at_start(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path, config='{"Netwrok": "10.9.0.0/16", "Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}')
+        await w.start()
+        await w.stop()
+
+    with caplog.at_level(logging.WARNING, logger="udpflannel"):
+        run(go())
+    assert "unknown config key 'Netwrok' is ignored: did you mean 'Network'?" in caplog.text
 
 
 def test_cancellation_leaking_from_etcd_calls_is_survived(tmp_path, caplog):

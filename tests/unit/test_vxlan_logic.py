@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -568,3 +569,24 @@ def test_ipv6_direct_routing():
     run(b.apply(Snapshot((vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12"),))))
     assert Route(IPv6Network("fd00:5:0:12::/64"), IPv6Address("2001:db8::12"), IFACE6.index) in nl.routes_
     assert nl.fdb6 == set() and len(nl.fdb) == 1  # IPv4 is not directly reachable here: vxlan
+
+
+def test_a_big_snapshot_is_logged_as_counts_a_small_change_peer_by_peer(caplog):
+    """A 300-peer start is a few INFO lines, not one per peer and entry (the agent's cap)."""
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    many = tuple(vx_lease(str(IPv4Network((int(IPv4Address("10.16.0.0")) + i * 4096, 20))), f"192.0.2.{i % 200 + 20}",
+                          f"02:00:00:00:{i // 256:02x}:{i % 256:02x}") for i in range(150))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        run(b.apply(Snapshot(many)))
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(nl.routes_) == 150 and len(info) <= 3, info
+    assert "vxlan: 150 peers came, 0 are gone (150 in all)" in info
+    assert "vxlan: added 450 and removed 0 entries (flannel.100)" in info
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        run(b.apply(added(PEER)))
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("vxlan: peer 10.13.48.0-20 at 192.0.2.12" in m for m in info)
+    assert sum("vxlan: adding" in m for m in info) == 3

@@ -69,6 +69,15 @@ AGENT: dict[str, Family] = {
     "lease_expiry_timestamp_seconds": Family("lease_expiry_timestamp_seconds", "gauge",
                                              "When this host's lease expires in etcd unless renewed (Unix time, "
                                              "seconds); absent until the first lease."),
+    "task_repeated_failures": Family("task_repeated_failures", "counter",
+                                     "Task failures identical to the task's previous one: a bug a restart does not "
+                                     "fix (the log names it); alert on any increase."),
+    "malformed_leases": Family("malformed_leases", "gauge",
+                               "Keys under <prefix>/subnets whose key or value is not a lease (not UTF-8, not JSON, "
+                               "nested too deep, too big, ...); skipped, never routed."),
+    "peer_errors": Family("peer_errors", "counter",
+                          "Unexpected errors (bugs) while handling one lease; that lease was skipped, the others "
+                          "went on. The log has the traceback."),
 }  # fmt: skip
 
 #: the udp data path's per-direction counters (datapath.COUNTER_NAMES without drop_*)

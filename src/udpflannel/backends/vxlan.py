@@ -45,9 +45,9 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..adapters.netlink import IPV6_MIN_MTU, LinkState, Netlink, VxlanSpec
-from ..core.events import Delta, PeerUpdate, Snapshot
+from ..core.events import Delta, PeerUpdate, Snapshot, peer_log_level
 from ..core.reconcile import Fdb, Neigh, Route, our_route, reconcile
-from ..core.subnet import UNSET_IPV4, Lease, LeaseAttrs
+from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend
 
@@ -383,22 +383,28 @@ class VxlanBackend(Backend):
         return None
 
     async def apply(self, update: PeerUpdate) -> None:
+        # per-peer lines at INFO only for small changes, as the agent's (core.events)
         if isinstance(update, Snapshot):
             new = update.by_key()
-            for key in self._peers.keys() - new.keys():
-                log.info("vxlan: peer %s is gone", key)
-            for key in new.keys() - self._peers.keys():
-                log.info("vxlan: peer %s at %s", key, new[key].attrs.addresses)
+            gone, came = self._peers.keys() - new.keys(), new.keys() - self._peers.keys()
+            level = peer_log_level(len(gone) + len(came))
+            for key in gone:
+                log.log(level, "vxlan: peer %s is gone", key)
+            for key in came:
+                log.log(level, "vxlan: peer %s at %s", key, new[key].attrs.addresses)
+            if level != logging.INFO:
+                log.info("vxlan: %d peers came, %d are gone (%d in all)", len(came), len(gone), len(new))
             self._peers = new
         elif isinstance(update, Delta):
+            level = peer_log_level(len(update.events))
             for ev in update.events:
                 lease = ev.lease
                 if ev.kind == "removed":
                     if self._peers.pop(lease.key, None) is not None:
-                        log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.addresses)
+                        log.log(level, "vxlan: peer %s (%s) left", lease.key, lease.attrs.addresses)
                 else:
                     macs = ", ".join(f"{vtep_mac(lease, v)}" for v in self._devs if lease.net(v) is not None)
-                    log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.addresses, macs)
+                    log.log(level, "vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.addresses, macs)
                     self._peers[lease.key] = lease
         await self._nl.call(self._reconcile, False)
 
@@ -445,14 +451,19 @@ class VxlanBackend(Backend):
         remove = {"route": nl.route_del, "neighbour": nl.neigh_del, "fdb": nl.fdb_del}
         add = {"route": nl.route_replace, "neighbour": nl.neigh_replace, "fdb": nl.fdb_replace}
         name = self._devs[version].name
+        # three entries a peer: small changes entry by entry, big ones (a start) as counts
+        each = peer_log_level((len(deletions) + len(additions)) // 3)
         for what, item in deletions:
-            log.info("vxlan: removing %s %s (%s)", what, item, name)
+            log.log(each, "vxlan: removing %s %s (%s)", what, item, name)
             self._apply(remove[what], (item,) if what == "route" else (dev, item), "entries_removed")
         for what, item in additions:
-            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %s %s (%s)",
+            log.log(logging.WARNING if heal and each == logging.INFO else each, "vxlan: %s %s %s (%s)",
                     "restoring" if heal else "adding", what, item, name)  # fmt: skip
             self._apply(add[what], (item,) if what == "route" else (dev, item),
                         "entries_restored" if heal else "entries_added")  # fmt: skip
+        if each != logging.INFO:
+            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %d and removed %d entries (%s)",
+                    "restored" if heal else "added", len(additions), len(deletions), name)  # fmt: skip
 
     def _apply(self, fn, args, counter: str) -> None:
         try:

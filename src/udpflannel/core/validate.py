@@ -46,6 +46,20 @@ class Ignored(str):
     (flanneld ignores those too). Logged at info level, not as a warning."""
 
 
+class Failed(str):
+    """A rejection because checking the lease raised (a bug, in the rules or a backend's
+    `lease_problem` hook): it costs that lease, not the others. `error` is the exception,
+    for the log's traceback."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, error: Exception) -> "Failed":
+        why = cls(f"checking it failed ({type(error).__name__}: {error}; a bug)")
+        why.error = error
+        return why
+
+
 @dataclass(frozen=True)
 class LeaseContext:
     """What peer leases are checked against."""
@@ -135,7 +149,10 @@ def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
     rejected: dict[str, str] = {}
     cands: dict[str, Lease] = {}
     for lease in leases:
-        why = lease_problem(lease, ctx)
+        try:
+            why = lease_problem(lease, ctx)
+        except Exception as e:  # noqa: BLE001 (one lease's bug must not stop every verdict)
+            why = Failed.of(e)
         if why is None:
             cands[lease.key] = lease
         else:

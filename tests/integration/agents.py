@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -139,10 +140,22 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
 
 
 def etcd_signal(srv: EtcdServer, sig: int) -> None:
-    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place)."""
-    comm = Path(f"/proc/{srv.proc.pid}/comm").read_text().strip()
-    assert comm == "etcd", f"pid {srv.proc.pid} is {comm!r}, not etcd"
-    os.kill(srv.proc.pid, sig)
+    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place). SIGSTOP
+    returns once every etcd thread is stopped: the signal is delivered asynchronously, and a
+    thread running on the other CPU can still answer a request sent right after kill()
+    (seen: a Range answered 1 ms after SIGSTOP, the process still in state R)."""
+    pid = srv.proc.pid
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    assert comm == "etcd", f"pid {pid} is {comm!r}, not etcd"
+    os.kill(pid, sig)
+    if sig == signal.SIGSTOP:
+        wait_for(lambda: all(_thread_state(t) in "Tt" for t in Path(f"/proc/{pid}/task").iterdir()), 5,
+                 interval=0.001, what=f"etcd (pid {pid}) to stop")  # fmt: skip
+
+
+def _thread_state(task: Path) -> str:
+    stat = (task / "stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 class Pinger:

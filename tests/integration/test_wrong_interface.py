@@ -17,8 +17,12 @@ eth0 with 10.0.2.15/24 carrying the default route, in the seed's Network 10.0.0.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +141,40 @@ def test_a_peer_lease_never_replaces_a_container_bridge_s_route(etcd_lab, backen
     assert route_of(h1, stale) == bridge_route
     assert agents.log_text(p1).count("not adding route 10.33.0.0/20") == 1
     assert h1.run("ping", "-c", "1", "-W", "2", str(c1.ip), check=False).returncode == 0
+
+
+def running_md_commands() -> list[str]:
+    """The commands of docs/running.md's "A lease with the wrong PublicIP", as written."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "running.md").read_text()
+    section = text[text.index("## A lease with the wrong PublicIP"):]
+    section = section[:section.index("\n## ", 1)]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return [l for l in block.splitlines() if l.strip()]
+
+
+def test_running_md_finds_and_removes_a_wrong_lease(etcd_lab):
+    """A wrong lease no agent takes over (its host is gone): the doc's etcdctl commands,
+    run as written (with ETCDCTL_ENDPOINTS) beside a running agent, find it and delete it."""
+    lab = etcd_lab
+    _, h2 = seed_lab(lab)
+    etcd_lease = lab.etcd[0].ctl("lease", "grant", "86400").stdout.split()[1]
+    wrong = {"PublicIP": NAT_IP, "PublicIPv6": None, "BackendType": "vxlan",
+             "BackendData": {"VNI": 100, "VtepMAC": "6a:6d:a6:ad:b8:76"}}  # fmt: skip
+    lab.etcd[0].ctl("put", "--lease", etcd_lease, f"{agents.PREFIX}/subnets/10.12.192.0-20",
+                    json.dumps(wrong, separators=(",", ":")))  # fmt: skip
+    p2, _ = agents.start_and_wait(lab, h2)
+    agents.wait_log(p2, f"rejecting lease 10.12.192.0-20: PublicIP {NAT_IP} is inside the overlay Network")
+    list_all, find, delete = running_md_commands()
+    assert "etcdctl" in list_all and NAT_IP in find and "10.12.192.0-20" in delete
+
+    def sh_in_etcd(cmd: str) -> str:
+        p = subprocess.run(["ip", "netns", "exec", lab.etcd[0].ns, "bash", "-c", cmd], capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, ETCDCTL_API="3", ETCDCTL_ENDPOINTS=lab.etcd_endpoints))  # fmt: skip
+        assert p.returncode == 0, (cmd, p.stderr)
+        return p.stdout
+
+    assert "/coreos.com/network/subnets/10.12.192.0-20" in sh_in_etcd(list_all).splitlines()
+    found = sh_in_etcd(find).splitlines()
+    assert found == ["/coreos.com/network/subnets/10.12.192.0-20", json.dumps(wrong, separators=(",", ":"))], found
+    sh_in_etcd(delete)
+    assert "10.12.192.0-20" not in agents.leases(lab) and len(agents.leases(lab)) == 1  # h2's stays

@@ -106,11 +106,10 @@ def remove_leftovers(
         left_by = f"left by the {' or '.join(item.owners)} backend" + ("s" if len(item.owners) > 1 else "")
         try:
             if item.link is not None:
-                gone_with = nl.link_routes(item.link.index)
+                gone_with = [d for d in nl.link_routes(item.link.index) if not d.is_link_local]  # not fe80::/64
                 nl.delete_link(item.link.index)
                 log.info("removed %s, %s (this host runs %s now)%s", item, left_by, backend.type,
-                            f"; its {len(gone_with)} routes went with it ({', '.join(map(str, gone_with))})"
-                            if gone_with else "")  # fmt: skip
+                            f"; {_routes(gone_with)} went with it" if gone_with else "")  # fmt: skip
             else:
                 nl.route_del(item.route)
                 log.info("removed %s, %s (this host runs %s now)", item, left_by, backend.type)
@@ -119,6 +118,10 @@ def remove_leftovers(
             continue
         done.append(item)
     return done
+
+
+def _routes(dsts: list) -> str:
+    return f"its route{'s' if len(dsts) > 1 else ''} to {', '.join(map(str, dsts))}"
 
 
 def clean_up(backend: Backend, config: NetworkConfig, own: Iterable[IPNetwork] = ()) -> list[Removal]:

@@ -66,15 +66,22 @@ def ping_ok(c, dst):
     wait_for(lambda: c.ping(dst, count=1).returncode == 0, 20, what=f"{c.name} -> {dst}")
 
 
-@pytest.mark.parametrize("old,new", list(permutations(TYPES, 2)), ids=lambda t: t)
-def test_switching_backend_type_removes_the_old_backend(etcd_lab, old, new):
-    lab = etcd_lab
-    lab.etcd[0].put(f"{agents.PREFIX}/config", config(old))
+def two_hosts(lab, btype: str):
+    """Two hosts running backend `btype`, a container on each, one ping across:
+    (hosts, agents, subnet files, containers)."""
+    lab.etcd[0].put(f"{agents.PREFIX}/config", config(btype))
     hosts = [lab.add_host(), lab.add_host()]
     procs = start_all(lab, hosts)
     envs = [agents.wait_subnet(lab, h) for h in hosts]
-    c1, c2 = (lab.add_container(h, env) for h, env in zip(hosts, envs))
-    ping_ok(c1, c2.ip)
+    containers = [lab.add_container(h, env) for h, env in zip(hosts, envs)]
+    ping_ok(containers[0], containers[1].ip)
+    return hosts, procs, envs, containers
+
+
+@pytest.mark.parametrize("old,new", list(permutations(TYPES, 2)), ids=lambda t: t)
+def test_switching_backend_type_removes_the_old_backend(etcd_lab, old, new):
+    lab = etcd_lab
+    hosts, procs, envs, (c1, c2) = two_hosts(lab, old)
     assert all(left_behind(old, h) or old == "udp" for h in hosts)  # the old backend is in place
     for p in procs:
         assert agents.stop(p) == 0
@@ -115,12 +122,7 @@ def test_switching_backend_type_removes_the_old_backend(etcd_lab, old, new):
 @pytest.mark.parametrize("btype", ["vxlan", "host-gw"])
 def test_a_restart_with_the_same_backend_removes_nothing_and_keeps_forwarding(etcd_lab, btype):
     lab = etcd_lab
-    lab.etcd[0].put(f"{agents.PREFIX}/config", config(btype))
-    hosts = [lab.add_host(), lab.add_host()]
-    procs = start_all(lab, hosts)
-    envs = [agents.wait_subnet(lab, h) for h in hosts]
-    c1, c2 = (lab.add_container(h, env) for h, env in zip(hosts, envs))
-    ping_ok(c1, c2.ip)
+    hosts, procs, _, (c1, c2) = two_hosts(lab, btype)
     kept = left_behind(btype, hosts[0])
     pinger = agents.Pinger(c1, c2.ip, seconds=8)
     assert agents.stop(procs[0]) == 0

@@ -33,7 +33,8 @@ def revision(lab) -> int:
 
 def host_state(host) -> dict:
     """Everything of the host the agent could touch: links, addresses, routes (both
-    families), and its iptables rules."""
+    families), and its iptables rules (without what the kernel does by itself to a new
+    device a while after it: IPv6 link-local addresses and their routes)."""
     state = {what: host.run(*cmd).stdout for what, cmd in {
         "links": ("ip", "-d", "link", "show"),
         "addresses": ("ip", "addr", "show"),
@@ -44,7 +45,22 @@ def host_state(host) -> dict:
     # without the dump's time stamps and the chains' packet counters
     state["iptables"] = re.sub(r"\[\d+:\d+\]", "", "\n".join(l for l in state["iptables"].splitlines()
                                                              if not l.startswith("#")))  # fmt: skip
+    kernel_own = ("fe80::", "ff00::", "valid_lft")
+    for what in ("addresses", "routes", "routes6"):
+        state[what] = "\n".join(l for l in state[what].splitlines() if not any(k in l for k in kernel_own))
     return state
+
+
+def settled_state(host) -> dict:
+    """host_state() once two reads a second apart agree."""
+    last = host_state(host)
+    for _ in range(20):
+        time.sleep(1)
+        now = host_state(host)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the host's state keeps changing")
 
 
 def flags(lab, host) -> list[str]:
@@ -61,7 +77,7 @@ def test_a_second_agent_on_the_host_exits_at_once_naming_the_first_and_touches_n
     wait_for(lambda: agents.http_get(h1, "/readyz")[0] == 200, 20, what="h1 ready")
     other, _ = agents.start_and_wait(lab, h2)  # another namespace host, same filesystem: independent
     subnet_file = agents.subnet_file(lab, h1)
-    before = dict(rev=revision(lab), state=host_state(h1), file=subnet_file.read_bytes(),
+    before = dict(rev=revision(lab), state=settled_state(h1), file=subnet_file.read_bytes(),
                   mtime=subnet_file.stat().st_mtime_ns, dir=sorted(p.name for p in subnet_file.parent.iterdir()),
                   log=agents.log_text(first), leases=agents.leases(lab))  # fmt: skip
 

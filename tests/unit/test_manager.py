@@ -464,3 +464,10 @@ def test_a_fight_logs_one_line_per_reassert(reg, clock, caplog):
     assert len(lines) <= 2 * len(times) + 1 and len(times) <= 10
     again = [r.getMessage() for r in lines if "overwritten again" in r.getMessage()]
     assert again and "another writer keeps replacing it" in again[-1] and "192.0.2.11" in again[-1]
+
+
+def test_backoff_schedule():
+    b = Backoff(1.0, 60.0, quiet=180.0)
+    assert [b.next(t) for t in (0, 1, 3, 7, 15, 31, 63, 123, 183)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert b.streak == 9 and b.since == 0
+    assert b.next(183 + 181) == 0 and b.streak == 1  # quiet for longer than `quiet`: a new fight

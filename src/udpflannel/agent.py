@@ -2,12 +2,17 @@
 
 Start-up, in this order (each waits and retries through etcd trouble, logging
 "still waiting ..." now and then and telling systemd via STATUS=):
-  1. privileges and the subnet file's directory are checked before etcd is touched
-     (the capabilities a backend needs are checked again once the config names it,
-     before any lease is written);
-  2. the network config is read; the backend is built and prepared (vxlan: its device);
+  1. the host lock (adapters/hostlock.py: one agent per network namespace; a second one
+     exits at once naming the first), then privileges and the subnet file's directory, all
+     before etcd or the kernel is touched (the capabilities a backend needs are checked
+     again once the config names it, before any lease is written);
+  2. the network config is read; this host's PublicIP/PublicIPv6 must pass the checks
+     peers make of a lease (core.validate: e.g. not inside the Network) or the agent stops
+     before anything is written; the backend is built and prepared (vxlan: its device);
   3. a lease is acquired; the backend starts on it (device address, routes);
-  4. the first listing of the leases reaches the backend as a Snapshot (peer routes);
+  4. the first listing of the leases reaches the backend as a Snapshot (peer routes); then
+     what other backends left on this host goes (backends/leftovers.py: an old backend's
+     devices and routes would otherwise keep carrying the traffic);
   5. the iptables rules (nftables tables with "EnableNFTables") are in place;
   6. only then the subnet file is written, /readyz turns 200 and systemd hears READY=1.
 Then these tasks run under a Supervisor (supervise.py: a task that fails, or is cancelled
@@ -36,19 +41,23 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .adapters.health import HealthServer
+from .adapters.hostlock import HostLock
+from .adapters.iface import host_addresses
 from .adapters.ipmasq import IptablesMissing, IptablesRules, RulesKeeper
 from .adapters.nftables import NftablesMissing, NftablesRules
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
 from .backends import Backend, backend_class
+from .backends.leftovers import clean_up
 from .core.config import NetworkConfig, parse_config
 from .core.decode import printable
 from .core.events import Delta, ExternalInterface, LeaseEvent, PeerUpdate, Snapshot, peer_log_level
 from .core.leasediff import PeerView, diff
 from .core.logbudget import LogBudget, held_back_note
 from .core.registry import Compacted, Listing, Registry
-from .core.validate import Failed, Ignored, LeaseContext
+from .core.subnet import LeaseAttrs
+from .core.validate import Failed, Ignored, LeaseContext, public_problem
 from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
 from .policy.manager import LeaseManager, OwnLease
 from .retry import Waiting, foreign_cancel
@@ -105,6 +114,9 @@ class Agent:
         capabilities: Callable[[], int] = effective_capabilities,
         clock: Callable[[], float] = time.monotonic,
         supervisor: Optional[Supervisor] = None,
+        host_lock: Optional[HostLock] = None,
+        addresses: Callable[[], frozenset] = host_addresses,
+        cleanup: Callable[..., list] = clean_up,
     ):
         self.registry = registry
         self.iface = iface
@@ -116,6 +128,10 @@ class Agent:
         self.capabilities = capabilities
         self.clock = clock
         self.supervisor = supervisor or Supervisor()
+        self.host_lock = host_lock or HostLock()
+        self.addresses = addresses
+        self.cleanup = cleanup
+        self.local_addresses: frozenset = frozenset()  # this host's addresses, read at start
         self.watch_restarts = 0
         self.etcd_errors = 0
         self.peer_errors = 0  # unexpected errors handling one lease (that lease was skipped)
@@ -204,6 +220,7 @@ class Agent:
         await self.registry.close()
         if self.own is not None:
             log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.label)
+        self._release_host()
 
     async def _main(self) -> None:
         self._preflight()
@@ -217,8 +234,10 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.supervisor.start("watchdog", self._watchdog_loop)
         self.config, self.backend = await self._wait_config()
+        self._check_public_addresses()
         self._check_privileges(self._needs(self.backend))
         log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
+        self.local_addresses = await asyncio.to_thread(self.addresses)
         try:
             attrs = await self.backend.prepare()
         except BackendError as e:
@@ -234,6 +253,7 @@ class Agent:
             retry_interval=self.opts.retry_interval,
             still_waiting_every=self.opts.still_waiting_every,
             status=self.notifier.status,
+            local_addresses=self.local_addresses,
         )
         self.notifier.status("acquiring a lease")
         own, self._first_listing = await self.manager.acquire_forever()
@@ -242,6 +262,7 @@ class Agent:
         self.supervisor.start("peers", self._peer_loop)
         self.notifier.status("listing the peers")
         await self.supervisor.wait(self._listed.wait())
+        await self._remove_leftovers()
         if not self.config.enable_nftables and self.backend.type != "alloc":
             # flanneld starts by removing the other mode's rules: our nftables tables, if any
             await asyncio.to_thread(self.nft_factory.remove_tables)
@@ -258,8 +279,10 @@ class Agent:
 
     # -- start-up steps ------------------------------------------------------------
     def _preflight(self) -> None:
-        """Before etcd: the subnet file's directory must be writable and the process must
-        hold CAP_NET_ADMIN."""
+        """Before etcd and the kernel: no other agent may run on this host (network
+        namespace), the subnet file's directory must be writable and the process must hold
+        CAP_NET_ADMIN."""
+        self._take_host()
         path = Path(self.opts.subnet_file).absolute()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +292,39 @@ class Agent:
         # The backend type is in etcd, but every backend except alloc (rare, for tests)
         # needs CAP_NET_ADMIN: say so before touching etcd rather than after a lease.
         self._check_privileges({CAP_NET_ADMIN: "devices, routes and iptables rules"})
+
+    def _take_host(self) -> None:
+        """The host lock (raises HostLocked, a FatalError naming the holder's pid). Second
+        agents that come to ask who holds it are answered and logged, nothing more."""
+        self.host_lock.acquire()
+        loop = asyncio.get_running_loop()
+
+        def refuse() -> None:
+            for pid in self.host_lock.refuse():
+                log.info("refused a second udpflannel agent (pid %s) on this host: this one runs here",
+                         pid or "not visible")  # fmt: skip
+
+        loop.add_reader(self.host_lock.fileno(), refuse)
+
+    def _release_host(self) -> None:
+        if self.host_lock.held:
+            asyncio.get_running_loop().remove_reader(self.host_lock.fileno())
+            self.host_lock.release()
+
+    def _check_public_addresses(self) -> None:
+        """Before anything is written: the lease we would write must pass the checks every
+        peer makes (core.validate), or peers would refuse it while this host reported
+        ready. A local error (the interface choice) no retry fixes."""
+        b = self.backend
+        attrs = LeaseAttrs(**b.lease_addresses())
+        nets = tuple(p.network for p in self.config.pools)
+        why = public_problem(attrs, b.underlay().values(), LeaseContext(nets, underlay=b.underlay()))
+        if why:
+            raise FatalError(
+                f"refusing to lease with {attrs.addresses} (interface {self.iface.name}): every peer would "
+                f"reject this host's lease: {why}. Name the interface the other hosts reach this one on "
+                f"with --iface (or set --public-ip / --public-ipv6); nothing was written"
+            )
 
     def _needs(self, backend: Backend) -> dict[int, str]:
         needs = dict(backend.capabilities())
@@ -328,7 +384,7 @@ class Agent:
         cfg = self.config
         nets = tuple(p.network for p in cfg.pools)
         own = self.own.lease if self.own is not None else None
-        return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay())
+        return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay(), self.local_addresses)
 
     async def _adopt(self, own: OwnLease, initial: bool = False) -> None:
         """A new lease (first, or re-acquired): backend, peers, rules and subnet file follow."""
@@ -355,6 +411,16 @@ class Agent:
         if not initial:
             await self._rules_first()
             self._write_subnet_file()
+
+    async def _remove_leftovers(self) -> None:
+        """Devices and routes other backends left here (the new backend carries the traffic
+        by now, so removing them leaves no gap). alloc touches nothing on the host."""
+        if self.backend.type == "alloc":
+            return
+        try:
+            await asyncio.to_thread(self.cleanup, self.backend, self.config, self.own.lease.nets)
+        except Exception as e:  # the data path works; what is left is logged, not fatal
+            log.error("removing what other backends left on this host: %s", e, exc_info=True)
 
     def _write_subnet_file(self) -> None:
         try:

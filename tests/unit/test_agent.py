@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+from udpflannel.adapters.hostlock import HostLock
 from udpflannel.adapters.privileges import CAP_NET_ADMIN
 from udpflannel.agent import Agent, AgentOptions
 from udpflannel.core.events import Delta, ExternalInterface, Snapshot
@@ -58,13 +60,21 @@ class World:
 
             return make
 
+        self.lock = HostLock(f"\0udpflannel-unit-test-{os.getpid()}-{id(self)}")  # not the real one
+        self.local = frozenset()
+
+        def cleanup(backend, cfg, own):
+            self.timeline.append(("cleanup", backend.type, tuple(own)))
+            return []
+
         opts.setdefault("retry_interval", 0.01)
         opts.setdefault("resync_interval", 3600)
         opts.setdefault("iptables_resync", 3600)
         self.agent = Agent(
             self.reg, iface, AgentOptions(subnet_file=self.subnet_file, **opts), backends=backends,
             notifier=self.notifier, rules=self.rules, nftables=self.nft, capabilities=lambda: caps,
-            supervisor=Supervisor(backoff=(0.01, 0.02)),
+            supervisor=Supervisor(backoff=(0.01, 0.02)), host_lock=self.lock, addresses=lambda: self.local,
+            cleanup=cleanup,
         )  # fmt: skip
         self.task = None
 
@@ -108,7 +118,7 @@ def run(coro):
 # -- readiness and the contract ------------------------------------------------------------------
 
 
-def test_readiness_order_device_peers_rules_subnet_file_then_ready(tmp_path):
+def test_readiness_order_device_peers_cleanup_rules_subnet_file_then_ready(tmp_path):
     async def go():
         w = World(tmp_path, config='{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}', ip_masq=True)
         await w.start()
@@ -117,8 +127,9 @@ def test_readiness_order_device_peers_rules_subnet_file_then_ready(tmp_path):
 
     w = run(go())
     steps = [s if isinstance(s, str) else s[0] for s in w.timeline]
-    assert steps[:8] == ["prepare", "start", "snapshot", "nftables remove_tables", "rules", "READY=1", "iptables stop",
-                         "stop"]  # fmt: skip
+    assert steps[:9] == ["prepare", "start", "snapshot", "cleanup", "nftables remove_tables", "rules", "READY=1",
+                         "iptables stop", "stop"]  # fmt: skip
+    assert ("cleanup", "udp", (IPv4Network(w.agent.own.lease.subnet),)) in w.timeline  # our subnet stays untouched
     assert ("rules", False) in w.timeline  # the rules were in place before the subnet file
     assert ("READY=1", True) in w.timeline  # ...which existed when systemd heard READY=1
     assert {"STOPPING": 1} in w.notifier.sent
@@ -581,3 +592,77 @@ def test_watchdog_pings_systemd_while_running(tmp_path):
         await w.stop()
 
     run(go())
+
+
+# -- operator mistakes (issue 16, points 2-4) ----------------------------------------------------
+
+NAT_IFACE = ExternalInterface("eth0", 3, IPv4Address("10.0.2.15"), IPv4Address("10.0.2.15"), 1500)
+SEED = '{"Network": "10.0.0.0/8", "SubnetLen": 20, "Backend": {"Type": "udp"}}'
+
+
+def test_a_public_ip_inside_the_network_is_refused_before_anything_is_written(tmp_path):
+    async def go():
+        w = World(tmp_path, config=SEED, iface=NAT_IFACE)
+        with pytest.raises(FatalError) as e:
+            await w.start()
+        return w, str(e.value)
+
+    w, msg = run(go())
+    assert "10.0.2.15" in msg and "10.0.0.0/8" in msg and "--iface" in msg and "eth0" in msg, msg
+    assert w.reg.kv == {} and [c for c in w.reg.calls if c != "get config"] == []  # etcd was only read
+    assert w.timeline == ["stop"] and not (tmp_path / "run" / "subnet.env").exists()  # never prepared, no file
+
+
+def test_a_second_agent_on_the_host_stops_before_etcd_naming_the_first(tmp_path):
+    async def go():
+        first = World(tmp_path / "a")
+        await first.start()
+        second = World(tmp_path / "b")
+        second.agent.host_lock = HostLock(first.lock.name)  # the same host
+        with pytest.raises(FatalError, match=rf"another udpflannel agent already runs on this host \(pid {os.getpid()}"):
+            await second.start()
+        await asyncio.sleep(0.05)  # the first answers the second's question
+        assert first.agent.ready()
+        await first.stop()
+        return first, second
+
+    first, second = run(go())
+    assert second.reg.calls == [] and second.timeline == []  # etcd untouched, nothing set up
+    assert not (tmp_path / "b" / "run").exists()  # not even the subnet file's directory
+
+
+def test_a_peer_lease_with_an_address_of_this_host_is_rejected(tmp_path, caplog):
+    async def go():
+        w = World(tmp_path)
+        w.local = frozenset({IPv4Address("198.18.2.15"), IPv4Address("192.0.2.11")})
+        w.reg.put("10.5.9.0-24", attrs("198.18.2.15"))  # our old lease, from another interface
+        w.reg.put("10.5.10.0-24", attrs("192.0.2.12"))
+        await w.start()
+        await w.stop()
+        return w
+
+    with caplog.at_level(logging.INFO):
+        w = run(go())
+    assert ("snapshot", 1) in w.timeline  # 10.5.10.0/24 only
+    assert "peer added: 10.5.10.0/24" in caplog.text and "peer added: 10.5.9.0/24" not in caplog.text
+    assert "rejecting lease 10.5.9.0-24: PublicIP 198.18.2.15 is an address of this host" in caplog.text
+
+
+def test_cleanup_runs_for_network_backends_only_and_its_failure_is_not_fatal(tmp_path, caplog):
+    async def go(config):
+        w = World(tmp_path / config[-8:-3], config=config)
+
+        def broken(backend, cfg, own):
+            raise OSError("netlink said no")
+
+        w.agent.cleanup = broken
+        await w.start()
+        await w.stop()
+        return w
+
+    with caplog.at_level(logging.ERROR):
+        run(go('{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'))
+    assert "removing what other backends left on this host: netlink said no" in caplog.text
+    caplog.clear()
+    run(go(CONFIG))  # alloc: touches nothing on the host, so no clean-up (it would fail if called)
+    assert "netlink said no" not in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from udpflannel.core.config import parse_config
 from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import OutOfSubnets
-from udpflannel.policy.manager import FREE_CANDIDATES, LeaseManager
+from udpflannel.policy.manager import FREE_CANDIDATES, REASSERT_QUIET, Backoff, LeaseManager
 
 from .fakes import FakeClock, FakeRegistry
 
@@ -354,3 +354,121 @@ def test_malformed_value_still_blocks_its_ipv6_subnet(reg, clock):
     assert own.lease.ipv6_subnet == IPv6Network("fd00:5:0:3::/64")
     with pytest.raises(OutOfSubnets, match="none free between fd00:5:0:1:: and fd00:5:0:3::"):
         run(manager(reg, clock, config=one, attrs=LeaseAttrs(IPv4Address(0), IPv6Address("2001:db8::13"))).acquire())
+
+
+# -- our previous lease, written with another address of this host (issue 16, point 3) ------------
+
+NAT = LeaseAttrs(public_ip=IPv4Address("10.0.2.15"), backend_type="alloc")  # the NAT NIC's address
+
+
+def test_previous_subnet_s_lease_with_an_address_of_this_host_is_taken_over(reg, clock, caplog):
+    """A restart with the right --iface: the lease the wrong interface wrote (10.0.2.15, an
+    address this host still has) for the subnet in the subnet file is ours; it is taken
+    over and rewritten with the new PublicIP, so the containers keep their subnet."""
+    old_id = reg.put("10.5.77.0-24", NAT)
+    m = manager(reg, clock, previous=IPv4Network("10.5.77.0/24"), local_addresses={IPv4Address("10.0.2.15"),
+                                                                                    IPv4Address("192.0.2.11")})
+    with caplog.at_level("WARNING"):
+        own = run(m.acquire()).own
+    assert own.lease.subnet == IPv4Network("10.5.77.0/24") and own.lease_id != old_id
+    assert reg.kv["10.5.77.0-24"][0] == ME.to_json() and set(reg.kv) == {"10.5.77.0-24"}
+    assert "10.0.2.15" in own.reason
+    assert any("taking over our previous lease 10.5.77.0-24" in m and "10.0.2.15" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("previous, local", [
+    (None, {"10.0.2.15"}),  # no subnet file: a lease with 10.0.2.15 may be any NAT guest's
+    ("10.5.77.0/24", set()),  # not an address of this host: another host's lease
+    ("10.5.78.0/24", {"10.0.2.15"}),  # another subnet than the one we had
+])
+def test_a_lease_is_ours_only_with_both_the_previous_subnet_and_a_local_address(reg, clock, previous, local):
+    reg.put("10.5.77.0-24", NAT)
+    m = manager(reg, clock, previous=IPv4Network(previous) if previous else (),
+                local_addresses={IPv4Address(a) for a in local})  # fmt: skip
+    own = run(m.acquire()).own
+    assert own.lease.subnet != IPv4Network("10.5.77.0/24")
+    assert reg.kv["10.5.77.0-24"][0] == NAT.to_json()  # left alone
+
+
+def test_a_lease_with_our_public_ip_still_comes_first(reg, clock):
+    reg.put("10.5.77.0-24", NAT)
+    reg.put("10.5.90.0-24", ME)
+    m = manager(reg, clock, previous=IPv4Network("10.5.77.0/24"), local_addresses={IPv4Address("10.0.2.15")})
+    assert run(m.acquire()).own.lease.subnet == IPv4Network("10.5.90.0/24")  # flanneld's step (1)
+
+
+# -- a fight over our key: re-asserts back off (issue 16, point 2) ---------------------------------
+
+
+def fight(reg, clock, m, own, seconds: float, until_rival_stops: float = float("inf")):
+    """Run m.maintain() against a rival that puts its own value over our key right after
+    each of our writes (as a second agent with our identity does, its watcher being
+    instant here) for `seconds` of fake time; returns the fake times of our re-asserts."""
+    check = asyncio.Event()
+    times = []
+    put = reg.put_lease
+    start = clock.now
+
+    def rival():
+        if clock.now - start < until_rival_stops:
+            reg.put(own.key, OTHER)  # on its own etcd lease
+            check.set()  # what our watcher does when it sees the write
+
+    async def put_lease(name, attrs, lease_id):
+        times.append(clock.now - start)
+        ok = await put(name, attrs, lease_id)
+        rival()
+        return ok
+
+    reg.put_lease = put_lease
+    rival()  # the fight starts with the rival's write
+
+    async def go():
+        task = asyncio.ensure_future(m.maintain(own, check, lambda o: None))
+        while clock.now - start < seconds and not task.done():
+            await asyncio.sleep(0)
+        task.cancel()
+
+    run(go())
+    reg.put_lease = put
+    return times
+
+
+def test_a_fight_over_our_key_backs_off_exponentially_to_a_cap(reg, clock):
+    m = manager(reg, clock, ttl=100, renew_margin=50)
+    own = run(m.acquire()).own
+    times = fight(reg, clock, m, own, seconds=400)
+    gaps = [round(b - a) for a, b in zip(times, times[1:])]
+    assert times[0] == 0  # the first overwrite is answered at once
+    assert gaps[:7] == [1, 2, 4, 8, 16, 32, 60] and set(gaps[7:]) == {60}
+    assert len(times) <= 12  # in 400 s; without the backoff: as fast as the two can write
+    assert m.reasserts == len(times) and m.renewals >= 1  # renewing went on meanwhile
+    assert m.reacquisitions == 0
+
+
+def test_after_a_quiet_spell_an_overwrite_is_answered_at_once_again(reg, clock):
+    m = manager(reg, clock)
+    own = run(m.acquire()).own
+    first = fight(reg, clock, m, own, seconds=20, until_rival_stops=5)  # a short fight, then quiet
+    assert first[:4] == [0, 1, 3, 7]
+    clock.now += REASSERT_QUIET
+    times = fight(reg, clock, m, own, seconds=5)
+    assert times[:3] == [0, 1, 3]  # at once, then 1 s, 2 s: a new fight starts from the beginning
+
+
+def test_a_fight_logs_one_line_per_reassert(reg, clock, caplog):
+    m = manager(reg, clock)
+    own = run(m.acquire()).own
+    with caplog.at_level("INFO", logger="udpflannel.manager"):
+        times = fight(reg, clock, m, own, seconds=300)
+    lines = [r for r in caplog.records if r.name == "udpflannel.manager"]
+    assert len(lines) <= 2 * len(times) + 1 and len(times) <= 10
+    again = [r.getMessage() for r in lines if "overwritten again" in r.getMessage()]
+    assert again and "another writer keeps replacing it" in again[-1] and "192.0.2.11" in again[-1]
+
+
+def test_backoff_schedule():
+    b = Backoff(1.0, 60.0, quiet=180.0)
+    assert [b.next(t) for t in (0, 1, 3, 7, 15, 31, 63, 123, 183)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert b.streak == 9 and b.since == 0
+    assert b.next(183 + 181) == 0 and b.streak == 1  # quiet for longer than `quiet`: a new fight

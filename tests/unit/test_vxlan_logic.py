@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -209,8 +210,12 @@ class FakeNetlink:
         self.addrs_: dict[str, list] = {}
         self.routes_: set = set()
         self.reachable: set = set()
+        self.direct: dict = {}  # connected routes: dst -> oif (what "replace" must never overwrite)
         self.created = 0
         self._ipr = None
+
+    def direct_routes(self, version=4):
+        return {d: o for d, o in self.direct.items() if d.version == version}
 
     def _name(self, index):
         return next(n for n, d in self.devs.items() if d.index == index)
@@ -590,3 +595,40 @@ def test_a_big_snapshot_is_logged_as_counts_a_small_change_peer_by_peer(caplog):
     info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert any("vxlan: peer 10.13.48.0-20 at 192.0.2.12" in m for m in info)
     assert sum("vxlan: adding" in m for m in info) == 3
+
+
+def test_a_connected_route_is_never_overwritten_and_our_own_subnet_never_routed(caplog):
+    """A container bridge still on a subnet a peer lease now names (a stale lease of this
+    host, or the subnet handed to another host): "replace" would overwrite the bridge's
+    connected route and cut its containers off. The neighbour and fdb entries are harmless
+    and go in; the route does not, with one error line (not one per resync). A stale route
+    of ours to our own subnet is not deleted either."""
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    bridge = 7
+    nl.direct[IPv4Network("10.13.48.0/20")] = bridge  # docker0 has 10.13.48.1/20
+    stale_own = Route(IPv4Network("10.15.64.0/20"), IPv4Address("10.15.64.0"), nl.dev.index, True)
+    nl.routes_.add(stale_own)
+    with caplog.at_level("ERROR"):
+        run(b.apply(Snapshot((PEER,))))
+        run(b.resync())
+        run(b.resync())
+    assert nl.routes_ == {stale_own}  # nothing added over the bridge, our own route untouched
+    assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:31")}
+    refused = [m for m in caplog.messages if "not adding route 10.13.48.0/20" in m]
+    assert len(refused) == 1 and "connected route" in refused[0] and "#7" in refused[0]
+    assert sum("not deleting route 10.15.64.0/20" in m and "own subnet" in m for m in caplog.messages) == 1
+    del nl.direct[IPv4Network("10.13.48.0/20")]  # the bridge moved on: the peer gets its route
+    run(b.resync())
+    assert Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), nl.dev.index, True) in nl.routes_
+
+
+def test_vxlan_leftovers_and_devices():
+    b, _ = backend()
+    assert b.devices() == ["flannel.100"]
+    (pattern, kinds), = VxlanBackend.leftovers().devices
+    assert all(re.fullmatch(pattern, n) for n in ("flannel.1", "flannel.100", "flannel-v6.4095"))
+    assert not any(re.fullmatch(pattern, n) for n in ("flannel0", "flannel.x", "myflannel.1", "flannel.1a"))
+    assert kinds == {"vxlan"} and VxlanBackend.leftovers().gateway_routes  # DirectRouting's routes
+    assert not b.gateway_routes()

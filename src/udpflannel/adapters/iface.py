@@ -225,3 +225,14 @@ def choose(
     with Netlink() as nl:
         link, v4, v6 = nl.run(pick, nl)
     return external(link, v4, v6, public_ip, public_ipv6)
+
+
+def host_addresses() -> frozenset:
+    """Every IPv4 and IPv6 address on this host's links (this network namespace), read once:
+    a lease announcing one of them is this host's own, never a peer's."""
+
+    def read(nl: Netlink) -> frozenset:
+        return frozenset(a.address for v in (4, 6) for a in nl.addrs(v))
+
+    with Netlink() as nl:
+        return nl.run(read, nl)

@@ -6,8 +6,9 @@ backend and the interface choice use it:
     links      look up by name, list by kind or name pattern, create a vxlan device, set
                MTU and up, delete (by index or name)
     addresses  list (with scope and flags), add, delete, make one address the link's own
-    routes     list our main-table routes, replace, delete, a link route, ask the kernel
-               which way it would send a packet
+    routes     list our main-table routes (via a gateway) and the routes without one
+               (connected), replace, delete, a link route, ask the kernel which way it
+               would send a packet
     neighbours permanent neighbour and fdb entries of a device (vxlan)
 
 Values going in and out are the pure types of core/reconcile.py (Route, Neigh, Fdb) and
@@ -319,6 +320,28 @@ class Netlink:
                     bool(msg["flags"] & RTNH_F_ONLINK),
                 )
             )
+        return out
+
+    def direct_routes(self, version: int = 4) -> dict[IPNetwork, int]:
+        """Main-table routes of one IP version without a gateway (a bridge's or a NIC's
+        connected route, a link route such as udp's `<Network> dev flannel0`): dst -> oif."""
+        out = {}
+        for msg in self.ipr.get_routes(family=FAMILY[version], table=MAIN_TABLE):
+            if msg.get_attr("RTA_GATEWAY") is not None or msg.get_attr("RTA_MULTIPATH") is not None:
+                continue
+            dst = msg.get_attr("RTA_DST")
+            if dst is not None:
+                out[ip_network(f"{dst}/{msg['dst_len']}")] = msg.get_attr("RTA_OIF")
+        return out
+
+    def link_routes(self, index: int) -> list[IPNetwork]:
+        """The destinations of the main-table routes out of one link (both families)."""
+        out = []
+        for version in (4, 6):
+            for msg in self.ipr.get_routes(family=FAMILY[version], table=MAIN_TABLE):
+                dst = msg.get_attr("RTA_DST")
+                if msg.get_attr("RTA_OIF") == index and dst is not None:
+                    out.append(ip_network(f"{dst}/{msg['dst_len']}"))
         return out
 
     def route_replace(self, r: Route) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ConfigError
-from .base import Backend, ExternalInterface, LeaseEvent
+from .base import Backend, ExternalInterface, LeaseEvent, Leftovers
 
 _TABLE = {
     "alloc": "udpflannel.backends.alloc:AllocBackend",
@@ -29,4 +29,10 @@ def backend_class(type_name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "ExternalInterface", "LeaseEvent", "backend_class", "known_types"]
+def all_leftovers() -> dict[str, Leftovers]:
+    """Backend type -> what a run of it may leave on a host (each class's `leftovers()`):
+    the start-up clean-up asks every type, so a new backend in _TABLE is covered."""
+    return {t: backend_class(t).leftovers() for t in known_types()}
+
+
+__all__ = ["Backend", "ExternalInterface", "LeaseEvent", "Leftovers", "all_leftovers", "backend_class", "known_types"]

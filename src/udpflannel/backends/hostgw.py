@@ -20,7 +20,10 @@ SubnetLen, via a gateway on the interface) that belong to no current peer, e.g. 
 a previous run; the agent only calls resync() after the first Snapshot, so a previous
 run's routes to live peers stay.
 stop() leaves the routes in place, as flanneld does: traffic keeps flowing while the agent
-restarts, and the next start reconciles them.
+restarts, and the next start reconciles them. An agent that starts with another backend
+type removes them (`leftovers()`: per-peer gateway routes; backends/leftovers.py). No
+route to our own subnet or over a connected route is ever added, replaced or deleted
+(`RouteGuard`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.reconcile import Route, our_route, reconcile
 from ..core.subnet import PUBLIC_KEYS, Lease, LeaseAttrs
 from ..errors import BackendError
-from .base import Backend
+from .base import Backend, Leftovers, RouteGuard
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,15 @@ class HostGwBackend(Backend):
         self._nl = netlink or Netlink()
         self._peers: dict[str, Lease] = {}
         self._started = False
+        self._guard = RouteGuard(self.type)
         self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
+
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        return Leftovers(gateway_routes=True)  # no device: one route per peer via its PublicIP
+
+    def gateway_routes(self) -> bool:
+        return True
 
     def mtu(self) -> int:
         return self.iface.mtu
@@ -72,6 +83,7 @@ class HostGwBackend(Backend):
         return LeaseAttrs(**self.lease_addresses(), backend_type=self.type)
 
     async def start(self, lease: Lease) -> None:
+        self._guard.own = tuple(lease.nets)
         self._started = True
         log.info("host-gw: started for %s on %s (%s)", lease.label, self.iface.name, lease.attrs.addresses)
 
@@ -102,8 +114,11 @@ class HostGwBackend(Backend):
         pool = self.config.pool(version)
         net, slen = pool.network, pool.subnet_len
         have = await self._nl.call(self._nl.routes, [self.iface.index], version)
+        direct = await self._nl.call(self._nl.direct_routes, version)
         actual = [r for r in have if our_route(r, net, slen)]
         delete, add = reconcile(self.routes_for(version), actual, key=lambda r: r.key, prune=True)
+        delete = self._guard.allowed(delete, direct, "deleting")
+        add = self._guard.allowed(add, direct, "adding")
         for r in delete:
             log.info("host-gw: removing route %s", r)
             await self._nl.call(self._nl.route_del, r)

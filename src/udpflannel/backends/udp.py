@@ -38,7 +38,7 @@ from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
-from .base import Backend
+from .base import Backend, Leftovers
 
 log = logging.getLogger("udpflannel.backends.udp")
 
@@ -71,6 +71,16 @@ class UdpBackend(Backend):
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
         self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
+
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        # flannel0 vanishes with the process that holds it (and its route, `<Network> dev
+        # flannel0`, with it); one that is there belongs to a udp agent or flanneld that
+        # still runs here, whose route would hide ours
+        return Leftovers(devices=((DEVICE, frozenset({"tun"})),))
+
+    def devices(self) -> list[str]:
+        return [DEVICE]
 
     def capabilities(self) -> dict[int, str]:
         caps = {CAP_NET_ADMIN: f"the udp backend creates {DEVICE} and sets its address and route"}

@@ -30,6 +30,10 @@ Design notes (see docs/kernel-backends.md):
   belong to no current peer. Everything is computed as desired-vs-actual sets by pure
   functions (`peer_entries`, `plan_entries`) and applied through adapters/netlink.py. The
   two families run the same code: every step takes the IP version as a parameter.
+- Routes go through `RouteGuard` (backends/base.py): none to our own subnet, none over a
+  connected route (a container bridge's). Leftovers (`leftovers()`): any `flannel.<N>` or
+  `flannel-v6.<N>` vxlan device; an agent of another type removes them at start, and so
+  does one of this type whose VNI changed (the old device is not in `devices()`).
 - `lease_problem` rejects (before the agent hands a lease over) leases of other backend
   types (udp, host-gw: ignored, as flanneld does; a mixed cluster only connects hosts of
   the same type), and vxlan leases without a valid VtepMAC or with another VNI, in the
@@ -49,7 +53,7 @@ from ..core.events import Delta, PeerUpdate, Snapshot, peer_log_level
 from ..core.reconcile import Fdb, Neigh, Route, our_route, reconcile
 from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
-from .base import Backend
+from .base import Backend, Leftovers, RouteGuard
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ ENCAP_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 ENCAP_OVERHEAD6 = 70  # the same with an outer IPv6 header (40)
 OVERHEAD = {4: ENCAP_OVERHEAD, 6: ENCAP_OVERHEAD6}
 DEVICE = {4: "flannel.{vni}", 6: "flannel-v6.{vni}"}  # flanneld's names
+DEVICE_PATTERN = r"flannel(-v6)?\.[0-9]+"  # any VNI's, for the leftovers
 DATA_KEY = {4: "BackendData", 6: "BackendV6Data"}
 IFNAMSIZ = 15  # longest interface name
 MIN_MTU = 68
@@ -263,6 +268,7 @@ class VxlanBackend(Backend):
         self._nl = netlink or Netlink()
         self._devs = {v: _Device(v, self.options.device_for(v)) for v in self.families()}
         self._own: Optional[Lease] = None
+        self._guard = RouteGuard(self.type)
         self._peers: dict[str, Lease] = {}  # lease key -> vxlan lease
         self._counters = {
             "device_created": 0,
@@ -274,6 +280,18 @@ class VxlanBackend(Backend):
             "entries_restored": 0,
             "entry_errors": 0,
         }
+
+    # -- what it leaves and what it uses ------------------------------------------
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        # with DirectRouting, also host-gw's kind of route to peers on our segment
+        return Leftovers(devices=((DEVICE_PATTERN, frozenset({"vxlan"})),), gateway_routes=True)
+
+    def devices(self) -> list[str]:
+        return [d.name for d in self._devs.values()]
+
+    def gateway_routes(self) -> bool:
+        return self.options.direct_routing
 
     # -- configuration ----------------------------------------------------------
     def device_mtu(self, version: int) -> int:
@@ -349,6 +367,7 @@ class VxlanBackend(Backend):
             if lease.net(v) is None:
                 raise BackendError(f"vxlan: the lease {lease.key} has no IPv{v} subnet")
         self._own = lease
+        self._guard.own = tuple(lease.nets)
         await self._nl.call(self._configure, False)
         for v, dev in self._devs.items():
             log.info("vxlan: %s has %s/%d", dev.name, lease.net(v).network_address, lease.net(v).max_prefixlen)
@@ -448,6 +467,9 @@ class VxlanBackend(Backend):
         neigh_have = [n for n in nl.neighbours(dev, version) if n.ip in net]
         fdb_have = [f for f in nl.fdb_entries(dev) if f.dst.version == version]
         deletions, additions = plan_entries(want, routes_have, neigh_have, fdb_have, prune=True)
+        direct = nl.direct_routes(version)
+        deletions = self._guarded(deletions, direct, "deleting")
+        additions = self._guarded(additions, direct, "adding")
         remove = {"route": nl.route_del, "neighbour": nl.neigh_del, "fdb": nl.fdb_del}
         add = {"route": nl.route_replace, "neighbour": nl.neigh_replace, "fdb": nl.fdb_replace}
         name = self._devs[version].name
@@ -464,6 +486,11 @@ class VxlanBackend(Backend):
         if each != logging.INFO:
             log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %d and removed %d entries (%s)",
                     "restored" if heal else "added", len(additions), len(deletions), name)  # fmt: skip
+
+    def _guarded(self, plan: list, direct, doing: str) -> list:
+        """`plan` without the routes RouteGuard refuses (own subnet, connected routes)."""
+        ok = set(self._guard.allowed([e for what, e in plan if what == "route"], direct, doing))
+        return [(what, e) for what, e in plan if what != "route" or e in ok]
 
     def _apply(self, fn, args, counter: str) -> None:
         try:

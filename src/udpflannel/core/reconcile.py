@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Callable, Hashable, Iterable, TypeVar, Union
+from typing import Callable, Hashable, Iterable, Mapping, Optional, TypeVar, Union
 
 from .subnet import IPNetwork
 
@@ -85,6 +85,21 @@ def reconcile(
     add_keys = {key(e) for e in add}
     delete = [] if not prune else sorted((e for e in have - want if key(e) not in add_keys), key=repr)
     return delete, add
+
+
+def route_untouchable(dst: IPNetwork, own: Iterable[IPNetwork], direct: Mapping[IPNetwork, int]) -> Optional[str]:
+    """Why no backend may add, replace or delete a route to `dst` (None: it may): it
+    overlaps a subnet this host holds (its containers' bridge lives there), or the main
+    table has a route to exactly `dst` without a gateway (a connected route, e.g. a
+    container bridge's: "replace" would overwrite it, and the containers behind it would be
+    cut off). `direct`: dst -> oif of the routes without a gateway."""
+    for mine in own:
+        if mine.version == dst.version and mine.overlaps(dst):
+            return f"it overlaps this host's own subnet {mine}"
+    if dst in direct:
+        return (f"the main table routes it directly out of link #{direct[dst]} "
+                f"(a connected route, e.g. a container bridge's)")
+    return None
 
 
 def our_route(r: Route, network: IPNetwork, subnet_len: int) -> bool:

@@ -129,28 +129,16 @@ def check_config(cfg: dict) -> NetworkConfig:
     return config
 
 
-def device_name(config: NetworkConfig) -> Optional[str]:
-    """The overlay device the backend makes, if any (udp: flannel0, vxlan: flannel.<VNI>)."""
-    if config.backend_type == "udp":
-        from ..backends.udp import DEVICE
-
-        return DEVICE
-    if config.backend_type == "vxlan":
-        from ..backends.vxlan import VxlanOptions
-
-        return VxlanOptions.from_config(config).device
-    return None
-
-
 def device_names(config: NetworkConfig) -> list[str]:
-    """Every overlay device the backend makes (vxlan dual stack: flannel.<VNI> and flannel-v6.<VNI>)."""
-    if config.backend_type == "vxlan":
-        from ..backends.vxlan import VxlanOptions
+    """Every overlay device the backend makes, as the backend itself says (`devices()`):
+    udp flannel0, vxlan flannel.<VNI> and/or flannel-v6.<VNI>, none for host-gw and alloc."""
+    backend = backend_class(config.backend_type)(lab_interface(families=underlay_families(config)), config)
+    return backend.devices()
 
-        o = VxlanOptions.from_config(config)
-        return [o.device_for(v) for v in underlay_families(config)]
-    name = device_name(config)
-    return [name] if name else []
+
+def device_name(config: NetworkConfig) -> Optional[str]:
+    """The first overlay device the backend makes, if any."""
+    return next(iter(device_names(config)), None)
 
 
 def self_command() -> str:

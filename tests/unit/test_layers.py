@@ -6,7 +6,7 @@
     adapters  etcd, netlink, iptables, interface choice, health/metrics, ...
     datapath  the cffi data path (imports nothing of the control plane)
     backends  udp, vxlan, host-gw, alloc
-    agent     agent.py and its supervisor
+    agent     agent.py, the parts it wires (peers.py, rules.py, configwatch.py) and its supervisor
     cli       the command line (the only place that exits)
     lab       the namespace lab: a tool on top of the product's public interfaces
 
@@ -40,6 +40,9 @@ PLACES = {  # module or package -> layer; the longest match wins
     "udpflannel.datapath": "datapath",
     "udpflannel.backends": "backends",
     "udpflannel.agent": "agent",
+    "udpflannel.peers": "agent",
+    "udpflannel.rules": "agent",
+    "udpflannel.configwatch": "agent",
     "udpflannel.supervise": "agent",
     "udpflannel.cli": "cli",
     "udpflannel.dockeropts_cli": "cli",

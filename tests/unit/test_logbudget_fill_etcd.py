@@ -79,14 +79,13 @@ class _FakeChannel:
         pass
 
 
-def test_tasks_sharing_a_failed_connect_advance_the_endpoint_once(monkeypatch):
+def test_tasks_sharing_a_failed_connect_advance_the_endpoint_once():
     """With auth, connecting is a call (Authenticate). Five tasks arrive while it runs and
     share it; when it fails, the client moves to the next endpoint once, not five times, so
     no endpoint is skipped: each of the three is tried exactly once per round."""
     dialled: list[str] = []
-    monkeypatch.setattr(EtcdClient, "_channel", lambda self, ep: _FakeChannel(ep, dialled))
     client = EtcdClient(EtcdOptions(["http://192.0.2.2:2379", "http://192.0.2.3:2379", "http://192.0.2.4:2379"],
-                                    username="u", password="p"))  # fmt: skip
+                                    username="u", password="p"), dial=lambda ep: _FakeChannel(ep, dialled))  # fmt: skip
 
     async def go():
         calls = [client.kv("get config", "Range", etcd_mod.rpc.RangeRequest(key=b"k")) for _ in range(5)]

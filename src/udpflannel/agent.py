@@ -39,8 +39,9 @@ from .adapters.nftables import NftablesMissing, NftablesRules
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
+from .adapters.wgkey import DEFAULT_KEY_FILE
 from .backends import Backend, backend_class
-from .core.config import NetworkConfig, parse_config
+from .core.config import NetworkConfig, for_log, parse_config
 from .core.events import ExternalInterface, PeerUpdate, Snapshot
 from .core.leasediff import PeerView, diff
 from .core.registry import Compacted, Listing, Registry
@@ -66,6 +67,7 @@ class AgentOptions:
     healthz_port: int = 0
     udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
+    wireguard_key_file: str = DEFAULT_KEY_FILE  # wireguard backend: see --wireguard-key-file
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
@@ -80,6 +82,8 @@ class AgentOptions:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
         if backend_type.lower() == "udp":
             return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+        if backend_type.lower() == "wireguard":
+            return {"key_file": self.wireguard_key_file}
         return {}
 
 
@@ -289,7 +293,7 @@ class Agent:
                     kind = config.backend_option("Type") or config.backend_type
                     backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
-                    log.info("network config: %s", raw.decode(errors="replace").strip())
+                    log.info("network config: %s", for_log(raw))
                     return config, backend
             except ConfigError as e:
                 waiting.failed("a corrected network config", f"reading {key}", e, logging.ERROR)

@@ -9,7 +9,8 @@ the one place that names them for Prometheus; `/metrics` serves `exposition()`:
                   dp_tx_drop_<r>, dp_rx_drop_<r>  -> udpflannel_datapath_dropped_packets_total{direction, reason="<r>"}
                   dp_<c> when dp_tx_<c> and dp_rx_<c> exist: a sum of the two, not exported
                   dp_leases                       -> udpflannel_datapath_leases (gauge)
-  vxlan, host-gw  dp_peers                        -> udpflannel_backend_peers (gauge)
+  vxlan, host-gw, dp_peers                        -> udpflannel_backend_peers (gauge)
+  wireguard
                   dp_<c>                          -> udpflannel_backend_<c>_total (counters)
   always          udpflannel_build_info{version, backend, features} 1
 
@@ -98,10 +99,12 @@ DROP_REASONS: dict[str, str] = {
 
 #: the kernel backends' counters (vxlan, host-gw): dp_<name> -> udpflannel_backend_<name>_total
 BACKEND_HELP: dict[str, str] = {
-    "device_created": "vxlan: the vxlan device (flannel.N) created.",
+    "device_created": "vxlan: the vxlan device (flannel.N) created; wireguard: flannel-wg / flannel-wg-v6 made at "
+                      "start.",
     "device_reused": "vxlan: an existing compatible flannel.N device taken over at start (MAC kept).",
     "device_replaced": "vxlan: an incompatible existing device deleted and created again.",
-    "device_restored": "vxlan: the device was gone at a resync and was recreated with the same MAC.",
+    "device_restored": "vxlan: the device was gone at a resync and was recreated with the same MAC; wireguard: a "
+                       "device (or its wireguard-go) was gone and was made again, with its peers.",
     "entries_added": "vxlan: neighbour, fdb and route entries added for peers.",
     "entries_removed": "vxlan: entries removed for peers that left (or stale ones pruned).",
     "entries_restored": "vxlan: entries found missing at a resync and added again.",
@@ -111,10 +114,17 @@ BACKEND_HELP: dict[str, str] = {
     "routes_healed": "host-gw: routes found missing or wrong at a resync and set again.",
     "route_errors": "host-gw: routes the kernel refused, e.g. a peer not on this L2 segment (retried).",
     "table_errors": "udp: peer leases the lease table refused (e.g. full); that peer is unreachable.",
+    "wireguard_go_exits": "wireguard: times a wireguard-go process ended on its own (each is started again).",
+    "peers_added": "wireguard: WireGuard peers added for new leases.",
+    "peers_updated": "wireguard: peers rewritten because their lease changed (endpoint, subnets).",
+    "peers_removed": "wireguard: peers removed (lease gone, key replaced, or not ours).",
+    "peers_restored": "wireguard: peers found missing or different at a resync and written again.",
+    "peer_errors": "wireguard: `wg` refused a peer update (retried at the next resync).",
 }
 
 DROPPED = "datapath_dropped_packets"
-BUILD_INFO_HELP = "Always 1; the labels say what runs: version, backend type, data-path offloads in use."
+BUILD_INFO_HELP = ("Always 1; the labels say what runs: version, backend type, and features: the udp data path's "
+                   "offloads in use, or what makes the wireguard devices (kernel or wireguard-go).")
 
 
 def _sanitize(name: str) -> str:
@@ -158,7 +168,8 @@ def families(metrics: Mapping[str, int], info: Mapping[str, str]) -> list[Metric
         elif name == "leases":
             family("datapath_leases", "gauge", "Leases in the udp data path's lookup table.").add_metric([], value)
         elif name == "peers":
-            family("backend_peers", "gauge", "Peers the kernel backend (vxlan, host-gw) has programmed.").add_metric([], value)
+            family("backend_peers", "gauge",
+                   "Peers the kernel backend (vxlan, host-gw, wireguard) has programmed.").add_metric([], value)
         else:
             help = BACKEND_HELP.get(name, f"Backend counter {name}.")
             family(f"backend_{name}", "counter", help).add_metric([], value)

@@ -25,6 +25,8 @@ the path order rotates per repetition). Each pair measures host-to-host over its
     wireguard-go  a wireguard-go pair set up by hand as flanneld's wireguard backend sets up
                 its hosts (flannel-wg, port 51820, MTU - 80, allowed IPs = the peer's subnet,
                 `<Network> dev flannel-wg`): userspace encryption with nothing of ours in it
+    uf-wireguard  udpflannel's wireguard backend (wireguard-go here: no kernel module), the
+                agent and its wireguard-go on each host
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
@@ -64,7 +66,8 @@ except ImportError:  # run from a checkout without `pip install`
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
 ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
-             "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go"]  # fmt: skip
+             "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go", "uf-wireguard"]  # fmt: skip
+PRIVATE_RUN_PATHS = {"wireguard-go", "uf-wireguard"}  # hosts with their own /run/wireguard (netlab)
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6"}
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
@@ -91,6 +94,7 @@ AGENT_PATHS = {
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
     "uf-vxlan6": ("vxlan", [], "fd00:111::/48"),  # an IPv6 network: an IPv6-only config
     "uf-udp6": ("udp", [], "fd00:110::/48"),
+    "uf-wireguard": ("wireguard", [], "10.115.0.0/16"),
 }
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -339,7 +343,7 @@ class Testbed:
             cfg = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": network, "Backend": {"Type": btype}}
         subnet_key = "FLANNEL_IPV6_SUBNET" if ip_network(network).version == 6 else "FLANNEL_SUBNET"
         self.etcd.put(f"{prefix}/config", json.dumps(cfg))
-        a, b = self._pair()
+        a, b = self._pair(private_run=name in PRIVATE_RUN_PATHS)
         procs, envs = [], {}
         for h in (a, b):
             subnet_file = self.lab.workdir / f"{name}-{h.name}-subnet.env"

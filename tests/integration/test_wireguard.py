@@ -185,6 +185,20 @@ def test_restart_keeps_key_and_subnet_and_stop_leaves_nothing_running(wg_lab):
     assert dump(h2).peers[pub].allowed_ips == {ip_network(e1["FLANNEL_SUBNET"], strict=False)}
 
 
+def test_a_killed_agent_s_wireguard_go_is_ended_by_the_next_start(wg_lab):
+    put_config(wg_lab, CONFIG)
+    (h1, p1, e1, c1), (h2, p2, e2, c2) = bring_up(wg_lab, 2)
+    [pid] = wireguard_go_pids(h1)
+    p1.kill()
+    p1.wait(10)
+    assert wireguard_go_pids(h1) == [pid]  # an orphan, holding flannel-wg (no systemd cgroup here)
+    p1b, e1b = start_and_wait(wg_lab, h1)
+    assert "wireguard: flannel-wg already exists; recreating it" in log_text(p1b)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5, what="the orphan's end")
+    assert len(wireguard_go_pids(h1)) == 1 and e1b["FLANNEL_SUBNET"] == e1["FLANNEL_SUBNET"]
+    ping_ok(c1, c2.ip)
+
+
 def test_wireguard_go_that_dies_is_started_again(wg_lab):
     put_config(wg_lab, CONFIG)
     (h1, p1, e1, c1), (h2, p2, e2, c2) = bring_up(wg_lab, 2)

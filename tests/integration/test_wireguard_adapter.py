@@ -129,6 +129,8 @@ async def main():
     exits = []
     async def on_exit(code, out):
         exits.append(code)
+    import udpflannel.adapters.wireguard_go as m
+    m.ORPHAN_GRACE = 0.5
     wg = WireguardGo("flannel-wg", on_exit)
     await wg.start()
     print("running", wg.running, os.path.exists("/sys/class/net/flannel-wg"))

@@ -8,7 +8,9 @@ not reach it; the agent ends it in stop()).
 
     WireguardGo(name, on_exit).start()   spawn it; return once its UAPI socket answers (the
                                          TUN exists by then); WireguardGoError with its
-                                         output when it exits first or takes too long
+                                         output when it exits first or takes too long, or
+                                         when another one still serves the device after
+                                         ORPHAN_GRACE seconds
     on_exit(returncode, last_lines)      called (on the event loop) when it ends without
                                          stop(): the backend logs it and makes a new one
     stop()                               SIGTERM, SIGKILL after a grace period; the device
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_DIR = Path("/var/run/wireguard")
 KEEP_LINES = 20
+ORPHAN_GRACE = 5.0  # seconds another wireguard-go of the device may take to end
 
 
 class WireguardGoError(UdpFlannelError):
@@ -85,10 +88,12 @@ class WireguardGo:
             raise WireguardGoError(f"{self.binary} not found (Debian: apt-get install wireguard-go), and the kernel "
                                    "has no WireGuard module")  # fmt: skip
         sock = socket_path(self.name)
-        if sock.exists():
-            if _answers(sock):
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while sock.exists() and _answers(sock):  # one whose device was just deleted ends soon
+            if time.monotonic() > deadline:
                 raise WireguardGoError(f"another wireguard-go already serves {self.name} ({sock})")
-            sock.unlink(missing_ok=True)  # left by one that was killed
+            await asyncio.sleep(0.05)
+        sock.unlink(missing_ok=True)  # left by one that was killed
         level = "verbose" if log.isEnabledFor(logging.DEBUG) else "error"
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL=level)
         self._stopping = False

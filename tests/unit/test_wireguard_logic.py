@@ -24,7 +24,6 @@ from udpflannel.backends.wireguard import (
     endpoint_family,
     lease_attrs,
 )
-from udpflannel.core.config import parse_config
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.core.validate import LeaseContext, validate
@@ -40,6 +39,8 @@ from udpflannel.core.wireguard import (
 )
 from udpflannel.errors import ConfigError, InterfaceError
 
+from .fakes import network_config
+
 K1 = base64.b64encode(bytes(range(32))).decode()
 K2 = base64.b64encode(bytes(range(1, 33))).decode()
 K3 = base64.b64encode(bytes(range(2, 34))).decode()
@@ -49,15 +50,8 @@ IFACE = ExternalInterface("eth1", 2, V4, V4, 1500, V6, V6)
 IFACE4 = ExternalInterface("eth1", 2, V4, V4, 1500)
 
 
-def cfg(v4=True, v6=False, **backend) -> object:
-    doc = {"Backend": dict({"Type": "wireguard"}, **backend)}
-    if v4:
-        doc["Network"] = "10.5.0.0/16"
-    else:
-        doc["EnableIPv4"] = False
-    if v6:
-        doc.update(EnableIPv6=True, IPv6Network="fd00:5::/48")
-    return parse_config(json.dumps(doc))
+def cfg(v4=True, v6=False, **backend):
+    return network_config(dict({"Type": "wireguard"}, **backend), v4, v6)
 
 
 def wg_lease(subnet="10.5.2.0/24", ip="192.0.2.12", key=K2, port=51820, v6subnet=None, ip6=None, key6=None,

@@ -54,7 +54,7 @@ from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..adapters.wgkey import DEFAULT_KEY_FILE, load_or_create
 from ..adapters.wireguard import SetArgs, WgTool
 from ..adapters.wireguard_go import WireguardGo
-from ..core.events import Delta, PeerUpdate, Snapshot
+from ..core.events import PeerUpdate, peers_after
 from ..core.subnet import UNSET_IPV4, Lease, LeaseAttrs
 from ..core.wireguard import Peer, parse_key, plan_peers
 from ..errors import BackendError, ConfigError, InterfaceError, UdpFlannelError
@@ -440,14 +440,7 @@ class WireguardBackend(Backend):
         return None
 
     async def apply(self, update: PeerUpdate) -> None:
-        if isinstance(update, Snapshot):
-            self._peers = update.by_key()
-        elif isinstance(update, Delta):
-            for ev in update.events:
-                if ev.kind == "removed":
-                    self._peers.pop(ev.lease.key, None)
-                else:
-                    self._peers[ev.lease.key] = ev.lease
+        self._peers = peers_after(self._peers, update)
         async with self._lock:
             for dev in self._devs.values():
                 await self._sync_peers(dev, endpoints=True, heal=False)

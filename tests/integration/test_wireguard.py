@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
@@ -25,7 +26,7 @@ import pytest
 from udpflannel.adapters.wireguard import parse_dump
 from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for
 
-from .agents import PREFIX, leases, log_text, scrape, start_and_wait, stop, tcp_transfer, wait_log
+from .agents import PREFIX, leases, log_text, scrape, start, start_and_wait, stop, tcp_transfer, wait_log
 from .capture import Capture, carries, wireguard_message
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -219,6 +220,22 @@ def test_wireguard_go_that_dies_is_started_again(wg_lab):
     fams = scrape(h1)
     assert fams["udpflannel_backend_wireguard_go_exits"].samples[0].value == 2
     assert fams["udpflannel_backend_device_restored"].samples[0].value == 2
+
+
+def test_no_wireguard_at_all_is_a_fatal_error_that_says_what_to_install(wg_lab, tmp_path):
+    """No kernel module here, and no wireguard-go on PATH: exit 1 with the reason, no lease."""
+    put_config(wg_lab, CONFIG)
+    h1 = wg_lab.add_host()
+    bin_dir = tmp_path / "bin"  # wg, the lab's wrapper, the sbin tools; not /usr/bin, where wireguard-go is
+    bin_dir.mkdir()
+    for tool in ("wg", "unshare", "sh", "mount", "mkdir"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    p = start(wg_lab, h1, env={"PATH": f"{bin_dir}:/usr/sbin:/sbin"})
+    assert p.wait(30) == 1
+    assert ("wireguard: cannot set up flannel-wg (wireguard-go): wireguard-go not found (Debian: apt-get install "
+            "wireguard-go), and the kernel has no WireGuard module") in log_text(p)
+    assert leases(wg_lab) == {}
+    assert h1.run("ip", "link", "show", "flannel-wg", check=False).returncode != 0
 
 
 def test_leases_without_a_valid_key_are_rejected_and_never_routed(wg_lab):

@@ -380,10 +380,10 @@ class WireguardBackend(Backend):
         self._counters["wireguard_go_exits"] += 1
         log.error("wireguard: wireguard-go for %s exited with %s (%s); starting it again", dev.spec.name, code,
                   output or "no output")  # fmt: skip
-        if self._stopping:
-            return
         try:
             async with self._lock:
+                if self._stopping or await self._alive(dev):  # stopping, or a resync was first
+                    return
                 await self._restore(dev)
         except Exception as e:  # noqa: BLE001 -- never lost: resync() tries again
             log.error("wireguard: restarting %s failed (%s); trying again at the next resync", dev.spec.name, e)
@@ -491,19 +491,21 @@ class WireguardBackend(Backend):
 
     # -- life cycle ------------------------------------------------------------------------------
     async def stop(self) -> None:
-        """Remove the devices, as flanneld does on stop (wireguard-go's go with its process)."""
+        """Remove the devices, as flanneld does on stop (wireguard-go's go with its process);
+        after a restart of wireguard-go that is under way, never during one."""
         self._stopping = True
-        for dev in self._devs.values():
-            if dev.process is not None:
-                await dev.process.stop()
-            try:
-                await self._nl.call(self._nl.delete_link_named, dev.spec.name)
-            except NetlinkError as e:
-                log.warning("wireguard: cannot delete %s: %s", dev.spec.name, e)
-            if dev.index is not None:
-                log.info("wireguard: removed %s", dev.spec.name)
-            dev.index = None
-        await self._nl.close()
+        async with self._lock:
+            for dev in self._devs.values():
+                if dev.process is not None:
+                    await dev.process.stop()
+                try:
+                    await self._nl.call(self._nl.delete_link_named, dev.spec.name)
+                except NetlinkError as e:
+                    log.warning("wireguard: cannot delete %s: %s", dev.spec.name, e)
+                if dev.index is not None:
+                    log.info("wireguard: removed %s", dev.spec.name)
+                dev.index = None
+            await self._nl.close()
 
     def metrics(self) -> Mapping[str, int]:
         return {"peers": len(self._peers), **self._counters}

@@ -156,14 +156,12 @@ def peer_port(lease: Lease, version: int) -> Optional[int]:
     return port
 
 
+RFC1918 = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))  # flanneld's IP4.IsPrivate
+ULA = ip_network("fc00::/7")  # flanneld's IP6.IsPrivate
+
+
 def _rfc1918(a: IPv4Address) -> bool:
-    """flanneld's IP4.IsPrivate: 10/8, 172.16/12, 192.168/16 only."""
-    return any(a in ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-
-
-def _ula(a: IPv6Address) -> bool:
-    """flanneld's IP6.IsPrivate: fc00::/7."""
-    return a in ip_network("fc00::/7")
+    return any(a in n for n in RFC1918)
 
 
 def endpoint_family(mode: str, peer4: Optional[IPv4Address], peer6: Optional[IPv6Address],
@@ -179,7 +177,7 @@ def endpoint_family(mode: str, peer4: Optional[IPv4Address], peer6: Optional[IPv
         return 4
     if peer4 is not None and local4 is not None and not _rfc1918(peer4):
         return 4
-    if local6 is not None and not _ula(peer6) and not _ula(local6):
+    if local6 is not None and peer6 not in ULA and local6 not in ULA:
         return 6
     return 4 if peer4 is not None else 6
 

@@ -302,8 +302,11 @@ class Testbed:
             (h.rundir / "flannel" / "wgkey").write_text(key)
             keys[h.name] = h.run("sh", "-c", "wg pubkey < /run/flannel/wgkey").stdout.strip()
             log_f = open(self.lab.workdir / f"wireguard-go-{h.name}.log", "ab")
+            # a session of its own, as the agent gives its wireguard-go: with the kernel's
+            # autogroup scheduling a session shares the CPUs as one group
             procs.append(subprocess.Popen(h.argv("wireguard-go", "flannel-wg"), stdout=log_f, stderr=subprocess.STDOUT,
-                                          env=dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")))  # fmt: skip
+                                          env=dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error"),
+                                          start_new_session=True))  # fmt: skip
             log_f.close()
             wait_for(lambda h=h: (h.rundir / "wireguard" / "flannel-wg.sock").exists(), timeout=10,
                      what=f"wireguard-go in {h.name}")  # fmt: skip

@@ -591,7 +591,7 @@ def _print_keep(pr: Printer, lab: Lab, state: dict, state_dir: Path) -> None:
         pr.note(f"  enter a container:  DOCKER_HOST=unix://{sock} docker exec -it test1 sh")
     else:
         pr.note(f"  enter a container:  ip netns exec {p}-h1c1 sh")
-    pr.note(f"  a host's shell:     ip netns exec {p}-h1 bash")
+    pr.note(f"  a host's shell:     {shlex.join(h1.argv('bash'))}")  # with its own /run/wireguard, if it has one
     registry = EtcdRegistry(EtcdOptions(endpoints=[lab.etcd[0].endpoint]))
     etcdctl = f"etcdctl --endpoints={lab.etcd[0].endpoint}"
     pr.note(f"  leases in etcd:     ip netns exec {h1.ns} {etcdctl} get --prefix {registry.subnets_prefix.decode()}")

@@ -22,6 +22,11 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 targeting the peer's FLANNEL_IPV6_SUBNET address
     uf-udp6     IPv6: udpflannel's udp backend with an IPv6-only config (flannel0, the UDP
                 tunnel over the IPv6 underlay, MTU - 48), to the peer's FLANNEL_IPV6_SUBNET address
+    wireguard-go  a wireguard-go pair set up by hand as flanneld's wireguard backend sets up
+                its hosts (flannel-wg, port 51820, MTU - 80, allowed IPs = the peer's subnet,
+                `<Network> dev flannel-wg`): userspace encryption with nothing of ours in it
+    uf-wireguard  udpflannel's wireguard backend (wireguard-go here: no kernel module), the
+                agent and its wireguard-go on each host
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
@@ -61,7 +66,8 @@ except ImportError:  # run from a checkout without `pip install`
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
 ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
-             "vxlan6", "uf-vxlan6", "uf-udp6"]  # fmt: skip
+             "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go", "uf-wireguard"]  # fmt: skip
+PRIVATE_RUN_PATHS = {"wireguard-go", "uf-wireguard"}  # hosts with their own /run/wireguard (netlab)
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6"}
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
@@ -88,6 +94,7 @@ AGENT_PATHS = {
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
     "uf-vxlan6": ("vxlan", [], "fd00:111::/48"),  # an IPv6 network: an IPv6-only config
     "uf-udp6": ("udp", [], "fd00:110::/48"),
+    "uf-wireguard": ("wireguard", [], "10.115.0.0/16"),
 }
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -179,8 +186,8 @@ class Testbed:
         self.iperf_servers: list[subprocess.Popen] = []
         self.agent_verbose = agent_log_level
 
-    def _pair(self) -> tuple[Host, Host]:
-        a, b = self.lab.add_host(), self.lab.add_host()
+    def _pair(self, private_run: bool = False) -> tuple[Host, Host]:
+        a, b = self.lab.add_host(private_run), self.lab.add_host(private_run)
         for h in (a, b):
             h.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         return a, b
@@ -191,6 +198,7 @@ class Testbed:
             "vxlan": self._vxlan,
             "vxlan6": self._vxlan6,
             "socat": self._socat,
+            "wireguard-go": self._wireguard_go,
         }.get(name) or (lambda: self._agent(name))
         try:
             setup = builder()
@@ -284,6 +292,33 @@ class Testbed:
             h.run("ip", "link", "set", "tun0", "mtu", str(self.lab.mtu - 28))
         return PathSetup("socat", a, b, IPv4Address(addrs[b.name]), tunnel_pids=pids, procs=procs)
 
+    def _wireguard_go(self, port: int = 51820) -> PathSetup:
+        """Two wireguard-go devices configured with wg and ip as flanneld configures its hosts."""
+        a, b = self._pair(private_run=True)
+        subnets = {a.name: IPv4Network("10.116.1.0/24"), b.name: IPv4Network("10.116.2.0/24")}
+        procs, keys = [], {}
+        for h in (a, b):
+            key = h.run("wg", "genkey").stdout.strip()
+            (h.rundir / "flannel" / "wgkey").write_text(key)
+            keys[h.name] = h.run("sh", "-c", "wg pubkey < /run/flannel/wgkey").stdout.strip()
+            log_f = open(self.lab.workdir / f"wireguard-go-{h.name}.log", "ab")
+            # a session of its own, as the agent gives its wireguard-go: with the kernel's
+            # autogroup scheduling a session shares the CPUs as one group
+            procs.append(subprocess.Popen(h.argv("wireguard-go", "flannel-wg"), stdout=log_f, stderr=subprocess.STDOUT,
+                                          env=dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error"),
+                                          start_new_session=True))  # fmt: skip
+            log_f.close()
+            wait_for(lambda h=h: (h.rundir / "wireguard" / "flannel-wg.sock").exists(), timeout=10,
+                     what=f"wireguard-go in {h.name}")  # fmt: skip
+        for h, peer in ((a, b), (b, a)):
+            h.run("wg", "set", "flannel-wg", "private-key", "/run/flannel/wgkey", "listen-port", str(port),
+                  "peer", keys[peer.name], "endpoint", f"{peer.ip}:{port}", "allowed-ips", str(subnets[peer.name]))  # fmt: skip
+            h.run("ip", "link", "set", "flannel-wg", "mtu", str(self.lab.mtu - 80), "up")
+            h.run("ip", "addr", "add", f"{subnets[h.name].network_address}/32", "dev", "flannel-wg")
+            h.run("ip", "route", "replace", "10.116.0.0/16", "dev", "flannel-wg", "scope", "link")
+        return PathSetup("wireguard-go", a, b, subnets[b.name].network_address, tunnel_pids=[p.pid for p in procs],
+                         procs=procs)  # fmt: skip
+
     def _ensure_etcd(self) -> str:
         if self.etcd is None:
             ns = self.lab.add_etcd_host()
@@ -311,7 +346,7 @@ class Testbed:
             cfg = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": network, "Backend": {"Type": btype}}
         subnet_key = "FLANNEL_IPV6_SUBNET" if ip_network(network).version == 6 else "FLANNEL_SUBNET"
         self.etcd.put(f"{prefix}/config", json.dumps(cfg))
-        a, b = self._pair()
+        a, b = self._pair(private_run=name in PRIVATE_RUN_PATHS)
         procs, envs = [], {}
         for h in (a, b):
             subnet_file = self.lab.workdir / f"{name}-{h.name}-subnet.env"

@@ -24,9 +24,9 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "run_iperf.sh"
-KERNEL_AND_BASELINES = ["veth", "vxlan", "socat", "vxlan6"]
+KERNEL_AND_BASELINES = ["veth", "vxlan", "socat", "vxlan6", "wireguard-go"]
 AGENT_PATHS = {"uf-udp": "udp", "uf-udp-busy": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw", "uf-vxlan6": "vxlan",
-               "uf-udp6": "udp"}
+               "uf-udp6": "udp", "uf-wireguard": "wireguard"}
 
 
 def test_run_iperf_quick_smoke(tmp_path):
@@ -47,7 +47,7 @@ def test_run_iperf_quick_smoke(tmp_path):
         assert m["ping_ms"] and m["ping_p99_ms"] >= m["ping_ms"] > 0, (path, m)
         assert m["ping_load_ms"] and m["ping_load_p99_ms"] >= m["ping_load_ms"] > 0, (path, m)
         assert m["rcvbuf_errors"] is not None and m["rcvbuf_errors"] >= 0, (path, m)
-    for path in ("socat", "uf-udp", "uf-udp-busy", "uf-udp6"):  # every userspace path has its CPU figures
+    for path in ("socat", "uf-udp", "uf-udp-busy", "uf-udp6", "wireguard-go", "uf-wireguard"):  # userspace: CPU figures
         if path in expected:
             assert report["medians"][path]["cpu_s_per_gb"] is not None, path
             assert report["medians"][path]["ping_cpu_pct"] is not None, path

@@ -208,7 +208,7 @@ def test_the_reference_lists_every_family_the_agent_can_produce():
 
 def test_the_reference_lists_every_label_value():
     text = (ROOT / "docs" / "metrics.md").read_text()
-    for value in [*M.FEATURES, M.FEATURES_NONE, *M.DATAPATH_INFO, *M.DIRECTIONS]:
+    for value in [*M.FEATURES, M.FEATURES_NONE, *M.WIREGUARD_FEATURES, *M.DATAPATH_INFO, *M.DIRECTIONS]:
         assert f"`{value}`" in text, value
     for c, dirs in COUNTER_DIRECTIONS.items():
         if c.startswith("drop_"):

@@ -19,8 +19,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order matters: a header's declarations may use types from earlier ones.
-HEADERS = ["common.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "features.h", "loop.h"]
-SOURCES = ["common.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "features.c", "loop.c"]
+HEADERS = ["common.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "steer.h", "features.h", "loop.h"]
+SOURCES = ["common.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "steer.c", "features.c", "loop.c"]
 _REGION = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 
 

@@ -4,8 +4,8 @@
  * i and UDP socket i of each underlay family in use (an IPv4 socket bound to
  * the PublicIP's interface address, an IPv6 one to the IPv6 address; either
  * or both). With several queues the sockets of one family share the port
- * through SO_REUSEPORT, and a classic BPF program picks the socket by the
- * inner addresses and ports (IPv4 or IPv6), so each flow stays on one worker.
+ * through SO_REUSEPORT, and the reuseport program of steer.h picks the socket by
+ * the inner addresses and ports (IPv4 or IPv6), so each flow stays on one worker.
  * The worker sleeps in poll() on its TUN fd, its sockets and the data path's
  * eventfd, then:
  *

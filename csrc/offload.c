@@ -326,6 +326,24 @@ size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h)
     return g->len;
 }
 
+void uf_gro_restore(uint8_t *head, size_t len, const uf_vnet_hdr *h)
+{
+    const size_t iphl = h->csum_start;
+    const int udp = h->gso_type == UF_VNET_GSO_UDP_L4;
+    uint8_t *l4 = head + iphl;
+    ip_set_tot(head, len);
+    if (ip_ver(head) == 4) {
+        head[10] = head[11] = 0;
+        wr16(head + 10, uf_checksum(head, iphl));
+    }
+    if (udp)
+        wr16(l4 + 4, (uint16_t)(len - iphl));
+    l4[h->csum_offset] = l4[h->csum_offset + 1] = 0;
+    uint16_t c = (uint16_t)~uf_csum_fold(uf_csum_add(l4, len - iphl,
+                                                     pseudo_sum(head, udp ? UF_PROTO_UDP : UF_PROTO_TCP, len - iphl)));
+    wr16(l4 + h->csum_offset, udp && c == 0 ? 0xffffu : c);
+}
+
 int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap)
 {
     if (!g->head)

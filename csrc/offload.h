@@ -127,6 +127,11 @@ int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len);
  * otherwise the head is untouched and *h is all zero. Returns the
  * super-packet's length. */
 size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h);
+/* Undo uf_gro_finish on the head of a GSO write (h: the write's virtio-net header, len: the
+ * head packet's own length): its IP length (and IPv4 header checksum, UDP length) and a full
+ * L4 checksum again, so it can be written on its own. TCP: a PSH that coalescing moved to the
+ * head stays there. */
+void uf_gro_restore(uint8_t *head, size_t len, const uf_vnet_hdr *h);
 /* Gather a finished g into out (for tests); bytes written or -ENOSPC. */
 int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap);
 /* cffi:end */

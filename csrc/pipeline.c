@@ -26,6 +26,8 @@ _Static_assert(UF_RX_MAX_IOV >= 2 * UF_RX_MAX_PKTS, "two iovecs per inner packet
 _Static_assert(ARRAY_LEN(((uf_rx *)0)->vnet) == UF_RX_MAX_PKTS, "uf_rx.vnet");
 _Static_assert(sizeof(((uf_rx *)0)->vnet[0]) >= UF_VNET_HDR_LEN, "uf_rx.vnet");
 _Static_assert(sizeof(((uf_rx *)0)->zero_vnet) >= UF_VNET_HDR_LEN, "uf_rx.zero_vnet");
+_Static_assert(ARRAY_LEN(((uf_rx *)0)->split) == UF_GSO_MAX_SEGS, "uf_rx.split: a GSO write's packets");
+_Static_assert(ARRAY_LEN(((uf_rx *)0)->split_iov) == 2 * UF_GSO_MAX_SEGS, "uf_rx.split_iov");
 /* the most inner packets one datagram can hold (>= 20 bytes each) must fit one call */
 _Static_assert(UF_FRAME_SIZE / UF_IPV4_MIN_HEADER + 1 <= UF_RX_MAX_PKTS, "one datagram fits a batch");
 _Static_assert(UF_UDP_GSO_MAX_SEGS <= UINT16_MAX, "uf_msg.segs is 16 bits");
@@ -339,4 +341,43 @@ int uf_rx_batch(const uf_pipe_cfg *c, uf_rx *rx, const uf_dgram *d, int n, uint6
     }
     rx_flush_gro(rx);
     return i;
+}
+
+/* One packet of a re-split write: a plain write in rx->split. */
+static void rx_split_add(const uf_pipe_cfg *c, uf_rx *rx, int n, uint8_t *pkt, size_t len)
+{
+    uf_msg *w = &rx->split[n];
+    uf_iov *v = &rx->split_iov[2 * n];
+    memset(w, 0, sizeof(*w));
+    w->first = (uint32_t)(2 * n);
+    if (c->vnet_hdr) {
+        v->base = rx->zero_vnet;
+        v->len = UF_VNET_HDR_LEN;
+        v++;
+        w->niov++;
+    }
+    v->base = pkt;
+    v->len = len;
+    w->niov++;
+    w->segs = 1;
+    w->bytes = (uint32_t)len;
+}
+
+int uf_rx_resplit(const uf_pipe_cfg *c, uf_rx *rx, uint32_t wi)
+{
+    if (wi >= rx->nwrites || !rx->writes[wi].gso_type || rx->writes[wi].segs < 2)
+        return 0;
+    const uf_msg *m = &rx->writes[wi];
+    uf_vnet_hdr h;
+    uf_vnet_decode(rx->vnet[wi], &h);
+    /* iov: the virtio-net header, the head packet, then the payloads of the others, each
+     * right behind its packet's h.hdr_len header bytes in the receive buffer (uf_gro) */
+    uint8_t *head = rx->iov[m->first + 1].base;
+    size_t head_len = rx->iov[m->first + 1].len;
+    uf_gro_restore(head, head_len, &h);
+    rx_split_add(c, rx, 0, head, head_len);
+    int n = 1;
+    for (uint32_t v = m->first + 2; v < m->first + m->niov; v++, n++)
+        rx_split_add(c, rx, n, (uint8_t *)rx->iov[v].base - h.hdr_len, h.hdr_len + rx->iov[v].len);
+    return n;
 }

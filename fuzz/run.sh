@@ -8,7 +8,8 @@
 # Targets (fuzz/fuzz_<name>.c): rx (receive checks on arbitrary datagrams), split (TSO/USO
 # split and the tx pipeline), gro (GRO coalescing: per-flow order, payloads, no repaired
 # checksums), table (the lease table against a reference model), steer (the reuseport program
-# in a classic BPF interpreter against its C reference). Binaries, corpora and crash
+# in a classic BPF interpreter against its C reference), csum (the checksum against the plain
+# RFC 1071 loop). Binaries, corpora and crash
 # inputs go to build/fuzz/ (git-ignored; the corpora grow from run to run). Exits non-zero,
 # with the crash's report, when any target crashes or breaks an invariant.
 set -euo pipefail
@@ -27,14 +28,14 @@ while [ $# -gt 0 ]; do
         *) TARGETS+=("$1"); shift ;;
     esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table steer)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table steer csum)
 
 command -v "$CC" >/dev/null || { echo "fuzz/run.sh: $CC not found (scripts/bootstrap.sh installs clang)" >&2; exit 2; }
 OUT=build/fuzz
 mkdir -p "$OUT"
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
         -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter -Werror -iquote csrc)
-SRCS=(csrc/common.c csrc/lookup.c csrc/packet.c csrc/offload.c csrc/pipeline.c csrc/steer.c)
+SRCS=(csrc/common.c csrc/csum.c csrc/lookup.c csrc/packet.c csrc/offload.c csrc/pipeline.c csrc/steer.c)
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 

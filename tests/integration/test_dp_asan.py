@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="n
 
 ROOT = Path(__file__).resolve().parents[2]
 DP_TESTS = ["tests/unit/test_dp_lookup.py", "tests/unit/test_dp_packet.py", "tests/unit/test_dp_pipeline.py",
-            "tests/unit/test_dp_ipv6.py", "tests/integration/test_dp_netns.py"]
+            "tests/unit/test_dp_ipv6.py", "tests/unit/test_dp_steer.py", "tests/integration/test_dp_netns.py"]
 
 
 def libasan() -> str:

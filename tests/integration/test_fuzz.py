@@ -26,5 +26,5 @@ def test_fuzz_targets_30s_each_without_a_crash():
     p = subprocess.run([str(SCRIPT), "-t", "30"], cwd=ROOT, capture_output=True, text=True, timeout=580)
     print(p.stdout)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
-    for target in ("rx", "split", "gro", "table", "steer"):
+    for target in ("rx", "split", "gro", "table", "steer", "csum"):
         assert f"fuzz: {target}: " in p.stdout and "no crash" in p.stdout

@@ -34,6 +34,7 @@ typedef union {
 } uf_sockaddr;
 
 _Static_assert(ARRAY_LEN(((uf_dp_config *)0)->tun_fds) == UF_TUN_MAX_QUEUES, "uf_dp_config.tun_fds");
+_Static_assert(ARRAY_LEN(((uf_dp_config *)0)->cpus) == UF_TUN_MAX_QUEUES, "uf_dp_config.cpus");
 
 struct uf_worker {
     uint64_t ctr[2][UF_C__COUNT];         /* [UF_DIR_TX], [UF_DIR_RX]; written only by this worker */
@@ -461,24 +462,16 @@ static int sock_step(struct uf_worker *w, int fi, int *more)
 /* ------------------------------------------------------------------ */
 /* the worker                                                          */
 
+/* Run this worker on the CPU the configuration names for it, if any. */
 static void pin(struct uf_worker *w)
 {
-    cpu_set_t allowed, one;
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+    int cpu = w->dp->cfg.cpus[w->queue];
+    if (cpu < 0 || cpu >= CPU_SETSIZE)
         return;
-    int n = CPU_COUNT(&allowed);
-    if (n < 2)
-        return;
-    for (int cpu = 0, k = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &allowed))
-            continue;
-        if (k++ == w->queue % n) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
-            return;
-        }
-    }
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
 }
 
 static void *worker_main(void *arg)

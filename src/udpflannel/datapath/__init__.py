@@ -12,6 +12,7 @@ The data path never imports the control plane.
 """
 
 from udpflannel.datapath.errors import DataPathError, InvalidArgumentError, TableFullError
+from udpflannel.datapath import placement
 from udpflannel.datapath.features import Features, probe_features
 from udpflannel.datapath.loop import COUNTER_NAMES, DataPath
 from udpflannel.datapath.table import LeaseTable
@@ -28,5 +29,6 @@ __all__ = [
     "Tun",
     "default_queues",
     "open_tun",
+    "placement",
     "probe_features",
 ]

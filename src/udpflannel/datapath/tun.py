@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from udpflannel.datapath._native import ffi, lib
 from udpflannel.datapath.errors import DataPathError, check
 from udpflannel.datapath.features import Features, probe_features
+from udpflannel.datapath.placement import plan, probe
 
 log = logging.getLogger("udpflannel.datapath")
 
@@ -89,7 +90,6 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
 
 
 def default_queues(features: Features) -> int:
-    """One queue per CPU this process may run on (at most UF_TUN_MAX_QUEUES), 1 without multi-queue."""
-    if not features.multi_queue:
-        return 1
-    return max(1, min(len(os.sched_getaffinity(0)), lib.UF_TUN_MAX_QUEUES))
+    """One queue per CPU this process may run on (at most UF_TUN_MAX_QUEUES), 1 without
+    multi-queue: placement.plan's default."""
+    return plan(probe(None), 0, features.multi_queue).queues

@@ -343,7 +343,7 @@ class Testbed:
                 return h.run("ip", "link", "show", "ref0", check=False).returncode == 0
 
             wait_for(up, timeout=10, what=f"refrelay ref0 in {h.name}")
-            h.run("ip", "link", "set", "ref0", "mtu", str(self.lab.mtu - 28), "up")
+            h.run("ip", "link", "set", "ref0", "mtu", str(self.lab.mtu - 28), *relay_gso_segs(self.lab.mtu - 28), "up")
             h.run("ip", "addr", "add", f"{addrs[h.name]}/24", "dev", "ref0")
         return PathSetup("ref-relay", a, b, IPv4Address(addrs[b.name]), tunnel_pids=[p.pid for p in procs],
                          procs=procs, note=f"MTU {self.lab.mtu - 28}")
@@ -593,6 +593,17 @@ def run(args: argparse.Namespace) -> dict:
         "runs": results,
         "medians": {n: medians(rs) for n, rs in results.items()},
     }
+
+
+def relay_gso_segs(mtu: int) -> list[str]:
+    """`gso_max_segs N` as udpflannel's udp backend sets it on flannel0 (a TUN read of TCP is
+    one UDP_SEGMENT send), so the reference relay's TUN gets the same offload settings; []
+    when the data path is not built."""
+    try:
+        from udpflannel.datapath import gso_max_segs
+    except ImportError:
+        return []
+    return ["gso_max_segs", str(gso_max_segs(mtu))]
 
 
 def build_relay(workdir: Path) -> Optional[str]:

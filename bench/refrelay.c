@@ -16,6 +16,8 @@
  *     in-order TCP segments (same addresses and ports, ACK/PSH only) or equal-size UDP
  *     datagrams of one flow become one GSO_TCPV4 / GSO_UDP_L4 TUN write (headers patched,
  *     payloads gathered by writev), anything else a plain write.
+ * The bench configures its TUN as udpflannel's udp backend configures flannel0 (MTU, and
+ * gso_max_segs so that a TCP super-packet fits one UDP_SEGMENT send).
  * What it leaves out (what udpflannel adds): the lease lookup, every check (IP validity, TTL,
  * accept rule, network, checksum verification of received packets), IPv6, ICMP errors,
  * counters, several queues, fallbacks. It trusts its peer: run it only in the bench.

@@ -54,6 +54,7 @@ def test_device_subnet_file_and_lease_are_flanneld_s(udp_lab):
     net = IPv4Interface(env["FLANNEL_SUBNET"]).network
     link = h1.run("ip", "-d", "addr", "show", "flannel0").stdout
     assert "mtu 1472" in link and f"inet {net.network_address}/32" in link and "tun" in link
+    assert "gso_max_segs 44 " in link  # 44 x 1472 bytes: a TUN read is one UDP_SEGMENT send
     routes = h1.run("ip", "route", "show", "dev", "flannel0").stdout
     assert routes.split()[0] == "10.5.0.0/16"
     key = str(net).replace("/", "-")

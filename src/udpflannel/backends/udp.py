@@ -73,6 +73,7 @@ class UdpBackend(Backend):
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
         self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
+        self._gso_cap_warned = False
 
     def capabilities(self) -> dict[int, str]:
         caps = {CAP_NET_ADMIN: f"the udp backend creates {DEVICE} and sets its address and route"}
@@ -178,12 +179,27 @@ class UdpBackend(Backend):
                     raise BackendError(f"{self._tun.name} disappeared")
                 idx = idx[0]
                 ipr.link("set", index=idx, mtu=self.mtu(), state="up")
+                self._cap_gso_segs(ipr, idx)
                 for pool in self.config.pools:
                     subnet = lease.net(pool.network.version)
                     if subnet is not None:
                         self._configure_family(ipr, idx, subnet, pool.network)
         except NetlinkError as e:
             raise BackendError(f"configuring {self._tun.name}: {e}") from e
+
+    def _cap_gso_segs(self, ipr, idx: int) -> None:
+        """TCP hands the TUN super-packets of at most as many segments as one UDP_SEGMENT send
+        carries (datapath.gso_max_segs: 44 at MTU 1472), so a TUN read is one send, not two (a
+        kernel that cannot set it just keeps two)."""
+        from ..datapath import gso_max_segs
+
+        segs = gso_max_segs(self.mtu())
+        try:
+            ipr.link("set", index=idx, gso_max_segs=segs)
+        except NetlinkError as e:
+            if not self._gso_cap_warned:
+                self._gso_cap_warned = True
+                log.info("udp: cannot cap %s at %d segments per super-packet: %s", DEVICE, segs, e)
 
     @staticmethod
     def _configure_family(ipr, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:

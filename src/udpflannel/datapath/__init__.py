@@ -16,7 +16,7 @@ from udpflannel.datapath import placement
 from udpflannel.datapath.features import Features, probe_features
 from udpflannel.datapath.loop import COUNTER_NAMES, DataPath
 from udpflannel.datapath.table import LeaseTable
-from udpflannel.datapath.tun import Tun, default_queues, open_tun
+from udpflannel.datapath.tun import Tun, default_queues, gso_max_segs, open_tun
 
 __all__ = [
     "COUNTER_NAMES",
@@ -28,6 +28,7 @@ __all__ = [
     "TableFullError",
     "Tun",
     "default_queues",
+    "gso_max_segs",
     "open_tun",
     "placement",
     "probe_features",

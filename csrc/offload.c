@@ -189,7 +189,8 @@ int uf_gso_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
 
 /* ---- GRO ---- */
 
-int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
+/* uf_gro_eligible; check_ip4: verify the IPv4 header checksum too. */
+static int gro_kind(const uint8_t *pkt, size_t len, int udp, int check_ip4)
 {
     if (len < UF_IPV4_MIN_HEADER + 8)
         return 0;
@@ -202,7 +203,7 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
             return 0;
         /* the super-packet gets a fresh header checksum: never let a bad one in
          * (the kernel would drop it; coalescing must not "repair" it) */
-        if (rd16(pkt + 2) != len || !uf_ip4_csum_ok(pkt))
+        if (rd16(pkt + 2) != len || (check_ip4 && !uf_ip4_csum_ok(pkt)))
             return 0;
         iphl = UF_IPV4_MIN_HEADER;
     } else if (v == 6) {
@@ -237,6 +238,16 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
     uint32_t s = pseudo_sum(pkt, proto, len - iphl);
     s = uf_csum_add(l4, len - iphl, s);
     return uf_csum_fold(s) == 0xffffu ? type : 0;
+}
+
+int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
+{
+    return gro_kind(pkt, len, udp, 1);
+}
+
+int uf_gro_eligible_ip_ok(const uint8_t *pkt, size_t len, int udp)
+{
+    return gro_kind(pkt, len, udp, 0);
 }
 
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len)

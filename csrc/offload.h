@@ -116,6 +116,9 @@ typedef struct uf_gro {
  * options, not a fragment and a valid header checksum; IPv6 the L4 header
  * right after the fixed header (no extension headers). */
 int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp);
+/* The same for a packet whose IPv4 header checksum the caller has verified already (the
+ * receive pipeline does, before its other checks): the header is not summed twice. */
+int uf_gro_eligible_ip_ok(const uint8_t *pkt, size_t len, int udp);
 /* Start a new super-packet with an eligible pkt (kept by reference). */
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
 /* Append an eligible pkt if it continues g's flow (TCP: in order; UDP: no

@@ -290,7 +290,7 @@ static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, const uf_addr *src, uint8_
     len = ip_tot(pkt);
     rx->npkts++;
     if (c->vnet_hdr && (c->gro_tcp || c->gro_udp)) {
-        int kind = uf_gro_eligible(pkt, len, c->gro_udp);
+        int kind = uf_gro_eligible_ip_ok(pkt, len, c->gro_udp);   /* rx_check verified the IPv4 header */
         if (kind != UF_VNET_GSO_UDP_L4 && !c->gro_tcp)
             kind = 0;
         if (kind) {

@@ -3,7 +3,7 @@
  * do with the offloads udpflannel's data path uses, so that its speed is this design's
  * physical limit on the machine at hand. Not part of udpflannel; no code of the data path
  * is used except the checksum routine (csrc/csum.c, so that a faster checksum speeds up
- * both).
+ * both) and csrc/internal.h's byte access.
  *
  * What it does, one thread, one TUN queue, one UDP socket connected to the peer:
  *   TUN (IFF_VNET_HDR, TUNSETOFFLOAD CSUM|TSO4|TSO6|USO4|USO6) readable: read frames until
@@ -43,17 +43,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "csum.h" /* uf_csum_add, uf_csum_fold */
-
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
+#include "csum.h"     /* uf_csum_add, uf_csum_fold */
+#include "internal.h" /* rd16, rd32, wr16, wr32; SOL_UDP, UDP_SEGMENT, UDP_GRO */
 #ifndef TUN_F_USO4
 #define TUN_F_USO4 0x20
 #define TUN_F_USO6 0x40
@@ -64,10 +55,6 @@ enum { F_NEEDS_CSUM = 1, F_DATA_VALID = 2, GSO_TCPV4 = 1, GSO_UDP_L4 = 5 };
 
 static int no_csum;
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void wr32(uint8_t *p, uint32_t v) { wr16(p, (uint16_t)(v >> 16)); wr16(p + 2, (uint16_t)v); }
 static uint16_t csum(const void *p, size_t n, uint32_t s) { return (uint16_t)~uf_csum_fold(uf_csum_add(p, n, s)); }
 static uint32_t pseudo(const uint8_t *ip, size_t l4len) { return uf_csum_add(ip + 12, 8, 0) + ip[9] + (uint32_t)l4len; }
 

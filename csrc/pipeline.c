@@ -41,6 +41,28 @@ void uf_tx_init(uf_tx *tx, uint64_t now_ns)
     uf_ratelimit_init(&tx->icmp_rl, UF_ICMP_RATE_PER_SEC, UF_ICMP_BURST, now_ns);
 }
 
+/* Make w a TUN write of one plain packet with its iovecs at iov[first..]: the all-zero
+ * virtio-net header zero_vnet (with a vnet-header TUN), then the packet. The iovecs used. */
+static uint32_t plain_write(const uf_pipe_cfg *c, uf_msg *w, uf_iov *iov, uint32_t first, uint8_t *zero_vnet,
+                            void *pkt, size_t len)
+{
+    uf_iov *v = iov + first;
+    memset(w, 0, sizeof(*w));
+    w->first = first;
+    if (c->vnet_hdr) {
+        v->base = zero_vnet;
+        v->len = UF_VNET_HDR_LEN;
+        v++;
+        w->niov++;
+    }
+    v->base = pkt;
+    v->len = len;
+    w->niov++;
+    w->segs = 1;
+    w->bytes = (uint32_t)len;
+    return w->niov;
+}
+
 /* The ICMP net-unreachable / ICMPv6 no-route about pkt, as a TUN write (rate-limited). */
 static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t len,
                     uint64_t now_ns, uint64_t *ctr)
@@ -56,21 +78,7 @@ static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t 
     int n = uf_icmp_unreachable(pkt, len, &c->icmp_source[fam_idx(ip_ver(pkt))], out, UF_ICMP_MAX_LEN);
     if (n <= 0)
         return;
-    uf_msg *w = &tx->writes[i];
-    uf_iov *v = &tx->wiov[2 * i];
-    memset(w, 0, sizeof(*w));
-    w->first = 2 * i;
-    if (c->vnet_hdr) {
-        v->base = tx->zero_vnet;
-        v->len = UF_VNET_HDR_LEN;
-        v++;
-        w->niov++;
-    }
-    v->base = out;
-    v->len = (size_t)n;
-    w->niov++;
-    w->segs = 1;
-    w->bytes = (uint32_t)n;
+    plain_write(c, &tx->writes[i], tx->wiov, 2 * i, tx->zero_vnet, out, (size_t)n);
     tx->nwrites++;
     ctr[UF_C_ICMP_UNREACHABLE_SENT]++;
 }
@@ -209,19 +217,7 @@ int uf_tx_batch(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *const *frames, const u
 
 static void rx_write_plain(const uf_pipe_cfg *c, uf_rx *rx, uint8_t *pkt, size_t len)
 {
-    uf_msg *w = &rx->writes[rx->nwrites++];
-    memset(w, 0, sizeof(*w));
-    w->first = rx->niov;
-    if (c->vnet_hdr) {
-        rx->iov[rx->niov].base = rx->zero_vnet;
-        rx->iov[rx->niov++].len = UF_VNET_HDR_LEN;
-        w->niov++;
-    }
-    rx->iov[rx->niov].base = pkt;
-    rx->iov[rx->niov++].len = len;
-    w->niov++;
-    w->segs = 1;
-    w->bytes = (uint32_t)len;
+    rx->niov += plain_write(c, &rx->writes[rx->nwrites++], rx->iov, rx->niov, rx->zero_vnet, pkt, len);
 }
 
 /* Turn the super-packet being built into a write (headers patched). */
@@ -346,21 +342,7 @@ int uf_rx_batch(const uf_pipe_cfg *c, uf_rx *rx, const uf_dgram *d, int n, uint6
 /* One packet of a re-split write: a plain write in rx->split. */
 static void rx_split_add(const uf_pipe_cfg *c, uf_rx *rx, int n, uint8_t *pkt, size_t len)
 {
-    uf_msg *w = &rx->split[n];
-    uf_iov *v = &rx->split_iov[2 * n];
-    memset(w, 0, sizeof(*w));
-    w->first = (uint32_t)(2 * n);
-    if (c->vnet_hdr) {
-        v->base = rx->zero_vnet;
-        v->len = UF_VNET_HDR_LEN;
-        v++;
-        w->niov++;
-    }
-    v->base = pkt;
-    v->len = len;
-    w->niov++;
-    w->segs = 1;
-    w->bytes = (uint32_t)len;
+    plain_write(c, &rx->split[n], rx->split_iov, (uint32_t)(2 * n), rx->zero_vnet, pkt, len);
 }
 
 int uf_rx_resplit(const uf_pipe_cfg *c, uf_rx *rx, uint32_t wi)

@@ -182,8 +182,9 @@ class _Root(click.Group):
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
 @click.option("--udp-queues", type=click.IntRange(0, 16), default=0, metavar="N",
-              help="udp backend: TUN queues, each with its own worker thread pinned to a CPU "
-              "(0: one per CPU the agent may use, at most 16).")
+              help="udp backend: TUN queues, each with its own worker thread (0: one per CPU the agent may "
+              "use, at most 16). Workers are pinned to CPUs of their own only where the underlay's receive "
+              "softirq CPUs are known (IRQ affinity, RPS), beside them; the start-up log says where they run.")
 @click.option("--udp-busy-poll", type=click.IntRange(0, 100000), default=0, metavar="USEC",
               help="udp backend: after moving packets, each worker keeps polling this many microseconds "
               "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "

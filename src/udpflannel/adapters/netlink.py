@@ -253,6 +253,10 @@ class Netlink:
         """Set the MTU and bring the link up."""
         self.ipr.link("set", index=index, mtu=mtu, state="up")
 
+    def set_gso_max_segs(self, index: int, segs: int) -> None:
+        """The most segments the stack puts in one GSO super-packet for this link."""
+        self.ipr.link("set", index=index, gso_max_segs=segs)
+
     @staticmethod
     def sysctls(name: str, version: int) -> None:
         """No router advertisements on a device of ours; IPv6 on for an IPv6 one (a host

@@ -136,10 +136,10 @@ def test_build_info():
 
 def test_datapath_info_says_how_the_udp_data_path_runs():
     fams, _ = scrape({}, {"backend": "udp", "features": "none",
-                          "datapath": {"queues": "2", "pin_cpus": "true", "busy_poll_us": "0"}})  # fmt: skip
+                          "datapath": {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}})  # fmt: skip
     (s,) = fams["udpflannel_datapath_info"].samples
-    assert s.value == 1 and s.labels == {"queues": "2", "pin_cpus": "true", "busy_poll_us": "0"}
-    assert "pin_cpus" not in M.FEATURES  # pinning is how we run, not a kernel feature
+    assert s.value == 1 and s.labels == {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}
+    assert "cpus" not in M.FEATURES  # pinning is how we run, not a kernel feature
 
 
 def test_lease_expiry_is_a_unix_timestamp_gauge():

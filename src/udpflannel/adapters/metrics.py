@@ -14,7 +14,7 @@ the one place that names them for Prometheus; `/metrics` serves `exposition()`:
   wireguard
                   dp_<c>                          -> udpflannel_backend_<c>_total (counters)
   always          udpflannel_build_info{version, backend, features} 1
-  udp             udpflannel_datapath_info{queues, pin_cpus, busy_poll_us} 1
+  udp             udpflannel_datapath_info{queues, cpus, busy_poll_us} 1
 
 The data path's counter names and the directions that count each come from its C core
 (datapath.COUNTER_DIRECTIONS: tx_/rx_ per direction, drops as drop_<reason>; a direction
@@ -168,9 +168,10 @@ WIREGUARD_FEATURES: dict[str, str] = {
 #: labels of udpflannel_datapath_info: how the udp data path runs (not kernel features)
 DATAPATH_INFO: dict[str, str] = {
     "queues": "TUN queues, each with its own worker thread (--udp-queues).",
-    "pin_cpus": "`true` when each worker pins itself to a CPU the agent may use (worker i to the (i mod n)-th of "
-                "those n; the default with more than one queue). What was asked: a pin the kernel refuses is not "
-                "reported.",
+    "cpus": "The CPU each worker pinned itself to, by worker (`1,0`: worker 0 on CPU 1, worker 1 on CPU 0), or "
+            "`any` when the workers are left to the scheduler: pinned only where the underlay's receive softirq "
+            "CPUs are known (IRQ affinity, RPS; docs/datapath.md, Placement). What was asked: a pin the kernel "
+            "refuses is not reported.",
     "busy_poll_us": "Microseconds a worker polls after traffic before it sleeps (--udp-busy-poll; 0: off).",
 }
 

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include "common.h"
 #include "lookup.h"
+#include "csum.h"
 
 /* cffi:begin */
 #define UF_IPV4_MIN_HEADER 20
@@ -33,14 +34,6 @@ typedef struct uf_ratelimit {
     uint64_t cost_ns;     /* credit one message costs (1e9 / rate) */
     uint64_t cap_ns;      /* burst * cost */
 } uf_ratelimit;
-
-/* One's-complement sum of buf (not folded, not inverted), added to sum. */
-uint32_t uf_csum_add(const void *buf, size_t len, uint32_t sum);
-/* Fold a 32-bit one's-complement sum to 16 bits (not inverted). */
-uint16_t uf_csum_fold(uint32_t sum);
-/* The Internet checksum of buf: ~fold(sum) in host order; 0 means "valid"
- * when computed over data that includes its own checksum field. */
-uint16_t uf_checksum(const void *buf, size_t len);
 
 /* The overlay network of one family; addr.family 0: the family is not routed. */
 typedef struct uf_net {

@@ -8,9 +8,11 @@
 #
 # C targets (fuzz/fuzz_<name>.c): rx (receive checks on arbitrary datagrams), split (TSO/USO
 # split and the tx pipeline), gro (GRO coalescing: per-flow order, payloads, no repaired
-# checksums), table (the lease table against a reference model). Python targets
-# (fuzz/py_targets.py under atheris, $PYTHON or .venv/bin/python): py-lease, py-config,
-# py-watch (etcd values and watch events into the agent's decoding and peer view).
+# checksums), table (the lease table against a reference model), steer (the reuseport program
+# in a classic BPF interpreter against its C reference), csum (the checksum against the plain
+# RFC 1071 loop). Python targets (fuzz/py_targets.py under atheris, $PYTHON or
+# .venv/bin/python): py-lease, py-config, py-watch (etcd values and watch events into the
+# agent's decoding and peer view).
 # Each run starts from the kept corpus fuzz/corpus/<name>/ (minimized, in git: every input
 # that reached new code in a long run, replayed first, so a 30 s run starts where hours of
 # fuzzing left off) and from build/fuzz/corpus-<name> (git-ignored; grows run to run).
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
         *) TARGETS+=("$1"); shift ;;
     esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table py-lease py-config py-watch)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table steer csum py-lease py-config py-watch)
 PYTHON=${PYTHON:-.venv/bin/python}
 # libFuzzer re-runs a Python target (merging) by its path: fuzz_py.py's "env python3" must be $PYTHON's
 PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"
@@ -45,7 +47,7 @@ OUT=build/fuzz
 mkdir -p "$OUT"
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
         -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter -Werror -iquote csrc)
-SRCS=(csrc/common.c csrc/lookup.c csrc/packet.c csrc/offload.c csrc/pipeline.c)
+SRCS=(csrc/common.c csrc/csum.c csrc/lookup.c csrc/packet.c csrc/offload.c csrc/pipeline.c csrc/steer.c)
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 

@@ -54,10 +54,11 @@ from .adapters.nftables import NftablesRules
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
+from .adapters.wgkey import DEFAULT_KEY_FILE
 from .backends import Backend, backend_class
 from .backends.leftovers import clean_up
 from .configwatch import ConfigWatch
-from .core.config import NetworkConfig, parse_config
+from .core.config import NetworkConfig, for_log, parse_config
 from .core.decode import printable
 from .core.events import ExternalInterface
 from .core.registry import Registry
@@ -84,6 +85,7 @@ class AgentOptions:
     healthz_port: int = 0
     udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
+    wireguard_key_file: str = DEFAULT_KEY_FILE  # wireguard backend: see --wireguard-key-file
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
@@ -99,6 +101,8 @@ class AgentOptions:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
         if backend_type.lower() == "udp":
             return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+        if backend_type.lower() == "wireguard":
+            return {"key_file": self.wireguard_key_file}
         return {}
 
 
@@ -354,7 +358,7 @@ class Agent:
                     kind = config.backend_option("Type") or config.backend_type
                     backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
-                    log.info("network config: %s", printable(config.raw.strip(), 4000))
+                    log.info("network config: %s", printable(for_log(config.raw), 4000))
                     for warning in config.warnings:
                         log.warning("%s", warning)
                     return config, backend

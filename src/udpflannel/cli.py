@@ -24,6 +24,7 @@ from .adapters.iface import choose
 from .adapters.registry import DEFAULT_PREFIX, EtcdOptions, EtcdRegistry
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import DEFAULT_PATH
+from .adapters.wgkey import DEFAULT_KEY_FILE, KEY_FILE_ENV
 from .agent import Agent, AgentOptions
 from .dockeropts_cli import docker_opts
 from .errors import UdpFlannelError
@@ -35,7 +36,7 @@ HELP = """udpflannel: a flannel-compatible overlay network agent.
 Leases a subnet for this host's containers from etcd (the config at
 <etcd-prefix>/config, leases under <etcd-prefix>/subnets, exactly as flanneld),
 writes it to --subnet-file for Docker or CNI, and carries traffic to the other
-hosts with the backend the config names (udp, vxlan, host-gw, alloc).
+hosts with the backend the config names (udp, vxlan, host-gw, wireguard, alloc).
 
 Flags are written as flanneld takes them: -iface=eth1, -iface eth1, --iface=eth1 or
 --iface eth1; booleans as -ip-masq or -ip-masq=false. Every flag can also be set as
@@ -181,12 +182,16 @@ class _Root(click.Group):
 @click.option("--healthz-ip", default="0.0.0.0", help="Address for /healthz, /readyz and /metrics.")
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=0, help="Port for /healthz etc. (0: off).")
 @click.option("--udp-queues", type=click.IntRange(0, 16), default=0, metavar="N",
-              help="udp backend: TUN queues, each with its own worker thread pinned to a CPU "
-              "(0: one per CPU the agent may use, at most 16).")
+              help="udp backend: TUN queues, each with its own worker thread (0: one per CPU the agent may "
+              "use, at most 16). Workers are pinned to CPUs of their own only where the underlay's receive "
+              "softirq CPUs are known (IRQ affinity, RPS), beside them; the start-up log says where they run.")
 @click.option("--udp-busy-poll", type=click.IntRange(0, 100000), default=0, metavar="USEC",
               help="udp backend: after moving packets, each worker keeps polling this many microseconds "
               "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "
               "one CPU busy (measured: see bench/README.md); idle costs nothing. 50 is a good value.")
+@click.option("--wireguard-key-file", default=DEFAULT_KEY_FILE, envvar=[KEY_FILE_ENV, "FLANNELD_WIREGUARD_KEY_FILE"],
+              help=f"wireguard backend: the private key, made there once and kept (mode 0600); also "
+              f"${KEY_FILE_ENV}, as flanneld.")
 @click.option("-v", "--verbose", type=click.IntRange(0), is_flag=False, flag_value=1, default=0,
               envvar=["FLANNELD_VERBOSE", "FLANNELD_V"],  # FLANNELD_V: flanneld's name for it
               help="Log level: 0 info (changes: leases, peers, rules); 1 (-v alone) adds udpflannel's "
@@ -247,6 +252,7 @@ def build(iface, kw: dict) -> Agent:
         renew_margin_s=kw["subnet_lease_renew_margin_seconds"],
         udp_queues=kw["udp_queues"],
         udp_busy_poll_us=kw["udp_busy_poll"],
+        wireguard_key_file=kw["wireguard_key_file"],
     )
     return Agent(EtcdRegistry(etcd), iface, opts, notifier=SdNotify(os.environ))
 

@@ -28,6 +28,6 @@ def test_fuzz_targets_30s_each_without_a_crash():
     p = subprocess.run([str(SCRIPT), "-t", "30"], cwd=ROOT, capture_output=True, text=True, timeout=580)
     print(p.stdout)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
-    for target in ("rx", "split", "gro", "table", "py-lease", "py-config", "py-watch"):
+    for target in ("rx", "split", "gro", "table", "steer", "csum", "py-lease", "py-config", "py-watch"):
         line = next((l for l in p.stdout.splitlines() if l.startswith(f"fuzz: {target}: ")), "")
         assert line.endswith("no crash") and int(line.split()[2]) > 1000, (target, line)  # it ran, and for real

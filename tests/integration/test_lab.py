@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 
-DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw"]
+DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw", "wireguard"]
 
 
 def run_lab(state_dir, *args, timeout=180, env=None) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def test_lab_short_pings_across_hosts_and_leaves_nothing(tmp_path, backend):
     assert_nothing_left(tmp_path, prefix)
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "udp"])
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "udp", "wireguard"])
 def test_lab_ipv6_pings_across_over_ipv4_and_ipv6(tmp_path, backend):
     p = run_lab(tmp_path, "--short", "--backend", backend, "--ipv6")
     out = p.stdout + p.stderr

@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 from ipaddress import IPv4Address
 from typing import Optional
 
 from udpflannel.core.registry import Compacted, Listing, WatchEvent
 from udpflannel.backends.base import Backend
+from udpflannel.core.config import NetworkConfig, parse_config
 from udpflannel.core.events import Delta, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import LeaseParseError, RegistryError
+
+
+def network_config(backend: dict, v4: bool = True, v6: bool = False) -> NetworkConfig:
+    """A parsed config with this Backend: 10.5.0.0/16 when v4, fd00:5::/48 when v6 (neither
+    family left out by default: IPv4 only)."""
+    doc = {"Backend": backend}
+    if v4:
+        doc["Network"] = "10.5.0.0/16"
+    else:
+        doc["EnableIPv4"] = False
+    if v6:
+        doc.update(EnableIPv6=True, IPv6Network="fd00:5::/48")
+    return parse_config(json.dumps(doc))
 
 
 class FakeClock:

@@ -595,3 +595,17 @@ def test_bad_json_error_names_the_text():
 )
 def test_every_error_names_key_and_value(doc, key, value):
     assert_names(err(doc), key, value)
+
+
+def test_the_log_never_shows_a_psk():
+    from udpflannel.core.config import for_log
+
+    raw = b'{"Network": "10.5.0.0/16", "backend": {"Type": "wireguard", "psk": "c2VjcmV0", "Mode": "auto"}}'
+    shown = for_log(raw)
+    assert "c2VjcmV0" not in shown
+    assert json.loads(shown) == {"Network": "10.5.0.0/16",
+                                 "backend": {"Type": "wireguard", "psk": "<hidden>", "Mode": "auto"}}  # fmt: skip
+    plain = ' {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}\n'
+    assert for_log(plain) == plain.strip()  # as written, when there is nothing to hide
+    assert for_log("not json") == "not json"
+    assert for_log('["a"]') == '["a"]'

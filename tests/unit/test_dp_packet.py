@@ -479,7 +479,7 @@ def test_checksum_matches_reference(data, off):
     assert lib.uf_checksum(ffi.from_buffer(buf) + off, len(data)) == csum(data)
 
 
-@pytest.mark.parametrize("size", [0, 1, 63, 64, 255, 256, 257, 1472, 65535])
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 63, 64, 95, 255, 256, 257, 1472, 65535, 3 * 2**20 + 17])
 @pytest.mark.parametrize("fill", [0x00, 0xFF, 0xA5])
 def test_checksum_edge_sizes_and_patterns(size, fill):
     data = bytes([fill]) * size

@@ -25,7 +25,7 @@ LINKS = [
     LinkState(7, "vxlan", "02:00:00:00:00:07", 1450, True, name="flannel.1"),
     LinkState(8, "vxlan", "02:00:00:00:00:08", 1450, True, name="vxlan0"),  # not ours: another name
     LinkState(9, "bridge", "02:00:00:00:00:09", 1500, True, name="flannel.7"),  # our name, not our kind
-    LinkState(10, "tun", "", 1420, True, name="flannel-wg"),  # another helper's backend, not in the table (yet)
+    LinkState(10, "tun", "", 1420, True, name="flannel-wg"),  # wireguard-go's device
 ]
 OWN = IPv4Network("10.5.1.0/24")
 GW_ROUTES = [Route(ip_network("10.5.2.0/24"), ip_address("192.0.2.12"), 2),
@@ -52,33 +52,37 @@ def test_every_backend_type_says_what_it_leaves():
     assert got["udp"].devices == (("flannel0", frozenset({"tun"})),)
     assert got["host-gw"] == Leftovers(gateway_routes=True)
     assert got["alloc"] == Leftovers()
+    assert got["wireguard"].devices == (("flannel-wg|flannel-wg-v6", frozenset({"wireguard", "tun"})),)
 
 
 def test_udp_removes_vxlan_devices_and_host_gw_routes_but_keeps_its_own_and_ours():
-    assert names(planned(backend("udp"))) == ["10.5.2.0/24", "10.5.3.0/24", "flannel-v6.100", "flannel.1",
-                                              "flannel.100"]  # fmt: skip
+    assert names(planned(backend("udp"))) == ["10.5.2.0/24", "10.5.3.0/24", "flannel-v6.100", "flannel-wg",
+                                              "flannel.1", "flannel.100"]  # fmt: skip
 
 
 def test_vxlan_keeps_its_device_and_removes_an_old_vni_s():
     removed = planned(backend("vxlan", VNI=100))
-    assert names(removed) == ["10.5.2.0/24", "10.5.3.0/24", "flannel-v6.100", "flannel.1", "flannel0"]
+    assert names(removed) == ["10.5.2.0/24", "10.5.3.0/24", "flannel-v6.100", "flannel-wg", "flannel.1", "flannel0"]
     assert next(r for r in removed if r.link and r.link.name == "flannel0").owners == ("udp",)
     assert next(r for r in removed if r.route).owners == ("host-gw", "vxlan")
 
 
 def test_vxlan_with_direct_routing_keeps_the_gateway_routes():
-    assert names(planned(backend("vxlan", VNI=100, DirectRouting=True))) == ["flannel-v6.100", "flannel.1",
-                                                                            "flannel0"]  # fmt: skip
+    assert names(planned(backend("vxlan", VNI=100, DirectRouting=True))) == ["flannel-v6.100", "flannel-wg",
+                                                                            "flannel.1", "flannel0"]  # fmt: skip
 
 
 def test_host_gw_keeps_its_routes_and_removes_every_device():
-    assert names(planned(backend("host-gw"))) == ["flannel-v6.100", "flannel.1", "flannel.100", "flannel0"]
+    assert names(planned(backend("host-gw"))) == ["flannel-v6.100", "flannel-wg", "flannel.1", "flannel.100",
+                                                  "flannel0"]  # fmt: skip
 
 
-def test_a_new_backend_plugs_in_with_its_leftovers_alone():
-    """What another helper's wireguard backend needs: one entry with its devices."""
-    wg = Leftovers(devices=((r"flannel-wg(-v6)?", frozenset({"tun", "wireguard"})),))
-    extra = {**all_leftovers(), "wireguard": wg}
+def test_a_backend_plugs_in_with_its_leftovers_alone():
+    """wireguard's one leftovers() entry is all the clean-up knows of it: without it in the
+    table, its device stays; with it, another backend removes it and wireguard keeps it."""
     b = backend("udp")
-    assert "flannel-wg" in names(plan(extra, b.devices(), b.gateway_routes(), LINKS, [], ()))
-    assert "flannel-wg" not in names(plan(all_leftovers(), b.devices(), b.gateway_routes(), LINKS, [], ()))
+    without = {k: v for k, v in all_leftovers().items() if k != "wireguard"}
+    assert "flannel-wg" not in names(plan(without, b.devices(), b.gateway_routes(), LINKS, [], ()))
+    assert "flannel-wg" in names(plan(all_leftovers(), b.devices(), b.gateway_routes(), LINKS, [], ()))
+    assert names(planned(backend("wireguard"))) == ["10.5.2.0/24", "10.5.3.0/24", "flannel-v6.100", "flannel.1",
+                                                    "flannel.100", "flannel0"]  # fmt: skip

@@ -136,10 +136,10 @@ def test_build_info():
 
 def test_datapath_info_says_how_the_udp_data_path_runs():
     fams, _ = scrape({}, {"backend": "udp", "features": "none",
-                          "datapath": {"queues": "2", "pin_cpus": "true", "busy_poll_us": "0"}})  # fmt: skip
+                          "datapath": {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}})  # fmt: skip
     (s,) = fams["udpflannel_datapath_info"].samples
-    assert s.value == 1 and s.labels == {"queues": "2", "pin_cpus": "true", "busy_poll_us": "0"}
-    assert "pin_cpus" not in M.FEATURES  # pinning is how we run, not a kernel feature
+    assert s.value == 1 and s.labels == {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}
+    assert "cpus" not in M.FEATURES  # pinning is how we run, not a kernel feature
 
 
 def test_lease_expiry_is_a_unix_timestamp_gauge():
@@ -208,7 +208,7 @@ def test_the_reference_lists_every_family_the_agent_can_produce():
 
 def test_the_reference_lists_every_label_value():
     text = (ROOT / "docs" / "metrics.md").read_text()
-    for value in [*M.FEATURES, M.FEATURES_NONE, *M.DATAPATH_INFO, *M.DIRECTIONS]:
+    for value in [*M.FEATURES, M.FEATURES_NONE, *M.WIREGUARD_FEATURES, *M.DATAPATH_INFO, *M.DIRECTIONS]:
         assert f"`{value}`" in text, value
     for c, dirs in COUNTER_DIRECTIONS.items():
         if c.startswith("drop_"):

@@ -10,10 +10,11 @@ the one place that names them for Prometheus; `/metrics` serves `exposition()`:
                   dp_tx_drop_<r>, dp_rx_drop_<r>  -> udpflannel_datapath_dropped_packets_total{direction, reason="<r>"}
                   dp_<c> when dp_tx_<c> or dp_rx_<c> exists: the data path's sum, not exported
                   dp_leases, dp_table_errors      -> udpflannel_datapath_leases (gauge), ..._table_errors_total
-  vxlan, host-gw  dp_peers                        -> udpflannel_backend_peers (gauge)
+  vxlan, host-gw, dp_peers                        -> udpflannel_backend_peers (gauge)
+  wireguard
                   dp_<c>                          -> udpflannel_backend_<c>_total (counters)
   always          udpflannel_build_info{version, backend, features} 1
-  udp             udpflannel_datapath_info{queues, pin_cpus, busy_poll_us} 1
+  udp             udpflannel_datapath_info{queues, cpus, busy_poll_us} 1
 
 The data path's counter names and the directions that count each come from its C core
 (datapath.COUNTER_DIRECTIONS: tx_/rx_ per direction, drops as drop_<reason>; a direction
@@ -115,10 +116,12 @@ DROP_REASONS: dict[str, str] = {
 
 #: the kernel backends' counters (vxlan, host-gw): dp_<name> -> udpflannel_backend_<name>_total
 BACKEND_HELP: dict[str, str] = {
-    "device_created": "vxlan: the vxlan device (flannel.N) created.",
+    "device_created": "vxlan: the vxlan device (flannel.N) created; wireguard: flannel-wg / flannel-wg-v6 made at "
+                      "start.",
     "device_reused": "vxlan: an existing compatible flannel.N device taken over at start (MAC kept).",
     "device_replaced": "vxlan: an incompatible existing device deleted and created again.",
-    "device_restored": "vxlan: the device was gone at a resync and was recreated with the same MAC.",
+    "device_restored": "vxlan: the device was gone at a resync and was recreated with the same MAC; wireguard: a "
+                       "device (or its wireguard-go) was gone and was made again, with its peers.",
     "entries_added": "vxlan: neighbour, fdb and route entries added for peers.",
     "entries_removed": "vxlan: entries removed for peers that left (or stale ones pruned).",
     "entries_restored": "vxlan: entries found missing at a resync and added again.",
@@ -127,6 +130,12 @@ BACKEND_HELP: dict[str, str] = {
     "routes_removed": "host-gw: routes to peers removed.",
     "routes_healed": "host-gw: routes found missing or wrong at a resync and set again.",
     "route_errors": "host-gw: routes the kernel refused, e.g. a peer not on this L2 segment (retried).",
+    "wireguard_go_exits": "wireguard: times a wireguard-go process ended on its own (each is started again).",
+    "peers_added": "wireguard: WireGuard peers added for new leases.",
+    "peers_updated": "wireguard: peers rewritten because their lease changed (endpoint, subnets).",
+    "peers_removed": "wireguard: peers removed (lease gone, key replaced, or not ours).",
+    "peers_restored": "wireguard: peers found missing or different at a resync and written again.",
+    "peer_errors": "wireguard: `wg` refused a peer update (retried at the next resync).",
 }
 
 #: the udp backend's own names beside the data path's counters: dp_<name> -> udpflannel_datapath_<name>
@@ -150,17 +159,25 @@ FEATURES: dict[str, str] = {
 }
 FEATURES_NONE = "none"
 
+#: values of build_info's features label for the wireguard backend: what makes its devices
+WIREGUARD_FEATURES: dict[str, str] = {
+    "kernel": "The devices are the kernel's WireGuard (`ip link add type wireguard`).",
+    "wireguard-go": "The kernel has no WireGuard: each device is a wireguard-go process the agent runs and restarts.",
+}
+
 #: labels of udpflannel_datapath_info: how the udp data path runs (not kernel features)
 DATAPATH_INFO: dict[str, str] = {
     "queues": "TUN queues, each with its own worker thread (--udp-queues).",
-    "pin_cpus": "`true` when each worker pins itself to a CPU the agent may use (worker i to the (i mod n)-th of "
-                "those n; the default with more than one queue). What was asked: a pin the kernel refuses is not "
-                "reported.",
+    "cpus": "The CPU each worker pinned itself to, by worker (`1,0`: worker 0 on CPU 1, worker 1 on CPU 0), or "
+            "`any` when the workers are left to the scheduler: pinned only where the underlay's receive softirq "
+            "CPUs are known (IRQ affinity, RPS; docs/datapath.md, Placement). What was asked: a pin the kernel "
+            "refuses is not reported.",
     "busy_poll_us": "Microseconds a worker polls after traffic before it sleeps (--udp-busy-poll; 0: off).",
 }
 
 DROPPED = "datapath_dropped_packets"
-BUILD_INFO_HELP = "Always 1; the labels say what runs: version, backend type, data-path offloads in use."
+BUILD_INFO_HELP = ("Always 1; the labels say what runs: version, backend type, and features: the udp data path's "
+                   "offloads in use, or what makes the wireguard devices (kernel or wireguard-go).")
 DATAPATH_INFO_HELP = "Always 1, udp backend only; the labels say how its data path runs: queues, CPU pinning, busy polling."
 
 
@@ -215,7 +232,8 @@ def families(metrics: Mapping[str, float], info: Mapping[str, Any]) -> list[Metr
             f = UDP_EXTRA[name]
             family(f.name, f.kind, f.help).add_metric([], value)
         elif name == "peers":
-            family("backend_peers", "gauge", "Peers the kernel backend (vxlan, host-gw) has programmed.").add_metric([], value)
+            family("backend_peers", "gauge",
+                   "Peers the kernel backend (vxlan, host-gw, wireguard) has programmed.").add_metric([], value)
         else:
             help = BACKEND_HELP.get(name, f"Backend counter {name}.")
             family(f"backend_{name}", "counter", help).add_metric([], value)
@@ -286,9 +304,11 @@ def reference_markdown(directions: Mapping[str, Sequence[str]]) -> str:
     out += _table("| reason | direction | the packet was dropped because |",
                   [(f"`{r}`", ", ".join(f"`{d}`" for d in dirs), DROP_REASONS.get(r, "(not described yet)"))
                    for r, dirs in reasons])  # fmt: skip
-    out += ["", "`features` (`udpflannel_build_info`, udp backend): the offloads in use, comma-separated in "
-            f"this order, `{FEATURES_NONE}` when none (the plain batched path); empty for the other backends:", ""]
-    out += _table("| feature | meaning |", [(f"`{k}`", what) for k, what in FEATURES.items()])
+    out += ["", "`features` (`udpflannel_build_info`), udp backend: the offloads in use, comma-separated in "
+            f"this order, `{FEATURES_NONE}` when none (the plain batched path); wireguard backend: what makes its "
+            "devices; empty for vxlan, host-gw and alloc:", ""]
+    out += _table("| feature | meaning |", [(f"`{k}`", what) for k, what in FEATURES.items()]
+                  + [(f"`{k}`", f"wireguard: {what}") for k, what in WIREGUARD_FEATURES.items()])
     out += ["", "`udpflannel_datapath_info` labels (udp backend):", ""]
     out += _table("| label | meaning |", [(f"`{k}`", what) for k, what in DATAPATH_INFO.items()])
     return "\n".join(out) + "\n"

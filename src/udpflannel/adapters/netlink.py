@@ -3,8 +3,8 @@
 The one place in udpflannel that talks rtnetlink (the only importer of pyroute2). Every
 backend and the interface choice use it:
 
-    links      look up by name, list by kind or name pattern, create a vxlan device, set
-               MTU and up, delete (by index or name)
+    links      look up by name, list by kind or name pattern, create a vxlan device or one
+               of a kind without options (wireguard), set MTU and up, delete (by index or name)
     addresses  list (with scope and flags), add, delete, make one address the link's own
     routes     list our main-table routes (via a gateway) and the routes without one
                (connected), replace, delete, a link route, ask the kernel which way it
@@ -233,6 +233,11 @@ class Netlink:
             kw["vxlan_gbp"] = True
         self.ipr.link("add", **kw)
 
+    def create_link(self, name: str, kind: str, mtu: int) -> None:
+        """A link of a kind that takes no options (`ip link add <name> mtu <mtu> type
+        wireguard`); NetlinkError EOPNOTSUPP when the kernel has no such kind."""
+        self.ipr.link("add", ifname=name, kind=kind, mtu=mtu)
+
     def delete_link(self, index: int) -> None:
         self._ignore_gone(self.ipr.link, "del", index=index)
 
@@ -247,6 +252,10 @@ class Netlink:
     def set_link(self, index: int, mtu: int) -> None:
         """Set the MTU and bring the link up."""
         self.ipr.link("set", index=index, mtu=mtu, state="up")
+
+    def set_gso_max_segs(self, index: int, segs: int) -> None:
+        """The most segments the stack puts in one GSO super-packet for this link."""
+        self.ipr.link("set", index=index, gso_max_segs=segs)
 
     @staticmethod
     def sysctls(name: str, version: int) -> None:

@@ -13,6 +13,7 @@ _TABLE = {
     "udp": "udpflannel.backends.udp:UdpBackend",
     "vxlan": "udpflannel.backends.vxlan:VxlanBackend",
     "host-gw": "udpflannel.backends.hostgw:HostGwBackend",
+    "wireguard": "udpflannel.backends.wireguard:WireguardBackend",
 }
 
 

@@ -32,7 +32,7 @@ import logging
 from typing import Mapping, Optional
 
 from ..adapters.netlink import Netlink
-from ..core.events import Delta, PeerUpdate, Snapshot
+from ..core.events import PeerUpdate, peers_after
 from ..core.reconcile import Route, our_route, reconcile
 from ..core.subnet import PUBLIC_KEYS, Lease, LeaseAttrs
 from ..errors import BackendError
@@ -93,14 +93,7 @@ class HostGwBackend(Backend):
         return [r for r in routes if r is not None]
 
     async def apply(self, update: PeerUpdate) -> None:
-        if isinstance(update, Snapshot):
-            self._peers = update.by_key()
-        elif isinstance(update, Delta):
-            for ev in update.events:
-                if ev.kind == "removed":
-                    self._peers.pop(ev.lease.key, None)
-                else:
-                    self._peers[ev.lease.key] = ev.lease
+        self._peers = peers_after(self._peers, update)
         await self._apply(heal=False)
 
     async def resync(self) -> None:

@@ -37,7 +37,7 @@ from ..adapters.netlink import IPV6_MIN_MTU, Netlink, NetlinkError
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
-from ..datapath import DataPath, DataPathError, LeaseTable, default_queues, open_tun, probe_features
+from ..datapath import DataPath, DataPathError, LeaseTable, gso_max_segs, open_tun, placement, probe_features
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend, Leftovers
 
@@ -62,7 +62,7 @@ class UdpBackend(Backend):
             raise InterfaceError(
                 f"udp: {iface.name} has MTU {iface.mtu}, which leaves {DEVICE} {self.mtu()} "
                 f"(- {OVERHEAD[self.tunnel_family]} for the outer headers); IPv6 needs at least {IPV6_MIN_MTU}")
-        self.queues = queues  # 0: one per CPU (datapath.default_queues)
+        self.queues = queues  # 0: one per CPU (datapath.placement.plan)
         self.busy_poll_us = busy_poll_us
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -78,6 +78,7 @@ class UdpBackend(Backend):
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
         self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
+        self._gso_cap_warned = False
 
     @classmethod
     def leftovers(cls) -> Leftovers:
@@ -134,11 +135,13 @@ class UdpBackend(Backend):
         if self._tun is None:
             features = probe_features()
             self._features = features
-            queues = self.queues or default_queues(features)
-            if queues > 1 and not features.multi_queue:
-                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", queues)
-                queues = 1
-            self._tun = open_tun(DEVICE, queues=queues, features=features)
+            if self.queues > 1 and not features.multi_queue:
+                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", self.queues)
+            host = placement.probe(self.iface.name)
+            self._placement = placement.plan(host, self.queues, features.multi_queue)
+            log.info("udp data path placement: CPUs %s; %s", placement.cpu_list(host.cpus),
+                     self._placement.describe())
+            self._tun = open_tun(DEVICE, queues=self._placement.queues, features=features)
             if self._table is None:
                 self._table = LeaseTable()
         if self._dp is not None:  # re-acquired with another subnet: new ICMP source
@@ -157,6 +160,7 @@ class UdpBackend(Backend):
             mtu=self.mtu(),
             features=self._features,
             busy_poll_us=self.busy_poll_us,
+            cpus=self._placement.cpus,
         )
         self._dp.start()
         log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
@@ -186,12 +190,25 @@ class UdpBackend(Backend):
             if idx is None:
                 raise BackendError(f"{name} disappeared")
             nl.set_link(idx, self.mtu())
+            self._cap_gso_segs(idx)
             for pool in self.config.pools:
                 subnet = lease.net(pool.network.version)
                 if subnet is not None:
                     self._configure_family(idx, subnet, pool.network)
         except NetlinkError as e:
             raise BackendError(f"configuring {name}: {e}") from e
+
+    def _cap_gso_segs(self, idx: int) -> None:
+        """TCP hands the TUN super-packets of at most as many segments as one UDP_SEGMENT send
+        carries (datapath.gso_max_segs: 44 at MTU 1472), so a TUN read is one send, not two (a
+        kernel that cannot set it just keeps two)."""
+        segs = gso_max_segs(self.mtu())
+        try:
+            self._nl.set_gso_max_segs(idx, segs)
+        except NetlinkError as e:
+            if not self._gso_cap_warned:
+                self._gso_cap_warned = True
+                log.info("udp: cannot cap %s at %d segments per super-packet: %s", DEVICE, segs, e)
 
     def _configure_family(self, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:
         address = subnet.network_address

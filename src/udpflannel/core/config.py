@@ -11,6 +11,7 @@ table).
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Mapping, Optional, Union
@@ -246,3 +247,21 @@ def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
     nftables = _as_bool(d, "EnableNFTables", False)
     return NetworkConfig(enable_v4, enable_v6, v4, v6, btype.lower(), backend, text, nftables, _unknown_keys(doc))
 
+
+SECRET_OPTIONS = frozenset({"psk"})  # Backend options whose values never reach a log (wireguard's PSK)
+
+
+def for_log(raw: Union[str, bytes]) -> str:
+    """The config's text for the log: as it is, unless its Backend has a secret option (the
+    wireguard backend's PSK), whose value is then shown as "<hidden>"."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        doc = decode_json(raw, CONFIG_LIMIT)
+    except Rejected:
+        return text.strip()
+    name, backend = _get(_lower_keys(doc), "Backend") if isinstance(doc, dict) else (None, None)
+    secrets = [k for k in backend if k.lower() in SECRET_OPTIONS] if isinstance(backend, dict) else []
+    if not secrets:
+        return text.strip()
+    doc[name] = {k: "<hidden>" if k in secrets else v for k, v in backend.items()}
+    return json.dumps(doc)

@@ -96,3 +96,16 @@ class Delta:
 
 
 PeerUpdate = Union[Snapshot, Delta]
+
+
+def peers_after(peers: dict[str, Lease], update: PeerUpdate) -> dict[str, Lease]:
+    """The peer leases by key after `update`: a Snapshot's, or `peers` changed in place by a
+    Delta's events (and returned)."""
+    if isinstance(update, Snapshot):
+        return update.by_key()
+    for ev in update.events:
+        if ev.kind == "removed":
+            peers.pop(ev.lease.key, None)
+        else:
+            peers[ev.lease.key] = ev.lease
+    return peers

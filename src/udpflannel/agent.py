@@ -234,10 +234,7 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.supervisor.start("watchdog", self._watchdog_loop)
         self.config, self.backend = await self._wait_config()
-        self.rules = HostRules(config=self.config, backend_type=self.backend.type, ip_masq=self.opts.ip_masq,
-                               forward_rules=self.opts.iptables_forward_rules, every=self.opts.iptables_resync,
-                               retry_interval=self.opts.retry_interval, waiting=self._waiting,
-                               iptables=self.rules_factory, nftables=self.nft_factory)  # fmt: skip
+        self.rules = self._host_rules()
         self._check_public_addresses()
         self._check_privileges(self._needs(self.backend))
         log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
@@ -246,19 +243,7 @@ class Agent:
             attrs = await self.backend.prepare()
         except BackendError as e:
             raise FatalError(str(e)) from e
-        self.manager = LeaseManager(
-            self.registry,
-            self.config,
-            attrs,
-            previous=read_previous(self.opts.subnet_file),
-            ttl=self.opts.lease_ttl,
-            renew_margin=self.opts.renew_margin,
-            clock=self.clock,
-            retry_interval=self.opts.retry_interval,
-            still_waiting_every=self.opts.still_waiting_every,
-            status=self.notifier.status,
-            local_addresses=self.local_addresses,
-        )
+        self.manager = self._lease_manager(attrs)
         self.notifier.status("acquiring a lease")
         own, listing = await self.manager.acquire_forever()
         self.peers = PeerSync(self.registry, self.backend, first=listing, waiting=self._waiting,
@@ -281,6 +266,21 @@ class Agent:
         self.supervisor.start("iptables", self.rules.run)
         self.supervisor.start("config", ConfigWatch(self.registry, self.config, self.opts.config_check_every).run)
         await self.supervisor.wait()
+
+    # -- the parts, built once the config names the backend -------------------------------
+    def _host_rules(self) -> HostRules:
+        o = self.opts
+        return HostRules(config=self.config, backend_type=self.backend.type, ip_masq=o.ip_masq,
+                         forward_rules=o.iptables_forward_rules, every=o.iptables_resync,
+                         retry_interval=o.retry_interval, waiting=self._waiting, iptables=self.rules_factory,
+                         nftables=self.nft_factory)  # fmt: skip
+
+    def _lease_manager(self, attrs: LeaseAttrs) -> LeaseManager:
+        o = self.opts
+        return LeaseManager(self.registry, self.config, attrs, previous=read_previous(o.subnet_file),
+                            ttl=o.lease_ttl, renew_margin=o.renew_margin, clock=self.clock,
+                            retry_interval=o.retry_interval, still_waiting_every=o.still_waiting_every,
+                            status=self.notifier.status, local_addresses=self.local_addresses)  # fmt: skip
 
     # -- start-up steps ------------------------------------------------------------
     def _preflight(self) -> None:

@@ -16,16 +16,15 @@ the same namespaces and the same run (root; a few minutes):
 
     python bench/bench_datapath.py iperf --runs 3 --seconds 5
 
-Two namespaces joined by a veth (as tests/integration/test_dp_netns.py sets
-them up); per run, interleaved: socat TUN<->UDP (one packet per syscall),
-udpflannel's data path without offloads (plain) and with them (offload);
-iperf3 single-stream TCP, receiver Gbit/s; medians printed at the end.
+Two namespaces joined by a veth (udpflannel.lab.dppair, the bed of
+tests/integration/test_dp_netns.py); per run, interleaved: socat TUN<->UDP (one
+packet per syscall), udpflannel's data path without offloads (plain) and with them
+(offload); iperf3 single-stream TCP, receiver Gbit/s; medians printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ except ImportError:  # a checkout that was built in place but not installed
 from udpflannel.datapath import LeaseTable  # noqa: E402
 from udpflannel.datapath._native import ffi, lib  # noqa: E402
 from udpflannel.datapath.addr import fill  # noqa: E402
+from udpflannel.lab import dppair  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # micro-benchmarks
@@ -181,25 +181,16 @@ if pytest is not None:
 # iperf3 across the overlay: udpflannel vs socat, same namespaces, same run
 
 
-def _load_netns_helpers():
-    path = ROOT / "tests" / "integration" / "test_dp_netns.py"
-    spec = importlib.util.spec_from_file_location("_dp_netns", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _iperf(h, pair, seconds: int) -> float:
+def _iperf(pair, seconds: int) -> float:
     srv = subprocess.Popen(["ip", "netns", "exec", pair.ns_b, "iperf3", "-s", "-1", "-B", "10.5.2.0",
                             "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
-            r = h.run("ip", "netns", "exec", pair.ns_b, "ss", "-ltn", check=False)
+            r = dppair.run("ip", "netns", "exec", pair.ns_b, "ss", "-ltn", check=False)
             if ":5201" in r.stdout:
                 break
             time.sleep(0.1)
-        r = h.run("ip", "netns", "exec", pair.ns_a, "iperf3", "-c", "10.5.2.0", "-p", "5201",
+        r = dppair.run("ip", "netns", "exec", pair.ns_a, "iperf3", "-c", "10.5.2.0", "-p", "5201",
                   "-t", str(seconds), "-J", timeout=seconds + 60)
         return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
@@ -207,7 +198,7 @@ def _iperf(h, pair, seconds: int) -> float:
         srv.wait()
 
 
-def _socat(h, pair):
+def _socat(pair):
     """socat TUN<->UDP in both namespaces, MTU 1472, as bench/iperf_bench.py runs it (-b 65536)."""
     procs = []
     tun = pair.prefix + "s"
@@ -219,29 +210,28 @@ def _socat(h, pair):
              f"UDP:{peer}:8286,bind={me}:8286"], stdout=subprocess.DEVNULL))
     for ns in (pair.ns_a, pair.ns_b):
         for _ in range(100):
-            if h.run("ip", "-n", ns, "link", "show", tun, check=False).returncode == 0:
+            if dppair.run("ip", "-n", ns, "link", "show", tun, check=False).returncode == 0:
                 break
             time.sleep(0.05)
-        h.run("ip", "-n", ns, "link", "set", tun, "mtu", "1472")
+        dppair.run("ip", "-n", ns, "link", "set", tun, "mtu", "1472")
     return procs
 
 
 def iperf_main(runs: int, seconds: int, paths: list[str]) -> dict[str, list[float]]:
-    h = _load_netns_helpers()
-    pair = h.make_pair()
+    pair = dppair.make_pair()
     for ns in (pair.ns_a, pair.ns_b):
         # no IPv6 chatter on a fresh TUN before the peer listens: socat's connected UDP
         # socket would read the ICMP port unreachable and exit
-        h.run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+        dppair.run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
               "net.ipv6.conf.default.disable_ipv6=1")
     results: dict[str, list[float]] = {p: [] for p in paths}
     try:
         for run in range(runs):
             for path in paths:
                 if path == "socat":
-                    procs = _socat(h, pair)
+                    procs = _socat(pair)
                     try:
-                        gbps = _iperf(h, pair, seconds)
+                        gbps = _iperf(pair, seconds)
                     finally:
                         for p in procs:
                             p.kill()
@@ -249,7 +239,7 @@ def iperf_main(runs: int, seconds: int, paths: list[str]) -> dict[str, list[floa
                 else:
                     a, b = pair.start(path)
                     try:
-                        gbps = _iperf(h, pair, seconds)
+                        gbps = _iperf(pair, seconds)
                     finally:
                         for ag in (a, b):
                             ag.stop()
@@ -257,7 +247,7 @@ def iperf_main(runs: int, seconds: int, paths: list[str]) -> dict[str, list[floa
                 results[path].append(gbps)
                 print(f"run {run + 1} {path:8s} {gbps:6.2f} Gbit/s", flush=True)
     finally:
-        h.destroy_pair(pair)
+        dppair.destroy_pair(pair)
     print("\nsingle-stream TCP, medians of", runs, "runs:")
     base = statistics.median(results["socat"]) if "socat" in results else None
     for path, vals in results.items():

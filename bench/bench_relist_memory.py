@@ -20,13 +20,10 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' namespace helpers
-
-from tests.integration import agents  # noqa: E402
-from tests.integration.agents import PREFIX  # noqa: E402
-from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for  # noqa: E402
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
+from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for
 
 # the agent's own lease from 10.128.0.0 on: the filled ones are 10.0.16.0/24, 10.0.17.0/24, ...
 CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.128.0.0", "Backend": {"Type": "udp"}}'

@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_scale.py --sizes 0,10000,100000 --reps 5
 
 For each size, in a namespace lab (one etcd, one host): fill etcd with N alloc leases
-(/26s of 10.0.0.0/8, bench/etcd_fill.py), start `udpflannel` (alloc backend), and measure
+(/26s of 10.0.0.0/8, lab/etcdfill.py), start `udpflannel` (alloc backend), and measure
 from the process start to its "ready:" line (config read, lease acquired, every lease
 listed and validated, subnet file written), then its RSS and the /metrics peer count.
 Prints medians, and each size's ratio to the empty etcd measured in the same run.
@@ -18,13 +18,10 @@ import statistics
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' namespace helpers
-
-from tests.integration import agents  # noqa: E402
-from tests.integration.agents import PREFIX  # noqa: E402
-from udpflannel.lab.netlab import ETCD_HOST_IP, Lab  # noqa: E402
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
+from udpflannel.lab.netlab import ETCD_HOST_IP, Lab
 
 CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 26, "Backend": {"Type": "alloc"}}'
 

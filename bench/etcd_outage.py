@@ -23,13 +23,10 @@ import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' namespace helpers
-
-from tests.integration import agents  # noqa: E402
-from tests.integration.agents import PREFIX, Pinger, etcd_signal  # noqa: E402
-from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for  # noqa: E402
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX, Pinger, etcd_signal
+from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for
 
 UDP = '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'
 ALLOC = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'

@@ -460,7 +460,7 @@ def agent_backend_available(btype: str) -> "bool | str":
     """True, or why udpflannel's backend `btype` cannot be run through the agent."""
     if importlib.util.find_spec("udpflannel.cli") is None:
         return "the udpflannel agent CLI is not there yet"
-    from udpflannel.lab.command import backend_available
+    from udpflannel.lab.tutorial import backend_available
 
     return backend_available(btype)
 

@@ -10,21 +10,27 @@ Start-up, in this order (each waits and retries through etcd trouble, logging
      peers make of a lease (core.validate: e.g. not inside the Network) or the agent stops
      before anything is written; the backend is built and prepared (vxlan: its device);
   3. a lease is acquired; the backend starts on it (device address, routes);
-  4. the first listing of the leases reaches the backend as a Snapshot (peer routes); then
-     what other backends left on this host goes (backends/leftovers.py: an old backend's
-     devices and routes would otherwise keep carrying the traffic);
-  5. the iptables rules (nftables tables with "EnableNFTables") are in place;
+  4. the first listing of the leases reaches the backend as a Snapshot (peer routes; peers.py,
+     whose first pass takes the listing the acquisition made); then what other backends
+     left on this host goes (backends/leftovers.py: an old backend's devices and routes
+     would otherwise keep carrying the traffic);
+  5. the iptables rules (nftables tables with "EnableNFTables") are in place (rules.py; in
+     iptables mode our nftables tables are removed first, as flanneld does);
   6. only then the subnet file is written, /readyz turns 200 and systemd hears READY=1.
 Then these tasks run under a Supervisor (supervise.py: a task that fails, or is cancelled
 by anyone but us, is logged with its traceback and restarted with backoff):
-  renew     - LeaseManager.maintain: renew, re-assert or re-acquire our lease
-  peers     - list, then watch from the next revision; a broken or compacted watch re-lists;
-              every lease goes through core.validate before the backend sees it
+  renew     - LeaseManager.maintain: renew, re-assert or re-acquire our lease (policy/manager.py)
+  peers     - PeerSync.run (peers.py): list, then watch from the next revision; a broken or
+              compacted watch re-lists; every lease goes through core.validate before the
+              backend sees it
   resync    - let the backend heal its devices and routes
-  config    - re-read the network config now and then: a change is logged as a warning
-              (a restart applies it; flanneld ignores it silently), never applied live
-  iptables  - re-check the rules (either kind)
+  config    - ConfigWatch.run (configwatch.py): re-read the network config now and then: a
+              change is logged as a warning (a restart applies it; flanneld ignores it
+              silently), never applied live
+  iptables  - HostRules.run (rules.py): re-check the rules (either kind)
   watchdog  - systemd WATCHDOG=1 (when WatchdogSec is set)
+The Agent wires these parts and owns what is left: the host lock and the start-up checks,
+the backend's start and stop, the lease manager, the subnet file, readiness and metrics.
 The data path keeps forwarding with its last table however long etcd is away.
 `run()` returns only after `stop()` (the CLI calls it on SIGTERM/SIGINT); it raises
 FatalError for a local problem no retry can fix. The CLI owns exit codes.
@@ -43,25 +49,26 @@ from typing import Callable, Optional
 from .adapters.health import HealthServer
 from .adapters.hostlock import HostLock
 from .adapters.iface import host_addresses
-from .adapters.ipmasq import IptablesMissing, IptablesRules, RulesKeeper
-from .adapters.nftables import NftablesMissing, NftablesRules
+from .adapters.ipmasq import IptablesRules, RulesKeeper
+from .adapters.nftables import NftablesRules
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
 from .adapters.wgkey import DEFAULT_KEY_FILE
 from .backends import Backend, backend_class
 from .backends.leftovers import clean_up
+from .configwatch import ConfigWatch
 from .core.config import NetworkConfig, for_log, parse_config
 from .core.decode import printable
-from .core.events import Delta, ExternalInterface, LeaseEvent, PeerUpdate, Snapshot, peer_log_level
-from .core.leasediff import PeerView, diff
-from .core.logbudget import LogBudget, held_back_note
-from .core.registry import Compacted, Listing, Registry
+from .core.events import ExternalInterface
+from .core.registry import Registry
 from .core.subnet import LeaseAttrs
-from .core.validate import Failed, Ignored, LeaseContext, public_problem
+from .core.validate import LeaseContext, public_problem
 from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
+from .peers import PeerSync
 from .policy.manager import LeaseManager, OwnLease
 from .retry import Waiting, foreign_cancel
+from .rules import HostRules
 from .supervise import Supervisor
 
 log = logging.getLogger("udpflannel.agent")
@@ -136,22 +143,14 @@ class Agent:
         self.addresses = addresses
         self.cleanup = cleanup
         self.local_addresses: frozenset = frozenset()  # this host's addresses, read at start
-        self.watch_restarts = 0
-        self.etcd_errors = 0
-        self.peer_errors = 0  # unexpected errors handling one lease (that lease was skipped)
-        self.malformed: dict[str, str] = {}  # keys under the subnets prefix that are not leases
-        self._budget = LogBudget(clock=clock)  # rejection lines one writer of bad leases can cause
+        self.etcd_errors = 0  # reading the config (the peers and the manager count their own)
         self.backend: Optional[Backend] = None
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
-        self._first_listing: Optional[Listing] = None  # the acquisition's, for the peer loop's first pass
-        self.view = PeerView(LeaseContext(()))
-        self.rules: list[RulesKeeper] = []  # one per enabled family (iptables/ip6tables, or nftables)
-        self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
+        self.rules: Optional[HostRules] = None  # once the config names the backend
+        self.peers: Optional[PeerSync] = None  # once the first lease is there
         self._ready = False
-        self._listed = asyncio.Event()  # the backend has had its first Snapshot
-        self._peers_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._health: Optional[HealthServer] = None
 
@@ -161,16 +160,13 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         mgr = self.manager
+        peers = self.peers.metrics() if self.peers is not None else dict.fromkeys(PeerSync.METRICS, 0)
         m = {
-            "peers": len(self.view.leases),
-            "rejected_leases": len(self.view.rejected),
-            "malformed_leases": len(self.malformed),
-            "peer_errors": self.peer_errors,
+            **peers,
             "lease_renewals": mgr.renewals if mgr else 0,
             "lease_reacquisitions": mgr.reacquisitions if mgr else 0,
             "lease_reasserts": mgr.reasserts if mgr else 0,
-            "watch_restarts": self.watch_restarts,
-            "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
+            "etcd_errors": self.etcd_errors + peers["etcd_errors"] + (mgr.etcd_errors if mgr else 0),
             "task_restarts": sum(self.supervisor.restarts.values()),
             "task_repeated_failures": sum(self.supervisor.repeated.values()),
             "etcd_failovers": self.registry.failovers,
@@ -212,8 +208,8 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         await self.supervisor.close()
-        for rules in self.rules:
-            rules.stop()
+        if self.rules is not None:
+            self.rules.stop()
         if self.backend is not None:
             try:
                 await self.backend.stop()
@@ -238,6 +234,7 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.supervisor.start("watchdog", self._watchdog_loop)
         self.config, self.backend = await self._wait_config()
+        self.rules = self._host_rules()
         self._check_public_addresses()
         self._check_privileges(self._needs(self.backend))
         log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
@@ -246,40 +243,44 @@ class Agent:
             attrs = await self.backend.prepare()
         except BackendError as e:
             raise FatalError(str(e)) from e
-        self.manager = LeaseManager(
-            self.registry,
-            self.config,
-            attrs,
-            previous=read_previous(self.opts.subnet_file),
-            ttl=self.opts.lease_ttl,
-            renew_margin=self.opts.renew_margin,
-            clock=self.clock,
-            retry_interval=self.opts.retry_interval,
-            still_waiting_every=self.opts.still_waiting_every,
-            status=self.notifier.status,
-            local_addresses=self.local_addresses,
-        )
+        self.manager = self._lease_manager(attrs)
         self.notifier.status("acquiring a lease")
-        own, self._first_listing = await self.manager.acquire_forever()
+        own, listing = await self.manager.acquire_forever()
+        self.peers = PeerSync(self.registry, self.backend, first=listing, waiting=self._waiting,
+                              retry_interval=self.opts.retry_interval, clock=self.clock)  # fmt: skip
+        del listing  # _main lasts as long as the agent: the listing lives on in the peers' view only
         await self._adopt(own, initial=True)
         self.supervisor.start("renew", self._renew_loop)
-        self.supervisor.start("peers", self._peer_loop)
+        self.supervisor.start("peers", self.peers.run)
         self.notifier.status("listing the peers")
-        await self.supervisor.wait(self._listed.wait())
+        await self.supervisor.wait(self.peers.listed.wait())
         await self._remove_leftovers()
-        if not self.config.enable_nftables and self.backend.type != "alloc":
-            # flanneld starts by removing the other mode's rules: our nftables tables, if any
-            await asyncio.to_thread(self.nft_factory.remove_tables)
-        await self.supervisor.wait(self._rules_first())
+        await self.rules.clear_other_mode()
+        await self.supervisor.wait(self.rules.apply(self.own.lease))
         self._write_subnet_file()
         self._ready = True
-        status = f"subnet {self.own.lease.label}, {len(self.view.leases)} peers"
+        status = f"subnet {self.own.lease.label}, {len(self.peers.view.leases)} peers"
         self.notifier.ready(status)
         log.info("ready: %s", status)
         self.supervisor.start("resync", self._resync_loop)
-        self.supervisor.start("iptables", self._rules_loop)
-        self.supervisor.start("config", self._config_loop)
+        self.supervisor.start("iptables", self.rules.run)
+        self.supervisor.start("config", ConfigWatch(self.registry, self.config, self.opts.config_check_every).run)
         await self.supervisor.wait()
+
+    # -- the parts, built once the config names the backend -------------------------------
+    def _host_rules(self) -> HostRules:
+        o = self.opts
+        return HostRules(config=self.config, backend_type=self.backend.type, ip_masq=o.ip_masq,
+                         forward_rules=o.iptables_forward_rules, every=o.iptables_resync,
+                         retry_interval=o.retry_interval, waiting=self._waiting, iptables=self.rules_factory,
+                         nftables=self.nft_factory)  # fmt: skip
+
+    def _lease_manager(self, attrs: LeaseAttrs) -> LeaseManager:
+        o = self.opts
+        return LeaseManager(self.registry, self.config, attrs, previous=read_previous(o.subnet_file),
+                            ttl=o.lease_ttl, renew_margin=o.renew_margin, clock=self.clock,
+                            retry_interval=o.retry_interval, still_waiting_every=o.still_waiting_every,
+                            status=self.notifier.status, local_addresses=self.local_addresses)  # fmt: skip
 
     # -- start-up steps ------------------------------------------------------------
     def _preflight(self) -> None:
@@ -332,8 +333,8 @@ class Agent:
 
     def _needs(self, backend: Backend) -> dict[int, str]:
         needs = dict(backend.capabilities())
-        if self._rules_wanted(backend):
-            needs.setdefault(CAP_NET_ADMIN, f"{self._rules_kind()} rules (--ip-masq, --iptables-forward-rules)")
+        for cap, why in self.rules.needs().items():
+            needs.setdefault(cap, why)
         return needs
 
     def _check_privileges(self, needs: dict[int, str]) -> None:
@@ -341,12 +342,6 @@ class Agent:
         if lacking:
             raise FatalError(f"missing privileges: {'; '.join(lacking)}; run as root or grant them "
                              f"(e.g. AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)")  # fmt: skip
-
-    def _rules_wanted(self, backend: Backend) -> bool:
-        return (self.opts.ip_masq or self.opts.iptables_forward_rules) and backend.type != "alloc"
-
-    def _rules_kind(self) -> str:
-        return "nftables" if self.config.enable_nftables else "iptables"
 
     async def _wait_config(self) -> tuple[NetworkConfig, Backend]:
         """Read <prefix>/config until it exists and is valid."""
@@ -397,8 +392,7 @@ class Agent:
                  own.lease.label, own.reason, own.lease.attrs.addresses, own.lease_id)  # fmt: skip
         if previous is not None and previous.lease.nets == own.lease.nets:
             self.own = own
-            async with self._peers_lock:
-                self.view.ctx = self._context()  # same subnet and value: no verdict changes
+            await self.peers.set_own(own, self._context(), recheck=False)  # same subnets: same verdicts
             return
         try:
             await self.backend.start(own.lease)
@@ -407,13 +401,9 @@ class Agent:
                 raise FatalError(str(e)) from e
             raise
         self.own = own
-        async with self._peers_lock:
-            before = self.view.leases
-            update = self.view.set_context(self._context())
-            if self._listed.is_set():  # never a Snapshot before the first listing
-                await self._deliver(update, before)
+        await self.peers.set_own(own, self._context(), recheck=True)
         if not initial:
-            await self._rules_first()
+            await self.rules.apply(own.lease)
             self._write_subnet_file()
 
     async def _remove_leftovers(self) -> None:
@@ -433,207 +423,9 @@ class Agent:
             raise FatalError(f"cannot write the subnet file {self.opts.subnet_file}: {e}") from e
         log.info("wrote %s", self.opts.subnet_file)
 
-    async def _rules_first(self) -> None:
-        """The iptables rules (ip6tables for IPv6; with EnableNFTables the table flannel-ipv4 or
-        flannel-ipv6) for the current subnets, one set per enabled family, retried until they
-        are all in place."""
-        if not self._rules_wanted(self.backend):
-            return
-        factory = self.nft_factory if self.config.enable_nftables else self.rules_factory
-        self.rules = [factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
-                              self.opts.iptables_forward_rules)
-                      for pool in self.config.pools]  # fmt: skip
-        waiting = self._waiting()
-        for rules in self.rules:
-            while True:
-                try:
-                    await self._ensure(rules)
-                    break
-                except (IptablesMissing, NftablesMissing) as e:
-                    raise FatalError(str(e)) from e
-                except UdpFlannelError as e:
-                    waiting.failed(self._rules_kind(), "applying the rules", e, logging.ERROR)
-                await asyncio.sleep(self.opts.retry_interval)
-        waiting.done(f"applying the {self._rules_kind()} rules")
-
-    @staticmethod
-    async def _ensure(rules: RulesKeeper) -> None:
-        if n := await asyncio.to_thread(rules.ensure):
-            log.info("%s rules (re)applied: %d rules", rules.command, n)
-
-    # -- peers ----------------------------------------------------------------------
-    def _log_rejections(self) -> None:
-        for key, why in self.view.new_rejections():
-            if isinstance(why, Failed):
-                self.peer_errors += 1
-            held = self._budget.take()
-            if held is None:
-                continue
-            if isinstance(why, Failed):
-                log.error("rejecting lease %s: %s%s", key, why, held_back_note(held), exc_info=why.error)
-            elif isinstance(why, Ignored):
-                log.info("ignoring lease %s: %s%s", key, why, held_back_note(held))
-            else:
-                log.warning("rejecting lease %s: %s%s", key, why, held_back_note(held))
-
-    async def _deliver(self, update: PeerUpdate, before: Optional[dict] = None) -> None:
-        """Log what changes (a Snapshot against `before`, the backend's last set), then hand
-        `update` to the backend."""
-        self._log_rejections()
-        if isinstance(update, Snapshot):
-            changes = diff(before or {}, self.view.leases)
-        else:
-            changes = list(update.events)
-        level = peer_log_level(len(changes))
-        for ev in changes:
-            a = ev.lease.attrs
-            log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.label, a.addresses, a.backend_type or "udp")
-        if level == logging.DEBUG:
-            added = sum(ev.kind == "added" for ev in changes)
-            log.info("peers: %d added or changed, %d removed (%d in all)", added, len(changes) - added,
-                     len(self.view.leases))  # fmt: skip
-        await self._apply(update, before)
-
-    async def _apply(self, update: PeerUpdate, before: Optional[dict]) -> None:
-        """Hand `update` to the backend. Its own errors (BackendError) end the task, which
-        restarts and re-lists, as always. Anything else is a bug, and it costs the leases it
-        fails on, not the others: the update is handed over again lease by lease (a
-        Snapshot as the additions of its leases and the removals of those `before` had)."""
-        try:
-            await self.backend.apply(update)
-            return
-        except UdpFlannelError:
-            raise
-        except Exception as e:
-            self.peer_errors += 1
-            what = f"a snapshot of {len(update.leases)} peers" if isinstance(update, Snapshot) else "a peer change"
-            log.error("the backend failed on %s (a bug): %s; handing it over lease by lease", what, e, exc_info=True)
-        if isinstance(update, Snapshot):
-            keep = update.by_key()
-            events = [LeaseEvent("added", l) for l in update.leases]
-            events += [LeaseEvent("removed", l) for k, l in (before or {}).items() if k not in keep]
-        else:
-            events = list(update.events)
-        for ev in events:
-            try:
-                await self.backend.apply(Delta((ev,)))
-            except UdpFlannelError:
-                raise
-            except Exception as e:
-                self.peer_errors += 1
-                if (held := self._budget.take()) is not None:
-                    log.error("the backend failed on lease %s (%s, a bug): %s; skipped until the next listing%s",
-                              ev.lease.key, ev.kind, e, held_back_note(held), exc_info=True)  # fmt: skip
-
-    def _own_changed(self, lease_id: Optional[int], attrs) -> bool:
-        return self.own is None or not self.own.holds(lease_id, attrs)
-
-    async def _peer_loop(self) -> None:
-        waiting = self._waiting()
-        # The listing the acquisition made (just before our lease was written) serves as the
-        # first: one listing less at start-up (100,000 leases: seconds and 50 MB). The watch
-        # from its revision + 1 then brings our own lease's creation, and whatever followed.
-        seeded, self._first_listing = self._first_listing, None
-        while True:
-            if seeded is not None:
-                listing, seeded = seeded, None
-                fresh = False
-            else:
-                try:
-                    listing = await self.registry.list_leases()
-                except RegistryError as e:
-                    self.etcd_errors += 1
-                    waiting.failed("etcd", "listing the leases", e)
-                    await asyncio.sleep(self.opts.retry_interval)
-                    continue
-                waiting.done("listing the leases")
-                fresh = True
-            async with self._peers_lock:
-                mine = next((l for l in listing.leases if l.key == self.own.key), None)
-                if fresh and (mine is None or self._own_changed(mine.lease_id, mine.attrs)):
-                    self.check_own.set()
-                before = self.view.leases
-                self.malformed = dict(listing.malformed)
-                update = self.view.reset(listing.leases)
-                revision, listing = listing.revision, None  # the leases live on in the view only
-                await self._deliver(update, before)
-                del before, update
-            self._listed.set()
-            started = self.clock()
-            try:
-                async for ev in self.registry.watch_leases(revision + 1):
-                    async with self._peers_lock:
-                        try:
-                            await self._on_event(ev)
-                        except UdpFlannelError as e:  # the backend's: the task restarts, re-lists
-                            e.add_note(f"while handling the {ev.kind} of lease {printable(ev.name)}")
-                            raise
-                        except Exception as e:  # a bug: it costs this key, not the watch
-                            self.peer_errors += 1
-                            log.error("handling a %s of lease %s failed (a bug): %s; skipped, the peer watch "
-                                      "goes on", ev.kind, printable(ev.name), e, exc_info=True)  # fmt: skip
-            except Compacted as e:
-                self.watch_restarts += 1
-                log.info("%s; re-listing", e)
-                continue
-            except RegistryError as e:
-                self.watch_restarts += 1
-                self.etcd_errors += 1
-                log.warning("lease watch interrupted (%s); re-listing", e)
-                if self.clock() - started < self.opts.retry_interval:  # failing fast: don't spin
-                    await asyncio.sleep(self.opts.retry_interval)
-
-    async def _on_event(self, ev) -> None:
-        """One watch event: our own key wakes the manager; a peer's goes through the view."""
-        if ev.kind == "put" and ev.lease is None:
-            self.malformed[ev.name] = ev.problem
-        else:
-            self.malformed.pop(ev.name, None)
-        if ev.name == self.own.key:
-            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
-                self.check_own.set()
-            return
-        if ev.kind == "put" and ev.lease is not None:
-            update = self.view.put(ev.lease)
-        else:  # deleted, or overwritten with something that is not a lease
-            update = self.view.delete(ev.name)
-        if update.events:
-            await self._deliver(update)
-        else:
-            self._log_rejections()
-
-    async def _config_loop(self) -> None:
-        """Warn, once per value, when <prefix>/config no longer says what we run with: the
-        config is read at start only (as flanneld, which says nothing); a restart applies it."""
-        key = self.registry.config_key.decode()
-        seen: Optional[bytes] = self.config.raw.encode()
-        while True:
-            await asyncio.sleep(self.opts.config_check_every)
-            try:
-                raw = await self.registry.get_config()
-            except RegistryError:
-                continue  # the other tasks report etcd trouble
-            if raw == seen:
-                continue
-            seen = raw
-            if raw is None:
-                log.warning("the network config at %s was deleted; going on with the one this agent started with",
-                            key)  # fmt: skip
-                continue
-            try:
-                new = parse_config(raw)
-            except ConfigError as e:
-                log.warning("the network config at %s changed and the new one is invalid (%s); going on with the "
-                            "one this agent started with", key, e)  # fmt: skip
-                continue
-            if new == self.config:
-                log.info("the network config at %s is again the one in use", key)
-            else:
-                log.warning("the network config at %s changed (now %s): restart udpflannel to apply it; until then "
-                            "it goes on with the one it started with", key, printable(new.raw.strip(), 4000))  # fmt: skip
-
+    # -- the tasks that stay here -----------------------------------------------------
     async def _renew_loop(self) -> None:
-        await self.manager.maintain(self.own, self.check_own, self._adopt)
+        await self.manager.maintain(self.own, self.peers.check_own, self._adopt)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -642,15 +434,6 @@ class Agent:
                 await self.backend.resync()
             except UdpFlannelError as e:
                 log.error("backend resync: %s", e)
-
-    async def _rules_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.iptables_resync)
-            for rules in self.rules:
-                try:
-                    await self._ensure(rules)
-                except UdpFlannelError as e:
-                    log.error("%s: %s", rules.command, e)
 
     async def _watchdog_loop(self) -> None:
         while True:

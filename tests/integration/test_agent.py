@@ -6,10 +6,10 @@ import json
 import time
 from ipaddress import IPv4Interface, IPv4Network
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import read_subnet_file, sh, wait_for
 
-from . import agents
-from .agents import PREFIX
 
 ALLOC = '{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}'
 

@@ -13,9 +13,9 @@ from itertools import permutations
 
 import pytest
 
+from udpflannel.lab import agents
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
 
 TYPES = ("udp", "vxlan", "host-gw")
 VNI = 100

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from udpflannel.lab.command import backend_available
+from udpflannel.lab.tutorial import backend_available
 from udpflannel.lab.netlab import sh
 
 pytestmark = [

@@ -17,9 +17,8 @@ import subprocess
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-
-from . import agents
-from .agents import PREFIX
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 CNI_PATH = "/usr/lib/cni"

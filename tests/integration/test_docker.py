@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from udpflannel.lab.command import CONFIGS, SEED_CONTAINER_CMD, peer_address_seen
+from udpflannel.lab import agents
+from udpflannel.lab.tutorial import CONFIGS, SEED_CONTAINER_CMD, peer_address_seen
 from udpflannel.lab.dockerd import IMAGE, DockerUnavailable, cgroup_mounts, find_engine, image_tar
 from udpflannel.lab.netlab import Lab, read_subnet_file, wait_for
 
-from . import agents
 
 pytestmark = [
     pytest.mark.netns,

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX, Pinger, etcd_signal
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX, Pinger, etcd_signal
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

@@ -17,10 +17,10 @@ import sys
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import read_subnet_file, wait_for
 
-from . import agents
-from .agents import PREFIX
 
 SCRIPT = Path(sys.executable).with_name("udpflannel")  # the installed console script
 SEED_CONFIG = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",

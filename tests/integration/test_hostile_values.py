@@ -18,10 +18,10 @@ from ipaddress import IPv4Interface
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX, Pinger
 from udpflannel.lab.netlab import ETCD_HOST_IP, EtcdServer
 
-from . import agents
-from .agents import PREFIX, Pinger
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

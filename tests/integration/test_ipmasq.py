@@ -12,9 +12,9 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from udpflannel.adapters.ipmasq import forward_jump, forward_rules, masq_jump, masq_rules
+from udpflannel.lab.agents import start_and_wait as start
 from udpflannel.lab.netlab import sh, wait_for
 
-from .agents import start_and_wait as start
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

@@ -14,10 +14,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IP
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

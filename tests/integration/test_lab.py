@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from udpflannel.lab.command import backend_available
+from udpflannel.lab.tutorial import backend_available
 from udpflannel.lab.dockerd import cgroup_mounts
 from udpflannel.lab.netlab import new_prefix, sh
 

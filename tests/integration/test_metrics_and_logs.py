@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from udpflannel import __version__
 from udpflannel.adapters.metrics import DATAPATH_INFO, FEATURES
 from udpflannel.datapath import COUNTER_DIRECTIONS
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 LIBRARY_LINE = re.compile(r"^\S+ \S+ \w (grpc|aetcd|asyncio|pyroute2|hpack|h2)[.:]", re.M)

@@ -18,10 +18,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6
 import pytest
 
 from udpflannel.core import nftrules
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import sh, wait_for
 
-from . import agents
-from .agents import PREFIX
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

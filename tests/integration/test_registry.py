@@ -17,9 +17,9 @@ from udpflannel.adapters.registry import EtcdOptions, EtcdRegistry
 from udpflannel.core.registry import Compacted
 from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import LeaseParseError, RegistryError
+from udpflannel.lab.agents import etcd_signal, fill
 from udpflannel.lab.netlab import free_port
 
-from .agents import etcd_signal, fill
 
 ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"))
 OTHER = LeaseAttrs(public_ip=IPv4Address("192.0.2.12"))

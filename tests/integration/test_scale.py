@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from udpflannel.lab import agents
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
 
 UDP = json.dumps({"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}})
 CONSOLE_SCRIPT = Path(sys.executable).with_name("udpflannel")  # the installed command

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import read_subnet_file, wait_for
 
-from . import agents
-from .agents import PREFIX
 from .test_install import install_wheel, wheel  # noqa: F401  (wheel: the session's fixture)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ from ipaddress import IPv4Interface
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 
 UDP = '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'
 

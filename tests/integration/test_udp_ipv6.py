@@ -16,10 +16,10 @@ from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 
 import pytest
 
+from udpflannel.lab import agents
+from udpflannel.lab.agents import PREFIX
 from udpflannel.lab.netlab import wait_for
 
-from . import agents
-from .agents import PREFIX
 from .test_dp_netns import UDP_PROBE6
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]

@@ -13,9 +13,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from udpflannel.lab.agents import start_and_wait as start
 from udpflannel.lab.netlab import wait_for
 
-from .agents import start_and_wait as start
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

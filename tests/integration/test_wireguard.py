@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from udpflannel.adapters.wireguard import parse_dump
+from udpflannel.lab.agents import PREFIX, leases, log_text, scrape, start, start_and_wait, stop, tcp_transfer, wait_log
 from udpflannel.lab.netlab import ETCD_HOST_IP, Lab, wait_for
 
-from .agents import PREFIX, leases, log_text, scrape, start, start_and_wait, stop, tcp_transfer, wait_log
 from .capture import Capture, carries, wireguard_message
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

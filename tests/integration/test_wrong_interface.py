@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from udpflannel.lab import agents
 from udpflannel.lab.netlab import read_subnet_file, sh, wait_for
 
-from . import agents
 
 SEED = {"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0",
         "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}  # fmt: skip
@@ -37,7 +37,7 @@ NAT_IP = "10.0.2.15"
 
 def add_nat_nic(lab, host) -> None:
     """eth0 with 10.0.2.15/24 to a "NAT gateway" namespace (10.0.2.2), the default route."""
-    gw = lab._netns(f"{host.name}nat")
+    gw = lab.add_netns(f"{host.name}nat")
     sh("ip", "link", "add", "eth0", "netns", host.ns, "type", "veth", "peer", "name", "gw0", "netns", gw)
     sh("ip", "-n", gw, "addr", "add", "10.0.2.2/24", "dev", "gw0")
     sh("ip", "-n", gw, "link", "set", "gw0", "up")

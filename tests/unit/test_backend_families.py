@@ -96,15 +96,14 @@ def test_udp_feeds_both_families_into_the_table_by_snapshot_and_delta(iface, v4,
     from udpflannel.core.events import Delta, LeaseEvent, Snapshot
     from udpflannel.datapath import LeaseTable
 
-    b = backend_class("udp")(iface, cfg("udp", v4=v4))
-    b._table = LeaseTable()  # what start() creates (with the TUN); the table is all apply() touches
+    t = LeaseTable()  # what start() makes (with the TUN) unless given; the table is all apply() touches
+    b = backend_class("udp")(iface, cfg("udp", v4=v4), table=t)
     carries = {"Underlay": "IPv4" if v4 else "IPv6"}
     peer = _lease("10.5.2.0/24" if v4 else None, "fd00:5:0:2::/64", ip6="2001:db8::12", v6_data=carries)
     old4 = _lease("10.5.3.0/24", None, ip="192.0.2.13")  # written before IPv6 was enabled: IPv4 only
     # a flanneld udp host in a dual-stack cluster: a dual-stack key, no BackendV6Data
     flanneld = _lease("10.5.5.0/24" if v4 else None, "fd00:5:0:5::/64", ip="192.0.2.15", ip6="2001:db8::15")
     asyncio.run(b.apply(Snapshot((peer, old4, flanneld) if v4 else (peer, flanneld))))
-    t = b._table
     assert str(t.lookup("fd00:5:0:2::7")) == tunnel
     assert t.lookup("fd00:5:0:5::7") is None  # never IPv6 to a host that does not say it carries it
     if v4:

@@ -134,24 +134,54 @@ def test_parse_version():
     assert parse_version("garbage") is None
 
 
-def test_ensure_and_remove_with_fake_iptables(monkeypatch, caplog):
-    tables = {"nat": "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", "filter": "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"}
-    docs = []
-    monkeypatch.setattr(IptablesRules, "_state", lambda self, t: parse_save(tables[t]))
-    monkeypatch.setattr(IptablesRules, "_restore", lambda self, doc: docs.append(doc))
-    monkeypatch.setattr(ipmasq, "random_fully_supported", lambda command: True)
-    rules = IptablesRules(C, P, ip_masq=True, forward_rules=True)
+class FakeIptables:
+    """IptablesRules' run= : iptables-save shows `tables`, iptables-restore's documents go to
+    `docs`, `iptables --version` says `version`; every tool run is in `ran`."""
+
+    EMPTY_NAT = "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+
+    def __init__(self, tables: dict, version: str = "v1.8.9"):
+        self.tables, self.version = tables, version
+        self.docs: list[str] = []
+        self.ran: list[str] = []
+
+    def __call__(self, argv: list[str], stdin: str | None = None) -> str:
+        self.ran.append(argv[0])
+        if argv[0].endswith("-save"):
+            return self.tables[argv[argv.index("-t") + 1]]
+        if argv[0].endswith("-restore"):
+            self.docs.append(stdin)
+            return ""
+        assert argv[1:] == ["--version"], argv
+        return f"{argv[0]} {self.version} (nf_tables)"
+
+
+def test_ensure_and_remove_with_fake_iptables(caplog):
+    fake = FakeIptables({"nat": FakeIptables.EMPTY_NAT, "filter": "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"})
+    rules = IptablesRules(C, P, ip_masq=True, forward_rules=True, run=fake)
     with caplog.at_level(logging.DEBUG, logger="udpflannel.adapters.ipmasq"):
         assert rules.ensure() == 10  # 6 + 2 rules in our chains, 2 jumps
+    docs = fake.docs
     assert "*nat" in docs[0] and "*filter" in docs[0]
     # the document itself is DEBUG; the one INFO line is the agent's
     assert [r.levelno for r in caplog.records if "FLANNEL-POSTRTG" in r.getMessage()] == [logging.DEBUG]
-    tables.update(nat=NAT_SAVE, filter=FILTER_SAVE)
+    fake.tables.update(nat=NAT_SAVE, filter=FILTER_SAVE)
     assert rules.ensure() == 0
-    fwd_only = IptablesRules(C, P, ip_masq=False, forward_rules=True)
+    fwd_only = IptablesRules(C, P, ip_masq=False, forward_rules=True, run=fake)
     assert fwd_only.ensure() == 0  # the nat table is not its business
     rules.remove()
     assert "-X FLANNEL-POSTRTG" in docs[-1] and "-X FLANNEL-FWD" in docs[-1]
+
+
+def test_random_fully_only_from_iptables_1_6_2():
+    fake = FakeIptables({"nat": FakeIptables.EMPTY_NAT}, version="v1.6.1")
+    assert IptablesRules(C, P, ip_masq=True, forward_rules=False, run=fake).ensure() == 7
+    assert "MASQUERADE" in fake.docs[0] and "--random-fully" not in fake.docs[0]
+
+
+def test_the_default_runner_names_a_missing_tool():
+    with pytest.raises(ipmasq.IptablesMissing, match="iptables-nonesuch not found"):
+        ipmasq.run_tool(["iptables-nonesuch", "-L"])
 
 
 # -- IPv6: the same generator, in ip6tables ----------------------------------------------------------
@@ -182,19 +212,12 @@ def test_ipv6_rules_are_flanneld_s_masq_ip6_rules():
     assert [" ".join(swap.get(w, w) for w in l.split(" ")) for l in v4] == v6
 
 
-def test_ipv6_rules_run_ip6tables(monkeypatch):
-    ran = []
-    monkeypatch.setattr(ipmasq, "_binary", lambda name: f"/usr/sbin/{name}")
-
-    def fake_run(args, stdin=None):
-        ran.append(args[0])
-        return "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n" if "-save" in args[0] else "ip6tables v1.8.9 (nf_tables)"
-
-    monkeypatch.setattr(ipmasq, "_run", fake_run)
-    rules = IptablesRules(C6, P6, ip_masq=True, forward_rules=False)
+def test_ipv6_rules_run_ip6tables():
+    fake = FakeIptables({"nat": FakeIptables.EMPTY_NAT})
+    rules = IptablesRules(C6, P6, ip_masq=True, forward_rules=False, run=fake)
     assert rules.command == "ip6tables"
     assert rules.ensure() == 7  # 6 rules and the jump
-    assert ran == ["/usr/sbin/ip6tables", "/usr/sbin/ip6tables-save", "/usr/sbin/ip6tables-restore"]
+    assert fake.ran == ["ip6tables", "ip6tables-save", "ip6tables-restore"]
     assert IptablesRules(C, P, True, True).command == "iptables"
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from udpflannel.backends.udp import DEVICE
 from udpflannel.errors import ConfigError
-from udpflannel.lab import command
-from udpflannel.lab.command import (
+from udpflannel.lab import tutorial
+from udpflannel.lab.tutorial import (
     CONFIGS,
     backend_available,
     check_config,
@@ -88,13 +88,13 @@ def test_ipv6_adds_the_lab_s_ipv6_network_and_picks_the_underlay():
 
 
 def test_device_names_are_the_backends_own_devices():
-    """lab/command.py asks the backend (`devices()`), it does not switch on the type."""
+    """lab/tutorial.py asks the backend (`devices()`), it does not switch on the type."""
     v6vx = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:9::/48",
             "Backend": {"Type": "vxlan", "VNI": 7}}  # fmt: skip
     assert device_names(check_config(v6vx)) == ["flannel-v6.7"]
     assert device_names(check_config(CONFIGS["udp"])) == [DEVICE]
     assert device_names(check_config({"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}})) == []
-    source = (Path(command.__file__)).read_text()
+    source = (Path(tutorial.__file__)).read_text()
     assert 'backend_type == "vxlan"' not in source and 'backend_type == "udp"' not in source
 
 

@@ -6,7 +6,7 @@
     adapters  etcd, netlink, iptables, interface choice, health/metrics, ...
     datapath  the cffi data path (imports nothing of the control plane)
     backends  udp, vxlan, host-gw, alloc
-    agent     agent.py and its supervisor
+    agent     agent.py, the parts it wires (peers.py, rules.py, configwatch.py) and its supervisor
     cli       the command line (the only place that exits)
     lab       the namespace lab: a tool on top of the product's public interfaces
 
@@ -14,6 +14,8 @@ A module may import its own layer and the ones below, never one above. On top of
 order: adapters use no policy (the lease manager drives them through core's contracts);
 only adapters/ imports pyroute2; nothing imports the lab but cli.py, and that only inside
 the function that runs `udpflannel lab`. Every import counts, also one inside a function.
+Outside the package: neither the package nor bench/ uses tests/ (the bed they share is
+the lab's), by an import or by loading a file from there.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ PLACES = {  # module or package -> layer; the longest match wins
     "udpflannel.datapath": "datapath",
     "udpflannel.backends": "backends",
     "udpflannel.agent": "agent",
+    "udpflannel.peers": "agent",
+    "udpflannel.rules": "agent",
+    "udpflannel.configwatch": "agent",
     "udpflannel.supervise": "agent",
     "udpflannel.cli": "cli",
     "udpflannel.dockeropts_cli": "cli",
@@ -129,6 +134,29 @@ def test_the_package_keeps_its_layers():
     assert "udpflannel.adapters.netlink" in sources and len(sources) > 40
     found = violations(sources)
     assert not found, "imports that break the layers (see this file's docstring):\n" + "\n".join(found)
+
+
+def uses_of_tests(source: str) -> list[int]:
+    """Lines that import tests/ or name it as a path ("tests", as in ROOT / "tests" / ...)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(n == "tests" or n.startswith("tests.") for n in names):
+                out.append(node.lineno)
+        elif isinstance(node, ast.Constant) and node.value in ("tests", "tests/"):
+            out.append(node.lineno)
+    return out
+
+
+def test_neither_the_package_nor_the_benches_use_the_tests():
+    files = [*sorted(PACKAGE.rglob("*.py")), *sorted((ROOT / "bench").glob("*.py"))]
+    assert len(files) > 50
+    found = [f"{p.relative_to(ROOT)}:{line}" for p in files for line in uses_of_tests(p.read_text())]
+    assert not found, "uses of tests/ (the shared bed is udpflannel.lab):\n" + "\n".join(found)
+    assert uses_of_tests("from tests.integration import agents") == [1]
+    assert uses_of_tests('x = 1\npath = ROOT / "tests" / "integration" / "test_dp_netns.py"') == [2]
+    assert uses_of_tests('"""as tests/integration/test_faults.py does"""\nimport testsuite') == []
 
 
 # -- the check itself can fail -----------------------------------------------------------------

@@ -1,24 +1,20 @@
-"""Small pieces of issue 20: the log budget for bad leases, etcd_fill's endpoint, and the
+"""Small pieces of issue 20: the log budget for bad leases, lab/etcdfill.py's endpoint, and the
 etcd client's failover when several tasks share one failed connect."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import grpc
 import pytest
 
 from udpflannel.adapters import etcd as etcd_mod
 from udpflannel.adapters.etcd import EtcdClient, EtcdOptions
-from udpflannel.errors import RegistryError
 from udpflannel.core.logbudget import LogBudget, held_back_note
+from udpflannel.errors import RegistryError
+from udpflannel.lab import etcdfill
 
 from .fakes import FakeClock
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_log_budget_lets_a_burst_through_then_a_trickle_and_counts_the_rest():
     clock = FakeClock(0)
@@ -34,13 +30,6 @@ def test_log_budget_lets_a_burst_through_then_a_trickle_and_counts_the_rest():
     assert held_back_note(3) == " (3 more like it not logged before it)" and held_back_note(0) == ""
 
 
-def _fill_module():
-    spec = importlib.util.spec_from_file_location("etcd_fill", ROOT / "bench" / "etcd_fill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("endpoint, target", [
     ("http://192.0.2.2:2379", "192.0.2.2:2379"),
     ("http://[2001:db8::2]:2379", "[2001:db8::2]:2379"),  # the brackets stay
@@ -48,7 +37,7 @@ def _fill_module():
     ("192.0.2.2:2380", "192.0.2.2:2380"),
 ])  # fmt: skip
 def test_etcd_fill_keeps_ipv6_brackets(endpoint, target):
-    assert _fill_module().target(endpoint) == target
+    assert etcdfill.target(endpoint) == target
 
 
 # -- several tasks sharing one failed connect move the endpoint index once -------------------
@@ -79,14 +68,13 @@ class _FakeChannel:
         pass
 
 
-def test_tasks_sharing_a_failed_connect_advance_the_endpoint_once(monkeypatch):
+def test_tasks_sharing_a_failed_connect_advance_the_endpoint_once():
     """With auth, connecting is a call (Authenticate). Five tasks arrive while it runs and
     share it; when it fails, the client moves to the next endpoint once, not five times, so
     no endpoint is skipped: each of the three is tried exactly once per round."""
     dialled: list[str] = []
-    monkeypatch.setattr(EtcdClient, "_channel", lambda self, ep: _FakeChannel(ep, dialled))
     client = EtcdClient(EtcdOptions(["http://192.0.2.2:2379", "http://192.0.2.3:2379", "http://192.0.2.4:2379"],
-                                    username="u", password="p"))  # fmt: skip
+                                    username="u", password="p"), dial=lambda ep: _FakeChannel(ep, dialled))  # fmt: skip
 
     async def go():
         calls = [client.kv("get config", "Range", etcd_mod.rpc.RangeRequest(key=b"k")) for _ in range(5)]

@@ -1,7 +1,8 @@
 """flanneld's nftables tables (core/nftrules.py): the wanted rules, reading nft's JSON back, and
 the batch that puts right what differs. Pure; the JSON files in data/ are what nft 1.0.6
 (Debian 12) listed for the tables this module's batch created (tests/integration/test_nftables.py
-does the same against the real nft every run)."""
+does the same against the real nft every run). Last, the adapter (adapters/nftables.py) over a
+fake nft that answers with those listings."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from udpflannel.adapters.nftables import NftablesError, NftablesRules
 from udpflannel.core import nftrules
 from udpflannel.core.nftrules import ChainState, TableState, changes, expr_text, has_table, parse_table, plan, wanted
 
@@ -215,3 +217,48 @@ def test_round_trip_for_any_network(version, plen, extra, index):
     other = list(net.subnets(prefixlen_diff=extra))[index + 1]  # another host's subnet: only postrtg changes
     lines = plan(state, wanted(net, other, True, True, True))
     assert lines[0] == f"flush chain {want.ref} postrtg" and changes(lines) == 6
+
+
+# -- the adapter over a fake nft (NftablesRules(run=...)) ---------------------------------------------
+
+
+class FakeNft:
+    """nft as NftablesRules runs it: our tables (version -> nft's JSON listing) in `tables`,
+    each batch written in `batches`; a listed table that is not there fails as nft does."""
+
+    def __init__(self, tables: dict):
+        self.tables = tables
+        self.batches: list[str] = []
+
+    def __call__(self, args, stdin=None) -> str:
+        args = list(args)
+        if args[:3] == ["-j", "list", "tables"]:
+            return json.dumps({"nftables": [i for v in self.tables for i in listed(v)["nftables"] if "table" in i]})
+        if args[:3] == ["-j", "list", "table"]:
+            version = 4 if args[3] == "ip" else 6
+            if version not in self.tables:
+                raise NftablesError(f"nft -j list table {args[3]} {args[4]} failed (1): No such file or directory")
+            return json.dumps(self.tables[version])
+        if args[0] == "--check":
+            return ""
+        assert args == ["-f", "-"], args
+        self.batches.append(stdin)
+        return ""
+
+
+def test_the_adapter_adds_a_missing_table_in_one_batch_and_leaves_a_right_one_alone():
+    nft = FakeNft({})
+    rules = NftablesRules(C, P, ip_masq=True, forward_rules=True, run=nft)
+    assert rules.ensure() == 10 and len(nft.batches) == 1
+    assert nft.batches[0] == nftrules.batch(plan(None, wanted(C, P, True, True, True)))  # fully-random: --check passed
+    nft.tables[4] = listed(4)  # what nft 1.0.6 listed after that batch
+    assert rules.ensure() == 0 and len(nft.batches) == 1
+
+
+def test_the_adapter_removes_only_the_tables_that_exist():
+    nft = FakeNft({6: listed(6)})
+    NftablesRules.remove_tables(run=nft)
+    assert nft.batches == [nftrules.delete_tables([6])]
+    none = FakeNft({})
+    NftablesRules.remove_tables(run=none)
+    assert none.batches == []  # nothing of ours there: no batch, no error

@@ -132,13 +132,16 @@ class _Conn:
 
 
 class EtcdClient:
-    """etcd over gRPC with failover between endpoints. Every method raises RegistryError."""
+    """etcd over gRPC with failover between endpoints. Every method raises RegistryError.
+    `dial` makes the channel to an endpoint URL (default: gRPC's, with TLS as the options say)."""
 
-    def __init__(self, opts: EtcdOptions, timeout: float = RPC_TIMEOUT):
+    def __init__(self, opts: EtcdOptions, timeout: float = RPC_TIMEOUT, *,
+                 dial: Optional[Callable[[str], grpc.aio.Channel]] = None):  # fmt: skip
         if not opts.endpoints:
             raise RegistryError("no etcd endpoints given")
         self.opts = opts
         self.timeout = timeout
+        self._dial = dial or self._channel
         self._index = 0
         self._conn: Optional[_Conn] = None
         self._connecting: Optional[asyncio.Future] = None
@@ -175,7 +178,7 @@ class EtcdClient:
         fut = asyncio.get_running_loop().create_future()
         self._connecting = fut
         index, endpoint = self._index, self.endpoint
-        conn = _Conn(endpoint, self._channel(endpoint))
+        conn = _Conn(endpoint, self._dial(endpoint))
         try:
             if self.opts.username:
                 req = rpc.AuthenticateRequest(name=self.opts.username, password=self.opts.password)

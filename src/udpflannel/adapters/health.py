@@ -12,6 +12,9 @@ log = logging.getLogger("udpflannel.health")
 
 
 class HealthServer:
+    """Serves on ip:port once start()ed; `port` is then the port it listens on (the one
+    the kernel chose, for port 0)."""
+
     def __init__(self, ip: str, port: int, ready: Callable[[], bool], metrics: Callable[[], Mapping[str, int]],
                  info: Optional[Callable[[], Mapping[str, str]]] = None):
         self.ip, self.port = ip, port
@@ -21,6 +24,7 @@ class HealthServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.ip, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving /healthz, /readyz and /metrics on %s:%d", self.ip, self.port)
 
     async def stop(self) -> None:

@@ -44,7 +44,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from ..errors import UdpFlannelError
 
@@ -220,11 +220,20 @@ def _binary(name: str) -> str:
     return path
 
 
-def random_fully_supported(command: str = "iptables") -> bool:
+def run_tool(argv: list[str], stdin: Optional[str] = None) -> str:
+    """Run one of the iptables tools, `argv[0]` found on PATH ("iptables-save", ...): its
+    standard output. IptablesMissing when it is not installed, IptablesError when it fails."""
+    return _run([_binary(argv[0]), *argv[1:]], stdin)
+
+
+Runner = Callable[..., str]  # run_tool's signature: (argv, stdin=None) -> standard output
+
+
+def random_fully_supported(command: str = "iptables", run: Runner = run_tool) -> bool:
     """Whether `command` (iptables or ip6tables) knows MASQUERADE --random-fully (>= 1.6.2,
     like go-iptables)."""
     try:
-        v = parse_version(_run([_binary(command), "--version"]))
+        v = parse_version(run([command, "--version"]))
     except IptablesError as e:
         log.warning("%s --version: %s; not using --random-fully", command, e)
         return False
@@ -260,17 +269,20 @@ class RulesKeeper:
 
 class IptablesRules(RulesKeeper):
     """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
-    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
+    in iptables for an IPv4 Network, in ip6tables for an IPv6 one. Every command goes
+    through `run` (run_tool's contract: `<command> --version`, `<command>-save -t <table>`,
+    `<command>-restore --noflush -w 5` with the document on its standard input)."""
 
-    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
+    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool, *, run: Runner = run_tool):
         super().__init__(network, subnet, ip_masq, forward_rules)
         self.command = COMMAND[self.version]
+        self._run = run
         self._random_fully: Optional[bool] = None  # probed on first use
 
     @property
     def random_fully(self) -> bool:
         if self._random_fully is None:
-            self._random_fully = random_fully_supported(self.command)
+            self._random_fully = random_fully_supported(self.command, self._run)
         return self._random_fully
 
     def wanted(self) -> dict:
@@ -283,10 +295,10 @@ class IptablesRules(RulesKeeper):
         return out
 
     def _state(self, table: str) -> TableState:
-        return parse_save(_run([_binary(f"{self.command}-save"), "-t", table]))
+        return parse_save(self._run([f"{self.command}-save", "-t", table]))
 
     def _restore(self, doc: str) -> None:
-        _run([_binary(f"{self.command}-restore"), "--noflush", "-w", LOCK_WAIT], stdin=doc)
+        self._run([f"{self.command}-restore", "--noflush", "-w", LOCK_WAIT], stdin=doc)
 
     def plan(self) -> dict:
         return {t: plan_table(self._state(t), jump, rules) for t, (jump, rules) in self.wanted().items()}

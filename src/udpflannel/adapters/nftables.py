@@ -14,7 +14,7 @@ import logging
 import shlex
 import shutil
 import subprocess
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..core import nftrules
 from ..core.nftrules import Net, Table, TableState
@@ -39,7 +39,9 @@ def _nft() -> str:
     return path
 
 
-def _run(args: Sequence[str], stdin: Optional[str] = None) -> str:
+def run_nft(args: Sequence[str], stdin: Optional[str] = None) -> str:
+    """`nft <args>` (standard input `stdin`): its standard output. NftablesMissing when nft is
+    not installed, NftablesError when it fails."""
     cmd = [_nft(), *args]
     try:
         p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
@@ -50,18 +52,21 @@ def _run(args: Sequence[str], stdin: Optional[str] = None) -> str:
     return p.stdout
 
 
-def _json(args: Sequence[str]) -> dict:
-    out = _run(["-j", *args])
+Runner = Callable[..., str]  # run_nft's signature: (args, stdin=None) -> standard output
+
+
+def _json(run: Runner, args: Sequence[str]) -> dict:
+    out = run(["-j", *args])
     try:
         return json.loads(out) if out.strip() else {}
     except ValueError as e:
         raise NftablesError(f"nft -j {shlex.join(args)}: not JSON ({e})") from None
 
 
-def fully_random_supported(version: int) -> bool:
+def fully_random_supported(version: int, run: Runner = run_nft) -> bool:
     """Whether the kernel takes `masquerade fully-random` (checked with `nft --check`)."""
     try:
-        _run(["--check", "-f", "-"], stdin=nftrules.probe(version))
+        run(["--check", "-f", "-"], stdin=nftrules.probe(version))
     except NftablesMissing:
         raise
     except NftablesError as e:
@@ -71,17 +76,20 @@ def fully_random_supported(version: int) -> bool:
 
 
 class NftablesRules(RulesKeeper):
-    """flanneld's nftables table for one (Network, subnet) pair, kept as wanted."""
+    """flanneld's nftables table for one (Network, subnet) pair, kept as wanted. Every nft
+    command goes through `run` (run_nft's contract: nft's arguments, and a batch on its
+    standard input)."""
 
-    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
+    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool, *, run: Runner = run_nft):
         super().__init__(network, subnet, ip_masq, forward_rules)
         self.command = f"nftables {nftrules.TABLE[self.version]}"
+        self._run = run
         self._fully_random: Optional[bool] = None  # probed on first use
 
     @property
     def fully_random(self) -> bool:
         if self._fully_random is None:
-            self._fully_random = fully_random_supported(self.version) if self.ip_masq else False
+            self._fully_random = fully_random_supported(self.version, self._run) if self.ip_masq else False
         return self._fully_random
 
     def wanted(self) -> Table:
@@ -91,11 +99,11 @@ class NftablesRules(RulesKeeper):
         """Our table as nft lists it; None when there is no such table."""
         ref = [nftrules.FAMILY[self.version], nftrules.TABLE[self.version]]
         try:
-            return nftrules.parse_table(_json(["list", "table", *ref]))
+            return nftrules.parse_table(_json(self._run, ["list", "table", *ref]))
         except NftablesMissing:
             raise
         except NftablesError:
-            if nftrules.has_table(_json(["list", "tables"]), self.version):
+            if nftrules.has_table(_json(self._run, ["list", "tables"]), self.version):
                 raise  # it is there, and listing it failed
             return None
 
@@ -108,20 +116,20 @@ class NftablesRules(RulesKeeper):
             return 0
         doc = nftrules.batch(lines)
         log.debug("%s: applying\n%s", self.command, doc.rstrip())
-        _run(["-f", "-"], stdin=doc)
+        self._run(["-f", "-"], stdin=doc)
         self.applied += 1
         return nftrules.changes(lines)
 
     @staticmethod
-    def remove_tables() -> None:
+    def remove_tables(run: Runner = run_nft) -> None:
         """Delete flannel-ipv4 and flannel-ipv6 where they exist (flanneld does this when it
         starts in iptables mode, so a host that leaves nftables mode keeps no stale tables).
         Without nft there is nothing to remove. Logs, never raises."""
         try:
-            tables = _json(["list", "tables"])
+            tables = _json(run, ["list", "tables"])
             versions = [v for v in (4, 6) if nftrules.has_table(tables, v)]
             if versions:
-                _run(["-f", "-"], stdin=nftrules.delete_tables(versions))
+                run(["-f", "-"], stdin=nftrules.delete_tables(versions))
                 log.info("nftables: removed %s (iptables mode)", ", ".join(nftrules.TABLE[v] for v in versions))
         except NftablesMissing:
             log.debug("nft not installed: no nftables tables of ours to remove")

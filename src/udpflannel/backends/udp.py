@@ -30,13 +30,14 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from ..adapters.metrics import DATAPATH_INFO, FEATURES, FEATURES_NONE
 from ..adapters.netlink import IPV6_MIN_MTU, Netlink, NetlinkError
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
+from ..datapath import DataPath, DataPathError, LeaseTable, gso_max_segs, open_tun, placement, probe_features
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend, Leftovers
 
@@ -48,9 +49,14 @@ OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay 
 
 
 class UdpBackend(Backend):
+    """Seams: `netlink` (the netlink adapter), `table` (the data path's lease table, which
+    apply() fills; made at the first start() unless given) and `datapath` (what each start()
+    calls to run the data path: DataPath, or a stand-in taking its arguments)."""
+
     type = "udp"
 
-    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, netlink: Optional[Netlink] = None):
+    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, netlink: Optional[Netlink] = None, *,
+                 table: Optional[LeaseTable] = None, datapath: Callable[..., DataPath] = DataPath):  # fmt: skip
         super().__init__(iface, config)
         if 6 in self.families() and self.mtu() < IPV6_MIN_MTU:
             raise InterfaceError(
@@ -63,9 +69,10 @@ class UdpBackend(Backend):
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
         self.port = port
         self._nl = netlink or Netlink()
+        self._datapath = datapath
         self._tun = None
         self._dp = None
-        self._table = None
+        self._table = table
         self._lease: Optional[Lease] = None
         self._final: dict[str, int] = {}
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
@@ -119,16 +126,12 @@ class UdpBackend(Backend):
         return LeaseAttrs(**self.lease_addresses(), backend_v6_data=v6)
 
     async def start(self, lease: Lease) -> None:
-        from ..datapath import DataPathError
-
         try:
             await self._start(lease)
         except DataPathError as e:
             raise BackendError(f"udp data path: {e}") from e
 
     async def _start(self, lease: Lease) -> None:
-        from ..datapath import DataPath, LeaseTable, open_tun, placement, probe_features
-
         if self._tun is None:
             features = probe_features()
             self._features = features
@@ -139,7 +142,8 @@ class UdpBackend(Backend):
             log.info("udp data path placement: CPUs %s; %s", placement.cpu_list(host.cpus),
                      self._placement.describe())
             self._tun = open_tun(DEVICE, queues=self._placement.queues, features=features)
-            self._table = LeaseTable()
+            if self._table is None:
+                self._table = LeaseTable()
         if self._dp is not None:  # re-acquired with another subnet: new ICMP source
             self._final = self._dp.counters()
             self._dp.stop()
@@ -147,7 +151,7 @@ class UdpBackend(Backend):
         await self._nl.call(self._configure_link, lease)
         networks = [p.network for p in self.config.pools]
         bind = self.iface.address(self.tunnel_family)
-        self._dp = DataPath(
+        self._dp = self._datapath(
             tun=self._tun,
             bind=(bind, self.port),
             table=self._table,
@@ -198,8 +202,6 @@ class UdpBackend(Backend):
         """TCP hands the TUN super-packets of at most as many segments as one UDP_SEGMENT send
         carries (datapath.gso_max_segs: 44 at MTU 1472), so a TUN read is one send, not two (a
         kernel that cannot set it just keeps two)."""
-        from ..datapath import gso_max_segs
-
         segs = gso_max_segs(self.mtu())
         try:
             self._nl.set_gso_max_segs(idx, segs)
@@ -265,8 +267,6 @@ class UdpBackend(Backend):
         return out
 
     def _set(self, net: IPNetwork, ip: IPAddress) -> None:
-        from ..datapath import DataPathError
-
         try:
             self._table.set(net, ip)
         except DataPathError as e:  # e.g. the table is full: this peer is unreachable, the rest work

@@ -1,10 +1,11 @@
 """A namespace testbed: hosts on one underlay segment, etcd servers, and containers.
 
-Used by the test fixtures, `udpflannel lab` and bench/run_iperf.sh. Everything lives in
-network namespaces named `<prefix>-...` where the prefix is unique per run (`uf` + 6 hex);
-nothing is added to the root namespace's addresses or routes. The underlay is a bridge in
-its own "switch" namespace; each host gets an `eth1` with 192.0.2.<10+i>/24 (links inside a
-per-run namespace cannot collide with anything).
+Used by the test fixtures, agents.py, `udpflannel lab` (tutorial.py) and the benches; a
+step that fails raises LabError. Everything lives in network namespaces named
+`<prefix>-...` where the prefix is unique per run (`uf` + 6 hex); nothing is added to the
+root namespace's addresses or routes. The underlay is a bridge in its own "switch"
+namespace; each host gets an `eth1` with 192.0.2.<10+i>/24 (links inside a per-run
+namespace cannot collide with anything).
 
 IPv6 (`Lab(families=(4, 6))` for a dual-stack underlay, `(6,)` for IPv6-only hosts): the
 underlay also carries 2001:db8::/64 (the IPv6 documentation range), each namespace's
@@ -89,11 +90,15 @@ def private_run_argv(rundir: Path) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(rundir)]
 
 
+class LabError(RuntimeError):
+    """A step in the lab failed; the message says which, and where to look (a log, stderr)."""
+
+
 def sh(*args: str, check: bool = True, capture: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run a command; raise with its stderr when it fails."""
+    """Run a command; raise LabError with its stderr when it fails."""
     p = subprocess.run(list(args), capture_output=capture, text=True, timeout=timeout)
     if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)!r} failed ({p.returncode}): {(p.stderr or '').strip()}")
+        raise LabError(f"{' '.join(args)!r} failed ({p.returncode}): {(p.stderr or '').strip()}")
     return p
 
 
@@ -112,7 +117,7 @@ def etcd_binary() -> str:
         path = shutil.which(cand)
         if path:
             return path
-    raise RuntimeError("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")
+    raise LabError("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")
 
 
 def run_namespaces(prefix: str) -> list[str]:
@@ -204,14 +209,14 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"etcd {self.name} exited: see {self.log_path}")
+                raise LabError(f"etcd {self.name} exited: see {self.log_path}")
             try:
                 if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
                     return
             except subprocess.TimeoutExpired:  # members still electing a leader
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"etcd {self.name} not healthy after {timeout}s: see {self.log_path}")
+        raise LabError(f"etcd {self.name} not healthy after {timeout}s: see {self.log_path}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -244,7 +249,7 @@ class EtcdServer:
         env = dict(os.environ, ETCDCTL_API="3")
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if check and p.returncode != 0:
-            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {p.stderr.strip()}")
+            raise LabError(f"etcdctl {' '.join(args)} failed: {p.stderr.strip()}")
         return p
 
     def put(self, key: str, value: str) -> None:
@@ -297,7 +302,7 @@ class Lab:
     def __init__(self, prefix: Optional[str] = None, workdir: Optional[Path] = None, mtu: int = 1500,
                  families: Sequence[int] = (4,), private_run: bool = False):  # fmt: skip
         if os.geteuid() != 0:
-            raise RuntimeError("the namespace lab needs root")
+            raise LabError("the namespace lab needs root")
         if not families or set(families) - {4, 6}:
             raise ValueError(f"families must be (4,), (6,) or (4, 6), not {families!r}")
         self.prefix = prefix or new_prefix()
@@ -309,13 +314,14 @@ class Lab:
         self.hosts: list[Host] = []
         self.etcd: list[EtcdServer] = []
         self.dockers: list = []  # DockerDaemon, stopped first in close()
-        self.switch = self._netns("sw")
+        self.switch = self.add_netns("sw")
         sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
         self._port = 0
 
     # -- plumbing -------------------------------------------------------------
-    def _netns(self, suffix: str) -> str:
+    def add_netns(self, suffix: str) -> str:
+        """A bare namespace of this run, `<prefix>-<suffix>` (lo up), deleted by close()."""
         name = f"{self.prefix}-{suffix}"
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
@@ -343,7 +349,7 @@ class Lab:
         """Host N (namespace <prefix>-hN, eth1 192.0.2.(10+N)); with private run directories
         when `private_run` (default: the Lab's)."""
         i = len(self.hosts) + 1
-        ns = self._netns(f"h{i}")
+        ns = self.add_netns(f"h{i}")
         ip = UNDERLAY.network_address + 10 + i
         self._attach(ns, ip, forwarding=True)
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -360,7 +366,7 @@ class Lab:
     def add_underlay_ns(self, suffix: str, ip: IPv4Address) -> str:
         """A bare namespace on the underlay with address `ip` (an etcd host, an outside host);
         on an IPv6 underlay also (or only) v6_twin(ip)."""
-        ns = self._netns(suffix)
+        ns = self.add_netns(suffix)
         self._attach(ns, ip)
         return ns
 
@@ -424,7 +430,7 @@ class Lab:
         bips = [iface(subnet_env[k]) for k in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET") if subnet_env.get(k)]
         mtu = int(subnet_env["FLANNEL_MTU"])
         k = len(host.containers) + 1
-        ns = self._netns(f"{host.name}c{k}")
+        ns = self.add_netns(f"{host.name}c{k}")
         if any(b.version == 6 for b in bips):  # IPv6 on in the container, and routed by the host
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", *ipv6_sysctls(forwarding=False))
             sh("ip", "netns", "exec", host.ns, "sysctl", "-qw", *ipv6_sysctls(forwarding=True))

@@ -1,18 +1,18 @@
-#!/usr/bin/env python3
 """Fill an etcd with flannel leases (or garbage) fast: gRPC Txn batches of 128 puts.
 
-    etcd_fill.py --endpoint http://192.0.2.2:2379 --count 100000 \\
-                 --network 10.0.0.0/8 --subnet-len 26 --backend-type alloc
-    etcd_fill.py --endpoint ... --garbage 20 --garbage-size 1048576 --garbage-from 10.5.100.0
-    etcd_fill.py --endpoint ... --put /coreos.com/network/subnets/10.5.9.0-24 < value
+    python -m udpflannel.lab.etcdfill --endpoint http://192.0.2.2:2379 --count 100000 \\
+        --network 10.0.0.0/8 --subnet-len 26 --backend-type alloc
+    python -m udpflannel.lab.etcdfill --endpoint ... --garbage 20 --garbage-size 1048576 --garbage-from 10.5.100.0
+    python -m udpflannel.lab.etcdfill --endpoint ... --put /coreos.com/network/subnets/10.5.9.0-24 < value
 
 Leases are the first --count subnets of --network after --skip, each with its own
 PublicIP (172.16.0.0 + i), as flanneld writes them, with --backend-data-size bytes of
 BackendData ({"Blob": "xxx..."}) when given. Garbage values are --garbage keys that look
 like lease keys but hold --garbage-size bytes of 'x'. --put writes standard input (any
-bytes, up to 64 MiB: etcdctl's client stops at 2 MiB) under one key. Used by the scale and
-hostile-value tests and bench/bench_scale.py; run it inside the etcd's namespace
-(`ip netns exec ...`). The etcd needs --max-request-bytes for values over 1.5 MiB.
+bytes, up to 64 MiB: etcdctl's client stops at 2 MiB) under one key. Used through
+lab/agents.py (fill(), put_bytes()) by the scale and hostile-value tests and the benches;
+run it inside the etcd's namespace (`ip netns exec ...`). The etcd needs
+--max-request-bytes for values over 1.5 MiB.
 """
 
 from __future__ import annotations

@@ -1,47 +1,63 @@
-"""Helpers for running real agents in a namespace lab (used by the integration tests)."""
+"""Real udpflannel agents in a namespace lab (netlab.py), and what tests and benches read of
+them: start one on a host (its own subnet file and /healthz port), wait for its subnet
+file or a log line, read its log, its /metrics and its memory, stop it; etcd as they need
+it (leases as etcdctl shows them, many leases or any bytes put fast, a member frozen or
+killed); traffic between containers (a background ping, a checked TCP transfer).
+
+Used by tests/integration, bench/bench_scale.py, bench/etcd_outage.py and
+bench/bench_relist_memory.py. Every helper runs commands in the lab's namespaces only;
+a step that fails raises LabError (or TimeoutError from wait_for) with what it saw.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from ipaddress import ip_address
 from pathlib import Path
 
-from udpflannel.lab.netlab import EtcdServer, Host, Lab, read_subnet_file, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
-PREFIX = "/coreos.com/network"
+from ..adapters.registry import DEFAULT_PREFIX
+from .netlab import EtcdServer, Host, Lab, LabError, read_subnet_file, wait_for
+
+PREFIX = DEFAULT_PREFIX  # flanneld's etcd prefix, which the agents here use
 HEALTHZ_PORT = 8471
-FILL = Path(__file__).resolve().parents[2] / "bench" / "etcd_fill.py"
+FILL = [sys.executable, "-m", "udpflannel.lab.etcdfill"]  # lab/etcdfill.py, in the etcd's namespace
 
 
 def fill(etcd: EtcdServer, *args: str, prefix: str = PREFIX) -> None:
-    """bench/etcd_fill.py against `etcd` (inside its namespace): many leases, or garbage."""
-    cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--prefix", prefix, *args]
+    """lab/etcdfill.py against `etcd` (inside its namespace): many leases, or garbage."""
+    cmd = [*FILL, "--endpoint", etcd.endpoint, "--prefix", prefix, *args]
     if etcd.ns:
         cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr
+    if p.returncode != 0:
+        raise LabError(f"filling etcd {etcd.endpoint} ({' '.join(args)}) failed ({p.returncode}): {p.stderr}")
 
 
 def put_bytes(etcd: EtcdServer, key: str, value: bytes) -> str:
     """Put any bytes under `key`: with etcdctl (the value on its standard input) up to 1 MiB,
-    beyond that with bench/etcd_fill.py --put (etcdctl's client refuses requests over
+    beyond that with lab/etcdfill.py --put (etcdctl's client refuses requests over
     2 MiB). Returns which tool wrote it."""
     if len(value) <= 1 << 20:
         cmd = ["etcdctl", f"--endpoints={etcd.endpoint}", "--dial-timeout=3s", *etcd.ctl_args, "put", key]
         tool = "etcdctl"
     else:
-        cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--put", key]
-        tool = "etcd_fill.py --put"
+        cmd = [*FILL, "--endpoint", etcd.endpoint, "--put", key]
+        tool = "etcdfill --put"
     if etcd.ns:
         cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
     p = subprocess.run(cmd, input=value, capture_output=True, timeout=60, env=dict(os.environ, ETCDCTL_API="3"))
-    assert p.returncode == 0, p.stderr
+    if p.returncode != 0:
+        raise LabError(f"{tool} {key} ({len(value)} bytes) failed ({p.returncode}): {p.stderr!r}")
     return tool
 
 
@@ -69,7 +85,7 @@ def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40,
 
     def written() -> bool:
         if p.poll() is not None:
-            raise AssertionError(f"agent on {host.name} exited {p.returncode}:\n{log_text(p)}")
+            raise LabError(f"agent on {host.name} exited {p.returncode}:\n{log_text(p)}")
         return "wrote " in log_text(p)
 
     wait_for(written, timeout, what=f"{host.name}'s subnet file")
@@ -106,10 +122,9 @@ def http_get(host: Host, path: str) -> tuple[int, str]:
 
 def scrape(host: Host) -> dict:
     """GET /metrics, parsed by prometheus_client: family name (counters without _total) -> family."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     code, body = http_get(host, "/metrics")
-    assert code == 200, (code, body)
+    if code != 200:
+        raise LabError(f"GET /metrics on {host.name}: {code} {body!r}")
     return {f.name: f for f in text_string_to_metric_families(body)}
 
 
@@ -117,9 +132,11 @@ def metric(host: Host, family: str, **labels: str) -> float:
     """The value of the one sample of `family` (udpflannel_ prefix implied) with these labels."""
     fams = scrape(host)
     fam = fams.get(f"udpflannel_{family}")
-    assert fam is not None, f"udpflannel_{family} not in /metrics ({sorted(fams)})"
+    if fam is None:
+        raise LabError(f"udpflannel_{family} not in /metrics ({sorted(fams)})")
     hits = [s.value for s in fam.samples if s.labels == labels]
-    assert len(hits) == 1, f"udpflannel_{family}{labels}: {fam.samples}"
+    if len(hits) != 1:
+        raise LabError(f"udpflannel_{family}{labels}: {len(hits)} samples of {fam.samples}")
     return hits[0]
 
 
@@ -128,7 +145,7 @@ def rss_kib(proc: subprocess.Popen) -> int:
     for line in open(f"/proc/{proc.pid}/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    raise LabError(f"no VmRSS in /proc/{proc.pid}/status")
 
 
 def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
@@ -146,7 +163,8 @@ def etcd_signal(srv: EtcdServer, sig: int) -> None:
     (seen: a Range answered 1 ms after SIGSTOP, the process still in state R)."""
     pid = srv.proc.pid
     comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    assert comm == "etcd", f"pid {pid} is {comm!r}, not etcd"
+    if comm != "etcd":
+        raise LabError(f"pid {pid} is {comm!r}, not etcd")
     os.kill(pid, sig)
     if sig == signal.SIGSTOP:
         wait_for(lambda: all(_thread_state(t) in "Tt" for t in Path(f"/proc/{pid}/task").iterdir()), 5,
@@ -172,7 +190,8 @@ class Pinger:
     def result(self, timeout: float = 120) -> tuple[int, int]:
         out, _ = self.proc.communicate(timeout=timeout)
         m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
-        assert m, out
+        if m is None:
+            raise LabError(f"no ping statistics in {out!r}")
         return int(m.group(1)), int(m.group(2))
 
 
@@ -192,9 +211,6 @@ def log_times(proc: subprocess.Popen, text: str) -> list[float]:
 def tcp_transfer(lab: Lab, src, dst, dst_ip, size: int = 4 << 20, port: int = 5001, timeout: float = 60) -> tuple[str, str]:
     """Send `size` random bytes over TCP from container `src` to `dst_ip` (container `dst`,
     IPv4 or IPv6) with socat; returns (sha256 of what was sent, sha256 of what arrived)."""
-    import hashlib
-    import time
-
     tag = f"{src.name}-{dst.name}-{port}-{ip_address(str(dst_ip)).version}"
     data, out = lab.workdir / f"tx-{tag}.bin", lab.workdir / f"rx-{tag}.bin"
     data.write_bytes(os.urandom(size))
@@ -210,7 +226,8 @@ def tcp_transfer(lab: Lab, src, dst, dst_ip, size: int = 4 << 20, port: int = 50
             if p.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert p.returncode == 0, p.stderr
+        if p.returncode != 0:
+            raise LabError(f"socat {src.name} -> {target} failed ({p.returncode}): {p.stderr}")
         server.wait(timeout)
     finally:
         if server.poll() is None:

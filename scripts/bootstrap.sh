@@ -12,8 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan
+# clang + libbpf-dev: the eBPF fast path (--udp-fast-path=tc-bpf; csrc/build_fastpath.py), built
+# into the package when both are there
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
-              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev)
+              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev libbpf-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -95,7 +97,7 @@ python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version' >&2
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv >&2
 fi
-stamp=.venv/.installed-$(cat pyproject.toml setup.py csrc/*.c csrc/*.h csrc/build_datapath.py src/udpflannel/*.py src/udpflannel/*/*.py 2>/dev/null | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$(cat pyproject.toml setup.py csrc/*.c csrc/*.h csrc/*.py csrc/bpf/* src/udpflannel/*.py src/udpflannel/*/*.py 2>/dev/null | sha1sum | cut -c1-12)
 if [ ! -e "$stamp" ]; then
     echo "bootstrap: pip install .[test,plot] into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip >&2

@@ -6,6 +6,7 @@ UDPFLANNEL_BPF=0 asks for it), setup.py leaves them out, the package installs as
 `udpflannel.datapath.fastpath` reports the fast path unavailable, with this module's reason.
 
     python csrc/build_fastpath.py            # in place: both next to the package under src/
+    python csrc/build_fastpath.py --object F # only the BPF object, to F (fuzz/run.sh)
 
 setup.py wires the extension in with ``cffi_modules=["csrc/build_fastpath.py:ffibuilder"]``
 (only when `problem()` is None) and the object through `BuildPy`.
@@ -126,6 +127,9 @@ def _build_py_class():
 
 
 if __name__ == "__main__":
+    if "--object" in sys.argv:  # only the BPF object, to that path (fuzz/run.sh)
+        compile_object(Path(sys.argv[sys.argv.index("--object") + 1]))
+        sys.exit(0)
     why = problem()
     if why is not None:
         sys.exit(f"build_fastpath: {why}")

@@ -11,7 +11,7 @@ the one place that names them for Prometheus; `/metrics` serves `exposition()`:
                   dp_leases                       -> udpflannel_datapath_leases (gauge)
   vxlan, host-gw  dp_peers                        -> udpflannel_backend_peers (gauge)
                   dp_<c>                          -> udpflannel_backend_<c>_total (counters)
-  always          udpflannel_build_info{version, backend, features} 1
+  always          udpflannel_build_info{version, backend, features, fast_path} 1
 
 The data path's counter names come from its C core (datapath.COUNTER_NAMES: tx_/rx_ per
 direction, drops as drop_<reason>); families are derived from that pattern, so a counter
@@ -75,6 +75,8 @@ DATAPATH_HELP: dict[str, str] = {
     "icmp_ratelimited": "ICMP/ICMPv6 unreachable not sent because of the rate limit (tx).",
     "io_errors": "Failed reads (recvmmsg, TUN read) that were retried.",
     "gso_fallbacks": "UDP_SEGMENT refused by the kernel; the worker sends one datagram per segment since (tx).",
+    "fast_path_packets": "Inner packets the eBPF fast path forwarded (--udp-fast-path; included in packets).",
+    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (no lease, IPv6 underlay, odd sizes, ...).",
 }
 
 #: values of the reason label of udpflannel_datapath_dropped_packets_total (drop_<reason>)
@@ -114,7 +116,8 @@ BACKEND_HELP: dict[str, str] = {
 }
 
 DROPPED = "datapath_dropped_packets"
-BUILD_INFO_HELP = "Always 1; the labels say what runs: version, backend type, data-path offloads in use."
+BUILD_INFO_HELP = ("Always 1; the labels say what runs: version, backend type, data-path offloads in use, the udp "
+                   "backend's eBPF fast path (off, tc-bpf, or unavailable: asked for but refused; see the log).")
 
 
 def _sanitize(name: str) -> str:
@@ -132,8 +135,8 @@ def families(metrics: Mapping[str, int], info: Mapping[str, str]) -> list[Metric
             out[full] = cls(full, help, labels=list(labels))
         return out[full]
 
-    info_fam = family("build_info", "gauge", BUILD_INFO_HELP, ("version", "backend", "features"))
-    info_fam.add_metric([__version__, info.get("backend", ""), info.get("features", "")], 1)
+    info_fam = family("build_info", "gauge", BUILD_INFO_HELP, ("version", "backend", "features", "fast_path"))
+    info_fam.add_metric([__version__, info.get("backend", ""), info.get("features", ""), info.get("fast_path", "")], 1)
     for key in sorted(metrics):
         value = float(metrics[key])
         if key in AGENT:
@@ -201,13 +204,15 @@ def sample_metrics(counter_names: Sequence[str]) -> dict[str, int]:
     m = {k: 0 for k in AGENT}
     for c in counter_names:
         m[f"dp_tx_{c}"] = m[f"dp_rx_{c}"] = m[f"dp_{c}"] = 0
+    for c in set(DATAPATH_HELP) - set(counter_names):  # the eBPF fast path's own
+        m[f"dp_tx_{c}"] = m[f"dp_rx_{c}"] = 0
     m.update({"dp_leases": 0, "dp_peers": 0}, **{f"dp_{k}": 0 for k in BACKEND_HELP})
     return m
 
 
 def reference_markdown(counter_names: Sequence[str]) -> str:
     """The generated part of docs/metrics.md: every family, its type, labels and meaning."""
-    reg = registry_for(lambda: sample_metrics(counter_names), lambda: {"backend": "udp", "features": ""})
+    reg = registry_for(lambda: sample_metrics(counter_names), lambda: {"backend": "udp", "features": "", "fast_path": "off"})
     rows = ["| family | type | labels | meaning |", "|---|---|---|---|"]
     for fam in sorted(reg.collect(), key=lambda f: f.name):
         labels = sorted({k for s in fam.samples for k in s.labels})

@@ -53,7 +53,7 @@ OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay 
 class UdpBackend(Backend):
     type = "udp"
 
-    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0):
+    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, fast_path: str = "off"):
         super().__init__(iface, config)
         if 6 in self.families() and self.mtu() < IPV6_MIN_MTU:
             raise InterfaceError(
@@ -61,6 +61,10 @@ class UdpBackend(Backend):
                 f"(- {OVERHEAD[self.tunnel_family]} for the outer headers); IPv6 needs at least {IPV6_MIN_MTU}")
         self.queues = queues  # 0: one per CPU (datapath.default_queues)
         self.busy_poll_us = busy_poll_us
+        self.fast_path = fast_path  # "off" | "tc-bpf": see _start_fast_path
+        self._fast = None
+        self._fast_state = "off"
+        self._fast_final: dict[str, int] = {}
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
@@ -151,6 +155,33 @@ class UdpBackend(Backend):
         log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
                  DEVICE, ", ".join(f"{s.network_address}/{s.max_prefixlen}" for s in lease.nets), self.mtu(),
                  bind, self.port)  # fmt: skip
+        if self.fast_path != "off":
+            self._start_fast_path(bind, networks)
+
+    def _start_fast_path(self, bind: IPAddress, networks: list[IPNetwork]) -> None:
+        """--udp-fast-path=tc-bpf: the eBPF programs beside the C loop (datapath.fastpath),
+        their lease map filled with what the table holds; refused or unavailable: logged,
+        and the C loop carries everything."""
+        from ..datapath.fastpath import FastPath, FastPathError
+
+        self._stop_fast_path()
+        try:
+            fast = FastPath.attached(tun=self._tun.name, underlay=self.iface.name, local=bind, port=self.port,
+                                     network=networks, mtu=self.mtu(), leases=self._routes.items())  # fmt: skip
+        except (FastPathError, OSError, ValueError) as e:
+            self._fast_state = "unavailable"
+            log.warning("udp: eBPF fast path (%s) unavailable: %s; the C loop carries all traffic%s", self.fast_path, e,
+                        f"\n{e.detail}" if getattr(e, "detail", "") else "")  # fmt: skip
+            return
+        self._fast, self._fast_state = fast, self.fast_path
+        log.info("udp: eBPF fast path %s attached: %s egress, %s ingress (programs %d, %d); the C loop "
+                 "takes what it hands on", self.fast_path, self._tun.name, self.iface.name, *fast.prog_ids)  # fmt: skip
+
+    def _stop_fast_path(self) -> None:
+        if self._fast is not None:
+            self._fast_final = self._fast.counters()
+            self._fast.close()
+            self._fast = None
 
     @staticmethod
     def _icmp_source(lease: Lease, network: IPNetwork) -> IPAddress:
@@ -255,12 +286,31 @@ class UdpBackend(Backend):
             self._table_errors += 1
             log.error("udp: cannot route %s via %s: %s", net, ip, e)
             self._routes.pop(net, None)
+            if self._fast is not None:
+                self._fast_update(self._fast.delete, net)
             return
         self._routes[net] = ip
+        if self._fast is not None:
+            self._fast_update(self._fast.set, net, ip)
 
     def _delete(self, net: IPNetwork) -> None:
         if self._routes.pop(net, None) is not None:
             self._table.delete(net)
+            if self._fast is not None:
+                self._fast_update(self._fast.delete, net)
+
+    def _fast_update(self, op, *args) -> None:
+        """The fast path's lease map follows the table; if it cannot, its rx program would
+        judge that peer's datagrams by a stale map, so it goes and the C loop carries all."""
+        from ..datapath import DataPathError
+
+        try:
+            op(*args)
+        except DataPathError as e:
+            log.error("udp: the eBPF fast path's lease map refused %s(%s): %s; detaching the fast path, the C loop "
+                      "carries all traffic", op.__name__, ", ".join(map(str, args)), e)  # fmt: skip
+            self._stop_fast_path()
+            self._fast_state = "unavailable"
 
     async def resync(self) -> None:
         if self._dp is None:
@@ -273,6 +323,7 @@ class UdpBackend(Backend):
         await asyncio.to_thread(self._configure_link, self._lease)
 
     async def stop(self) -> None:
+        self._stop_fast_path()
         if self._dp is not None:
             self._final = self._dp.counters()
             self._dp.stop()
@@ -283,6 +334,10 @@ class UdpBackend(Backend):
 
     def metrics(self) -> Mapping[str, int]:
         m = dict(self._dp.counters() if self._dp is not None else self._final)
+        if self.fast_path != "off":
+            from ..datapath.fastpath import merge
+
+            m = merge(m, self._fast.counters() if self._fast is not None else self._fast_final)
         if self._table is not None:
             m["leases"] = len(self._table)
             m["table_errors"] = self._table_errors
@@ -292,6 +347,10 @@ class UdpBackend(Backend):
         if self._dp is None:
             return ""
         return ",".join(k for k, v in self._dp.mode.items() if v is True) or "none"
+
+    def fast_path_state(self) -> str:
+        """"off", the fast path running ("tc-bpf"), or "unavailable" (asked for, refused)."""
+        return self._fast_state
 
     def ready(self) -> bool:
         return self._dp is not None and self._dp.running

@@ -28,11 +28,12 @@ import struct
 import threading
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterable, Sequence, Union
 
 from udpflannel.datapath import addr as _addr
 from udpflannel.datapath.addr import Address, Network
 from udpflannel.datapath.errors import DataPathError, check
+from udpflannel.datapath.loop import COUNTER_NAMES
 
 log = logging.getLogger("udpflannel.datapath")
 
@@ -130,6 +131,28 @@ class FastPath:
         lib.uf_fp_prog_ids(self._fp, tx, rx)
         self.prog_ids = (int(tx[0]), int(rx[0]))
 
+    @classmethod
+    def attached(cls, *, tun: str, underlay: str, local: IPv4Address, port: int,
+                 network: Union[Network, Sequence[Network]], mtu: int,
+                 leases: Iterable[tuple[Network, Address]] = ()) -> "FastPath":
+        """Loaded for the TUN `tun` and the Ethernet device `underlay` (names), its lease map
+        filled, both programs attached. Raises FastPathError, OSError or ValueError (why
+        not)."""
+        if _addr.address(local).version != 4:
+            raise ValueError("it carries tunnels over an IPv4 underlay only")
+        if link_type(underlay) != ARPHRD_ETHER:
+            raise ValueError(f"{underlay} is not an Ethernet device")
+        fast = cls(tun_ifindex=socket.if_nametoindex(tun), underlay_ifindex=socket.if_nametoindex(underlay),
+                   local=local, port=port, network=network, mtu=mtu)  # fmt: skip
+        try:
+            for net, peer in leases:
+                fast.set(net, peer)
+            fast.attach()
+        except BaseException:
+            fast.close()
+            raise
+        return fast
+
     def attach(self) -> None:
         """Attach both programs (tcx links: Linux 6.6+). Raises FastPathError."""
         if self.test_mode:
@@ -177,15 +200,16 @@ class FastPath:
         return int(lib.uf_fp_lease_count(self._fp))
 
     # -- counters and test runs ------------------------------------------------------------
-    def counters(self, names: Sequence[str]) -> dict[str, int]:
-        """tx_<name> / rx_<name> for the data path's counter names (the fast path's share of
-        each) and fast_path_passed per direction (packets it handed on to the C loop)."""
+    def counters(self) -> dict[str, int]:
+        """tx_<name> / rx_<name> for the data path's counter names (COUNTER_NAMES: the fast
+        path's share of each) and fast_path_passed per direction (packets it handed on to
+        the C loop)."""
         n = lib.UF_FP_C__COUNT
         buf = ffi.new("uint64_t[]", n)
         out: dict[str, int] = {}
         for prefix, d in (("tx_", lib.UF_FP_DIR_TX), ("rx_", lib.UF_FP_DIR_RX)):
             check(lib.uf_fp_counters(self._fp, d, buf, n), "FastPath.counters")
-            for i, name in enumerate(names):
+            for i, name in enumerate(COUNTER_NAMES):
                 out[prefix + name] = int(buf[i])
             out[prefix + PASSED] = int(buf[lib.UF_FP_C_PASSED])
         return out
@@ -213,10 +237,10 @@ class FastPath:
             pass
 
 
-def merge(dp: dict[str, int], fp: dict[str, int], totalled: Sequence[str]) -> dict[str, int]:
-    """The data path's counters with the fast path's added (packets either path forwarded
-    or dropped), the drop_* / icmp_* totals recomputed, and the fast path's own:
-    fast_path_packets (its share of packets) and fast_path_passed, per direction."""
+def merge(dp: dict[str, int], fp: dict[str, int]) -> dict[str, int]:
+    """DataPath.counters() with FastPath.counters() added (what either path forwarded or
+    dropped), the drop_* / icmp_* totals over both directions recomputed, and the fast path's
+    own per direction: fast_path_packets (its share of packets) and fast_path_passed."""
     out = dict(dp)
     for key, v in fp.items():
         if key.endswith(PASSED):
@@ -225,6 +249,7 @@ def merge(dp: dict[str, int], fp: dict[str, int], totalled: Sequence[str]) -> di
             out[key] += v
     for prefix in ("tx_", "rx_"):
         out[f"{prefix}fast_path_packets"] = fp.get(f"{prefix}packets", 0)
-    for name in totalled:
-        out[name] = out.get("tx_" + name, 0) + out.get("rx_" + name, 0)
+    for name in COUNTER_NAMES:
+        if name.startswith(("drop_", "icmp_")):
+            out[name] = out.get("tx_" + name, 0) + out.get("rx_" + name, 0)
     return out

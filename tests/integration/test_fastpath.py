@@ -1,0 +1,330 @@
+"""The udp backend with --udp-fast-path=tc-bpf: real agents, etcd, namespace hosts, the BPF
+programs attached in the real kernel.
+
+Two fast-path hosts carry ping and a checked TCP transfer between their containers through the
+programs (their counters say so); a fast-path host talks to a host on the plain C loop and to
+a foreign socat tunnel (flanneld's wire format, one UDP peer); datagrams the checks refuse are
+dropped and counted by reason in the kernel; a deleted lease leaves the BPF map; the programs go
+when the agent stops or dies, and nothing is left on the devices. Where the fast path cannot run
+(here: an IPv6 underlay) the agent says so and the C loop carries everything.
+
+Checksums and user-space peers: the fast path leaves the inner TCP/UDP checksums to whatever
+sends the frame, as kernel vxlan does (a NIC completes them). A veth never does: it hands the
+partial checksum to the other namespace, where the kernel's own stack accepts it but a
+user-space tunnel (the C loop, socat, flanneld) reads it as it is and its host drops the packet.
+So the tests that send TCP from a fast-path host to a user-space peer give that host's eth1
+what a NIC gives, checksums completed on transmit (`tx-checksum-ip-generic` off: the kernel
+then finishes them in software before the veth); docs/datapath.md says so for users.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from ipaddress import ip_address
+
+import pytest
+
+from udpflannel.datapath.fastpath import unavailable
+from udpflannel.lab.netlab import ETCD_HOST_IP, Container, Lab, wait_for
+
+from . import agents
+from .agents import PREFIX
+
+pytestmark = [pytest.mark.netns, pytest.mark.etcd,
+              pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]  # fmt: skip
+
+CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}'
+FAST = ("--udp-fast-path", "tc-bpf")
+ATTACHED = "eBPF fast path tc-bpf attached"
+
+
+def start(lab: Lab, host, *extra: str):
+    p, env = agents.start_and_wait(lab, host, *extra)
+    return p, env
+
+
+def fast_counts(host) -> dict[str, float]:
+    """The fast path's share and the totals, per direction."""
+    out = {}
+    for d in ("tx", "rx"):
+        out[f"{d}_fast"] = agents.metric(host, "datapath_fast_path_packets", direction=d)
+        out[f"{d}_all"] = agents.metric(host, "datapath_packets", direction=d)
+        out[f"{d}_passed"] = agents.metric(host, "datapath_fast_path_passed", direction=d)
+    return out
+
+
+def prog_ids(proc) -> tuple[int, int]:
+    line = [l for l in agents.log_text(proc).splitlines() if ATTACHED in l][-1]
+    a, b = line.split("(programs ")[1].split(")")[0].split(", ")
+    return int(a), int(b)
+
+
+def bpftool(*args: str) -> object:
+    p = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30)
+    return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else None
+
+
+def nic_like_checksums(host) -> None:
+    """eth1 completes checksums on transmit, as a NIC does (see the module docstring)."""
+    code = ("from pyroute2.ethtool import Ethtool\n"
+            "e = Ethtool(); f = e.get_features('eth1')\n"
+            "f.features['tx-checksum-ip-generic'].enable = False\n"
+            "e.set_features('eth1', f)\n")  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", host.ns, sys.executable, "-c", code], check=True, timeout=30)
+
+
+@pytest.fixture
+def lab(etcd_lab):
+    etcd_lab.etcd[0].put(f"{PREFIX}/config", CONFIG)
+    return etcd_lab
+
+
+def test_two_fast_path_hosts(lab):
+    h1, h2 = lab.add_host(), lab.add_host()
+    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
+    for p in (p1, p2):
+        agents.wait_log(p, ATTACHED)
+        agents.wait_log(p, "peer added")
+    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    assert c1.ping(c2.ip, 5).returncode == 0
+    assert c2.ping(c1.ip, 5).returncode == 0
+    for src, dst in ((c1, c2), (c2, c1)):
+        sent, got = agents.tcp_transfer(lab, src, dst, dst.ip, size=32 << 20)
+        assert sent == got
+    n1, n2 = fast_counts(h1), fast_counts(h2)
+    print(n1, n2)
+    # (nearly) everything went through the programs; the C loop saw at most a few packets
+    # (the first ones, before the neighbour entry was there, are the kernel's anyway)
+    for n in (n1, n2):
+        for d in ("tx", "rx"):
+            assert n[f"{d}_fast"] >= 1000 and n[f"{d}_fast"] >= 0.99 * n[f"{d}_all"], n
+    info = agents.scrape(h1)["udpflannel_build_info"].samples[0].labels
+    assert info["fast_path"] == "tc-bpf"
+    assert "eBPF fast path tc-bpf attached: flannel0 egress, eth1 ingress" in agents.log_text(p1)
+
+
+def test_interop_with_a_host_on_the_c_loop(lab):
+    h1, h2 = lab.add_host(), lab.add_host()
+    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2)
+    agents.wait_log(p1, ATTACHED)
+    for p in (p1, p2):
+        agents.wait_log(p, "peer added")
+    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    assert c1.ping(c2.ip, 5).returncode == 0
+    assert c2.ping(c1.ip, 5).returncode == 0
+    nic_like_checksums(h1)
+    for src, dst in ((c1, c2), (c2, c1)):
+        sent, got = agents.tcp_transfer(lab, src, dst, dst.ip, size=16 << 20)
+        assert sent == got
+    n1 = fast_counts(h1)
+    # h1's programs sent everything; what h2's C loop sent (datagrams with a UDP checksum,
+    # which the kernel verifies on the way to the socket) went on to h1's C loop
+    assert n1["tx_fast"] >= 1000 and n1["tx_fast"] >= 0.99 * n1["tx_all"], n1
+    assert n1["rx_fast"] == 0 and n1["rx_passed"] > 0 and n1["rx_all"] >= 1000, n1
+    assert agents.metric(h2, "datapath_packets", direction="rx") >= n1["tx_fast"] * 0.9
+
+
+SOCAT_SUBNET = "10.5.200.0/24"
+
+
+def test_interop_with_a_socat_tunnel(lab):
+    """A foreign peer that speaks flanneld's udp wire format and nothing else: socat between a
+    TUN (10.5.200.1, the Network routed into it) and UDP to h1's port, with a lease in etcd
+    as flanneld would write it."""
+    h1, h2 = lab.add_host(), lab.add_host()
+    lab.etcd[0].put(f"{PREFIX}/subnets/10.5.200.0-24", json.dumps({"PublicIP": str(h2.ip), "PublicIPv6": None}))
+    p1, e1 = start(lab, h1, *FAST)
+    agents.wait_log(p1, ATTACHED)
+    agents.wait_log(p1, "peer added")
+    c1 = lab.add_container(h1, e1)
+    h2.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    log = open(lab.workdir / "socat.log", "ab")
+    socat = subprocess.Popen(["ip", "netns", "exec", h2.ns, "socat", "-b", "65536",
+                              "TUN:10.5.200.1/16,tun-type=tun,tun-name=tun0,iff-no-pi,iff-up",
+                              f"UDP:{h1.ip}:8285,bind={h2.ip}:8285"], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log.close()
+    try:
+        wait_for(lambda: h2.run("ip", "link", "show", "tun0", check=False).returncode == 0, 10, what="socat's tun0")
+        h2.run("ip", "link", "set", "tun0", "mtu", "1472")
+        peer = Container(name="socat", ns=h2.ns, ip=ip_address("10.5.200.1"), host=h2)
+        assert peer.ping(c1.ip, 5).returncode == 0
+        assert c1.ping(peer.ip, 5).returncode == 0
+        nic_like_checksums(h1)
+        sent, got = agents.tcp_transfer(lab, c1, peer, peer.ip, size=4 << 20)
+        assert sent == got
+        sent, got = agents.tcp_transfer(lab, peer, c1, c1.ip, size=4 << 20)
+        assert sent == got
+        n1 = fast_counts(h1)
+        assert n1["tx_fast"] >= 0.99 * n1["tx_all"] and n1["tx_fast"] > 100, n1
+    finally:
+        socat.kill()
+        socat.wait(10)
+
+
+# Datagrams without a UDP checksum (SO_NO_CHECK), as the fast path sends them, so its rx
+# program judges them rather than handing them to the socket: argv = src dst port hex...
+SENDER = textwrap.dedent(
+    r"""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+    s.bind((sys.argv[1], 0))
+    for hx in sys.argv[4:]:
+        s.sendto(bytes.fromhex(hx), (sys.argv[2], int(sys.argv[3])))
+    """
+)
+
+
+def _csum(b: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def inner(src: str, dst: str, ttl: int = 64) -> bytes:
+    payload = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"x" * 16
+    payload = payload[:2] + struct.pack("!H", _csum(payload)) + payload[4:]
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, ttl, 1, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+
+
+def send(ns: str, src, dst, *payloads: bytes) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SENDER, str(src), str(dst), "8285",
+                    *(p.hex() for p in payloads)], check=True, timeout=30)  # fmt: skip
+
+
+def dropped(host, reason: str) -> float:
+    return agents.metric(host, "datapath_dropped_packets", direction="rx", reason=reason)
+
+
+def test_bad_datagrams_are_dropped_in_the_kernel_and_counted(lab):
+    h1, h2 = lab.add_host(), lab.add_host()
+    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
+    for p in (p1, p2):
+        agents.wait_log(p, ATTACHED)
+        agents.wait_log(p, "peer added")
+    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    stranger = lab.add_underlay_ns("x", ETCD_HOST_IP + 97)
+    pinger = agents.Pinger(c2, c1.ip, seconds=4)
+    passed0 = agents.metric(h1, "datapath_fast_path_passed", direction="rx")
+    good = inner(str(c2.ip), str(c1.ip))
+    send(stranger, ETCD_HOST_IP + 97, h1.ip, good, good)  # unknown sender
+    send(h2.ns, h2.ip, h1.ip, inner("10.5.77.1", str(c1.ip)))  # h2, but not its subnet
+    send(h2.ns, h2.ip, h1.ip, good[:12])  # short
+    send(h2.ns, h2.ip, h1.ip, inner(str(c2.ip), str(c1.ip), ttl=1))
+    send(h2.ns, h2.ip, h1.ip, inner(str(c2.ip), "192.0.2.2"))  # a relay request
+    tx, rx = pinger.result()
+    assert rx == tx > 100, (tx, rx)  # the ping kept going meanwhile
+    wait_for(lambda: dropped(h1, "unknown_peer") >= 2, 10, what="unknown_peer counted")
+    assert dropped(h1, "unknown_peer") == 2
+    assert dropped(h1, "spoofed_source") == 1
+    assert dropped(h1, "short") == 1
+    assert dropped(h1, "ttl") == 1
+    assert dropped(h1, "outside_network") == 1
+    # the programs judged them: nothing was handed on to the C loop
+    assert agents.metric(h1, "datapath_fast_path_passed", direction="rx") == passed0
+
+
+# One UDP datagram to argv[1]:9 from a connected socket with IP_RECVERR: the error that comes back.
+UDP_PROBE = textwrap.dedent(
+    r"""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+    s.settimeout(3)
+    s.connect((sys.argv[1], 9))
+    s.send(b"probe")
+    try:
+        s.recv(100)
+        print("no error")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(e.strerror)
+    """
+)
+
+
+def leases_in_map(rx_prog: int) -> list:
+    """The uf_fp_leases entries of the program with this id (bpftool)."""
+    prog = bpftool("prog", "show", "id", str(rx_prog))
+    for mid in prog["map_ids"]:
+        m = bpftool("map", "show", "id", str(mid))
+        if m and m.get("name") == "uf_fp_leases":
+            return bpftool("map", "dump", "id", str(mid)) or []
+    raise AssertionError(f"no uf_fp_leases map on program {rx_prog}")
+
+
+def test_a_deleted_lease_leaves_the_map(lab):
+    h1, h2 = lab.add_host(), lab.add_host()
+    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
+    agents.wait_log(p1, "peer added")
+    _, rx_prog = prog_ids(p1)
+    assert len(leases_in_map(rx_prog)) == 1
+    c1 = lab.add_container(h1, e1)
+    key = next(k for k, v in agents.leases(lab).items() if v["PublicIP"] == str(h2.ip))
+    agents.stop(p2)
+    lab.etcd[0].delete(f"{PREFIX}/subnets/{key}")
+    agents.wait_log(p1, "peer removed")
+    wait_for(lambda: leases_in_map(rx_prog) == [], 10, what="the lease gone from uf_fp_leases")
+    # no lease: the program hands the packet to the C loop, which answers with an ICMP error
+    passed = agents.metric(h1, "datapath_fast_path_passed", direction="tx")
+    target = e2["FLANNEL_SUBNET"].split("/")[0]
+    assert c1.run(sys.executable, "-c", UDP_PROBE, target).stdout.strip() == "Network is unreachable"
+    assert agents.metric(h1, "datapath_dropped_packets", direction="tx", reason="no_route") == 1
+    assert agents.metric(h1, "datapath_icmp_unreachable_sent", direction="tx") == 1
+    assert agents.metric(h1, "datapath_fast_path_passed", direction="tx") == passed + 1
+
+
+def _attachments(host) -> str:
+    """What tc and the tcx links show on the host's devices (empty when nothing is attached)."""
+    out = []
+    for dev in ("eth1",):
+        for hook in ("ingress", "egress"):
+            out.append(host.run("tc", "filter", "show", "dev", dev, hook, check=False).stdout.strip())
+        out.append(" ".join(l for l in host.run("tc", "qdisc", "show", "dev", dev).stdout.splitlines()
+                            if "clsact" in l))  # fmt: skip
+    return "".join(out)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_programs_go_with_the_agent_and_leave_nothing(lab, how):
+    h1 = lab.add_host()
+    p1, _ = start(lab, h1, *FAST)
+    agents.wait_log(p1, ATTACHED)
+    ids = prog_ids(p1)
+    assert all(bpftool("prog", "show", "id", str(i)) for i in ids)
+    ifindex = int(h1.run("cat", "/sys/class/net/eth1/ifindex").stdout)
+    if how == "SIGTERM":
+        assert agents.stop(p1) == 0
+        assert "eBPF fast path" in agents.log_text(p1)
+    else:
+        os.killpg(p1.pid, 9)
+        p1.wait(10)
+    wait_for(lambda: not any(bpftool("prog", "show", "id", str(i)) for i in ids), 10, what="programs unloaded")
+    assert _attachments(h1) == ""
+    assert not [l for l in bpftool("link", "show") or [] if l.get("prog_id") in ids]
+    assert not [p for p in os.listdir("/sys/fs/bpf") if "uf_fp" in p]
+    assert ifindex > 0
+
+
+def test_an_ipv6_underlay_runs_on_the_c_loop_and_says_why(v6_etcd_lab):
+    lab = v6_etcd_lab
+    lab.etcd[0].put(f"{PREFIX}/config", '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:5::/48",'
+                                        ' "Backend": {"Type": "udp"}}')  # fmt: skip
+    h1, h2 = lab.add_host(), lab.add_host()
+    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2)
+    agents.wait_log(p1, "peer added")
+    text = agents.wait_log(p1, "eBPF fast path (tc-bpf) unavailable")
+    assert "IPv4 underlay only; the C loop carries all traffic" in text
+    assert agents.scrape(h1)["udpflannel_build_info"].samples[0].labels["fast_path"] == "unavailable"
+    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    assert c1.ping(c2.ip6, 3).returncode == 0

@@ -65,6 +65,7 @@ class AgentOptions:
     healthz_port: int = 0
     udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
+    udp_fast_path: str = "off"  # udp backend: see --udp-fast-path
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
@@ -78,7 +79,7 @@ class AgentOptions:
     def backend_options(self, backend_type: str) -> dict:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
         if backend_type.lower() == "udp":
-            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us, "fast_path": self.udp_fast_path}
         return {}
 
 
@@ -147,9 +148,10 @@ class Agent:
         return m
 
     def info(self) -> dict[str, str]:
-        """What runs, for udpflannel_build_info: backend type and its data-path features."""
+        """What runs, for udpflannel_build_info: backend type, its data-path features and fast path."""
         return {"backend": self.backend.type if self.backend else "",
-                "features": self.backend.features() if self.backend else ""}  # fmt: skip
+                "features": self.backend.features() if self.backend else "",
+                "fast_path": self.backend.fast_path_state() if self.backend else ""}  # fmt: skip
 
     # -- run and stop ----------------------------------------------------------------
     def stop(self) -> None:

@@ -85,6 +85,10 @@ class _Root(click.Group):
               help="udp backend: after moving packets, each worker keeps polling this many microseconds "
               "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "
               "one CPU busy (measured: see bench/README.md); idle costs nothing. 50 is a good value.")
+@click.option("--udp-fast-path", type=click.Choice(["off", "tc-bpf"]), default="off",
+              help="udp backend: tc-bpf carries the tunnel in the kernel with eBPF programs on the TUN's egress "
+              "and the interface's ingress (Linux 6.6+; see docs/datapath.md); the C loop takes what they "
+              "hand on, and everything where BPF is unavailable or refused (logged).")
 @click.option("-v", "--verbose", type=click.IntRange(0), is_flag=False, flag_value=1, default=0,
               help="Log level: 0 info (changes: leases, peers, rules); 1 (-v alone) adds udpflannel's "
                    "debug lines (e.g. the iptables documents); 2 or more also the libraries' debug "
@@ -141,6 +145,7 @@ def build(iface, kw: dict) -> Agent:
         renew_margin_s=kw["subnet_lease_renew_margin_seconds"],
         udp_queues=kw["udp_queues"],
         udp_busy_poll_us=kw["udp_busy_poll"],
+        udp_fast_path=kw["udp_fast_path"],
     )
     return Agent(EtcdRegistry(etcd), iface, opts, notifier=SdNotify(os.environ))
 

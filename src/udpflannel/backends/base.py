@@ -109,6 +109,10 @@ class Backend(abc.ABC):
         """The data-path features in use, comma-separated (build_info's features label)."""
         return ""
 
+    def fast_path_state(self) -> str:
+        """The udp backend's eBPF fast path: "off", "tc-bpf" or "unavailable"; "" elsewhere."""
+        return ""
+
     def ready(self) -> bool:
         return True
 

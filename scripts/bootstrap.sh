@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 
 # clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan
 # clang + libbpf-dev: the eBPF fast path (--udp-fast-path=tc-bpf; csrc/build_fastpath.py), built
-# into the package when both are there
+# into the package when both are there; bpftool: the fast path's tests read the programs and maps
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
-              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev libbpf-dev)
+              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev libbpf-dev bpftool)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,6 +20,7 @@ runs or the process ends.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import logging
@@ -42,6 +43,8 @@ OBJECT = Path(__file__).with_name("uf_fastpath.bpf.o")
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 ARPHRD_ETHER = 1
 _SIOCGIFHWADDR = 0x8927
+_SIOCETHTOOL = 0x8946
+_TX_CSUM_BITS = 1 << 1 | 1 << 3  # NETIF_F_IP_CSUM, NETIF_F_HW_CSUM (tx-checksum-ipv4, -ip-generic)
 
 try:  # optional: built only where clang -target bpf and libbpf-dev were there (csrc/build_fastpath.py)
     from udpflannel.datapath._fastpath import ffi, lib
@@ -79,6 +82,28 @@ def link_type(ifname: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         raw = fcntl.ioctl(s.fileno(), _SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()))
     return struct.unpack_from("H", raw, 16)[0]
+
+
+def _ethtool(ifname: str, request: bytes, size: int) -> bytes:
+    """One SIOCETHTOOL get: the struct the kernel fills (size bytes, starting as request)."""
+    buf = array.array("B", request + bytes(size - len(request)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), _SIOCETHTOOL, struct.pack("16sP", ifname.encode(), buf.buffer_info()[0]))
+    return buf.tobytes()
+
+
+def leaves_checksums_partial(ifname: str) -> bool:
+    """True when the device is a veth that offloads transmit checksums: it hands the packets
+    the fast path sends to the other namespace with their inner TCP/UDP checksums still
+    partial, which a peer's kernel accepts but a user-space tunnel (the C loop, flanneld)
+    passes on as they are (docs/datapath.md, "eBPF fast path")."""
+    try:
+        driver = _ethtool(ifname, struct.pack("I", 0x3), 196)[4:36].split(b"\0")[0]  # ETHTOOL_GDRVINFO
+        # ETHTOOL_GFEATURES, the first block of 32: {available, requested, active, never_changed}
+        active = struct.unpack_from("I", _ethtool(ifname, struct.pack("II", 0x3A, 1), 24), 16)[0]
+    except OSError:
+        return False
+    return driver == b"veth" and bool(active & _TX_CSUM_BITS)
 
 
 def _fill(c_addr, a: Address) -> None:
@@ -151,6 +176,11 @@ class FastPath:
         except BaseException:
             fast.close()
             raise
+        if leaves_checksums_partial(underlay):
+            log.warning("eBPF fast path: %s is a veth that leaves transmit checksums to the receiver: peers "
+                        "on a user-space data path (udpflannel's C loop, flanneld) will drop this host's TCP "
+                        "and UDP; run the fast path on every host, or turn tx checksumming off on %s "
+                        "(see docs/datapath.md)", underlay, underlay)  # fmt: skip
         return fast
 
     def attach(self) -> None:

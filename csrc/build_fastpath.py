@@ -120,6 +120,7 @@ def _build_py_class():
             dest = Path(self.build_lib) / "udpflannel" / "datapath" / OBJECT
             if why is not None:
                 self.announce(f"udpflannel: no eBPF fast path: {why}", level=3)
+                dest.unlink(missing_ok=True)  # not an earlier build's
                 return
             compile_object(dest)
 

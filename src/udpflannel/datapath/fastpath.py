@@ -24,6 +24,7 @@ import array
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 import threading
@@ -59,11 +60,15 @@ PASSED = "fast_path_passed"
 
 
 class FastPathError(DataPathError):
-    """Loading or attaching the fast path failed; ``detail`` holds the verifier's log, if any."""
+    """The fast path cannot run: not built, or loading or attaching failed. str() is the
+    reason as a sentence; ``detail`` holds the verifier's log, if any."""
 
     def __init__(self, err: int, what: str, detail: str = ""):
         super().__init__(err, what)
         self.detail = detail
+
+    def __str__(self) -> str:
+        return self.what
 
 
 def unavailable() -> str | None:
@@ -124,7 +129,7 @@ class FastPath:
                  network: Union[Network, Sequence[Network]], mtu: int, test_mode: bool = False) -> None:
         why = unavailable()
         if why is not None:
-            raise FastPathError(errno.ENOSYS, f"eBPF fast path {why}")
+            raise FastPathError(errno.ENOSYS, why)
         local = _addr.address(local)
         if local.version != 4:
             raise ValueError("the fast path carries tunnels over an IPv4 underlay only")
@@ -147,7 +152,7 @@ class FastPath:
         if rc < 0:
             text = ffi.string(err).decode(errors="replace")
             first, _, detail = text.partition("\n")
-            raise FastPathError(-rc, f"eBPF fast path: {first or 'load'}", detail)
+            raise FastPathError(-rc, first or f"loading: {os.strerror(-rc)}", detail)
         self._fp = ffi.gc(out[0], lib.uf_fp_free)
         self._lock = threading.Lock()
         self.test_mode = test_mode
@@ -189,8 +194,8 @@ class FastPath:
             raise ValueError("a FastPath loaded for test runs cannot be attached")
         rc = lib.uf_fp_attach(self._fp)
         if rc < 0:
-            hint = " (tcx needs Linux 6.6)" if -rc in (errno.EINVAL, errno.EOPNOTSUPP) else ""
-            raise FastPathError(-rc, f"eBPF fast path: attaching the programs{hint}")
+            hint = " (tcx links need Linux 6.6)" if -rc in (errno.EINVAL, errno.EOPNOTSUPP) else ""
+            raise FastPathError(-rc, f"attaching the programs: {os.strerror(-rc)}{hint}")
         self.attached = True
 
     def detach(self) -> None:

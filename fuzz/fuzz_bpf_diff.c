@@ -145,10 +145,14 @@ static int is_drop(int i)
     return (i >= UF_C_DROP_SHORT && i <= UF_C_DROP_IO) || i == UF_C_DROP_BAD_CHECKSUM;
 }
 
-/* Run the program; an IP EtherType needs a whole IP header for BPF_PROG_TEST_RUN, so a
- * shorter packet goes behind EtherType 0 (the transmit program reads the packet, not it). */
-static uint32_t run(int dir, uint8_t *frame, uint32_t len, uint8_t *out, uint32_t *outlen)
+/* Run direction dir's program on frame: its verdict, the packet it left in out (*outlen) and
+ * the counter it moved (-1: none, as when it forwards). An IP EtherType needs a whole IP
+ * header for BPF_PROG_TEST_RUN, so a shorter packet goes behind EtherType 0 (the transmit
+ * program reads the packet, not it). */
+static uint32_t run(int dir, uint8_t *frame, uint32_t len, uint8_t *out, uint32_t *outlen, int *reason)
 {
+    uint64_t before[UF_FP_C__COUNT], after[UF_FP_C__COUNT];
+    counters(dir, before);
     uint32_t ret = 0, cap = *outlen;
     int rc = uf_fp_test_run(fp, dir, frame, len, out, outlen, &ret);
     if (rc == -EINVAL && dir == UF_FP_DIR_TX) {
@@ -157,6 +161,8 @@ static uint32_t run(int dir, uint8_t *frame, uint32_t len, uint8_t *out, uint32_
         rc = uf_fp_test_run(fp, dir, frame, len, out, outlen, &ret);
     }
     FZ_ASSERT(rc == 0);
+    counters(dir, after);
+    *reason = moved(before, after);
     return ret;
 }
 
@@ -170,12 +176,9 @@ static void diff_tx(uint8_t *pkt, uint32_t len)
     frame[12] = ver == 6 && len >= 40 ? 0x86 : ver == 4 && len >= 20 ? 0x08 : 0;
     frame[13] = ver == 6 && len >= 40 ? 0xdd : 0;
     memcpy(frame + 14, pkt, len);
-    uint64_t before[UF_FP_C__COUNT], after[UF_FP_C__COUNT];
-    counters(UF_FP_DIR_TX, before);
     uint32_t outlen = sizeof(out);
-    uint32_t verdict = run(UF_FP_DIR_TX, frame, 14 + len, out, &outlen);
-    counters(UF_FP_DIR_TX, after);
-    int reason = moved(before, after);
+    int reason;
+    uint32_t verdict = run(UF_FP_DIR_TX, frame, 14 + len, out, &outlen, &reason);
 
     memcpy(copy, pkt, len);
     uint8_t *frames[1] = { copy };
@@ -231,12 +234,9 @@ static void diff_rx(const uf_addr *src, uint8_t *pkt, uint32_t len)
     udp[4] = (uint8_t)((8 + len) >> 8);
     udp[5] = (uint8_t)(8 + len);
     memcpy(frame + 42, pkt, len);
-    uint64_t before[UF_FP_C__COUNT], after[UF_FP_C__COUNT];
-    counters(UF_FP_DIR_RX, before);
     uint32_t outlen = sizeof(out);
-    uint32_t verdict = run(UF_FP_DIR_RX, frame, 42 + len, out, &outlen);
-    counters(UF_FP_DIR_RX, after);
-    int reason = moved(before, after);
+    int reason;
+    uint32_t verdict = run(UF_FP_DIR_RX, frame, 42 + len, out, &outlen, &reason);
 
     memcpy(copy, pkt, len);
     uf_dgram d = { .buf = copy, .len = len, .src = *src };

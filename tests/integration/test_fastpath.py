@@ -35,6 +35,7 @@ from udpflannel.lab.netlab import ETCD_HOST_IP, Container, Lab, wait_for
 
 from . import agents
 from .agents import PREFIX
+from .test_dp_netns import udp_probe
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd,
               pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]  # fmt: skip
@@ -47,6 +48,19 @@ ATTACHED = "eBPF fast path tc-bpf attached"
 def start(lab: Lab, host, *extra: str):
     p, env = agents.start_and_wait(lab, host, *extra)
     return p, env
+
+
+def two_hosts(lab: Lab, flags1=FAST, flags2=FAST, before_start=lambda h1, h2: None):
+    """Two hosts running agents with these flags, both past "peer added" (and the fast path
+    attached where asked), with a container each: (h1, h2), (p1, p2), (c1, c2)."""
+    h1, h2 = lab.add_host(), lab.add_host()
+    before_start(h1, h2)
+    (p1, e1), (p2, e2) = start(lab, h1, *flags1), start(lab, h2, *flags2)
+    for p, flags in ((p1, flags1), (p2, flags2)):
+        if flags:
+            agents.wait_log(p, ATTACHED)
+        agents.wait_log(p, "peer added")
+    return (h1, h2), (p1, p2), (lab.add_container(h1, e1), lab.add_container(h2, e2))
 
 
 def fast_counts(host) -> dict[str, float]:
@@ -86,12 +100,7 @@ def lab(etcd_lab):
 
 
 def test_two_fast_path_hosts(lab):
-    h1, h2 = lab.add_host(), lab.add_host()
-    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
-    for p in (p1, p2):
-        agents.wait_log(p, ATTACHED)
-        agents.wait_log(p, "peer added")
-    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    (h1, h2), (p1, p2), (c1, c2) = two_hosts(lab)
     assert c1.ping(c2.ip, 5).returncode == 0
     assert c2.ping(c1.ip, 5).returncode == 0
     for src, dst in ((c1, c2), (c2, c1)):
@@ -112,13 +121,7 @@ def test_two_fast_path_hosts(lab):
 
 
 def test_interop_with_a_host_on_the_c_loop(lab):
-    h1, h2 = lab.add_host(), lab.add_host()
-    nic_like_checksums(h1)
-    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2)
-    agents.wait_log(p1, ATTACHED)
-    for p in (p1, p2):
-        agents.wait_log(p, "peer added")
-    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    (h1, h2), (p1, p2), (c1, c2) = two_hosts(lab, FAST, (), before_start=lambda h1, h2: nic_like_checksums(h1))
     assert c1.ping(c2.ip, 5).returncode == 0
     assert c2.ping(c1.ip, 5).returncode == 0
     assert "leaves transmit checksums" not in agents.log_text(p1)  # no warning: eth1 completes them
@@ -209,12 +212,7 @@ def dropped(host, reason: str) -> float:
 
 
 def test_bad_datagrams_are_dropped_in_the_kernel_and_counted(lab):
-    h1, h2 = lab.add_host(), lab.add_host()
-    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
-    for p in (p1, p2):
-        agents.wait_log(p, ATTACHED)
-        agents.wait_log(p, "peer added")
-    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    (h1, h2), _, (c1, c2) = two_hosts(lab)
     stranger = lab.add_underlay_ns("x", ETCD_HOST_IP + 97)
     pinger = agents.Pinger(c2, c1.ip, seconds=4)
     passed0 = agents.metric(h1, "datapath_fast_path_passed", direction="rx")
@@ -234,26 +232,6 @@ def test_bad_datagrams_are_dropped_in_the_kernel_and_counted(lab):
     assert dropped(h1, "outside_network") == 1
     # the programs judged them: nothing was handed on to the C loop
     assert agents.metric(h1, "datapath_fast_path_passed", direction="rx") == passed0
-
-
-# One UDP datagram to argv[1]:9 from a connected socket with IP_RECVERR: the error that comes back.
-UDP_PROBE = textwrap.dedent(
-    r"""
-    import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
-    s.settimeout(3)
-    s.connect((sys.argv[1], 9))
-    s.send(b"probe")
-    try:
-        s.recv(100)
-        print("no error")
-    except socket.timeout:
-        print("timeout")
-    except OSError as e:
-        print(e.strerror)
-    """
-)
 
 
 def leases_in_map(rx_prog: int) -> list:
@@ -281,7 +259,7 @@ def test_a_deleted_lease_leaves_the_map(lab):
     # no lease: the program hands the packet to the C loop, which answers with an ICMP error
     passed = agents.metric(h1, "datapath_fast_path_passed", direction="tx")
     target = e2["FLANNEL_SUBNET"].split("/")[0]
-    assert c1.run(sys.executable, "-c", UDP_PROBE, target).stdout.strip() == "Network is unreachable"
+    assert udp_probe(c1.ns, target) == "Network is unreachable"
     assert agents.metric(h1, "datapath_dropped_packets", direction="tx", reason="no_route") == 1
     assert agents.metric(h1, "datapath_icmp_unreachable_sent", direction="tx") == 1
     assert agents.metric(h1, "datapath_fast_path_passed", direction="tx") == passed + 1
@@ -339,12 +317,7 @@ def test_ipv6_rides_the_fast_path_in_a_dual_stack_network(dual_etcd_lab):
     lab = dual_etcd_lab
     lab.etcd[0].put(f"{PREFIX}/config", '{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48",'
                                         ' "Backend": {"Type": "udp"}}')  # fmt: skip
-    h1, h2 = lab.add_host(), lab.add_host()
-    (p1, e1), (p2, e2) = start(lab, h1, *FAST), start(lab, h2, *FAST)
-    for p in (p1, p2):
-        agents.wait_log(p, ATTACHED)
-        agents.wait_log(p, "peer added")
-    c1, c2 = lab.add_container(h1, e1), lab.add_container(h2, e2)
+    (h1, h2), _, (c1, c2) = two_hosts(lab)
     before = fast_counts(h1)
     assert c1.ping(c2.ip6, 5).returncode == 0
     sent, got = agents.tcp_transfer(lab, c1, c2, c2.ip6, size=16 << 20)

@@ -76,7 +76,8 @@ DATAPATH_HELP: dict[str, str] = {
     "io_errors": "Failed reads (recvmmsg, TUN read) that were retried.",
     "gso_fallbacks": "UDP_SEGMENT refused by the kernel; the worker sends one datagram per segment since (tx).",
     "fast_path_packets": "Inner packets the eBPF fast path forwarded (--udp-fast-path; included in packets).",
-    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (no lease, IPv6 underlay, odd sizes, ...).",
+    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (tx: no lease, an IPv6-underlay peer; "
+                        "rx: datagrams with a UDP checksum, i.e. from user-space senders, fragments; docs/datapath.md).",
 }
 
 #: values of the reason label of udpflannel_datapath_dropped_packets_total (drop_<reason>)

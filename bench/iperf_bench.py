@@ -10,6 +10,10 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 nolearning, static neigh + fdb + "<subnet> via <subnet.0> onlink", MTU - 50
     socat       naive userspace TUN<->UDP tunnel, one packet per syscall
                 (`socat TUN:...,iff-no-pi,iff-up UDP:peer:port,bind=...`), MTU - 28
+    ref-relay   the reference relay (bench/refrelay.c): the least a TUN<->UDP forwarder of
+                flannel's udp wire format does with udpflannel's offloads (vnet header
+                TSO/GRO, UDP_SEGMENT, UDP_GRO), no lookup, no checks; MTU - 28: the limit
+                of this design on the machine at hand
     uf-udp      udpflannel's udp backend, run through the real agent with etcd in the testbed
     uf-udp-busy the same with --udp-busy-poll (the latency option; its CPU cost is measured)
     uf-udp-bpf  the same with --udp-fast-path=tc-bpf (the eBPF programs carry the tunnel in the
@@ -25,6 +29,16 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 targeting the peer's FLANNEL_IPV6_SUBNET address
     uf-udp6     IPv6: udpflannel's udp backend with an IPv6-only config (flannel0, the UDP
                 tunnel over the IPv6 underlay, MTU - 48), to the peer's FLANNEL_IPV6_SUBNET address
+    wireguard-go  a wireguard-go pair set up by hand as flanneld's wireguard backend sets up
+                its hosts (flannel-wg, port 51820, MTU - 80, allowed IPs = the peer's subnet,
+                `<Network> dev flannel-wg`): userspace encryption with nothing of ours in it
+    uf-wireguard  udpflannel's wireguard backend (wireguard-go here: no kernel module), the
+                agent and its wireguard-go on each host
+
+Placement (--placement, bench/placement.py): `split` runs host A and host B of every pair
+on separate CPU sets, as two machines (every process of a host under taskset, its eth1's
+receive softirq steered to its CPUs); `shared` lets both use every CPU. Several placements
+in one run build every path once per placement (named path@placement) and interleave them.
 
 Agent paths address a "docker0" bridge on every host from its subnet file and target the
 peer's FLANNEL_SUBNET address. Metrics per path and repetition: iperf3 TCP 1 stream and
@@ -57,16 +71,21 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 from pathlib import Path
 from typing import Callable, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import placement  # noqa: E402  (bench/placement.py)
+
 try:
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
-ALL_PATHS = ["veth", "vxlan", "socat", "uf-udp", "uf-udp-busy", "uf-udp-bpf", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
-             "vxlan6", "uf-vxlan6", "uf-udp6"]  # fmt: skip
+ALL_PATHS = ["veth", "vxlan", "socat", "ref-relay", "uf-udp", "uf-udp-busy", "uf-udp-bpf", "uf-udp-ref", "uf-vxlan",
+             "uf-host-gw", "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go", "uf-wireguard"]  # fmt: skip
+PRIVATE_RUN_PATHS = {"wireguard-go", "uf-wireguard"}  # hosts with their own /run/wireguard (netlab)
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
 KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6", "uf-udp-bpf"}
+RATIO_BASES = ("vxlan", "ref-relay", "socat")  # the ratio table's columns, when in the run
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
 # label, unit, key in a path's per-rep result, which way is better (+1 higher, -1 lower)
 COLUMNS = [
@@ -92,6 +111,7 @@ AGENT_PATHS = {
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
     "uf-vxlan6": ("vxlan", [], "fd00:111::/48"),  # an IPv6 network: an IPv6-only config
     "uf-udp6": ("udp", [], "fd00:110::/48"),
+    "uf-wireguard": ("wireguard", [], "10.115.0.0/16"),
 }
 IPERF_PORT = 5201
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -162,19 +182,27 @@ class PathSetup:
     tunnel_pids: list[int] = field(default_factory=list)  # userspace processes doing the work
     procs: list[subprocess.Popen] = field(default_factory=list)
     note: str = ""
+    cpus: dict[str, Optional[list[int]]] = field(default_factory=dict)  # host name -> its CPUs (None: any)
 
     def cpu_seconds(self) -> Optional[float]:
-        if self.name in KERNEL_PATHS or not self.tunnel_pids:
+        if self.name.split("@")[0] in KERNEL_PATHS or not self.tunnel_pids:
             return None
         return sum(proc_cpu_seconds(p) for root in self.tunnel_pids for p in descendants(root))
+
+    def on_client(self, *argv: str) -> list[str]:
+        """argv run on the client host's CPUs."""
+        return placement.pinned(self.cpus.get(self.client.name), argv)
 
 
 class Testbed:
     """Builds each requested path in its own pair of host namespaces of one Lab."""
 
     def __init__(self, lab: Lab, agent_log_level: bool = False, ref_python: Optional[str] = None,
-                 busy_poll_us: int = 50):
+                 busy_poll_us: int = 50, relay: Optional[str] = None):
         self.lab = lab
+        self.relay = relay  # the reference relay's binary (None: could not be built)
+        self.cpus: dict[str, Optional[list[int]]] = {}  # host name -> its CPUs, None = any
+        self._placing: tuple[Optional[list[int]], Optional[list[int]]] = (None, None)  # the next pair's
         self.ref_python = ref_python
         self.busy_poll_us = busy_poll_us
         self.etcd = None
@@ -183,38 +211,54 @@ class Testbed:
         self.iperf_servers: list[subprocess.Popen] = []
         self.agent_verbose = agent_log_level
 
-    def _pair(self) -> tuple[Host, Host]:
-        a, b = self.lab.add_host(), self.lab.add_host()
-        for h in (a, b):
+    def _pair(self, private_run: bool = False) -> tuple[Host, Host]:
+        a, b = self.lab.add_host(private_run), self.lab.add_host(private_run)
+        for h, cpus in zip((a, b), self._placing):
             h.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+            self.cpus[h.name] = cpus
+            placement.steer_rx(h, cpus)
         return a, b
 
-    def build(self, name: str) -> None:
+    def _on(self, h: Host, argv: list[str]) -> list[str]:
+        """`argv` in h (its namespace, and its private run directories if it has them) on h's CPUs."""
+        return h.argv(*placement.pinned(self.cpus.get(h.name), argv))
+
+    def build(self, name: str, mode: str = "shared", suffix: str = "") -> None:
+        """Build path `name` with its hosts placed by `mode`; it is known as name + suffix."""
         builder: Callable[[], PathSetup] = {
             "veth": self._veth,
             "vxlan": self._vxlan,
             "vxlan6": self._vxlan6,
             "socat": self._socat,
+            "wireguard-go": self._wireguard_go,
+            "ref-relay": self._ref_relay,
         }.get(name) or (lambda: self._agent(name))
+        self._placing = placement.host_cpus(mode, placement.allowed_cpus())
+        key = name + suffix
         try:
             setup = builder()
+            setup.name = key
+            setup.cpus = {h.name: self.cpus.get(h.name) for h in (setup.client, setup.server)}
             self._check(setup)
         except Exception as e:  # a path that cannot be built is reported, not fatal
-            self.skipped[name] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            log(f"{name}: skipped: {self.skipped[name]}")
+            self.skipped[key] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            log(f"{key}: skipped: {self.skipped[key]}")
             return
-        self.paths[name] = setup
+        self.paths[key] = setup
         srv = subprocess.Popen(
             # bound to the target so UDP replies leave from the address the client is connected to
-            ["ip", "netns", "exec", setup.server.ns, "iperf3", "-s", "-p", str(IPERF_PORT), "-B", str(setup.target)],
+            self._on(setup.server, ["iperf3", "-s", "-p", str(IPERF_PORT), "-B", str(setup.target)]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.iperf_servers.append(srv)
-        log(f"{name}: ready ({setup.client.ns} -> {setup.target}){' ' + setup.note if setup.note else ''}")
+        where = ", ".join(f"{h.name} on CPUs {placement.cpu_list(c) if c else 'any'}"
+                          for h, c in ((setup.client, setup.cpus[setup.client.name]),
+                                       (setup.server, setup.cpus[setup.server.name])))  # fmt: skip
+        log(f"{key}: ready ({setup.client.ns} -> {setup.target}; {where}){' ' + setup.note if setup.note else ''}")
 
     def _check(self, s: PathSetup, timeout: float = 30) -> None:
         def ok() -> bool:
-            return s.client.run("ping", "-c", "1", "-W", "1", str(s.target), check=False).returncode == 0
+            return s.client.run(*s.on_client("ping", "-c", "1", "-W", "1", str(s.target)), check=False).returncode == 0
 
         wait_for(ok, timeout=timeout, interval=0.3, what=f"{s.name}: ping {s.target} from {s.client.name}")
 
@@ -269,11 +313,14 @@ class Testbed:
             # connected UDP socket would read the ICMP port unreachable and exit
             h.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
         for h, peer in ((a, b), (b, a)):
-            cmd = ["ip", "netns", "exec", h.ns, "socat", "-b", "65536",
-                   f"TUN:{addrs[h.name]}/24,tun-type=tun,tun-name=tun0,iff-no-pi,iff-up",
-                   f"UDP:{peer.ip}:{port},bind={h.ip}:{port}"]  # fmt: skip
+            cmd = self._on(h, ["socat", "-b", "65536",
+                               f"TUN:{addrs[h.name]}/24,tun-type=tun,tun-name=tun0,iff-no-pi,iff-up",
+                               f"UDP:{peer.ip}:{port},bind={h.ip}:{port}"])  # fmt: skip
             log_f = open(self.lab.workdir / f"socat-{h.name}.log", "ab")
-            p = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT)
+            # a session of its own, as the agents have (Lab.start_agent): with the kernel's
+            # autogroup scheduling, sessions share a CPU as groups, so a tunnel in the bench's
+            # own session (with the iperf3 ends) would be scheduled differently from the agents
+            p = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
             log_f.close()
             procs.append(p)
             pids.append(p.pid)  # `ip netns exec` execs the command: same pid
@@ -287,6 +334,58 @@ class Testbed:
             wait_for(up, timeout=10, what=f"socat tun0 in {h.name}")
             h.run("ip", "link", "set", "tun0", "mtu", str(self.lab.mtu - 28))
         return PathSetup("socat", a, b, IPv4Address(addrs[b.name]), tunnel_pids=pids, procs=procs)
+
+    def _wireguard_go(self, port: int = 51820) -> PathSetup:
+        """Two wireguard-go devices configured with wg and ip as flanneld configures its hosts."""
+        a, b = self._pair(private_run=True)
+        subnets = {a.name: IPv4Network("10.116.1.0/24"), b.name: IPv4Network("10.116.2.0/24")}
+        procs, keys = [], {}
+        for h in (a, b):
+            key = h.run("wg", "genkey").stdout.strip()
+            (h.rundir / "flannel" / "wgkey").write_text(key)
+            keys[h.name] = h.run("sh", "-c", "wg pubkey < /run/flannel/wgkey").stdout.strip()
+            log_f = open(self.lab.workdir / f"wireguard-go-{h.name}.log", "ab")
+            # a session of its own, as the agent gives its wireguard-go: with the kernel's
+            # autogroup scheduling a session shares the CPUs as one group
+            procs.append(subprocess.Popen(self._on(h, ["wireguard-go", "flannel-wg"]), stdout=log_f, stderr=subprocess.STDOUT,
+                                          env=dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error"),
+                                          start_new_session=True))  # fmt: skip
+            log_f.close()
+            wait_for(lambda h=h: (h.rundir / "wireguard" / "flannel-wg.sock").exists(), timeout=10,
+                     what=f"wireguard-go in {h.name}")  # fmt: skip
+        for h, peer in ((a, b), (b, a)):
+            h.run("wg", "set", "flannel-wg", "private-key", "/run/flannel/wgkey", "listen-port", str(port),
+                  "peer", keys[peer.name], "endpoint", f"{peer.ip}:{port}", "allowed-ips", str(subnets[peer.name]))  # fmt: skip
+            h.run("ip", "link", "set", "flannel-wg", "mtu", str(self.lab.mtu - 80), "up")
+            h.run("ip", "addr", "add", f"{subnets[h.name].network_address}/32", "dev", "flannel-wg")
+            h.run("ip", "route", "replace", "10.116.0.0/16", "dev", "flannel-wg", "scope", "link")
+        return PathSetup("wireguard-go", a, b, subnets[b.name].network_address, tunnel_pids=[p.pid for p in procs],
+                         procs=procs)  # fmt: skip
+
+    def _ref_relay(self, port: int = 8400) -> PathSetup:
+        if not self.relay:
+            raise RuntimeError("the reference relay could not be built (bench/refrelay.c; needs cc)")
+        a, b = self._pair()
+        addrs = {a.name: "10.103.0.1", b.name: "10.103.0.2"}
+        procs = []
+        for h, peer in ((a, b), (b, a)):
+            log_path = self.lab.workdir / f"ref-relay-{h.name}.log"
+            with open(log_path, "ab") as log_f:
+                p = subprocess.Popen(self._on(h, [self.relay, "--tun", "ref0", "--local", str(h.ip),
+                                                  "--peer", str(peer.ip), "--port", str(port)]),
+                                     stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            procs.append(p)
+
+            def up(h=h, p=p, log_path=log_path) -> bool:
+                if p.poll() is not None:
+                    raise RuntimeError(f"refrelay in {h.name} exited: {log_path.read_text(errors='replace')[-200:]}")
+                return h.run("ip", "link", "show", "ref0", check=False).returncode == 0
+
+            wait_for(up, timeout=10, what=f"refrelay ref0 in {h.name}")
+            h.run("ip", "link", "set", "ref0", "mtu", str(self.lab.mtu - 28), *relay_gso_segs(self.lab.mtu - 28), "up")
+            h.run("ip", "addr", "add", f"{addrs[h.name]}/24", "dev", "ref0")
+        return PathSetup("ref-relay", a, b, IPv4Address(addrs[b.name]), tunnel_pids=[p.pid for p in procs],
+                         procs=procs, note=f"MTU {self.lab.mtu - 28}")
 
     def _ensure_etcd(self) -> str:
         if self.etcd is None:
@@ -315,7 +414,7 @@ class Testbed:
             cfg = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": network, "Backend": {"Type": btype}}
         subnet_key = "FLANNEL_IPV6_SUBNET" if ip_network(network).version == 6 else "FLANNEL_SUBNET"
         self.etcd.put(f"{prefix}/config", json.dumps(cfg))
-        a, b = self._pair()
+        a, b = self._pair(private_run=name in PRIVATE_RUN_PATHS)
         procs, envs = [], {}
         for h in (a, b):
             subnet_file = self.lab.workdir / f"{name}-{h.name}-subnet.env"
@@ -323,7 +422,8 @@ class Testbed:
                     "--subnet-file", str(subnet_file), *extra]  # fmt: skip
             if self.agent_verbose:
                 args += ["-v"]
-            p = self.lab.start_agent(h, *args, log_name=f"agent-{name}-{h.name}.log", python=python)
+            on_cpus = placement.pinned_python(python, self.cpus.get(h.name), self.lab.workdir, h.name)
+            p = self.lab.start_agent(h, *args, log_name=f"agent-{name}-{h.name}.log", python=on_cpus)
             procs.append(p)
 
             def written(p=p, f=subnet_file):
@@ -380,7 +480,7 @@ def _iperf(s: PathSetup, args: list[str], duration: float) -> Optional[dict]:
            "--connect-timeout", "3000", *args]  # fmt: skip
     for attempt in range(3):  # the server may still be busy finishing the previous test
         try:
-            p = s.client.run(*cmd, check=False, timeout=duration + 30)
+            p = s.client.run(*s.on_client(*cmd), check=False, timeout=duration + 30)
         except subprocess.TimeoutExpired:
             log(f"{s.name}: iperf3 {' '.join(args)} timed out")
             return None
@@ -427,7 +527,7 @@ def measure_udp64(s: PathSetup, duration: float) -> dict:
 
 
 def _pings(s: PathSetup, count: int, interval: float = 0.02) -> list[float]:
-    p = s.client.run("ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", str(s.target),
+    p = s.client.run(*s.on_client("ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", str(s.target)),
                      check=False, timeout=count * interval + 15)  # fmt: skip
     return [float(tok[5:]) for tok in p.stdout.split() if tok.startswith("time=")]
 
@@ -453,7 +553,7 @@ def measure_ping_under_load(s: PathSetup, duration: float) -> dict:
     """Round trips while one TCP stream runs the other way round (pinger = iperf client)."""
     srv_cmd = ["iperf3", "-c", str(s.target), "-p", str(IPERF_PORT), "-t", str(duration), "-J",
                "--connect-timeout", "3000"]  # fmt: skip
-    iperf = subprocess.Popen(["ip", "netns", "exec", s.client.ns, *srv_cmd], stdout=subprocess.PIPE,
+    iperf = subprocess.Popen(["ip", "netns", "exec", s.client.ns, *s.on_client(*srv_cmd)], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     try:
         time.sleep(min(1.0, duration / 4))  # let the stream ramp up
@@ -486,11 +586,13 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {}
     ipv6 = any(p.endswith("6") for p in args.paths)  # vxlan6, uf-vxlan6: an IPv6 underlay as well
     with Lab(prefix=args.prefix, families=(4, 6) if ipv6 else (4,)) as lab:
+        relay = build_relay(lab.workdir) if "ref-relay" in args.paths else None
         bed = Testbed(lab, agent_log_level=args.agent_verbose, ref_python=args.ref_python,
-                      busy_poll_us=args.busy_poll)
+                      busy_poll_us=args.busy_poll, relay=relay)
         try:
-            for name in args.paths:
-                bed.build(name)
+            for mode in args.placement:
+                for name in args.paths:
+                    bed.build(name, mode, f"@{mode}" if len(args.placement) > 1 else "")
             names = list(bed.paths)
             if not names:
                 raise SystemExit("no data path could be built")
@@ -526,11 +628,45 @@ def run(args: argparse.Namespace) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "iperf3": _iperf_version()},
         "settings": {"reps": reps, "duration_s": duration, "pings": pings, "mtu": 1500, "paths": args.paths,
-                     "metrics": args.metrics, "ref_python": args.ref_python, "busy_poll_us": args.busy_poll},
+                     "metrics": args.metrics, "ref_python": args.ref_python, "busy_poll_us": args.busy_poll,
+                     "placement": args.placement,
+                     "cpus": {mode: [placement.cpu_list(c) if c else "any"
+                                     for c in placement.host_cpus(mode, placement.allowed_cpus())]
+                              for mode in args.placement}},  # fmt: skip
         "skipped": skipped,
         "runs": results,
         "medians": {n: medians(rs) for n, rs in results.items()},
     }
+
+
+def relay_gso_segs(mtu: int) -> list[str]:
+    """`gso_max_segs N` as udpflannel's udp backend sets it on flannel0 (a TUN read of TCP is
+    one UDP_SEGMENT send), so the reference relay's TUN gets the same offload settings; []
+    when the data path is not built."""
+    try:
+        from udpflannel.datapath import gso_max_segs
+    except ImportError:
+        return []
+    return ["gso_max_segs", str(gso_max_segs(mtu))]
+
+
+def build_relay(workdir: Path) -> Optional[str]:
+    """Compile bench/refrelay.c (with the data path's checksum routine) into workdir; None
+    (and why, logged) when it cannot be built."""
+    root = Path(__file__).resolve().parent.parent
+    out = workdir / "refrelay"
+    csrc = root / "csrc"
+    cmd = [os.environ.get("CC", "cc"), "-O2", "-std=gnu11", "-Wall", "-iquote", str(csrc), "-o", str(out),
+           str(root / "bench" / "refrelay.c"), str(csrc / "csum.c")]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"ref-relay: cannot build: {e}")
+        return None
+    if p.returncode != 0:
+        log(f"ref-relay: cannot build: {p.stderr.strip()[-300:]}")
+        return None
+    return str(out)
 
 
 def _iperf_version() -> str:
@@ -563,28 +699,34 @@ RATIO_KEYS = [("TCP 1", "tcp1_gbps"), ("TCP 4", "tcp4_gbps"), ("UDP 64B pps", "u
 
 
 def table(report: dict) -> str:
-    """Markdown tables: medians, then ratios to kernel vxlan and to socat."""
+    """Markdown tables: medians, then ratios to kernel vxlan, the reference relay and socat
+    (each path against the bases of its own placement)."""
     med = report["medians"]
     s = report["settings"]
     cols = [c for c in COLUMNS if any(m.get(c[2]) is not None for m in med.values())]
+    modes = s.get("placement") or ["shared"]
+    where = "; ".join(f"{m}: host A on CPUs {a}, host B on CPUs {b}" for m, (a, b) in s.get("cpus", {}).items())
     lines = [
         f"Medians of {s['reps']} run(s) of {s['duration_s']} s, paths interleaved; {report['date']}, "
-        f"kernel {report['machine']['kernel']}, {report['machine']['cpus']} CPUs, {report['machine']['iperf3']}.",
+        f"kernel {report['machine']['kernel']}, {report['machine']['cpus']} CPUs, {report['machine']['iperf3']}; "
+        f"placement {', '.join(modes)} ({where}).",
         "",
         "| path | " + " | ".join(f"{label} {unit}".strip() for label, unit, _, _ in cols) + " |",
         "|---" * (len(cols) + 1) + "|",
     ]
     for n, m in med.items():
         lines.append(f"| {n} | " + " | ".join(_fmt(m.get(k), k) for _, _, k, _ in cols) + " |")
-    refs = [r for r in ("vxlan", "socat") if r in med]
+    suffixes = sorted({"@" + n.split("@", 1)[1] if "@" in n else "" for n in med})
+    refs = [r for r in RATIO_BASES if any(r + sfx in med for sfx in suffixes)]
     if refs:
         lines += ["", "| path | " + " | ".join(f"{l} / {r}" for r in refs for l, _ in RATIO_KEYS) + " |",
                   "|---" * (len(refs) * len(RATIO_KEYS) + 1) + "|"]  # fmt: skip
         for n, m in med.items():
+            sfx = "@" + n.split("@", 1)[1] if "@" in n else ""
             cells = []
             for r in refs:
                 for _, k in RATIO_KEYS:
-                    a, b = m.get(k), med[r].get(k)
+                    a, b = m.get(k), med.get(r + sfx, {}).get(k)
                     cells.append(f"{a / b:.2f}x" if a is not None and b else "-")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     if report.get("skipped"):
@@ -617,7 +759,10 @@ def plot(report: dict, path: str) -> None:
         return
     med = report["medians"]
     names = list(med)
-    base = med.get("vxlan", {})
+
+    def base(n: str) -> dict:  # the vxlan of n's placement
+        return med.get("vxlan" + ("@" + n.split("@", 1)[1] if "@" in n else ""), {})
+
     panels = [p for p in PLOT_PANELS if any(med[n].get(p[1]) is not None for n in names)]
     cols = 4
     rows = (len(panels) + cols - 1) // cols
@@ -626,9 +771,9 @@ def plot(report: dict, path: str) -> None:
         ax.axis("off")
     for ax, (title, key, better, ratio) in zip(axes.flat, panels):
         raw = [med[n].get(key) for n in names]
-        use_ratio = ratio and base.get(key)
-        vals = [(v / base[key] if use_ratio else v) if v is not None else 0 for v in raw]
-        colors = ["#888888" if n in KERNEL_PATHS else "#1f77b4" for n in names]
+        use_ratio = ratio and all(base(n).get(key) for n in names)
+        vals = [(v / base(n)[key] if use_ratio else v) if v is not None else 0 for n, v in zip(names, raw)]
+        colors = ["#888888" if n.split("@")[0] in KERNEL_PATHS else "#1f77b4" for n in names]
         bars = ax.bar(names, vals, color=colors)
         ax.bar_label(bars, labels=[("-" if r is None else (f"{v:.2f}x" if use_ratio else f"{v:.3g}"))
                                    for r, v in zip(raw, vals)], fontsize=7)
@@ -658,6 +803,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ref-python", metavar="PYTHON", default=None,
                     help="interpreter of another udpflannel build (e.g. a venv of the base commit): its udp "
                     "backend runs as path uf-udp-ref in the same run")  # fmt: skip
+    ap.add_argument("--placement", default="split",
+                    help="comma-separated subset of split,shared: where each pair's two hosts run (split: "
+                    "separate CPU sets, as two machines; shared: both on every CPU); several: every path "
+                    "once per placement, named path@placement (default split)")  # fmt: skip
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per iperf3 test (default 10; --quick 3)")
     ap.add_argument("--pings", type=int, default=None, help="pings per repetition (default 50; --quick 10)")
@@ -671,6 +820,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         a.paths = ",".join(DEFAULT_PATHS + (["uf-udp-ref"] if a.ref_python else []))
     a.paths = [p.strip() for p in a.paths.split(",") if p.strip()]
     a.metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    a.placement = [m.strip() for m in a.placement.split(",") if m.strip()]
+    if not a.placement or [m for m in a.placement if m not in placement.MODES]:
+        ap.error(f"--placement: choose from {', '.join(placement.MODES)}")
     if [m for m in a.metrics if m not in METRICS]:
         ap.error(f"unknown metric(s); choose from {', '.join(METRICS)}")
     unknown = [p for p in a.paths if p not in ALL_PATHS]

@@ -5,6 +5,8 @@
 #   bench/run_iperf.sh --quick                 # one short repetition, under 3 minutes
 #   bench/run_iperf.sh --json r.json --plot r.png
 #   bench/run_iperf.sh --paths veth,vxlan,uf-udp --reps 5 --duration 10
+#   bench/run_iperf.sh --paths vxlan,ref-relay,uf-udp --placement split,shared   # hosts as two
+#                                                   # machines (own CPUs) and sharing the CPUs
 #
 # All options are bench/iperf_bench.py's (--help). Everything lives in namespaces named
 # <prefix>-*; they are deleted on exit, also when the driver is killed.

@@ -19,8 +19,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order matters: a header's declarations may use types from earlier ones.
-HEADERS = ["common.h", "checks.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "features.h", "loop.h"]
-SOURCES = ["common.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "features.c", "loop.c"]
+HEADERS = ["common.h", "csum.h", "checks.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "steer.h", "features.h", "loop.h"]
+SOURCES = ["common.c", "csum.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "steer.c", "features.c", "loop.c"]
 _REGION = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 
 
@@ -51,8 +51,10 @@ def make_ffibuilder(prefix: str = "csrc", sanitize: str = "") -> FFI:
         sources=[f"{prefix}/{s}" for s in SOURCES],
         # -iquote, not -I: csrc/features.h must not shadow glibc's <features.h>
         depends=[f"{prefix}/{h}" for h in HEADERS + ["internal.h"]],
-        extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                            "-pthread", *san],
+        # -fvisibility=hidden: calls between the data path's files stay direct (no PLT); only the
+        # module's init function, which Python.h marks visible, is exported
+        extra_compile_args=["-iquote", prefix, "-O2", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
+                            "-Wno-unused-parameter", "-pthread", *san],
         extra_link_args=["-pthread", *san],
     )
     return ffi

@@ -4,8 +4,9 @@
  * (the C loop) and by csrc/bpf/fastpath.bpf.c (the TC programs), so the two data paths
  * cannot drift apart; fuzz/fuzz_bpf_diff.c runs the same inputs through both and compares
  * the verdicts. Everything here is static inline over fixed-width types and a caller's
- * buffer, with no libc call and only loops with a constant bound (at most 30 turns), so
- * the BPF verifier accepts it as it stands.
+ * buffer (and csum.h's inline uf_csum_words), with no libc call and only loops bounded by
+ * a constant or a 4-bit header field (at most 16 turns), so the BPF verifier accepts it as
+ * it stands.
  *
  * The buffer contract: `hdr` holds the first min(len, UF_CHK_HDR_MAX) bytes of an inner
  * packet of `len` bytes (the C loop passes the packet itself; a BPF program a copy on its
@@ -30,6 +31,7 @@
 
 #include <stdint.h>
 #include "common.h"
+#include "csum.h"
 
 /* cffi:begin */
 #define UF_IPV4_MIN_HEADER 20
@@ -89,16 +91,14 @@ UF_CHK_INLINE uint32_t uf_chk_fold(uint32_t s)
 }
 
 /* 1 if the header checksum of a checked IPv4 packet is valid (the kernel drops a packet
- * whose header checksum is wrong; so do both data paths, before touching it). */
+ * whose header checksum is wrong; so do both data paths, before touching it). The header's
+ * 32-bit words summed inline (csum.h's uf_csum_words), the common header of 5 words as its
+ * own case so the compiler unrolls it; IHL is at most 15, so the sum reads at most
+ * UF_CHK_HDR_MAX bytes. */
 UF_CHK_INLINE int uf_chk_ip4_csum_ok(const uint8_t *hdr)
 {
-    uint32_t hl = (hdr[0] & 0x0fu) * 4u, s = 0;
-    for (uint32_t i = 0; i < UF_CHK_HDR_MAX; i += 2) {
-        if (i >= hl)
-            break;
-        s += uf_chk_rd16(hdr + i);
-    }
-    return uf_chk_fold(s) == 0xffffu;
+    unsigned ihl = hdr[0] & 0x0fu;
+    return (ihl == 5 ? uf_csum_words(hdr, 5) : uf_csum_words(hdr, ihl)) == 0xffffu;
 }
 
 /* Decrement the TTL (IPv4, patching the header checksum incrementally, RFC 1624 eqn. 3:

@@ -38,8 +38,9 @@ enum uf_verdict {
 
 /* Counter indices. Each worker thread owns one array of UF_C__COUNT
  * counters and works in one direction (tx: TUN->UDP, rx: UDP->TUN); the
- * Python wrapper exposes them as "tx_<name>" / "rx_<name>" and sums the
- * drop and icmp counters of both directions under "<name>". */
+ * Python wrapper exposes them as "tx_<name>" / "rx_<name>", for the
+ * directions uf_counter_dirs() names only, and sums the drop and icmp
+ * counters of both directions under "<name>". */
 enum uf_counter {
     UF_C_PACKETS = 0,          /* inner packets forwarded */
     UF_C_BYTES,                /* inner bytes forwarded */
@@ -60,7 +61,8 @@ enum uf_counter {
     UF_C_ICMP_UNREACHABLE_SENT,/* tx: ICMP net-unreachable / ICMPv6 no-route written back to the TUN */
     UF_C_ICMP_RATELIMITED,     /* tx: ICMP suppressed by the rate limit */
     UF_C_IO_ERRORS,            /* failed reads (recvmmsg / TUN read) that were retried */
-    UF_C_GSO_FALLBACKS,        /* tx: UDP_SEGMENT refused by the kernel, sent singly since */
+    UF_C_GSO_FALLBACKS,        /* tx: UDP_SEGMENT refused by the kernel, sent singly since;
+                                  rx: a UDP GSO write refused by the TUN (no USO), written singly since */
     UF_C_DROP_BAD_CHECKSUM,    /* rx: inner IPv4 header checksum wrong (the kernel would drop it) */
     UF_C_DROP_SOCKET_OVERFLOW, /* rx: dropped by the kernel at our socket, receive buffer full (SO_RXQ_OVFL) */
     UF_C__COUNT
@@ -68,6 +70,12 @@ enum uf_counter {
 
 /* Name of counter idx ("packets", "drop_short", ...), or NULL when out of range. */
 const char *uf_counter_name(int idx);
+
+/* The directions whose workers can count counter idx: UF_CTR_TX | UF_CTR_RX
+ * (0 when out of range). The other direction's counter stays 0 for ever. */
+#define UF_CTR_TX 1
+#define UF_CTR_RX 2
+int uf_counter_dirs(int idx);
 /* cffi:end */
 
 #endif

@@ -36,8 +36,11 @@ static void fp_err(char *err, size_t cap, const char *fmt, const char *what, int
     if (!err || !cap)
         return;
     int n = snprintf(err, cap, fmt, what, strerror(rc < 0 ? -rc : rc));
-    if (log && *log && n >= 0 && (size_t)n + 2 < cap)
-        snprintf(err + n, cap - (size_t)n, "\n%s", log);
+    if (!log || !*log || n < 0 || (size_t)n + 2 >= cap)
+        return;
+    /* the verifier says why at the end of its log: keep the tail that fits */
+    size_t room = cap - (size_t)n - 2, len = strlen(log);
+    snprintf(err + n, cap - (size_t)n, "\n%s", len > room ? log + (len - room) : log);
 }
 
 int uf_fp_load(const char *obj_path, const uf_fp_cfg *cfg, uf_fp **out, char *err, size_t errcap)

@@ -3,10 +3,10 @@
 #define _GNU_SOURCE
 #include "loop.h"
 #include "internal.h"
+#include "steer.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -22,10 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SO_ATTACH_REUSEPORT_CBPF
-#define SO_ATTACH_REUSEPORT_CBPF 51
-#endif
-
 #define CMSG_U16_SPACE CMSG_SPACE(sizeof(uint16_t))
 #define CMSG_INT_SPACE CMSG_SPACE(sizeof(int))
 #define RX_CMSG_SPACE (2 * CMSG_INT_SPACE)       /* UDP_GRO + SO_RXQ_OVFL */
@@ -38,6 +34,7 @@ typedef union {
 } uf_sockaddr;
 
 _Static_assert(ARRAY_LEN(((uf_dp_config *)0)->tun_fds) == UF_TUN_MAX_QUEUES, "uf_dp_config.tun_fds");
+_Static_assert(ARRAY_LEN(((uf_dp_config *)0)->cpus) == UF_TUN_MAX_QUEUES, "uf_dp_config.cpus");
 
 struct uf_worker {
     uint64_t ctr[2][UF_C__COUNT];         /* [UF_DIR_TX], [UF_DIR_RX]; written only by this worker */
@@ -66,7 +63,6 @@ struct uf_worker {
     uint8_t rcmsgs[UF_BATCH][RX_CMSG_SPACE];
     uf_dgram dgrams[UF_BATCH];
     uint32_t sock_drops[2];               /* each socket's drop count last seen (SO_RXQ_OVFL) */
-    uint8_t *scratch;                     /* UF_FRAME_SIZE: a GSO write re-split after EINVAL */
 } __attribute__((aligned(64)));
 
 struct uf_dp {
@@ -102,11 +98,24 @@ static inline int stopping(const uf_dp *dp)
     return __atomic_load_n(&dp->stopping, __ATOMIC_ACQUIRE);
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* For busy-poll windows (microseconds). */
+static uint64_t now_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* For the ICMP rate limiter (hundreds per second): the tick-granular clock, which reads no
+ * time source (one per TUN batch; it showed in profiles of bulk TCP). */
+static uint64_t coarse_now_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC_COARSE);
 }
 
 static void set_error(struct uf_worker *w, int rc)
@@ -133,54 +142,46 @@ static int writev_retry(int fd, const struct iovec *iov, int n)
     }
 }
 
-/* The kernel refused a GSO write (EINVAL: no USO support in this TUN): stop
- * coalescing UDP in this worker and deliver the write's segments one by one. */
-static void tun_write_singly(struct uf_worker *w, const uf_iov *iov, const uf_msg *m)
+/* The kernel refused GSO write i of the last rx batch (EINVAL: no USO in this TUN after
+ * all): stop coalescing UDP in this worker, write the packets it was made of one by one. */
+static void tun_write_resplit(struct uf_worker *w, uint32_t i)
 {
-    static const uint8_t zero[UF_VNET_HDR_LEN];
-    uf_vnet_hdr h;
-    uf_vnet_decode(iov[m->first].base, &h);
-    size_t len = 0;
-    for (uint32_t i = m->first + 1; i < m->first + m->niov; i++) {
-        memcpy(w->scratch + len, iov[i].base, iov[i].len);
-        len += iov[i].len;
-    }
-    uf_seg *segs = w->tx->segs;   /* the tx scratch is free between tx batches */
-    int n = uf_gso_segment(&h, w->scratch, len, w->tx->hdrs, sizeof(w->tx->hdrs), segs, UF_TX_FRAME_SEGS);
-    if (n < 0) {
-        cadd(w, UF_DIR_RX, UF_C_DROP_IO, m->segs);
-        return;
-    }
-    for (int i = 0; i < n; i++) {
-        struct iovec v[3] = { { (void *)zero, sizeof(zero) },
-                              { w->tx->hdrs + segs[i].hdr_off, segs[i].hdr_len },
-                              { w->scratch + segs[i].pay_off, segs[i].pay_len } };
-        if (writev_retry(w->tun_fd, v, 3) == 0) {
+    w->pipe.gro_udp = 0;
+    cadd(w, UF_DIR_RX, UF_C_GSO_FALLBACKS, 1);
+    int n = uf_rx_resplit(&w->pipe, w->rx, i);
+    for (int k = 0; k < n; k++) {
+        const uf_msg *m = &w->rx->split[k];
+        if (writev_retry(w->tun_fd, (const struct iovec *)(w->rx->split_iov + m->first), m->niov) == 0) {
             cadd(w, UF_DIR_RX, UF_C_PACKETS, 1);
-            cadd(w, UF_DIR_RX, UF_C_BYTES, (uint64_t)segs[i].hdr_len + segs[i].pay_len);
+            cadd(w, UF_DIR_RX, UF_C_BYTES, m->bytes);
         } else {
             cadd(w, UF_DIR_RX, UF_C_DROP_IO, 1);
         }
     }
 }
 
-/* writev() each message to the TUN. count: add packets/bytes (rx writes) or not (ICMP). */
-static void tun_write_all(struct uf_worker *w, const uf_iov *iov, const uf_msg *msgs, uint32_t n, int count)
+/* The ICMP errors of the last tx batch (not counted as forwarded packets). */
+static void tun_write_icmp(struct uf_worker *w)
 {
-    for (uint32_t i = 0; i < n; i++) {
-        const uf_msg *m = &msgs[i];
-        int rc = writev_retry(w->tun_fd, (const struct iovec *)(iov + m->first), m->niov);
-        if (!count)
-            continue;
+    const uf_tx *tx = w->tx;
+    for (uint32_t i = 0; i < tx->nwrites; i++)
+        writev_retry(w->tun_fd, (const struct iovec *)(tx->wiov + tx->writes[i].first), tx->writes[i].niov);
+}
+
+/* writev() each write of the last rx batch to the TUN. */
+static void tun_write_rx(struct uf_worker *w)
+{
+    const uf_rx *rx = w->rx;
+    for (uint32_t i = 0; i < rx->nwrites; i++) {
+        const uf_msg *m = &rx->writes[i];
+        int rc = writev_retry(w->tun_fd, (const struct iovec *)(rx->iov + m->first), m->niov);
         if (rc == 0) {
             cadd(w, UF_DIR_RX, UF_C_PACKETS, m->segs);
             cadd(w, UF_DIR_RX, UF_C_BYTES, m->bytes);
             if (m->segs > 1)
                 cadd(w, UF_DIR_RX, UF_C_SUPER_PACKETS, 1);
         } else if (rc == -EINVAL && m->gso_type == UF_VNET_GSO_UDP_L4) {
-            w->pipe.gro_udp = 0;
-            cadd(w, UF_DIR_RX, UF_C_GSO_FALLBACKS, 1);
-            tun_write_singly(w, iov, m);
+            tun_write_resplit(w, i);
         } else {
             cadd(w, UF_DIR_RX, UF_C_DROP_IO, m->segs);
         }
@@ -362,11 +363,11 @@ static int tun_step(struct uf_worker *w, int busy, int *more)
     if (!n)
         return 0;
     *more = n == UF_BATCH;
-    uint64_t now = now_ns();
+    uint64_t now = coarse_now_ns();
     for (int done = 0; done < n;) {
         done += uf_tx_batch(&w->pipe, w->tx, w->frames + done, w->lens + done, n - done, now, local);
         cadd_all(w, UF_DIR_TX, local);
-        tun_write_all(w, w->tx->wiov, w->tx->writes, w->tx->nwrites, 0);
+        tun_write_icmp(w);
         if (w->tx->nmsgs) {
             int r = tx_send(w);
             if (r <= 0)
@@ -466,7 +467,7 @@ static int sock_step(struct uf_worker *w, int fi, int *more)
     for (int done = 0; done < nd;) {
         done += uf_rx_batch(&w->pipe, w->rx, w->dgrams + done, nd - done, local);
         cadd_all(w, UF_DIR_RX, local);
-        tun_write_all(w, w->rx->iov, w->rx->writes, w->rx->nwrites, 1);
+        tun_write_rx(w);
     }
     return 0;
 }
@@ -474,24 +475,16 @@ static int sock_step(struct uf_worker *w, int fi, int *more)
 /* ------------------------------------------------------------------ */
 /* the worker                                                          */
 
+/* Run this worker on the CPU the configuration names for it, if any. */
 static void pin(struct uf_worker *w)
 {
-    cpu_set_t allowed, one;
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+    int cpu = w->dp->cfg.cpus[w->queue];
+    if (cpu < 0 || cpu >= CPU_SETSIZE)
         return;
-    int n = CPU_COUNT(&allowed);
-    if (n < 2)
-        return;
-    for (int cpu = 0, k = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &allowed))
-            continue;
-        if (k++ == w->queue % n) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
-            return;
-        }
-    }
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
 }
 
 static void *worker_main(void *arg)
@@ -606,89 +599,6 @@ fail:
     return rc;
 }
 
-/* All tunnel datagrams between two hosts share one outer 4-tuple, so the
- * kernel's SO_REUSEPORT hash would send them all to one socket. This classic
- * BPF program (it sees the UDP payload: the inner IPv4 or IPv6 packet)
- * returns the socket index from a symmetric hash of the inner addresses and,
- * for TCP/UDP (IPv4: first fragments; IPv6: right after the fixed header),
- * ports; anything else gets the kernel's own choice. The same program serves
- * the IPv4 and the IPv6 socket group. */
-static int attach_reuseport_bpf(int sock, int queues)
-{
-    struct sock_filter code[] = {
-        /* 0 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),
-        /* 1 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf0),
-        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x40, 0, 12),       /* not IPv4 -> 15 */
-        /* IPv4 */
-        /* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12),
-        /* 4 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 5 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),
-        /* 6 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                 /* src ^ dst */
-        /* 7 */ BPF_STMT(BPF_ST, 0),
-        /* 8 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 9),
-        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 1, 0),           /* TCP -> 11 */
-        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 43),        /* not UDP -> 54 */
-        /* 11 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6),
-        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 41, 0),   /* fragment -> 54 */
-        /* 13 */ BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),                /* X = IHL * 4 */
-        /* 14 */ BPF_STMT(BPF_JMP | BPF_JA, 28),                        /* -> 43 */
-        /* IPv6 */
-        /* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x60, 0, 47),       /* not IPv6 -> 63 */
-        /* 16 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 8),
-        /* 17 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 18 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12),
-        /* 19 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 20 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 21 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),
-        /* 22 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 23 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 24 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 20),
-        /* 25 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 26 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 27 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 24),
-        /* 28 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 29 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 30 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 28),
-        /* 31 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 32 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 33 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 32),
-        /* 34 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 35 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 36 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 36),
-        /* 37 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* all address words */
-        /* 38 */ BPF_STMT(BPF_ST, 0),
-        /* 39 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                 /* next header */
-        /* 40 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 1, 0),          /* TCP -> 42 */
-        /* 41 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 12),        /* not UDP -> 54 */
-        /* 42 */ BPF_STMT(BPF_LDX | BPF_W | BPF_IMM, 40),               /* X = 40 */
-        /* ports: X = offset of the L4 header */
-        /* 43 */ BPF_STMT(BPF_LD | BPF_W | BPF_IND, 0),                 /* sport << 16 | dport */
-        /* 44 */ BPF_STMT(BPF_ST, 1),
-        /* 45 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
-        /* 46 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 47 */ BPF_STMT(BPF_LD | BPF_MEM, 1),
-        /* 48 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xffff),
-        /* 49 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),                /* sport ^ dport */
-        /* 50 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 51 */ BPF_STMT(BPF_LD | BPF_MEM, 0),
-        /* 52 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 53 */ BPF_STMT(BPF_ST, 0),
-        /* 54 */ BPF_STMT(BPF_LD | BPF_MEM, 0),                         /* fold and reduce */
-        /* 55 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 56 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
-        /* 57 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 58 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
-        /* 59 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8),
-        /* 60 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
-        /* 61 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, (uint32_t)queues),
-        /* 62 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 63 */ BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),                /* the kernel's hash */
-    };
-    _Static_assert(ARRAY_LEN(code) == 64, "jump offsets above assume 64 instructions");
-    struct sock_fprog prog = { .len = ARRAY_LEN(code), .filter = code };
-    return setsockopt(sock, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0 ? -errno : 0;
-}
-
 #define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
 
 static int worker_map(struct uf_worker *w)
@@ -698,7 +608,7 @@ static int worker_map(struct uf_worker *w)
     size_t saddrs = (size_t)UF_TX_MAX_SEGS * sizeof(uf_sockaddr);
     size_t scm = (size_t)UF_TX_MAX_SEGS * CMSG_U16_SPACE;
     size_t total = 2 * ALIGN64(bufs) + ALIGN64(smsgs) + ALIGN64(saddrs) + ALIGN64(scm) +
-                   ALIGN64(sizeof(uf_tx)) + ALIGN64(sizeof(uf_rx)) + ALIGN64(UF_FRAME_SIZE);
+                   ALIGN64(sizeof(uf_tx)) + ALIGN64(sizeof(uf_rx));
     void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return -errno;
@@ -717,9 +627,8 @@ static int worker_map(struct uf_worker *w)
     w->saddrs = (void *)p; p += ALIGN64(saddrs);
     w->scmsgs = p; p += ALIGN64(scm);
     w->tx = (void *)p; p += ALIGN64(sizeof(uf_tx));
-    w->rx = (void *)p; p += ALIGN64(sizeof(uf_rx));   /* zero-filled mapping: empty */
-    w->scratch = p;
-    uf_tx_init(w->tx, now_ns());
+    w->rx = (void *)p;   /* zero-filled mapping: empty */
+    uf_tx_init(w->tx, coarse_now_ns());
     return 0;
 }
 
@@ -789,7 +698,7 @@ int uf_dp_new(const uf_dp_config *cfg, uf_dp **out)
             if (rc)
                 goto fail;
         }
-        if (cfg->queues > 1 && (rc = attach_reuseport_bpf(dp->socks[f][0], cfg->queues)) != 0)
+        if (cfg->queues > 1 && (rc = uf_steer_attach(dp->socks[f][0], (uint32_t)cfg->queues)) != 0)
             goto fail;
     }
     uf_pipe_cfg pipe = {

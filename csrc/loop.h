@@ -4,8 +4,8 @@
  * i and UDP socket i of each underlay family in use (an IPv4 socket bound to
  * the PublicIP's interface address, an IPv6 one to the IPv6 address; either
  * or both). With several queues the sockets of one family share the port
- * through SO_REUSEPORT, and a classic BPF program picks the socket by the
- * inner addresses and ports (IPv4 or IPv6), so each flow stays on one worker.
+ * through SO_REUSEPORT, and the reuseport program of steer.h picks the socket by
+ * the inner addresses and ports (IPv4 or IPv6), so each flow stays on one worker.
  * The worker sleeps in poll() on its TUN fd, its sockets and the data path's
  * eventfd, then:
  *
@@ -20,8 +20,8 @@
  * read by the same thread on its next poll(), with no other thread to wake.
  * With busy_poll_us, a worker that moved packets keeps polling without
  * sleeping for that long before it blocks (lower latency, a CPU kept busy
- * while traffic flows). With pin_cpus, worker i runs on the i-th CPU the
- * process may use.
+ * while traffic flows). With pin_cpus, worker i runs on CPU cpus[i] (where is the
+ * caller's decision: udpflannel.datapath.placement).
  *
  * Every decision about a packet is in pipeline.c; this file only moves
  * bytes, handles errno and runs threads. Threads are plain pthreads created by
@@ -59,7 +59,8 @@ typedef struct uf_dp_config {
     int gro_coalesce;      /* coalesce TCP segments into GSO TUN writes (needs vnet_hdr) */
     int tun_uso;           /* coalesce UDP datagrams into GSO_UDP_L4 TUN writes (needs vnet_hdr) */
     int busy_poll_us;      /* keep polling this long after the last packet before sleeping; 0 = off */
-    int pin_cpus;          /* pin worker i to the i-th allowed CPU */
+    int pin_cpus;          /* pin worker i to CPU cpus[i] (the caller decides where) */
+    int cpus[16];          /* UF_TUN_MAX_QUEUES; with pin_cpus; < 0: that worker is not pinned */
     uf_addr bind[2];       /* [0] IPv4, [1] IPv6 underlay address to bind; family 0 = no socket */
     uint16_t port;
     uf_net net[2];         /* [0] IPv4, [1] IPv6 overlay network; family 0 = not routed */

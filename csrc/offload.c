@@ -59,7 +59,7 @@ int uf_vnet_finish_csum(const uf_vnet_hdr *h, uint8_t *pkt, size_t len)
 static uint32_t pseudo_sum(const uint8_t *ip, uint8_t proto, size_t l4len)
 {
     int v = ip_ver(ip);
-    uint32_t s = uf_csum_add(ip + ip_src_off(v), 2 * ip_alen(v), 0);
+    uint32_t s = uf_csum_words(ip + ip_src_off(v), (unsigned)(2 * ip_alen(v) / 4));
     return s + proto + (uint32_t)l4len;
 }
 
@@ -101,37 +101,56 @@ int uf_gso_segment(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
     uint16_t id0 = v == 4 ? rd16(pkt + 4) : 0;
     uint32_t seq0 = proto == UF_PROTO_TCP ? rd32(pkt + iphl + 4) : 0;
     uint8_t flags0 = proto == UF_PROTO_TCP ? pkt[iphl + 13] : 0;
-    /* addresses + protocol, shared by every segment's pseudo-header */
-    uint32_t addr_sum = pseudo_sum(pkt, proto, 0);
+    const size_t csum_at = proto == UF_PROTO_TCP ? 16 : 6;
+    /* The headers every segment shares, with the fields that differ zeroed (IP length,
+     * IPv4 ID and header checksum; TCP sequence number, flags and checksum / UDP length and
+     * checksum), summed once: each segment's header checksum is that sum plus its own
+     * fields, and its L4 checksum that sum plus its own fields plus one pass over its
+     * payload -- the only per-byte work. */
+    uint8_t t[UF_SEG_HDR_MAX], *tl4 = t + iphl;
+    memcpy(t, pkt, hl);
+    if (v == 4)
+        t[2] = t[3] = t[4] = t[5] = t[10] = t[11] = 0;
+    else
+        t[4] = t[5] = 0;
+    if (proto == UF_PROTO_TCP) {
+        memset(tl4 + 4, 0, 4);
+        tl4[13] = 0;
+    } else {
+        tl4[4] = tl4[5] = 0;
+    }
+    tl4[csum_at] = tl4[csum_at + 1] = 0;
+    const uint32_t ip_sum = v == 4 ? uf_csum_words(t, (unsigned)(iphl / 4)) : 0;
+    /* the pseudo-header's addresses and protocol, and the L4 header */
+    const uint32_t l4_sum = uf_csum_add(tl4, l4hl, pseudo_sum(pkt, proto, 0));
     size_t off = 0;
     for (size_t i = 0; i < nsegs; i++) {
         size_t plen = payload - off < mss ? payload - off : mss;
+        const size_t l4len = l4hl + plen;
         uint8_t *o = hdrs + i * hl, *l4 = o + iphl;
-        memcpy(o, pkt, hl);
+        memcpy(o, t, hl);
         ip_set_tot(o, hl + plen);
         if (v == 4) {
-            wr16(o + 4, (uint16_t)(id0 + i));
-            o[10] = o[11] = 0;
-            wr16(o + 10, uf_checksum(o, iphl));
+            uint16_t id = (uint16_t)(id0 + i);
+            wr16(o + 4, id);
+            wr16(o + 10, (uint16_t)~uf_csum_fold(ip_sum + (uint32_t)(hl + plen) + id));
         }
-        size_t csum_at;
+        uint32_t cs = l4_sum + (uint32_t)l4len;   /* the pseudo-header's length */
         if (proto == UF_PROTO_TCP) {
-            wr32(l4 + 4, seq0 + (uint32_t)off);
+            uint32_t seq = seq0 + (uint32_t)off;
             uint8_t fl = flags0;
             if (i + 1 < nsegs)
                 fl &= (uint8_t)~(TCP_FIN | TCP_PSH);
             if (i > 0)
                 fl &= (uint8_t)~TCP_CWR;
+            wr32(l4 + 4, seq);
             l4[13] = fl;
-            csum_at = 16;
+            cs += (seq >> 16) + (seq & 0xffffu) + fl;   /* the flags: the low byte of word 12 */
         } else {
-            wr16(l4 + 4, (uint16_t)(8 + plen));
-            csum_at = 6;
+            wr16(l4 + 4, (uint16_t)l4len);
+            cs += (uint32_t)l4len;
         }
-        l4[csum_at] = l4[csum_at + 1] = 0;
-        uint32_t cs = uf_csum_add(l4, l4hl, addr_sum + (uint32_t)(l4hl + plen));
-        cs = uf_csum_add(pkt + hl + off, plen, cs);
-        uint16_t c = (uint16_t)~uf_csum_fold(cs);
+        uint16_t c = (uint16_t)~uf_csum_fold(uf_csum_add(pkt + hl + off, plen, cs));
         if (proto == UF_PROTO_UDP && c == 0)
             c = 0xffffu;   /* 0 means "no checksum" (IPv4) and is invalid (IPv6) */
         wr16(l4 + csum_at, c);
@@ -170,7 +189,8 @@ int uf_gso_split(const uf_vnet_hdr *h, const uint8_t *pkt, size_t len,
 
 /* ---- GRO ---- */
 
-int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
+/* uf_gro_eligible; check_ip4: verify the IPv4 header checksum too. */
+static int gro_kind(const uint8_t *pkt, size_t len, int udp, int check_ip4)
 {
     if (len < UF_IPV4_MIN_HEADER + 8)
         return 0;
@@ -183,7 +203,7 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
             return 0;
         /* the super-packet gets a fresh header checksum: never let a bad one in
          * (the kernel would drop it; coalescing must not "repair" it) */
-        if (rd16(pkt + 2) != len || !uf_ip4_csum_ok(pkt))
+        if (rd16(pkt + 2) != len || (check_ip4 && !uf_ip4_csum_ok(pkt)))
             return 0;
         iphl = UF_IPV4_MIN_HEADER;
     } else if (v == 6) {
@@ -218,6 +238,16 @@ int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
     uint32_t s = pseudo_sum(pkt, proto, len - iphl);
     s = uf_csum_add(l4, len - iphl, s);
     return uf_csum_fold(s) == 0xffffu ? type : 0;
+}
+
+int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp)
+{
+    return gro_kind(pkt, len, udp, 1);
+}
+
+int uf_gro_eligible_ip_ok(const uint8_t *pkt, size_t len, int udp)
+{
+    return gro_kind(pkt, len, udp, 0);
 }
 
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len)
@@ -308,7 +338,7 @@ size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h)
     ip_set_tot(p, g->len);
     if (ip_ver(p) == 4) {
         p[10] = p[11] = 0;
-        wr16(p + 10, uf_checksum(p, iphl));
+        wr16(p + 10, (uint16_t)~uf_csum_words(p, (unsigned)(iphl / 4)));
     }
     h->flags = UF_VNET_F_NEEDS_CSUM;
     h->gso_type = g->gso_type;
@@ -324,6 +354,24 @@ size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h)
         wr16(p + iphl + 16, uf_csum_fold(pseudo_sum(p, UF_PROTO_TCP, g->len - iphl)));
     }
     return g->len;
+}
+
+void uf_gro_restore(uint8_t *head, size_t len, const uf_vnet_hdr *h)
+{
+    const size_t iphl = h->csum_start;
+    const int udp = h->gso_type == UF_VNET_GSO_UDP_L4;
+    uint8_t *l4 = head + iphl;
+    ip_set_tot(head, len);
+    if (ip_ver(head) == 4) {
+        head[10] = head[11] = 0;
+        wr16(head + 10, (uint16_t)~uf_csum_words(head, (unsigned)(iphl / 4)));
+    }
+    if (udp)
+        wr16(l4 + 4, (uint16_t)(len - iphl));
+    l4[h->csum_offset] = l4[h->csum_offset + 1] = 0;
+    uint16_t c = (uint16_t)~uf_csum_fold(uf_csum_add(l4, len - iphl,
+                                                     pseudo_sum(head, udp ? UF_PROTO_UDP : UF_PROTO_TCP, len - iphl)));
+    wr16(l4 + h->csum_offset, udp && c == 0 ? 0xffffu : c);
 }
 
 int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap)

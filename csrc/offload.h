@@ -116,6 +116,9 @@ typedef struct uf_gro {
  * options, not a fragment and a valid header checksum; IPv6 the L4 header
  * right after the fixed header (no extension headers). */
 int uf_gro_eligible(const uint8_t *pkt, size_t len, int udp);
+/* The same for a packet whose IPv4 header checksum the caller has verified already (the
+ * receive pipeline does, before its other checks): the header is not summed twice. */
+int uf_gro_eligible_ip_ok(const uint8_t *pkt, size_t len, int udp);
 /* Start a new super-packet with an eligible pkt (kept by reference). */
 void uf_gro_start(uf_gro *g, uint8_t *pkt, size_t len);
 /* Append an eligible pkt if it continues g's flow (TCP: in order; UDP: no
@@ -127,6 +130,11 @@ int uf_gro_append(uf_gro *g, const uint8_t *pkt, size_t len);
  * otherwise the head is untouched and *h is all zero. Returns the
  * super-packet's length. */
 size_t uf_gro_finish(uf_gro *g, uf_vnet_hdr *h);
+/* Undo uf_gro_finish on the head of a GSO write (h: the write's virtio-net header, len: the
+ * head packet's own length): its IP length (and IPv4 header checksum, UDP length) and a full
+ * L4 checksum again, so it can be written on its own. TCP: a PSH that coalescing moved to the
+ * head stays there. */
+void uf_gro_restore(uint8_t *head, size_t len, const uf_vnet_hdr *h);
 /* Gather a finished g into out (for tests); bytes written or -ENOSPC. */
 int uf_gro_copy(const uf_gro *g, uint8_t *out, size_t cap);
 /* cffi:end */

@@ -5,133 +5,6 @@
 #include <errno.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#define ADDC(c, a, w) ((c) = _addcarry_u64((c), (a), (w), &(a)))
-#else
-static inline unsigned char addc_generic(unsigned char c, unsigned long long *a, unsigned long long w)
-{
-    unsigned long long s = *a + w, s2 = s + c;
-    unsigned char out = (unsigned char)((s < w) | (s2 < s));
-    *a = s2;
-    return out;
-}
-#define ADDC(c, a, w) ((c) = addc_generic((c), &(a), (w)))
-#endif
-
-
-/* One's-complement sum of a buffer. The sum is byte-order independent up to
- * a final swap (RFC 1071), so we add native 64-bit words with end-around
- * carry (an adc chain: _addcarry_u64), fold to 16 bits in native order and
- * convert that to the big-endian value once. */
-static uint64_t csum_adc(const uint8_t *p, size_t len)
-{
-    unsigned long long acc = 0, w0, w1, w2, w3;
-    unsigned char c = 0;
-    while (len >= 64) {
-        memcpy(&w0, p, 8);
-        memcpy(&w1, p + 8, 8);
-        memcpy(&w2, p + 16, 8);
-        memcpy(&w3, p + 24, 8);
-        ADDC(c, acc, w0);
-        ADDC(c, acc, w1);
-        ADDC(c, acc, w2);
-        ADDC(c, acc, w3);
-        memcpy(&w0, p + 32, 8);
-        memcpy(&w1, p + 40, 8);
-        memcpy(&w2, p + 48, 8);
-        memcpy(&w3, p + 56, 8);
-        ADDC(c, acc, w0);
-        ADDC(c, acc, w1);
-        ADDC(c, acc, w2);
-        ADDC(c, acc, w3);
-        p += 64;
-        len -= 64;
-    }
-    while (len >= 8) {
-        memcpy(&w0, p, 8);
-        ADDC(c, acc, w0);
-        p += 8;
-        len -= 8;
-    }
-    ADDC(c, acc, 0);  /* end-around carry */
-    acc += c;                            /* cannot carry again */
-    if (len) {
-        uint8_t tail[8] = { 0 };
-        memcpy(tail, p, len);
-        memcpy(&w0, tail, 8);
-        c = 0;
-        ADDC(c, acc, w0);
-        acc += c;
-    }
-    return acc;
-}
-
-#if defined(__x86_64__)
-/* AVX2: add native 32-bit words into 64-bit lanes (no carries to track: a
- * lane can absorb 2^32 words); the result is congruent to the adc sum. */
-__attribute__((target("avx2"))) static uint64_t csum_avx2(const uint8_t *p, size_t len)
-{
-    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-    __m256i a2 = _mm256_setzero_si256(), a3 = _mm256_setzero_si256();
-    const __m256i z = _mm256_setzero_si256();
-    while (len >= 64) {
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)p);
-        __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
-        a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(v0, z));
-        a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(v0, z));
-        a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(v1, z));
-        a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(v1, z));
-        p += 64;
-        len -= 64;
-    }
-    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
-    uint64_t l[4];
-    _mm256_storeu_si256((__m256i *)l, a0);
-    /* each lane < 2^48 for any realistic len, so this sum cannot overflow */
-    uint64_t s = l[0] + l[1] + l[2] + l[3];
-    uint64_t t = csum_adc(p, len);
-    s += t;
-    s += s < t;
-    return s;
-}
-#endif
-
-uint32_t uf_csum_add(const void *buf, size_t len, uint32_t sum)
-{
-    uint64_t acc;
-#if defined(__x86_64__)
-    if (len >= 256 && __builtin_cpu_supports("avx2"))
-        acc = csum_avx2(buf, len);
-    else
-#endif
-        acc = csum_adc(buf, len);
-    /* fold 64 -> 16 in native order, then take the big-endian value */
-    uint64_t f = (acc & 0xffffffffu) + (acc >> 32);
-    f = (f & 0xffffffffu) + (f >> 32);
-    f = (f & 0xffffu) + (f >> 16);
-    f = (f & 0xffffu) + (f >> 16);
-    uint16_t native = (uint16_t)f;
-    uint8_t b[2];
-    memcpy(b, &native, 2);
-    uint32_t be = ((uint32_t)b[0] << 8) | b[1];
-    uint64_t total = (uint64_t)sum + be;
-    total = (total & 0xffffffffu) + (total >> 32);
-    return (uint32_t)total;
-}
-
-uint16_t uf_csum_fold(uint32_t sum)
-{
-    sum = (sum & 0xffffu) + (sum >> 16);
-    sum = (sum & 0xffffu) + (sum >> 16);
-    return (uint16_t)sum;
-}
-
-uint16_t uf_checksum(const void *buf, size_t len)
-{
-    return (uint16_t)~uf_csum_fold(uf_csum_add(buf, len, 0));
-}
-
 int uf_pkt_check(const uint8_t *pkt, size_t len)
 {
     return uf_chk_pkt(pkt, len > UINT32_MAX ? UINT32_MAX : (uint32_t)len);
@@ -215,10 +88,19 @@ int uf_icmp_eligible(const uint8_t *pkt, size_t len)
             return 0;
         return 1;
     }
-    if (pkt[9] == UF_PROTO_ICMP)
-        return 0;
     if (rd16(pkt + 6) & 0x1fffu)  /* fragment offset != 0 */
         return 0;
+    /* never about an ICMP error message (RFC 1122 3.2.2); the query messages of
+     * RFC 792/950 (echo 8/0, timestamp 13/14, information 15/16, address mask
+     * 17/18) get their unreachable like any packet, every other type counts as an
+     * error. The type byte must be there. */
+    if (pkt[9] == UF_PROTO_ICMP) {
+        const uint32_t queries = (1u << 0) | (1u << 8) | (1u << 13) | (1u << 14) | (1u << 15) | (1u << 16) |
+                                 (1u << 17) | (1u << 18);
+        size_t off = ip_hlen(pkt);
+        if (off >= ip_tot(pkt) || pkt[off] > 18 || !((queries >> pkt[off]) & 1u))
+            return 0;
+    }
     uint32_t src = rd32(pkt + 12);
     if (src == 0 || src == 0xffffffffu || (src >> 28) == 0xe)
         return 0;

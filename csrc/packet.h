@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include "common.h"
 #include "lookup.h"
+#include "csum.h"
 #include "checks.h"
 
 /* cffi:begin */
@@ -33,14 +34,6 @@ typedef struct uf_ratelimit {
     uint64_t cost_ns;     /* credit one message costs (1e9 / rate) */
     uint64_t cap_ns;      /* burst * cost */
 } uf_ratelimit;
-
-/* One's-complement sum of buf (not folded, not inverted), added to sum. */
-uint32_t uf_csum_add(const void *buf, size_t len, uint32_t sum);
-/* Fold a 32-bit one's-complement sum to 16 bits (not inverted). */
-uint16_t uf_csum_fold(uint32_t sum);
-/* The Internet checksum of buf: ~fold(sum) in host order; 0 means "valid"
- * when computed over data that includes its own checksum field. */
-uint16_t uf_checksum(const void *buf, size_t len);
 
 /* Basic validity of an inner packet: UF_PASS, UF_C_DROP_SHORT (under 20 bytes,
  * an IPv6 packet under 40, or the header's length > len), UF_C_DROP_BAD_VERSION
@@ -59,8 +52,10 @@ int uf_ip4_csum_ok(const uint8_t *pkt);
 int uf_pkt_dec_ttl(uint8_t *pkt, size_t len);
 
 /* Whether a destination-unreachable may be sent about a checked pkt: not about
- * an ICMP error (IPv4: any ICMP; IPv6: an ICMPv6 error message, types < 128,
- * found behind the extension headers), a non-first fragment, or a packet from
+ * an ICMP error message (IPv4: every type but the queries and their replies,
+ * 0, 8 and 13-18, so an echo request does get one; IPv6: an ICMPv6 error
+ * message, types < 128, found behind the extension headers), a non-first
+ * fragment, or a packet from
  * a zero, broadcast or multicast source; IPv6: nor when the extension-header
  * chain cannot be followed within the packet. 1 or 0. */
 int uf_icmp_eligible(const uint8_t *pkt, size_t len);

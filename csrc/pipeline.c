@@ -26,6 +26,8 @@ _Static_assert(UF_RX_MAX_IOV >= 2 * UF_RX_MAX_PKTS, "two iovecs per inner packet
 _Static_assert(ARRAY_LEN(((uf_rx *)0)->vnet) == UF_RX_MAX_PKTS, "uf_rx.vnet");
 _Static_assert(sizeof(((uf_rx *)0)->vnet[0]) >= UF_VNET_HDR_LEN, "uf_rx.vnet");
 _Static_assert(sizeof(((uf_rx *)0)->zero_vnet) >= UF_VNET_HDR_LEN, "uf_rx.zero_vnet");
+_Static_assert(ARRAY_LEN(((uf_rx *)0)->split) == UF_GSO_MAX_SEGS, "uf_rx.split: a GSO write's packets");
+_Static_assert(ARRAY_LEN(((uf_rx *)0)->split_iov) == 2 * UF_GSO_MAX_SEGS, "uf_rx.split_iov");
 /* the most inner packets one datagram can hold (>= 20 bytes each) must fit one call */
 _Static_assert(UF_FRAME_SIZE / UF_IPV4_MIN_HEADER + 1 <= UF_RX_MAX_PKTS, "one datagram fits a batch");
 _Static_assert(UF_UDP_GSO_MAX_SEGS <= UINT16_MAX, "uf_msg.segs is 16 bits");
@@ -37,6 +39,28 @@ void uf_tx_init(uf_tx *tx, uint64_t now_ns)
 {
     memset(tx, 0, sizeof(*tx));
     uf_ratelimit_init(&tx->icmp_rl, UF_ICMP_RATE_PER_SEC, UF_ICMP_BURST, now_ns);
+}
+
+/* Make w a TUN write of one plain packet with its iovecs at iov[first..]: the all-zero
+ * virtio-net header zero_vnet (with a vnet-header TUN), then the packet. The iovecs used. */
+static uint32_t plain_write(const uf_pipe_cfg *c, uf_msg *w, uf_iov *iov, uint32_t first, uint8_t *zero_vnet,
+                            void *pkt, size_t len)
+{
+    uf_iov *v = iov + first;
+    memset(w, 0, sizeof(*w));
+    w->first = first;
+    if (c->vnet_hdr) {
+        v->base = zero_vnet;
+        v->len = UF_VNET_HDR_LEN;
+        v++;
+        w->niov++;
+    }
+    v->base = pkt;
+    v->len = len;
+    w->niov++;
+    w->segs = 1;
+    w->bytes = (uint32_t)len;
+    return w->niov;
 }
 
 /* The ICMP net-unreachable / ICMPv6 no-route about pkt, as a TUN write (rate-limited). */
@@ -54,21 +78,7 @@ static void tx_icmp(const uf_pipe_cfg *c, uf_tx *tx, const uint8_t *pkt, size_t 
     int n = uf_icmp_unreachable(pkt, len, &c->icmp_source[fam_idx(ip_ver(pkt))], out, UF_ICMP_MAX_LEN);
     if (n <= 0)
         return;
-    uf_msg *w = &tx->writes[i];
-    uf_iov *v = &tx->wiov[2 * i];
-    memset(w, 0, sizeof(*w));
-    w->first = 2 * i;
-    if (c->vnet_hdr) {
-        v->base = tx->zero_vnet;
-        v->len = UF_VNET_HDR_LEN;
-        v++;
-        w->niov++;
-    }
-    v->base = out;
-    v->len = (size_t)n;
-    w->niov++;
-    w->segs = 1;
-    w->bytes = (uint32_t)n;
+    plain_write(c, &tx->writes[i], tx->wiov, 2 * i, tx->zero_vnet, out, (size_t)n);
     tx->nwrites++;
     ctr[UF_C_ICMP_UNREACHABLE_SENT]++;
 }
@@ -207,19 +217,7 @@ int uf_tx_batch(const uf_pipe_cfg *c, uf_tx *tx, uint8_t *const *frames, const u
 
 static void rx_write_plain(const uf_pipe_cfg *c, uf_rx *rx, uint8_t *pkt, size_t len)
 {
-    uf_msg *w = &rx->writes[rx->nwrites++];
-    memset(w, 0, sizeof(*w));
-    w->first = rx->niov;
-    if (c->vnet_hdr) {
-        rx->iov[rx->niov].base = rx->zero_vnet;
-        rx->iov[rx->niov++].len = UF_VNET_HDR_LEN;
-        w->niov++;
-    }
-    rx->iov[rx->niov].base = pkt;
-    rx->iov[rx->niov++].len = len;
-    w->niov++;
-    w->segs = 1;
-    w->bytes = (uint32_t)len;
+    rx->niov += plain_write(c, &rx->writes[rx->nwrites++], rx->iov, rx->niov, rx->zero_vnet, pkt, len);
 }
 
 /* Turn the super-packet being built into a write (headers patched). */
@@ -282,7 +280,7 @@ static void rx_inner(const uf_pipe_cfg *c, uf_rx *rx, const uf_addr *src, uint8_
     len = ip_tot(pkt);
     rx->npkts++;
     if (c->vnet_hdr && (c->gro_tcp || c->gro_udp)) {
-        int kind = uf_gro_eligible(pkt, len, c->gro_udp);
+        int kind = uf_gro_eligible_ip_ok(pkt, len, c->gro_udp);   /* rx_check verified the IPv4 header */
         if (kind != UF_VNET_GSO_UDP_L4 && !c->gro_tcp)
             kind = 0;
         if (kind) {
@@ -333,4 +331,29 @@ int uf_rx_batch(const uf_pipe_cfg *c, uf_rx *rx, const uf_dgram *d, int n, uint6
     }
     rx_flush_gro(rx);
     return i;
+}
+
+/* One packet of a re-split write: a plain write in rx->split. */
+static void rx_split_add(const uf_pipe_cfg *c, uf_rx *rx, int n, uint8_t *pkt, size_t len)
+{
+    plain_write(c, &rx->split[n], rx->split_iov, (uint32_t)(2 * n), rx->zero_vnet, pkt, len);
+}
+
+int uf_rx_resplit(const uf_pipe_cfg *c, uf_rx *rx, uint32_t wi)
+{
+    if (wi >= rx->nwrites || !rx->writes[wi].gso_type || rx->writes[wi].segs < 2)
+        return 0;
+    const uf_msg *m = &rx->writes[wi];
+    uf_vnet_hdr h;
+    uf_vnet_decode(rx->vnet[wi], &h);
+    /* iov: the virtio-net header, the head packet, then the payloads of the others, each
+     * right behind its packet's h.hdr_len header bytes in the receive buffer (uf_gro) */
+    uint8_t *head = rx->iov[m->first + 1].base;
+    size_t head_len = rx->iov[m->first + 1].len;
+    uf_gro_restore(head, head_len, &h);
+    rx_split_add(c, rx, 0, head, head_len);
+    int n = 1;
+    for (uint32_t v = m->first + 2; v < m->first + m->niov; v++, n++)
+        rx_split_add(c, rx, n, (uint8_t *)rx->iov[v].base - h.hdr_len, h.hdr_len + rx->iov[v].len);
+    return n;
 }

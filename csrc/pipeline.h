@@ -131,6 +131,9 @@ typedef struct uf_rx {
     uf_gro gro;                   /* the super-packet being built (not yet a write) */
     uint8_t zero_vnet[16];
     uint8_t vnet[4096][16];       /* the virtio-net header of write i (UF_RX_MAX_PKTS) */
+    /* uf_rx_resplit's result */
+    uf_msg split[64];             /* UF_GSO_MAX_SEGS plain writes */
+    uf_iov split_iov[128];        /* 2 per write */
 } uf_rx;
 
 /* Zero *tx and start its ICMP rate limiter at now_ns. */
@@ -146,6 +149,13 @@ int uf_tx_batch(const uf_pipe_cfg *cfg, uf_tx *tx, uint8_t *const *frames, const
 /* Decide datagrams d[0..n) into TUN writes (replacing the previous result).
  * Adds drops to ctr. Returns the number of datagrams decided (>= 1 when n >= 1). */
 int uf_rx_batch(const uf_pipe_cfg *cfg, uf_rx *rx, const uf_dgram *d, int n, uint64_t *ctr);
+/* Write w of the last uf_rx_batch, a GSO write the TUN refused (EINVAL: a GSO_UDP_L4
+ * write to a TUN without USO after all), as the packets it was made of: one plain write
+ * each, in order, to rx->split[0..n) (until the next call). The head gets back its own
+ * length and checksums (uf_gro_restore); the other packets are still whole in the receive
+ * buffers. Returns n, 0 when w is not a GSO write. The caller stops asking for such writes
+ * (cfg->gro_udp = 0). */
+int uf_rx_resplit(const uf_pipe_cfg *cfg, uf_rx *rx, uint32_t w);
 /* cffi:end */
 
 #endif

@@ -10,7 +10,8 @@
  * every GSO write again must give, per flow and in order, exactly the packets
  * that pass the receive checks; a GSO write must never contain a corrupt
  * packet (it would be "repaired" by the fresh checksums); TCP sequence numbers
- * and payload bytes survive unchanged.
+ * and payload bytes survive unchanged. Every GSO write is also re-split as after a
+ * refused write (uf_rx_resplit): the same packets, each whole, valid and in order.
  */
 #include "fuzz_util.h"
 #include "pipeline.h"
@@ -217,12 +218,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             tcp_gso_writes += h.gso_type == UF_VNET_GSO_TCPV4 ? 1 : 0;
             tcp6_gso_writes += h.gso_type == UF_VNET_GSO_TCPV6 ? 1 : 0;
             static uint8_t seg[65536];
+            uint32_t order[UF_GSO_MAX_SEGS];
             for (int s = 0; s < ns; s++) {
                 memcpy(seg, hdrs + segs[s].hdr_off, segs[s].hdr_len);
                 memcpy(seg + segs[s].hdr_len, flat + segs[s].pay_off, segs[s].pay_len);
                 size_t sl = (size_t)segs[s].hdr_len + segs[s].pay_len;
                 FZ_ASSERT(ref_ip_ok(seg) && ref_l4_ok(seg, sl));
                 deliver(seg, sl, 1);
+                order[s] = got[seg[ref_iphl(seg) + 1] & 3][ngot[seg[ref_iphl(seg) + 1] & 3] - 1];
+            }
+            /* the TUN refusing it: the received packets again, whole and valid, in order */
+            int nr = uf_rx_resplit(&cfg, rx, i);
+            FZ_ASSERT(nr == ns);
+            for (int s = 0; s < nr; s++) {
+                const uf_msg *m = &rx->split[s];
+                FZ_ASSERT(m->niov == 2 && m->segs == 1 && rx->split_iov[m->first].len == UF_VNET_HDR_LEN);
+                const uint8_t *q = rx->split_iov[m->first + 1].base;
+                size_t ql = rx->split_iov[m->first + 1].len;
+                const pkt_t *want = &pk[order[s]];
+                FZ_ASSERT(ql == want->len && m->bytes == ql && ref_tot(q) == ql);
+                FZ_ASSERT(ref_ip_ok(q) && ref_l4_ok(q, ql) && q[(q[0] >> 4) == 6 ? 7 : 8] == 64);
+                FZ_ASSERT(q == want->p);   /* the received packet itself, where it was received */
             }
         }
     }

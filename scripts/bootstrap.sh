@@ -11,23 +11,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan
+# clang + libclang-rt-14-dev: the libFuzzer targets (fuzz/run.sh) with ASan + UBSan; systemd-container:
+# systemd-nspawn, which boots a systemd to run dist/udpflannel.service in tests/integration/test_service.py
+APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
+              containernetworking-plugins systemd systemd-container util-linux clang libclang-rt-14-dev)
 # clang + libbpf-dev: the eBPF fast path (--udp-fast-path=tc-bpf; csrc/build_fastpath.py), built
 # into the package when both are there; bpftool: the fast path's tests read the programs and maps
-APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
-              containernetworking-plugins systemd util-linux clang libclang-rt-14-dev libbpf-dev bpftool)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# python3-venv only matters for Debian's own python3; pyenv/other builds ship venv.
-python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "bootstrap: apt-get install ${missing[*]}" >&2
+APT_PACKAGES+=(libbpf-dev bpftool)
+APT_PACKAGES+=(nftables)  # nft: the network config's "EnableNFTables" (adapters/nftables.py) and its tests
+# the wireguard backend where the kernel has no WireGuard module (wireguard-go, userspace),
+# wg(8) for a kernel device and the tests' flanneld-shaped peer; tcpdump: the underlay captures.
+# Installed without recommends: wireguard-tools recommends a kernel with its module, which
+# apt satisfies with a whole linux-image (plus udev and initramfs-tools).
+APT_NO_RECOMMENDS=(wireguard-go wireguard-tools tcpdump)
+not_installed() {  # the packages among "$@" that dpkg does not have installed
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+apt_install() {  # apt-get install [apt options...] -- packages...
+    local opts=()
+    while [ "$1" != -- ]; do opts+=("$1"); shift; done
+    shift
+    [ $# -gt 0 ] || return 0
+    echo "bootstrap: apt-get install ${opts[*]} $*" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
-    apt-get install -y -qq "${missing[@]}" >&2
-fi
+    apt-get install -y -qq "${opts[@]}" "$@" >&2
+}
+mapfile -t missing < <(not_installed "${APT_PACKAGES[@]}")
+# python3-venv only matters for Debian's own python3; pyenv/other builds ship venv.
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+apt_install -- "${missing[@]}"
+mapfile -t missing < <(not_installed "${APT_NO_RECOMMENDS[@]}")
+apt_install --no-install-recommends -- "${missing[@]}"
 # Debian starts etcd as a service on install; the lab and the tests run their own members.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd >&2 || true; fi
 

@@ -5,10 +5,12 @@
 #   sudo scripts/lab.sh --backend vxlan --hosts 3 --keep # leave it running
 #   sudo scripts/lab.sh --docker                         # real dockerd and containers (docker.io)
 #   sudo scripts/lab.sh --backend vxlan --ipv6           # dual stack: ping and ping -6 across
+#   sudo scripts/lab.sh --backend wireguard              # encrypted: wg show, then ping across
 #   sudo scripts/lab.sh --down-all                       # tear down kept labs
 #
 # scripts/bootstrap.sh installs what is missing (apt: etcd, iproute2, ping, iperf3, socat,
-# iptables, a C compiler, docker.io and busybox-static; pip: udpflannel into ./.venv), then this runs
+# iptables, wireguard-go and wireguard-tools, a C compiler, docker.io and busybox-static;
+# pip: udpflannel into ./.venv), then this runs
 # `udpflannel lab "$@"` (see `udpflannel lab --help`). The lab lives in network namespaces
 # only: nothing is added to this machine's own addresses or routes.
 set -eu

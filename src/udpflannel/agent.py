@@ -2,13 +2,18 @@
 
 Start-up, in this order (each waits and retries through etcd trouble, logging
 "still waiting ..." now and then and telling systemd via STATUS=):
-  1. privileges and the subnet file's directory are checked before etcd is touched
-     (the capabilities a backend needs are checked again once the config names it,
-     before any lease is written);
-  2. the network config is read; the backend is built and prepared (vxlan: its device);
+  1. the host lock (adapters/hostlock.py: one agent per network namespace; a second one
+     exits at once naming the first), then privileges and the subnet file's directory, all
+     before etcd or the kernel is touched (the capabilities a backend needs are checked
+     again once the config names it, before any lease is written);
+  2. the network config is read; this host's PublicIP/PublicIPv6 must pass the checks
+     peers make of a lease (core.validate: e.g. not inside the Network) or the agent stops
+     before anything is written; the backend is built and prepared (vxlan: its device);
   3. a lease is acquired; the backend starts on it (device address, routes);
-  4. the first listing of the leases reaches the backend as a Snapshot (peer routes);
-  5. the iptables rules are in place;
+  4. the first listing of the leases reaches the backend as a Snapshot (peer routes); then
+     what other backends left on this host goes (backends/leftovers.py: an old backend's
+     devices and routes would otherwise keep carrying the traffic);
+  5. the iptables rules (nftables tables with "EnableNFTables") are in place;
   6. only then the subnet file is written, /readyz turns 200 and systemd hears READY=1.
 Then these tasks run under a Supervisor (supervise.py: a task that fails, or is cancelled
 by anyone but us, is logged with its traceback and restarted with backoff):
@@ -16,7 +21,9 @@ by anyone but us, is logged with its traceback and restarted with backoff):
   peers     - list, then watch from the next revision; a broken or compacted watch re-lists;
               every lease goes through core.validate before the backend sees it
   resync    - let the backend heal its devices and routes
-  iptables  - re-check the rules
+  config    - re-read the network config now and then: a change is logged as a warning
+              (a restart applies it; flanneld ignores it silently), never applied live
+  iptables  - re-check the rules (either kind)
   watchdog  - systemd WATCHDOG=1 (when WatchdogSec is set)
 The data path keeps forwarding with its last table however long etcd is away.
 `run()` returns only after `stop()` (the CLI calls it on SIGTERM/SIGINT); it raises
@@ -34,24 +41,30 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .adapters.health import HealthServer
-from .adapters.ipmasq import IptablesMissing, IptablesRules
-from .adapters.registry import Compacted
+from .adapters.hostlock import HostLock
+from .adapters.iface import host_addresses
+from .adapters.ipmasq import IptablesMissing, IptablesRules, RulesKeeper
+from .adapters.nftables import NftablesMissing, NftablesRules
 from .adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing
 from .adapters.sdnotify import SdNotify
 from .adapters.subnetfile import read_previous, render, write
+from .adapters.wgkey import DEFAULT_KEY_FILE
 from .backends import Backend, backend_class
-from .core.config import NetworkConfig, parse_config
-from .core.events import ExternalInterface, PeerUpdate, Snapshot
+from .backends.leftovers import clean_up
+from .core.config import NetworkConfig, for_log, parse_config
+from .core.decode import printable
+from .core.events import Delta, ExternalInterface, LeaseEvent, PeerUpdate, Snapshot, peer_log_level
 from .core.leasediff import PeerView, diff
-from .core.validate import Ignored, LeaseContext
+from .core.logbudget import LogBudget, held_back_note
+from .core.registry import Compacted, Listing, Registry
+from .core.subnet import LeaseAttrs
+from .core.validate import Failed, Ignored, LeaseContext, public_problem
 from .errors import BackendError, ConfigError, FatalError, InterfaceError, RegistryError, UdpFlannelError
-from .policy.manager import LeaseManager, OwnLease, Registry
-from .policy.retry import Waiting, foreign_cancel
+from .policy.manager import LeaseManager, OwnLease
+from .retry import Waiting, foreign_cancel
 from .supervise import Supervisor
 
 log = logging.getLogger("udpflannel.agent")
-
-LOG_EACH_PEER_UPTO = 100  # a bigger change is logged as counts (peer lines at debug level)
 
 
 @dataclass
@@ -66,11 +79,13 @@ class AgentOptions:
     udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
     udp_fast_path: str = "off"  # udp backend: see --udp-fast-path
+    wireguard_key_file: str = DEFAULT_KEY_FILE  # wireguard backend: see --wireguard-key-file
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
     lease_ttl: int = 24 * 3600
     renew_margin_s: Optional[float] = None  # overrides renew_margin_min (tests: short leases)
     still_waiting_every: float = 30.0  # repeat "still waiting for ..." this often
+    config_check_every: float = 30.0  # re-read the config this often to warn about a change
 
     @property
     def renew_margin(self) -> float:
@@ -80,13 +95,16 @@ class AgentOptions:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
         if backend_type.lower() == "udp":
             return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us, "fast_path": self.udp_fast_path}
+        if backend_type.lower() == "wireguard":
+            return {"key_file": self.wireguard_key_file}
         return {}
 
 
 class Agent:
     """Built from its parts (the one seam): a Registry, the external interface, options,
-    and optionally the backend factory, the systemd notifier, the iptables rules factory,
-    the capability probe and the clock. Tests pass fakes for any of them."""
+    and optionally the backend factory, the systemd notifier, the rules factories (iptables;
+    nftables, whose remove_tables() iptables mode runs first), the capability probe and the
+    clock. Tests pass fakes for any of them."""
 
     def __init__(
         self,
@@ -96,10 +114,14 @@ class Agent:
         *,
         backends: Callable[[str], type[Backend]] = backend_class,
         notifier: Optional[SdNotify] = None,
-        rules: Callable[..., IptablesRules] = IptablesRules,
+        rules: Callable[..., RulesKeeper] = IptablesRules,
+        nftables: Callable[..., RulesKeeper] = NftablesRules,
         capabilities: Callable[[], int] = effective_capabilities,
         clock: Callable[[], float] = time.monotonic,
         supervisor: Optional[Supervisor] = None,
+        host_lock: Optional[HostLock] = None,
+        addresses: Callable[[], frozenset] = host_addresses,
+        cleanup: Callable[..., list] = clean_up,
     ):
         self.registry = registry
         self.iface = iface
@@ -107,17 +129,26 @@ class Agent:
         self.backends = backends
         self.notifier = notifier or SdNotify({})
         self.rules_factory = rules
+        self.nft_factory = nftables
         self.capabilities = capabilities
         self.clock = clock
         self.supervisor = supervisor or Supervisor()
+        self.host_lock = host_lock or HostLock()
+        self.addresses = addresses
+        self.cleanup = cleanup
+        self.local_addresses: frozenset = frozenset()  # this host's addresses, read at start
         self.watch_restarts = 0
         self.etcd_errors = 0
+        self.peer_errors = 0  # unexpected errors handling one lease (that lease was skipped)
+        self.malformed: dict[str, str] = {}  # keys under the subnets prefix that are not leases
+        self._budget = LogBudget(clock=clock)  # rejection lines one writer of bad leases can cause
         self.backend: Optional[Backend] = None
         self.config: Optional[NetworkConfig] = None
         self.own: Optional[OwnLease] = None
         self.manager: Optional[LeaseManager] = None
+        self._first_listing: Optional[Listing] = None  # the acquisition's, for the peer loop's first pass
         self.view = PeerView(LeaseContext(()))
-        self.rules: list[IptablesRules] = []  # one per enabled family (iptables, ip6tables)
+        self.rules: list[RulesKeeper] = []  # one per enabled family (iptables/ip6tables, or nftables)
         self.check_own = asyncio.Event()  # the watcher saw our key change: the manager checks
         self._ready = False
         self._listed = asyncio.Event()  # the backend has had its first Snapshot
@@ -129,29 +160,36 @@ class Agent:
     def ready(self) -> bool:
         return self._ready and self.backend is not None and self.backend.ready()
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, float]:
         mgr = self.manager
         m = {
             "peers": len(self.view.leases),
             "rejected_leases": len(self.view.rejected),
+            "malformed_leases": len(self.malformed),
+            "peer_errors": self.peer_errors,
             "lease_renewals": mgr.renewals if mgr else 0,
             "lease_reacquisitions": mgr.reacquisitions if mgr else 0,
             "lease_reasserts": mgr.reasserts if mgr else 0,
             "watch_restarts": self.watch_restarts,
             "etcd_errors": self.etcd_errors + (mgr.etcd_errors if mgr else 0),
             "task_restarts": sum(self.supervisor.restarts.values()),
+            "task_repeated_failures": sum(self.supervisor.repeated.values()),
             "etcd_failovers": self.registry.failovers,
             "ready": int(self.ready()),
         }
+        if mgr is not None and mgr.expires_at is not None:  # the manager's clock -> Unix time
+            m["lease_expiry_timestamp_seconds"] = time.time() + mgr.expires_at - mgr.clock()
         if self.backend is not None:
             m.update({f"dp_{k}": v for k, v in self.backend.metrics().items()})
         return m
 
-    def info(self) -> dict[str, str]:
-        """What runs, for udpflannel_build_info: backend type, its data-path features and fast path."""
+    def info(self) -> dict:
+        """What runs, for udpflannel_build_info (backend type, data-path offloads, the udp
+        backend's fast path) and udpflannel_datapath_info (how a userspace data path runs)."""
         return {"backend": self.backend.type if self.backend else "",
                 "features": self.backend.features() if self.backend else "",
-                "fast_path": self.backend.fast_path_state() if self.backend else ""}  # fmt: skip
+                "fast_path": self.backend.fast_path_state() if self.backend else "",
+                "datapath": self.backend.datapath_info() if self.backend else {}}  # fmt: skip
 
     # -- run and stop ----------------------------------------------------------------
     def stop(self) -> None:
@@ -176,6 +214,8 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         await self.supervisor.close()
+        for rules in self.rules:
+            rules.stop()
         if self.backend is not None:
             try:
                 await self.backend.stop()
@@ -186,6 +226,7 @@ class Agent:
         await self.registry.close()
         if self.own is not None:
             log.info("stopped; lease %s stays in etcd so a restart keeps the subnet", self.own.lease.label)
+        self._release_host()
 
     async def _main(self) -> None:
         self._preflight()
@@ -199,8 +240,10 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.supervisor.start("watchdog", self._watchdog_loop)
         self.config, self.backend = await self._wait_config()
+        self._check_public_addresses()
         self._check_privileges(self._needs(self.backend))
         log.info("backend %s, MTU %d", self.config.backend_type, self.backend.mtu())
+        self.local_addresses = await asyncio.to_thread(self.addresses)
         try:
             attrs = await self.backend.prepare()
         except BackendError as e:
@@ -216,13 +259,19 @@ class Agent:
             retry_interval=self.opts.retry_interval,
             still_waiting_every=self.opts.still_waiting_every,
             status=self.notifier.status,
+            local_addresses=self.local_addresses,
         )
         self.notifier.status("acquiring a lease")
-        await self._adopt(await self.manager.acquire_forever(), initial=True)
+        own, self._first_listing = await self.manager.acquire_forever()
+        await self._adopt(own, initial=True)
         self.supervisor.start("renew", self._renew_loop)
         self.supervisor.start("peers", self._peer_loop)
         self.notifier.status("listing the peers")
         await self.supervisor.wait(self._listed.wait())
+        await self._remove_leftovers()
+        if not self.config.enable_nftables and self.backend.type != "alloc":
+            # flanneld starts by removing the other mode's rules: our nftables tables, if any
+            await asyncio.to_thread(self.nft_factory.remove_tables)
         await self.supervisor.wait(self._rules_first())
         self._write_subnet_file()
         self._ready = True
@@ -231,12 +280,15 @@ class Agent:
         log.info("ready: %s", status)
         self.supervisor.start("resync", self._resync_loop)
         self.supervisor.start("iptables", self._rules_loop)
+        self.supervisor.start("config", self._config_loop)
         await self.supervisor.wait()
 
     # -- start-up steps ------------------------------------------------------------
     def _preflight(self) -> None:
-        """Before etcd: the subnet file's directory must be writable and the process must
-        hold CAP_NET_ADMIN."""
+        """Before etcd and the kernel: no other agent may run on this host (network
+        namespace), the subnet file's directory must be writable and the process must hold
+        CAP_NET_ADMIN."""
+        self._take_host()
         path = Path(self.opts.subnet_file).absolute()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,10 +299,43 @@ class Agent:
         # needs CAP_NET_ADMIN: say so before touching etcd rather than after a lease.
         self._check_privileges({CAP_NET_ADMIN: "devices, routes and iptables rules"})
 
+    def _take_host(self) -> None:
+        """The host lock (raises HostLocked, a FatalError naming the holder's pid). Second
+        agents that come to ask who holds it are answered and logged, nothing more."""
+        self.host_lock.acquire()
+        loop = asyncio.get_running_loop()
+
+        def refuse() -> None:
+            for pid in self.host_lock.refuse():
+                log.info("refused a second udpflannel agent (pid %s) on this host: this one runs here",
+                         pid or "not visible")  # fmt: skip
+
+        loop.add_reader(self.host_lock.fileno(), refuse)
+
+    def _release_host(self) -> None:
+        if self.host_lock.held:
+            asyncio.get_running_loop().remove_reader(self.host_lock.fileno())
+            self.host_lock.release()
+
+    def _check_public_addresses(self) -> None:
+        """Before anything is written: the lease we would write must pass the checks every
+        peer makes (core.validate), or peers would refuse it while this host reported
+        ready. A local error (the interface choice) no retry fixes."""
+        b = self.backend
+        attrs = LeaseAttrs(**b.lease_addresses())
+        nets = tuple(p.network for p in self.config.pools)
+        why = public_problem(attrs, b.underlay().values(), LeaseContext(nets, underlay=b.underlay()))
+        if why:
+            raise FatalError(
+                f"refusing to lease with {attrs.addresses} (interface {self.iface.name}): every peer would "
+                f"reject this host's lease: {why}. Name the interface the other hosts reach this one on "
+                f"with --iface (or set --public-ip / --public-ipv6); nothing was written"
+            )
+
     def _needs(self, backend: Backend) -> dict[int, str]:
         needs = dict(backend.capabilities())
         if self._rules_wanted(backend):
-            needs.setdefault(CAP_NET_ADMIN, "iptables rules (--ip-masq, --iptables-forward-rules)")
+            needs.setdefault(CAP_NET_ADMIN, f"{self._rules_kind()} rules (--ip-masq, --iptables-forward-rules)")
         return needs
 
     def _check_privileges(self, needs: dict[int, str]) -> None:
@@ -261,6 +346,9 @@ class Agent:
 
     def _rules_wanted(self, backend: Backend) -> bool:
         return (self.opts.ip_masq or self.opts.iptables_forward_rules) and backend.type != "alloc"
+
+    def _rules_kind(self) -> str:
+        return "nftables" if self.config.enable_nftables else "iptables"
 
     async def _wait_config(self) -> tuple[NetworkConfig, Backend]:
         """Read <prefix>/config until it exists and is valid."""
@@ -277,7 +365,9 @@ class Agent:
                     kind = config.backend_option("Type") or config.backend_type
                     backend = self.backends(kind)(self.iface, config, **self.opts.backend_options(kind))
                     waiting.done(f"reading {key}")
-                    log.info("network config: %s", raw.decode(errors="replace").strip())
+                    log.info("network config: %s", printable(for_log(config.raw), 4000))
+                    for warning in config.warnings:
+                        log.warning("%s", warning)
                     return config, backend
             except ConfigError as e:
                 waiting.failed("a corrected network config", f"reading {key}", e, logging.ERROR)
@@ -300,7 +390,7 @@ class Agent:
         cfg = self.config
         nets = tuple(p.network for p in cfg.pools)
         own = self.own.lease if self.own is not None else None
-        return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay())
+        return LeaseContext(nets, own, self.backend.lease_problem, self.backend.underlay(), self.local_addresses)
 
     async def _adopt(self, own: OwnLease, initial: bool = False) -> None:
         """A new lease (first, or re-acquired): backend, peers, rules and subnet file follow."""
@@ -328,6 +418,16 @@ class Agent:
             await self._rules_first()
             self._write_subnet_file()
 
+    async def _remove_leftovers(self) -> None:
+        """Devices and routes other backends left here (the new backend carries the traffic
+        by now, so removing them leaves no gap). alloc touches nothing on the host."""
+        if self.backend.type == "alloc":
+            return
+        try:
+            await asyncio.to_thread(self.cleanup, self.backend, self.config, self.own.lease.nets)
+        except Exception as e:  # the data path works; what is left is logged, not fatal
+            log.error("removing what other backends left on this host: %s", e, exc_info=True)
+
     def _write_subnet_file(self) -> None:
         try:
             write(self.opts.subnet_file, render(self.config, self.own.lease, self.backend.mtu(), self.opts.ip_masq))
@@ -336,12 +436,14 @@ class Agent:
         log.info("wrote %s", self.opts.subnet_file)
 
     async def _rules_first(self) -> None:
-        """The iptables rules (ip6tables for IPv6) for the current subnets, one set per
-        enabled family, retried until they are all in place."""
+        """The iptables rules (ip6tables for IPv6; with EnableNFTables the table flannel-ipv4 or
+        flannel-ipv6) for the current subnets, one set per enabled family, retried until they
+        are all in place."""
         if not self._rules_wanted(self.backend):
             return
-        self.rules = [self.rules_factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
-                                         self.opts.iptables_forward_rules)
+        factory = self.nft_factory if self.config.enable_nftables else self.rules_factory
+        self.rules = [factory(pool.network, self.own.lease.net(pool.network.version), self.opts.ip_masq,
+                              self.opts.iptables_forward_rules)
                       for pool in self.config.pools]  # fmt: skip
         waiting = self._waiting()
         for rules in self.rules:
@@ -349,25 +451,32 @@ class Agent:
                 try:
                     await self._ensure(rules)
                     break
-                except IptablesMissing as e:
+                except (IptablesMissing, NftablesMissing) as e:
                     raise FatalError(str(e)) from e
                 except UdpFlannelError as e:
-                    waiting.failed("iptables", "applying the rules", e, logging.ERROR)
+                    waiting.failed(self._rules_kind(), "applying the rules", e, logging.ERROR)
                 await asyncio.sleep(self.opts.retry_interval)
-        waiting.done("applying the iptables rules")
+        waiting.done(f"applying the {self._rules_kind()} rules")
 
     @staticmethod
-    async def _ensure(rules: IptablesRules) -> None:
+    async def _ensure(rules: RulesKeeper) -> None:
         if n := await asyncio.to_thread(rules.ensure):
             log.info("%s rules (re)applied: %d rules", rules.command, n)
 
     # -- peers ----------------------------------------------------------------------
     def _log_rejections(self) -> None:
         for key, why in self.view.new_rejections():
-            if isinstance(why, Ignored):
-                log.info("ignoring lease %s: %s", key, why)
+            if isinstance(why, Failed):
+                self.peer_errors += 1
+            held = self._budget.take()
+            if held is None:
+                continue
+            if isinstance(why, Failed):
+                log.error("rejecting lease %s: %s%s", key, why, held_back_note(held), exc_info=why.error)
+            elif isinstance(why, Ignored):
+                log.info("ignoring lease %s: %s%s", key, why, held_back_note(held))
             else:
-                log.warning("rejecting lease %s: %s", key, why)
+                log.warning("rejecting lease %s: %s%s", key, why, held_back_note(held))
 
     async def _deliver(self, update: PeerUpdate, before: Optional[dict] = None) -> None:
         """Log what changes (a Snapshot against `before`, the backend's last set), then hand
@@ -377,7 +486,7 @@ class Agent:
             changes = diff(before or {}, self.view.leases)
         else:
             changes = list(update.events)
-        level = logging.INFO if len(changes) <= LOG_EACH_PEER_UPTO else logging.DEBUG
+        level = peer_log_level(len(changes))
         for ev in changes:
             a = ev.lease.attrs
             log.log(level, "peer %s: %s at %s (%s)", ev.kind, ev.lease.label, a.addresses, a.backend_type or "udp")
@@ -385,7 +494,38 @@ class Agent:
             added = sum(ev.kind == "added" for ev in changes)
             log.info("peers: %d added or changed, %d removed (%d in all)", added, len(changes) - added,
                      len(self.view.leases))  # fmt: skip
-        await self.backend.apply(update)
+        await self._apply(update, before)
+
+    async def _apply(self, update: PeerUpdate, before: Optional[dict]) -> None:
+        """Hand `update` to the backend. Its own errors (BackendError) end the task, which
+        restarts and re-lists, as always. Anything else is a bug, and it costs the leases it
+        fails on, not the others: the update is handed over again lease by lease (a
+        Snapshot as the additions of its leases and the removals of those `before` had)."""
+        try:
+            await self.backend.apply(update)
+            return
+        except UdpFlannelError:
+            raise
+        except Exception as e:
+            self.peer_errors += 1
+            what = f"a snapshot of {len(update.leases)} peers" if isinstance(update, Snapshot) else "a peer change"
+            log.error("the backend failed on %s (a bug): %s; handing it over lease by lease", what, e, exc_info=True)
+        if isinstance(update, Snapshot):
+            keep = update.by_key()
+            events = [LeaseEvent("added", l) for l in update.leases]
+            events += [LeaseEvent("removed", l) for k, l in (before or {}).items() if k not in keep]
+        else:
+            events = list(update.events)
+        for ev in events:
+            try:
+                await self.backend.apply(Delta((ev,)))
+            except UdpFlannelError:
+                raise
+            except Exception as e:
+                self.peer_errors += 1
+                if (held := self._budget.take()) is not None:
+                    log.error("the backend failed on lease %s (%s, a bug): %s; skipped until the next listing%s",
+                              ev.lease.key, ev.kind, e, held_back_note(held), exc_info=True)  # fmt: skip
 
     def _own_changed(self, lease_id: Optional[int], attrs) -> bool:
         return self.own is None or not self.own.holds(lease_id, attrs)
@@ -395,7 +535,7 @@ class Agent:
         # The listing the acquisition made (just before our lease was written) serves as the
         # first: one listing less at start-up (100,000 leases: seconds and 50 MB). The watch
         # from its revision + 1 then brings our own lease's creation, and whatever followed.
-        seeded, self.manager.listing = self.manager.listing, None
+        seeded, self._first_listing = self._first_listing, None
         while True:
             if seeded is not None:
                 listing, seeded = seeded, None
@@ -415,24 +555,25 @@ class Agent:
                 if fresh and (mine is None or self._own_changed(mine.lease_id, mine.attrs)):
                     self.check_own.set()
                 before = self.view.leases
-                await self._deliver(self.view.reset(listing.leases), before)
+                self.malformed = dict(listing.malformed)
+                update = self.view.reset(listing.leases)
+                revision, listing = listing.revision, None  # the leases live on in the view only
+                await self._deliver(update, before)
+                del before, update
             self._listed.set()
             started = self.clock()
             try:
-                async for ev in self.registry.watch_leases(listing.revision + 1):
+                async for ev in self.registry.watch_leases(revision + 1):
                     async with self._peers_lock:
-                        if ev.name == self.own.key:
-                            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
-                                self.check_own.set()
-                            continue
-                        if ev.kind == "put" and ev.lease is not None:
-                            update = self.view.put(ev.lease)
-                        else:  # deleted, or overwritten with something that is not a lease
-                            update = self.view.delete(ev.name)
-                        if update.events:
-                            await self._deliver(update)
-                        else:
-                            self._log_rejections()
+                        try:
+                            await self._on_event(ev)
+                        except UdpFlannelError as e:  # the backend's: the task restarts, re-lists
+                            e.add_note(f"while handling the {ev.kind} of lease {printable(ev.name)}")
+                            raise
+                        except Exception as e:  # a bug: it costs this key, not the watch
+                            self.peer_errors += 1
+                            log.error("handling a %s of lease %s failed (a bug): %s; skipped, the peer watch "
+                                      "goes on", ev.kind, printable(ev.name), e, exc_info=True)  # fmt: skip
             except Compacted as e:
                 self.watch_restarts += 1
                 log.info("%s; re-listing", e)
@@ -443,6 +584,55 @@ class Agent:
                 log.warning("lease watch interrupted (%s); re-listing", e)
                 if self.clock() - started < self.opts.retry_interval:  # failing fast: don't spin
                     await asyncio.sleep(self.opts.retry_interval)
+
+    async def _on_event(self, ev) -> None:
+        """One watch event: our own key wakes the manager; a peer's goes through the view."""
+        if ev.kind == "put" and ev.lease is None:
+            self.malformed[ev.name] = ev.problem
+        else:
+            self.malformed.pop(ev.name, None)
+        if ev.name == self.own.key:
+            if ev.kind == "delete" or ev.lease is None or self._own_changed(ev.lease.lease_id, ev.lease.attrs):
+                self.check_own.set()
+            return
+        if ev.kind == "put" and ev.lease is not None:
+            update = self.view.put(ev.lease)
+        else:  # deleted, or overwritten with something that is not a lease
+            update = self.view.delete(ev.name)
+        if update.events:
+            await self._deliver(update)
+        else:
+            self._log_rejections()
+
+    async def _config_loop(self) -> None:
+        """Warn, once per value, when <prefix>/config no longer says what we run with: the
+        config is read at start only (as flanneld, which says nothing); a restart applies it."""
+        key = self.registry.config_key.decode()
+        seen: Optional[bytes] = self.config.raw.encode()
+        while True:
+            await asyncio.sleep(self.opts.config_check_every)
+            try:
+                raw = await self.registry.get_config()
+            except RegistryError:
+                continue  # the other tasks report etcd trouble
+            if raw == seen:
+                continue
+            seen = raw
+            if raw is None:
+                log.warning("the network config at %s was deleted; going on with the one this agent started with",
+                            key)  # fmt: skip
+                continue
+            try:
+                new = parse_config(raw)
+            except ConfigError as e:
+                log.warning("the network config at %s changed and the new one is invalid (%s); going on with the "
+                            "one this agent started with", key, e)  # fmt: skip
+                continue
+            if new == self.config:
+                log.info("the network config at %s is again the one in use", key)
+            else:
+                log.warning("the network config at %s changed (now %s): restart udpflannel to apply it; until then "
+                            "it goes on with the one it started with", key, printable(new.raw.strip(), 4000))  # fmt: skip
 
     async def _renew_loop(self) -> None:
         await self.manager.maintain(self.own, self.check_own, self._adopt)

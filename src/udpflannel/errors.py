@@ -12,7 +12,10 @@ class ConfigError(UdpFlannelError):
         self.key = key
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid network config: {key}={value!r}: {reason}")
+        shown = repr(value)
+        if len(shown) > 200:  # a value may be up to 64 KiB (core.decode): the log gets its start
+            shown = f"{shown[:200]}... ({len(shown)} characters)"
+        super().__init__(f"invalid network config: {key}={shown}: {reason}")
 
 
 class LeaseParseError(UdpFlannelError):
@@ -38,3 +41,8 @@ class BackendError(UdpFlannelError):
 class FatalError(UdpFlannelError):
     """A local problem no retry can fix (no TUN, no privileges, no iptables, an unwritable
     subnet file): the agent stops and the CLI exits non-zero with this message."""
+
+
+class Rejected(UdpFlannelError):
+    """Bytes read from etcd that core.decode refuses (not UTF-8, not JSON, too deep, too
+    big, ...). The message is the reason; callers wrap it in LeaseParseError/ConfigError."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -27,6 +28,23 @@ def fill(etcd: EtcdServer, *args: str, prefix: str = PREFIX) -> None:
     assert p.returncode == 0, p.stderr
 
 
+def put_bytes(etcd: EtcdServer, key: str, value: bytes) -> str:
+    """Put any bytes under `key`: with etcdctl (the value on its standard input) up to 1 MiB,
+    beyond that with bench/etcd_fill.py --put (etcdctl's client refuses requests over
+    2 MiB). Returns which tool wrote it."""
+    if len(value) <= 1 << 20:
+        cmd = ["etcdctl", f"--endpoints={etcd.endpoint}", "--dial-timeout=3s", *etcd.ctl_args, "put", key]
+        tool = "etcdctl"
+    else:
+        cmd = [sys.executable, str(FILL), "--endpoint", etcd.endpoint, "--put", key]
+        tool = "etcd_fill.py --put"
+    if etcd.ns:
+        cmd = ["ip", "netns", "exec", etcd.ns, *cmd]
+    p = subprocess.run(cmd, input=value, capture_output=True, timeout=60, env=dict(os.environ, ETCDCTL_API="3"))
+    assert p.returncode == 0, p.stderr
+    return tool
+
+
 def subnet_file(lab: Lab, host: Host) -> Path:
     return lab.workdir / f"{host.name}.subnet.env"
 
@@ -44,9 +62,10 @@ def start(lab: Lab, host: Host, *extra: str, env: dict | None = None) -> subproc
     )  # fmt: skip
 
 
-def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40) -> tuple[subprocess.Popen, dict]:
+def start_and_wait(lab: Lab, host: Host, *extra: str, timeout: float = 40,
+                   env: dict | None = None) -> tuple[subprocess.Popen, dict]:  # fmt: skip
     """start() and wait until the agent has written its subnet file; fail at once if it exits."""
-    p = start(lab, host, *extra)
+    p = start(lab, host, *extra, env=env)
 
     def written() -> bool:
         if p.poll() is not None:
@@ -121,10 +140,22 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
 
 
 def etcd_signal(srv: EtcdServer, sig: int) -> None:
-    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place)."""
-    comm = Path(f"/proc/{srv.proc.pid}/comm").read_text().strip()
-    assert comm == "etcd", f"pid {srv.proc.pid} is {comm!r}, not etcd"
-    os.kill(srv.proc.pid, sig)
+    """Send `sig` to the etcd process itself (`ip netns exec` execs etcd in place). SIGSTOP
+    returns once every etcd thread is stopped: the signal is delivered asynchronously, and a
+    thread running on the other CPU can still answer a request sent right after kill()
+    (seen: a Range answered 1 ms after SIGSTOP, the process still in state R)."""
+    pid = srv.proc.pid
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    assert comm == "etcd", f"pid {pid} is {comm!r}, not etcd"
+    os.kill(pid, sig)
+    if sig == signal.SIGSTOP:
+        wait_for(lambda: all(_thread_state(t) in "Tt" for t in Path(f"/proc/{pid}/task").iterdir()), 5,
+                 interval=0.001, what=f"etcd (pid {pid}) to stop")  # fmt: skip
+
+
+def _thread_state(task: Path) -> str:
+    stat = (task / "stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 class Pinger:

@@ -4,8 +4,10 @@ Commands are taken from the ```sh blocks, the 4-space indented command blocks an
 backticked table cells that start with a command. Each must name a program that exists as
 written (on PATH, or a path in the repository); then, by program:
 
-- udpflannel, etcdctl, scripts/*.sh, bench/*.sh, pytest-benchmark: every `--flag` it uses
-  must appear in that program's --help (which really runs the program);
+- udpflannel (this checkout's): the command line, flags and values, must parse (it runs
+  with --help added);
+- etcdctl, scripts/*.sh, bench/*.sh, pytest-benchmark: every `--flag` it uses must appear in
+  that program's --help (which really runs the program);
 - `.venv/bin/python -m pytest ...`: runs for real with `--collect-only` (files, plugins and
   flags are checked by pytest itself);
 - commands that need real hosts or Docker (dockerd, `source`) are only checked to be known
@@ -21,6 +23,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,7 +98,11 @@ def test_command_runs_as_written(doc, cmd):
         flags_in_help(args, [prog, args[1], "--help"])
     elif prog == ".venv/bin/pytest-benchmark":
         flags_in_help(args, [prog, args[1], "--help"])
-    elif prog in ("udpflannel", "etcdctl") or prog.startswith(("scripts/", "bench/")):
+    elif prog == "udpflannel":  # this checkout's: the whole command line must parse (in any flag spelling)
+        exe = str(Path(sys.executable).with_name("udpflannel"))
+        r = run([exe, *(a for a in args[1:] if a not in ("&", "...")), "--help"])
+        assert r.returncode == 0 and r.stdout.startswith("Usage:"), f"{cmd}: {r.stdout}{r.stderr}"
+    elif prog == "etcdctl" or prog.startswith(("scripts/", "bench/")):
         sub = [a for a in args[1:2] if not a.startswith("-")] if prog == "etcdctl" else []
         flags_in_help(args, [prog, *sub, "--help"])
     else:

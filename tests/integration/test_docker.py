@@ -112,7 +112,7 @@ def test_seed_with_docker_opts_containers_see_real_addresses(etcd_lab, engine, i
             f'DOCKER_OPT_BIP="--bip={bip}"',
             'DOCKER_OPT_IPMASQ="--ip-masq=false"',
             f'DOCKER_OPT_MTU="--mtu={mtu}"',
-            f'DOCKER_OPTS=" --bip={bip} --ip-masq=false --mtu={mtu} "',
+            f'DOCKER_OPTS=" --bip={bip} --ip-masq=false --mtu={mtu}"',
         ]
         env_files[h.name] = out
 
@@ -139,14 +139,14 @@ def test_seed_with_docker_opts_containers_see_real_addresses(etcd_lab, engine, i
 
 def test_seed_as_written_docker_masquerades_overlay_traffic(etcd_lab, engine, image):
     """The control: the seed's `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU` (what docker-opts
-    gives without --ip-masq) works both ways, but Docker's MASQUERADE hides the sender: the peer
+    gives without --ip-masq on the agent, apart from Docker's default --ip-masq=true) works both ways, but Docker's MASQUERADE hides the sender: the peer
     sees an address of the sending host, not the container (the double NAT docker-opts avoids)."""
     lab = etcd_lab
     hosts, envs = seed_hosts(lab, "udp")
     args = {}
     for h, env in zip(hosts, envs):
         text = docker_opts(agents.subnet_file(lab, h), lab.workdir / f"{h.name}.docker_opts.env")
-        assert env["FLANNEL_IPMASQ"] == "false" and "--ip-masq" not in text
+        assert env["FLANNEL_IPMASQ"] == "false" and 'DOCKER_OPT_IPMASQ="--ip-masq=true"' in text
         args[h.name] = [f"--bip={env['FLANNEL_SUBNET']}", f"--mtu={env['FLANNEL_MTU']}"]  # the seed's command line
     daemons = start_dockers(lab, engine, image, hosts, args=args)
     (d1, d2), (ip1, ip2) = daemons, run_seed_containers(daemons)

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="n
 
 ROOT = Path(__file__).resolve().parents[2]
 DP_TESTS = ["tests/unit/test_dp_lookup.py", "tests/unit/test_dp_packet.py", "tests/unit/test_dp_pipeline.py",
-            "tests/unit/test_dp_ipv6.py", "tests/integration/test_dp_netns.py"]
+            "tests/unit/test_dp_ipv6.py", "tests/unit/test_dp_steer.py", "tests/integration/test_dp_netns.py"]
 
 
 def libasan() -> str:
@@ -59,9 +59,11 @@ def asan_env(tmp_path_factory):
 
 def test_asan_catches_an_overflow(asan_env):
     """The set-up is live: a read past a buffer in the C core is reported and fails the run."""
+    # under 32 bytes: the word loop, whose 8-byte read past the end ASan names exactly (a
+    # 32-byte vector load half past it is reported as an "unknown-crash")
     code = ("from udpflannel.datapath._native import ffi, lib\n"
-            "buf = ffi.new('uint8_t[]', 64)\n"
-            "lib.uf_checksum(buf, 64 + 16)\n")
+            "buf = ffi.new('uint8_t[]', 16)\n"
+            "lib.uf_checksum(buf, 16 + 8)\n")
     p = subprocess.run([sys.executable, "-c", code], env=asan_env, capture_output=True, text=True)
     assert p.returncode == 86 and "AddressSanitizer: heap-buffer-overflow" in p.stderr, p.stderr[-2000:]
 

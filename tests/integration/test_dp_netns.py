@@ -21,6 +21,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import secrets
 import socket
 import struct
@@ -79,7 +80,7 @@ AGENT = textwrap.dedent(
         dp = DataPath(tun=tun, bind=([ip_address(a) for a in many(inst["bind"])], inst["port"]), table=table,
                       network=[ip_network(n) for n in many(cfg["network"])],
                       icmp_source=[ip_address(a) for a in many(cfg["icmp_source"])] if cfg["icmp_source"] else None,
-                      mtu=cfg["mtu"], features=feat)
+                      mtu=cfg["mtu"], features=feat, cpus=cfg.get("cpus"))
         dp.start()
         paths.append((table, tun, dp))
     print(json.dumps({"ready": True, "modes": [p[2].mode for p in paths]}), flush=True)
@@ -212,9 +213,10 @@ class Agent:
 
 
 def start_agent(ns: str, mode: str, instances: list[dict], queues: int = 1,
-                icmp_source: str | None = None, network: str | list = NETWORK, mtu: int = MTU) -> Agent:
+                icmp_source: str | None = None, network: str | list = NETWORK, mtu: int = MTU,
+                cpus: list | None = None) -> Agent:
     cfg = {"mode": mode, "network": network, "mtu": mtu, "instances": instances, "queues": queues,
-           "icmp_source": icmp_source}
+           "icmp_source": icmp_source, "cpus": cpus}
     proc = ns_python(ns, AGENT, json.dumps(cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = proc.stdout.readline()
     if not line:
@@ -243,9 +245,11 @@ class Pair:
     ip6_b: str = "2001:db8::2"
     agents: list = field(default_factory=list)
 
-    def start(self, mode: str, queues: int = 1, underlay: int = 4, overlay: tuple[int, ...] = (4,)) -> tuple[Agent, Agent]:
+    def start(self, mode: str, queues: int = 1, underlay: int = 4, overlay: tuple[int, ...] = (4,),
+              cpus: list | None = None) -> tuple[Agent, Agent]:
         """Agents on A (subnets 10.5.1.0/24, fd00:5:0:1::/64) and B (...2...) for the overlay
-        families, their sockets and peers on the underlay family (MTU: 1500 - 28 or - 48)."""
+        families, their sockets and peers on the underlay family (MTU: 1500 - 28 or - 48);
+        cpus: A's workers' CPUs (DataPath(cpus=)), B's are left to the scheduler."""
         out = []
         for me, other in ((1, 2), (2, 1)):
             ip = {1: (self.ip_a, self.ip6_a), 2: (self.ip_b, self.ip6_b)}
@@ -254,7 +258,8 @@ class Pair:
                 "bind": ip[me][underlay == 6], "port": PORT,
                 "peers": {OVERLAY[v][1].format(other): ip[other][underlay == 6] for v in overlay},
                 "routes": [OVERLAY[v][0] for v in overlay]}], queues,
-                network=[OVERLAY[v][0] for v in overlay], mtu=1500 - (48 if underlay == 6 else 28))  # fmt: skip
+                network=[OVERLAY[v][0] for v in overlay], mtu=1500 - (48 if underlay == 6 else 28),
+                cpus=cpus if me == 1 else None)  # fmt: skip
             self.agents.append(agent)
             out.append(agent)
         return out[0], out[1]
@@ -813,8 +818,16 @@ def test_multi_queue_transfer(pair, family):
     spreads flows over the sockets by inner addresses and ports although every datagram has
     the same outer addresses and ports. IPv6: IPv6 flows over the IPv6 underlay, so the
     program hashes inner IPv6 addresses and the IPv6 socket group gets it."""
-    a, b = pair.start("offload", queues=2, underlay=family, overlay=(family,))
-    assert a.modes[0]["queues"] == 2 and a.modes[0]["pin_cpus"]
+    cpus = sorted(os.sched_getaffinity(0))[-1:] * 2  # A's two workers pinned (to one CPU: any box has it)
+    a, b = pair.start("offload", queues=2, underlay=family, overlay=(family,), cpus=cpus)
+    assert a.modes[0]["queues"] == 2 and a.modes[0]["cpus"] == f"{cpus[0]},{cpus[0]}"
+    assert b.modes[0]["cpus"] == "any"
+    allowed = {}  # worker thread -> the CPUs it may run on
+    for t in Path(f"/proc/{a.proc.pid}/task").iterdir():
+        status = (t / "status").read_text()
+        if (t / "comm").read_text().startswith("uf-worker-"):
+            allowed[t.name] = re.search(r"Cpus_allowed_list:\s*(\S+)", status).group(1)
+    assert sorted(allowed.values()) == [str(cpus[0])] * 2, allowed
     src, dst = ("10.5.1.0", "10.5.2.0") if family == 4 else ("fd00:5:0:1::", "fd00:5:0:2::")
     sent, got = tcp_transfer(pair, 16 << 20, dst=dst)
     assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
@@ -958,10 +971,10 @@ def test_table_updates_and_icmp(pair, mode):
     assert udp_probe(pair.ns_a, "10.5.2.0") == "Network is unreachable"
     c = settled(a.counters, {"tx_drop_no_route": 2, "icmp_unreachable_sent": 2})
     assert c["tx_drop_no_route"] >= 2 and c["icmp_unreachable_sent"] == 2
-    # ... but never an ICMP message (as flanneld): ping just times out
+    # ... and a ping too: only ICMP *error* messages are exempt (as on the IPv6 path)
     r = ping(pair.ns_a, "10.5.2.0", count=1)
-    assert r.returncode != 0 and "Unreachable" not in r.stdout
-    assert a.counters()["icmp_unreachable_sent"] == 2
+    assert r.returncode != 0 and "Destination Net Unreachable" in r.stdout, r.stdout
+    assert settled(a.counters, {"icmp_unreachable_sent": 3})["icmp_unreachable_sent"] == 3
     # lease back: traffic flows again at once
     a.call(op="set", net="10.5.2.0/24", peer=pair.ip_b)
     t0 = time.monotonic()

@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 
-DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw"]
+DATA_PATH_BACKENDS = ["udp", "vxlan", "host-gw", "wireguard"]
 
 
 def run_lab(state_dir, *args, timeout=180, env=None) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def test_lab_short_pings_across_hosts_and_leaves_nothing(tmp_path, backend):
     assert_nothing_left(tmp_path, prefix)
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "udp"])
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "udp", "wireguard"])
 def test_lab_ipv6_pings_across_over_ipv4_and_ipv6(tmp_path, backend):
     p = run_lab(tmp_path, "--short", "--backend", backend, "--ipv6")
     out = p.stdout + p.stderr
@@ -150,7 +150,7 @@ def test_lab_docker_is_the_seed_with_real_containers(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     prefix = prefix_of(out)
-    assert re.search(r'^DOCKER_OPTS=" --bip=10\.5\.\d+\.1/24 --ip-masq=false --mtu=1472 "$', out, re.M), out
+    assert re.search(r'^DOCKER_OPTS=" --bip=10\.5\.\d+\.1/24 --ip-masq=false --mtu=1472"$', out, re.M), out
     assert "docker run -d --name test1 busybox sh -c 'while true; do sleep 3600; done'" in out
     ips = re.findall(r"inet addr:(10\.5\.\d+\.2) ", out)
     assert len(ips) == 2, out

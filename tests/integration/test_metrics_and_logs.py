@@ -7,12 +7,15 @@ host 2's with --ip-masq only, so the logs at both levels can be compared.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from udpflannel import __version__
+from udpflannel.adapters.metrics import DATAPATH_INFO, FEATURES
+from udpflannel.datapath import COUNTER_DIRECTIONS
 from udpflannel.lab.netlab import wait_for
 
 from . import agents
@@ -55,16 +58,30 @@ def test_metrics_of_a_real_agent_parse_and_are_documented(lab2):
     # the pings: 3 requests out and 3 replies in, 3 requests in and 3 replies out (at least)
     assert agents.metric(h1, "datapath_packets", direction="tx") >= 6
     assert agents.metric(h1, "datapath_bytes", direction="tx") >= 6 * 84
-    # drops are one family: every reason once per direction, none counted yet
+    # drops are one family: each reason once per direction that can drop for it, none counted yet
     dropped = fams["udpflannel_datapath_dropped_packets"].samples
-    assert {s.labels["direction"] for s in dropped} == {"tx", "rx"}
-    assert {"spoofed_source", "unknown_peer", "no_route"} <= {s.labels["reason"] for s in dropped}
+    pairs = {(s.labels["direction"], s.labels["reason"]) for s in dropped}
+    assert pairs == {(d, c[5:]) for c, dirs in COUNTER_DIRECTIONS.items() if c.startswith("drop_") for d in dirs}
+    assert {("rx", "spoofed_source"), ("rx", "unknown_peer"), ("tx", "no_route")} <= pairs
+    assert not {("tx", "spoofed_source"), ("rx", "no_route")} & pairs  # impossible: not exported
     assert agents.metric(h1, "datapath_dropped_packets", direction="rx", reason="spoofed_source") == 0
+    assert [s.labels for s in fams["udpflannel_datapath_icmp_unreachable_sent"].samples] == [{}]  # tx only
     assert agents.metric(h1, "peers") == 1 and agents.metric(h1, "ready") == 1
-    assert agents.metric(h1, "datapath_leases") == 1
+    assert agents.metric(h1, "datapath_leases") == 1 and agents.metric(h1, "datapath_table_errors") == 0
+    assert not [n for n in fams if n.startswith("udpflannel_backend_")]  # the kernel backends' families
     (info,) = fams["udpflannel_build_info"].samples
     assert info.value == 1 and info.labels["version"] == __version__ and info.labels["backend"] == "udp"
-    assert info.labels["features"]  # the offloads in use (or "none")
+    features = info.labels["features"].split(",")  # the offloads in use, each documented (or "none")
+    assert features == ["none"] or set(features) <= set(FEATURES), features
+    for f in features:
+        assert f"| `{f}` |" in documented, f
+    (dp,) = fams["udpflannel_datapath_info"].samples
+    assert set(dp.labels) == set(DATAPATH_INFO) and dp.labels["busy_poll_us"] == "0"
+    # a lab veth has neither RPS nor IRQ affinity: the scheduler places the workers (datapath/placement.py)
+    assert int(dp.labels["queues"]) >= 1 and dp.labels["cpus"] == "any"
+    # our lease's expiry, Unix time: 24 h after it was taken (or last renewed)
+    expiry = agents.metric(h1, "lease_expiry_timestamp_seconds")
+    assert 0 < expiry - time.time() <= 86400, expiry - time.time()
     assert fams["process_resident_memory_bytes"].samples[0].value > 0
 
 

@@ -13,12 +13,13 @@ from ipaddress import IPv4Address
 import pytest
 
 from udpflannel.adapters.etcd import PAGE_KEYS, RPC_TIMEOUT, WATCH_SILENCE, EtcdClient
-from udpflannel.adapters.registry import Compacted, EtcdOptions, EtcdRegistry
+from udpflannel.adapters.registry import EtcdOptions, EtcdRegistry
+from udpflannel.core.registry import Compacted
 from udpflannel.core.subnet import LeaseAttrs
 from udpflannel.errors import LeaseParseError, RegistryError
 from udpflannel.lab.netlab import free_port
 
-from .agents import fill
+from .agents import etcd_signal, fill
 
 ME = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"))
 OTHER = LeaseAttrs(public_ip=IPv4Address("192.0.2.12"))
@@ -241,7 +242,7 @@ def test_a_listing_frozen_between_pages_fails_in_its_deadline_and_the_next_is_wh
 
     async def go():
         opts = EtcdOptions(endpoints=[loopback_etcd.endpoint], prefix="/test/net")
-        reg = EtcdRegistry(opts, client=BetweenPages(opts, lambda: os.kill(pid, signal.SIGSTOP)))
+        reg = EtcdRegistry(opts, client=BetweenPages(opts, lambda: etcd_signal(loopback_etcd, signal.SIGSTOP)))
         try:
             t0 = time.monotonic()
             try:
@@ -283,7 +284,7 @@ def test_a_frozen_etcd_fails_calls_within_the_deadline_and_the_watch_within_its_
         reg = registry(loopback_etcd.endpoint)
         try:
             task = await watching(reg)
-            os.kill(loopback_etcd.proc.pid, signal.SIGSTOP)
+            etcd_signal(loopback_etcd, signal.SIGSTOP)
             try:
                 t0 = time.monotonic()
                 with pytest.raises(RegistryError, match="no answer from the watch"):
@@ -310,7 +311,7 @@ def test_a_channel_closed_under_a_call_is_a_registry_error_not_a_cancellation(lo
         reg = registry(loopback_etcd.endpoint)
         try:
             await reg.get_config()
-            os.kill(loopback_etcd.proc.pid, signal.SIGSTOP)
+            etcd_signal(loopback_etcd, signal.SIGSTOP)
             try:
                 call = asyncio.ensure_future(reg.get_config())
                 await asyncio.sleep(0.5)

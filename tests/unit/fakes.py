@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 from ipaddress import IPv4Address
 from typing import Optional
 
-from udpflannel.adapters.registry import Compacted, Listing, WatchEvent
+from udpflannel.core.registry import Compacted, Listing, WatchEvent
 from udpflannel.backends.base import Backend
+from udpflannel.core.config import NetworkConfig, parse_config
 from udpflannel.core.events import Delta, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import LeaseParseError, RegistryError
+
+
+def network_config(backend: dict, v4: bool = True, v6: bool = False) -> NetworkConfig:
+    """A parsed config with this Backend: 10.5.0.0/16 when v4, fd00:5::/48 when v6 (neither
+    family left out by default: IPv4 only)."""
+    doc = {"Backend": backend}
+    if v4:
+        doc["Network"] = "10.5.0.0/16"
+    else:
+        doc["EnableIPv4"] = False
+    if v6:
+        doc.update(EnableIPv6=True, IPv6Network="fd00:5::/48")
+    return parse_config(json.dumps(doc))
 
 
 class FakeClock:
@@ -213,6 +228,8 @@ class Recorder(Backend):
         self.routes: dict[str, Lease] = {}
         self.fail_start = fail_start
         self.fail_apply: list[BaseException] = []
+        self.fail_on: dict[str, BaseException] = {}  # a bug: every update holding this lease key raises
+        self.problem_bug: set[str] = set()  # lease_problem raises for these keys (a bug in the hook)
         self.caps = caps if caps is not None else {}
         self.stopped = False
 
@@ -231,9 +248,17 @@ class Recorder(Backend):
         if self.fail_start is not None:
             raise self.fail_start
 
+    def lease_problem(self, lease):
+        if lease.key in self.problem_bug:
+            raise KeyError("VtepMAC")
+        return super().lease_problem(lease)
+
     async def apply(self, update):
         if self.fail_apply:
             raise self.fail_apply.pop(0)
+        keys = {l.key for l in update.leases} if isinstance(update, Snapshot) else {e.lease.key for e in update.events}
+        for key in keys & self.fail_on.keys():
+            raise self.fail_on[key]
         self.updates.append(update)
         if isinstance(update, Snapshot):
             self.timeline.append(("snapshot", len(update.leases)))
@@ -253,16 +278,24 @@ class Recorder(Backend):
 
 
 class FakeRules:
-    """IptablesRules stand-in: records ensure() in the shared timeline, with whether the
-    subnet file existed at that moment."""
+    """IptablesRules (or NftablesRules, command="nftables") stand-in: records ensure(), with
+    whether the subnet file existed at that moment, stop() and remove_tables() in the shared
+    timeline. `missing=True`: ensure() raises the kind's "tool not installed" error."""
 
-    def __init__(self, timeline: list, subnet_file: str = "", fail: int = 0):
+    def __init__(self, timeline: list, subnet_file: str = "", fail: int = 0, command: str = "iptables",
+                 missing: bool = False):  # fmt: skip
         self.timeline = timeline
         self.subnet_file = subnet_file
         self.fail = fail
+        self.command = command
+        self.missing = missing
         self.made: list = []  # (network, subnet) per set of rules the agent asked for
 
-    command = "iptables"
+    def remove_tables(self) -> None:
+        self.timeline.append((f"{self.command} remove_tables",))
+
+    def stop(self) -> None:
+        self.timeline.append((f"{self.command} stop",))
 
     def __call__(self, network, subnet, ip_masq, forward):
         self.subnet = subnet
@@ -270,6 +303,11 @@ class FakeRules:
         return self
 
     def ensure(self) -> bool:
+        if self.missing:
+            from udpflannel.adapters.ipmasq import IptablesMissing
+            from udpflannel.adapters.nftables import NftablesMissing
+
+            raise (NftablesMissing if self.command == "nftables" else IptablesMissing)(f"{self.command} not found")
         if self.fail > 0:
             self.fail -= 1
             from udpflannel.adapters.ipmasq import IptablesError

@@ -4,16 +4,16 @@ into PublicIP / PublicIPv6 (backends/base.py: underlay(), lease_addresses())."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from udpflannel.backends import backend_class
-from udpflannel.core.config import parse_config
 from udpflannel.core.events import ExternalInterface
 from udpflannel.errors import InterfaceError
+
+from .fakes import network_config
 
 V4 = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500)
 DUAL = ExternalInterface("eth1", 2, IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 1500,
@@ -23,14 +23,7 @@ V6 = ExternalInterface("eth1", 2, None, None, 1500, IPv6Address("2001:db8::11"),
 
 
 def cfg(btype: str, v4: bool = True, v6: bool = True):
-    doc = {"Backend": {"Type": btype}}
-    if v4:
-        doc["Network"] = "10.5.0.0/16"
-    else:
-        doc["EnableIPv4"] = False
-    if v6:
-        doc.update(EnableIPv6=True, IPv6Network="fd00:5::/48")
-    return parse_config(json.dumps(doc))
+    return network_config({"Type": btype}, v4, v6)
 
 
 def test_udp_ipv4_only_writes_flanneld_s_udp_lease():

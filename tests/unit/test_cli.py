@@ -372,3 +372,186 @@ def test_udp_fast_path_flag(cap):
     assert cap.agent.opts.udp_fast_path == "tc-bpf"
     r = invoke(["--udp-fast-path", "xdp"])
     assert r.exit_code == 2 and "'xdp' is not one of 'off', 'tc-bpf'" in r.output
+
+
+# -- flanneld's Go flag syntax, for every option of every command ----------------------------------
+#
+# The options and their kinds come from the click commands themselves: a new option is covered
+# without touching this file. Each spelling is parsed by the real command (make_context: parsing,
+# no callback) and must give the value Go's flag package would give.
+
+import click  # noqa: E402
+
+from udpflannel import goflags  # noqa: E402
+from udpflannel.dockeropts_cli import docker_opts  # noqa: E402
+from udpflannel.lab.command import lab  # noqa: E402
+
+COMMANDS = {"": cli.main, "docker-opts": docker_opts, "lab": lab}
+
+
+def parse(sub: str, argv: list[str]) -> dict:
+    """The parameters the command `udpflannel [sub] argv...` would be called with."""
+    ctx = cli.main.make_context("udpflannel", ([sub] if sub else []) + list(argv))
+    if not sub:
+        return ctx.params
+    assert ctx.invoked_subcommand is None  # (set only by invoke)
+    return COMMANDS[sub].make_context(sub, list(ctx.args), parent=ctx).params
+
+
+def options(cmd: click.Command) -> list[click.Option]:
+    root = click.Context(cli.main, info_name="udpflannel", **cli.main.context_settings)  # (-h: click caches
+    ctx = root if cmd is cli.main else click.Context(cmd, parent=root)  # the help option it first builds)
+    return [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.is_eager]
+
+
+def sample(p: click.Option) -> str:
+    """A valid value for `p` that is not its default (so a spelling that is ignored shows)."""
+    t = p.type
+    if isinstance(t, click.types.BoolParamType):
+        return "false" if p.default else "true"
+    if isinstance(t, (click.IntRange, click.FloatRange)):
+        lo = t.min if t.min is not None else 0
+        v = lo + 2 if isinstance(t, click.IntRange) else lo + 1.5  # (-v: 2, not what -v alone gives)
+        assert (t.max is None or v <= t.max) and v != p.default and v != p.flag_value
+        return str(v)
+    if isinstance(t, click.Choice):
+        return next(c for c in t.choices if c != p.default)
+    assert p.default != "/x/some value"
+    return "/x/some value"
+
+
+def expected(p: click.Option, value) -> object:
+    v = p.type.convert(value, p, None) if isinstance(value, str) else value
+    return (v,) if p.multiple else v
+
+
+def spellings(sub: str, p: click.Option) -> list[tuple[list[str], object]]:
+    """(argv, the value Go's flag package would give) for every Go spelling of every name of p."""
+    out = []
+    for name in (n.lstrip("-") for n in p.opts):
+        for d in ("-", "--"):
+            flag = d + name
+            if p.is_flag:  # a switch: -n, -n=true, -n=false; as click's own spelling, or its absence
+                given, absent = parse(sub, [p.opts[0]])[p.name], parse(sub, [])[p.name]
+                assert given != absent
+                out += [([flag], given), ([f"{flag}=true"], given), ([f"{flag}=false"], absent)]
+            elif isinstance(p.type, click.types.BoolParamType):  # a Go bool: never a separate value
+                out.append(([flag], expected(p, True)))
+                out += [([f"{flag}={lit}"], lit in goflags.GO_TRUE) for lit in goflags.GO_TRUE + goflags.GO_FALSE]
+            else:
+                v = sample(p)
+                out += [([f"{flag}={v}"], expected(p, v)), ([flag, v], expected(p, v))]
+                if p._flag_needs_value:  # -v alone
+                    out.append(([flag], expected(p, p.flag_value)))
+    return out
+
+
+CASES = [pytest.param(sub, p.name, argv, want, id=f"{sub or 'agent'}:{' '.join(argv)}")
+         for sub, cmd in COMMANDS.items() for p in options(cmd) for argv, want in spellings(sub, p)]  # fmt: skip
+
+
+def test_every_option_of_every_command_is_covered():
+    names = {(sub, p.name) for sub, cmd in COMMANDS.items() for p in options(cmd)}
+    covered = {(c.values[0], c.values[1]) for c in CASES}
+    assert names == covered
+    assert ("", "iface") in names and ("docker-opts", "no_ip_masq") in names and len(CASES) > 200
+
+
+@pytest.mark.parametrize("sub,param,argv,want", CASES)
+def test_every_go_spelling_of_every_flag(sub, param, argv, want):
+    assert parse(sub, argv)[param] == want
+
+
+def test_the_seeds_command_line():
+    """`nohup sudo ./flanneld -iface=192.168.205.10 &` as udpflannel."""
+    params = parse("", ["-iface=192.168.205.10"])
+    assert params["iface"] == ("192.168.205.10",)
+    params = parse("", ["-iface", "eth1", "-iface=192.0.2.1", "--etcd-endpoints", "http://e:2379", "-ip-masq",
+                        "--iptables-forward-rules=false", "-v", "2", "-subnet-lease-renew-margin=30"])  # fmt: skip
+    assert params["iface"] == ("eth1", "192.0.2.1") and params["etcd_endpoints"] == "http://e:2379"
+    assert (params["ip_masq"], params["iptables_forward_rules"], params["verbose"]) == (True, False, 2)
+    assert params["subnet_lease_renew_margin"] == 30
+
+
+def test_a_go_value_is_the_next_word_whatever_it_looks_like():
+    assert parse("", ["-etcd-prefix", "-odd"])["etcd_prefix"] == "-odd"
+    assert parse("", ["-healthz-ip="])["healthz_ip"] == ""
+    assert parse("docker-opts", ["-f", "-odd.env"])["subnet_file"] == "-odd.env"
+
+
+def test_clicks_own_short_forms_still_work_for_docker_opts():
+    """mk-docker-opts.sh is a getopts script: -fFILE and clusters like -ci are its syntax."""
+    p = parse("docker-opts", ["-f/a.env", "-ci", "-kKEY", "-m"])
+    assert (p["subnet_file"], p["combined"], p["individual"], p["key"], p["no_ip_masq"]) == ("/a.env", True, True,
+                                                                                          "KEY", True)  # fmt: skip
+    assert parse("", ["-v2"])["verbose"] == 2
+
+
+@pytest.mark.parametrize("argv", [["-ip-masq", "false"], ["--iptables-forward-rules", "false"], ["-ip-masq", "1"]])
+def test_a_go_bool_with_a_separate_value_is_refused_with_the_fix(cap, argv):
+    res = invoke(argv)
+    assert res.exit_code == 2
+    assert f"{argv[0]} takes no separate value (a Go bool): write {argv[0]}={argv[1]}" in res.output
+    assert cap.run_calls == 0
+
+
+@pytest.mark.parametrize("argv", [["-iface"], ["--etcd-endpoints"], ["-v=x"], ["-ip-masq=maybe"], ["-version=maybe"]])
+def test_bad_go_spellings_are_usage_errors(cap, argv):
+    res = invoke(argv)
+    assert res.exit_code == 2, res.output
+    assert cap.run_calls == 0
+
+
+@pytest.mark.parametrize("sub", sorted(COMMANDS))
+@pytest.mark.parametrize("flag", ["-h", "-help", "--help", "--h"])
+def test_help_in_every_spelling(cap, sub, flag):
+    res = ok(([sub] if sub else []) + [flag])
+    assert res.output.startswith("Usage: ") and "Options:" in res.output
+    assert cap.run_calls == 0
+
+
+@pytest.mark.parametrize("flag", ["-version", "--version", "-version=true"])
+def test_version_in_every_spelling(cap, flag):
+    assert ok([flag]).output.startswith("udpflannel, version ")
+
+
+@pytest.mark.parametrize("name", sorted(cli.UNSUPPORTED))
+@pytest.mark.parametrize("form", ["-{}", "--{}", "-{}=x", "--{}=true"])
+def test_unsupported_flanneld_flags_are_named_with_the_reason(cap, name, form):
+    res = invoke([form.format(name)])
+    assert res.exit_code == 2
+    assert f"{form.format(name).split('=')[0]} is a flanneld flag udpflannel does not support: " \
+           f"{cli.UNSUPPORTED[name]}" in res.output  # fmt: skip
+    assert "Did you mean" not in res.output and cap.run_calls == 0
+
+
+def test_unsupported_flanneld_flags_in_the_environment_too(cap):
+    res = invoke(env={"FLANNELD_KUBE_SUBNET_MGR": "true"})
+    assert res.exit_code == 2 and "FLANNELD_KUBE_SUBNET_MGR is set" in res.output and "etcd mode only" in res.output
+    assert cap.run_calls == 0
+
+
+def test_unsupported_names_are_not_ours_and_are_flanneld_spellings():
+    ours = {n.lstrip("-") for p in options(cli.main) for n in p.opts}
+    assert not ours & set(cli.UNSUPPORTED)
+    assert {"kube-subnet-mgr", "kube-api-url", "kubeconfig-file", "net-config-path"} <= set(cli.UNSUPPORTED)
+
+
+def test_a_typo_still_gets_clicks_suggestion(cap):
+    res = invoke(["--ifac", "eth0"])
+    assert res.exit_code == 2 and "No such option" in res.output and "--iface" in res.output
+
+
+@pytest.mark.parametrize("var", ["FLANNELD_V", "FLANNELD_VERBOSE"])
+def test_verbosity_from_flanneld_s_env_var_and_ours(monkeypatch, var):
+    monkeypatch.setenv(var, "2")
+    assert parse("", [])["verbose"] == 2
+
+
+def test_subcommands_still_work_after_agent_flags(tmp_path):
+    src = tmp_path / "subnet.env"
+    src.write_text("FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n")
+    out = tmp_path / "o.env"
+    res = CliRunner().invoke(cli.main, ["docker-opts", f"-f={src}", "-d", str(out), "-m", "-c"], env={"DOCKER_OPTS": None})
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == 'DOCKER_OPTS=" --bip=10.5.72.1/24 --mtu=1472"\n'

@@ -430,6 +430,23 @@ def test_ipv6_network_is_ignored_unless_enabled():
     assert c.v6 is None
 
 
+# -- EnableNFTables ----------------------------------------------------------------------------------
+
+
+def test_enable_nftables_defaults_to_false_and_is_read_in_any_case():
+    assert cfg(Network="10.5.0.0/16").enable_nftables is False
+    assert cfg(Network="10.5.0.0/16", EnableNFTables=None).enable_nftables is False  # JSON null: Go's zero value
+    assert cfg(Network="10.5.0.0/16", EnableNFTables=True).enable_nftables is True
+    assert cfg(Network="10.5.0.0/16", enablenftables=True).enable_nftables is True
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, "true", [True], {}])
+def test_enable_nftables_must_be_a_boolean(bad):
+    e = err({"Network": "10.5.0.0/16", "EnableNFTables": bad})
+    assert_names(e, "EnableNFTables", bad)
+    assert "must be true or false" in str(e)
+
+
 # -- IPv6 mirrors IPv4 ----------------------------------------------------------------------------
 
 
@@ -578,3 +595,17 @@ def test_bad_json_error_names_the_text():
 )
 def test_every_error_names_key_and_value(doc, key, value):
     assert_names(err(doc), key, value)
+
+
+def test_the_log_never_shows_a_psk():
+    from udpflannel.core.config import for_log
+
+    raw = b'{"Network": "10.5.0.0/16", "backend": {"Type": "wireguard", "psk": "c2VjcmV0", "Mode": "auto"}}'
+    shown = for_log(raw)
+    assert "c2VjcmV0" not in shown
+    assert json.loads(shown) == {"Network": "10.5.0.0/16",
+                                 "backend": {"Type": "wireguard", "psk": "<hidden>", "Mode": "auto"}}  # fmt: skip
+    plain = ' {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}\n'
+    assert for_log(plain) == plain.strip()  # as written, when there is nothing to hide
+    assert for_log("not json") == "not json"
+    assert for_log('["a"]') == '["a"]'

@@ -17,11 +17,12 @@ FLANNEL_MTU=1472
 FLANNEL_IPMASQ=true
 """
 
-# What mk-docker-opts.sh writes for SUBNET_ENV with no flags and DOCKER_OPTS unset.
+# What mk-docker-opts.sh (flannel v0.6.2 to v0.28) writes for SUBNET_ENV with no flags and
+# DOCKER_OPTS unset (compared with the script itself under dash when this was written).
 EXPECTED_BOTH = """DOCKER_OPT_BIP="--bip=10.5.72.1/24"
 DOCKER_OPT_IPMASQ="--ip-masq=false"
 DOCKER_OPT_MTU="--mtu=1472"
-DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "
+DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"
 """
 
 
@@ -34,20 +35,32 @@ def test_default_output_is_mk_docker_opts_byte_for_byte():
     assert render(opts()) == EXPECTED_BOTH
 
 
-def test_no_ipmasq_option_unless_flannel_masquerades():
+def test_ipmasq_option_is_the_opposite_of_flannels_and_absent_without_it():
     text = SUBNET_ENV.replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false")
     assert render(opts(text)) == (
         'DOCKER_OPT_BIP="--bip=10.5.72.1/24"\n'
+        'DOCKER_OPT_IPMASQ="--ip-masq=true"\n'
         'DOCKER_OPT_MTU="--mtu=1472"\n'
-        'DOCKER_OPTS=" --bip=10.5.72.1/24 --mtu=1472 "\n'
+        'DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=true --mtu=1472"\n'
     )
     assert "IPMASQ" not in render(opts(text.replace("FLANNEL_IPMASQ=false\n", "")))
+
+
+@pytest.mark.parametrize("masq", ["true", "false"])
+def test_ip_masq_false_leaves_the_option_out(masq):
+    """mk-docker-opts.sh -m: no --ip-masq at all, whatever the subnet file says."""
+    o = opts(SUBNET_ENV.replace("FLANNEL_IPMASQ=true", f"FLANNEL_IPMASQ={masq}"))
+    assert render(o, ip_masq=False) == (
+        'DOCKER_OPT_BIP="--bip=10.5.72.1/24"\n'
+        'DOCKER_OPT_MTU="--mtu=1472"\n'
+        'DOCKER_OPTS=" --bip=10.5.72.1/24 --mtu=1472"\n'
+    )
 
 
 def test_combined_only_individual_only_and_both():
     o = opts()
     assert (
-        render(o, combined=True, individual=False) == 'DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+        render(o, combined=True, individual=False) == 'DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"\n'
     )
     assert render(o, combined=False, individual=True) == "".join(EXPECTED_BOTH.splitlines(True)[:3])
     assert render(o, combined=True, individual=True) == EXPECTED_BOTH
@@ -55,7 +68,7 @@ def test_combined_only_individual_only_and_both():
 
 def test_key_names_the_combined_variable_and_its_value_is_kept_in_front():
     out = render(opts(), key="FLANNEL_DOCKER", combined=True, individual=False, base="--log-level=warn")
-    assert out == 'FLANNEL_DOCKER="--log-level=warn --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+    assert out == 'FLANNEL_DOCKER="--log-level=warn  --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"\n'
 
 
 @pytest.mark.parametrize("key", ["", "1X", "DOCKER-OPTS", "A B", "X=Y"])
@@ -84,7 +97,7 @@ def test_parse_skips_comments_and_blank_lines_and_strips_quotes():
     env = parse_subnet_env('# written by hand\n\nFLANNEL_SUBNET="10.1.2.1/24"\n  FLANNEL_MTU=1450  \n')
     assert env == {"FLANNEL_SUBNET": "10.1.2.1/24", "FLANNEL_MTU": "1450"}
     o = from_subnet_env(env)
-    assert (str(o.bip), o.mtu, o.ip_masq_off) == ("10.1.2.1/24", 1450, False)
+    assert (str(o.bip), o.mtu, o.flannel_masq) == ("10.1.2.1/24", 1450, None)
 
 
 @pytest.mark.parametrize(
@@ -134,12 +147,22 @@ def test_command_flags_c_i_k(tmp_path):
     src.write_text(SUBNET_ENV)
     out = tmp_path / "o.env"
     assert run("-f", str(src), "-d", str(out), "-c", "-k", "OPTS").exit_code == 0
-    assert out.read_text() == 'OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+    assert out.read_text() == 'OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"\n'
     assert run("-f", str(src), "-d", str(out), "-i").exit_code == 0
     assert out.read_text().splitlines() == EXPECTED_BOTH.splitlines()[:3]
     r = run("-f", str(src), "-d", str(out), "-c", env={"DOCKER_OPTS": "--debug"})
     assert r.exit_code == 0, r.output
-    assert out.read_text() == 'DOCKER_OPTS="--debug --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "\n'
+    assert out.read_text() == 'DOCKER_OPTS="--debug  --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"\n'
+
+
+@pytest.mark.parametrize("flags", [["-m"], ["-m=true"], ["--m"], ["-mi"], ["-i", "-m"]])
+def test_command_flag_m_leaves_ip_masq_out(tmp_path, flags):
+    src = tmp_path / "subnet.env"
+    src.write_text(SUBNET_ENV)
+    out = tmp_path / "o.env"
+    r = run("-f", str(src), "-d", str(out), *flags)
+    assert r.exit_code == 0, r.output
+    assert "ip-masq" not in out.read_text() and "--bip=10.5.72.1/24" in out.read_text()
 
 
 def test_missing_subnet_file_is_one_line_and_non_zero(tmp_path):

@@ -166,9 +166,32 @@ def test_icmp_quotes_short_packets_whole():
     assert n == 28 + 23 and pkt[28:] == orig
 
 
-def test_no_icmp_about_icmp_or_later_fragments():
-    assert lib.uf_icmp_eligible(icmp_echo(), 52) == 0
-    assert make_icmp(icmp_echo())[0] == -22
+def icmp_of_type(t: int, code: int = 0) -> bytes:
+    body = bytearray(bytes([t, code]) + b"\0\0\0\0\0\0" + b"p" * 24)
+    body[2:4] = struct.pack("!H", csum(bytes(body)))
+    return ip4("10.5.1.2", "10.5.2.3", 1, bytes(body))
+
+
+def test_an_echo_request_gets_its_net_unreachable():
+    """Only ICMP *error* messages are exempt (RFC 1122 3.2.2), as on the IPv6 path: a ping
+    to an unleased subnet is answered, not silently dropped."""
+    echo = icmp_echo()
+    assert lib.uf_icmp_eligible(echo, len(echo)) == 1
+    n, pkt = make_icmp(echo)
+    assert n == 20 + 8 + 28 and pkt[20] == 3 and pkt[21] == 0 and pkt[28:] == echo[:28]
+    for query in (0, 8, 13, 14, 15, 16, 17, 18):  # echo, timestamp, information, address mask (+ replies)
+        assert lib.uf_icmp_eligible(icmp_of_type(query), 52) == 1, query
+
+
+@pytest.mark.parametrize("t", [3, 4, 5, 11, 12, 1, 2, 6, 7, 9, 10, 19, 40, 255])
+def test_no_icmp_about_icmp_errors_or_unknown_types(t):
+    assert lib.uf_icmp_eligible(icmp_of_type(t), 52) == 0
+    assert make_icmp(icmp_of_type(t))[0] == -22
+
+
+def test_no_icmp_about_icmp_without_its_type_byte_or_later_fragments():
+    bare = ip4("10.5.1.2", "10.5.2.3", 1, b"")  # protocol ICMP, no ICMP header at all
+    assert lib.uf_icmp_eligible(bare, len(bare)) == 0
     later = udp_pkt(frag=0x2000 | 100)  # MF + offset
     assert lib.uf_icmp_eligible(later, len(later)) == 0
     first = udp_pkt(frag=0x2000)  # first fragment: allowed
@@ -456,7 +479,7 @@ def test_checksum_matches_reference(data, off):
     assert lib.uf_checksum(ffi.from_buffer(buf) + off, len(data)) == csum(data)
 
 
-@pytest.mark.parametrize("size", [0, 1, 63, 64, 255, 256, 257, 1472, 65535])
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 63, 64, 95, 255, 256, 257, 1472, 65535, 3 * 2**20 + 17])
 @pytest.mark.parametrize("fill", [0x00, 0xFF, 0xA5])
 def test_checksum_edge_sizes_and_patterns(size, fill):
     data = bytes([fill]) * size

@@ -263,6 +263,8 @@ def test_rx_bad_ipv4_header_checksum_is_dropped_never_repaired(table):
     assert tcp_ok(bytes(bad)) and not ip_ok(bytes(bad))
     assert lib.uf_gro_eligible(bytes(bad), len(bad), 1) == 0
     assert lib.uf_gro_eligible(segs[0], len(segs[0]), 1) == lib.UF_VNET_GSO_TCPV4
+    # the pipeline's own call trusts the header check it made before (rx_check drops the bad one)
+    assert lib.uf_gro_eligible_ip_ok(bytes(bad), len(bad), 1) == lib.UF_VNET_GSO_TCPV4
     rx = Rx(pipe_cfg(table, vnet_hdr=True, gro_tcp=True))
     _, writes = rx.run([(str(PEER_A), bytes(bad), 0)] + [(str(PEER_A), s, 0) for s in segs[1:]])
     assert counters(rx.ctr) == {"drop_bad_checksum": 1}
@@ -272,3 +274,45 @@ def test_rx_bad_ipv4_header_checksum_is_dropped_never_repaired(table):
     rx = Rx(pipe_cfg(table))
     _, writes = rx.run([(str(PEER_A), bytes(bad), 0)])
     assert writes == [] and counters(rx.ctr) == {"drop_bad_checksum": 1}
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_rx_refused_gso_write_is_resplit_into_the_received_packets(table, proto):
+    """A GSO write the TUN refuses (EINVAL: no USO) is written again as the packets it was made
+    of (uf_rx_resplit): exactly what the pipeline writes without coalescing, byte for byte
+    (TTL decremented; the head with its own lengths and checksums again)."""
+    if proto == "udp":
+        payload = bytes(i % 251 for i in range(5 * 1000 + 300))
+        udp_len = 8 + len(payload)
+        pseudo = IPv4Address("10.5.1.2").packed + IPv4Address("10.5.2.3").packed + struct.pack("!BBH", 0, 17, udp_len)
+        pkt = ip4("10.5.1.2", "10.5.2.3", 17, struct.pack("!HHHH", 4000, 53, udp_len, ~csum(pseudo) & 0xFFFF) + payload)
+        h = vnet(flags=lib.UF_VNET_F_NEEDS_CSUM, gso_type=lib.UF_VNET_GSO_UDP_L4, hdr_len=28, gso_size=1000,
+                 csum_start=20, csum_offset=6)
+    else:
+        payload = bytes(i % 251 for i in range(5 * 1000 + 300))
+        h, pkt = super_packet(payload, 1000)
+    _, msgs, _ = Tx(pipe_cfg(table, vnet_hdr=True, udp_segment=True)).run([vnet_frame(h, pkt)])
+    segs = [s for m in msgs for s in segments(m)]
+    assert len(segs) == 6
+    dgrams = [(str(PEER_A), b"".join(segs[:5]), len(segs[0])), (str(PEER_A), segs[5], 0)]
+    plain = [p for _, p in Rx(pipe_cfg(table, vnet_hdr=True)).run(dgrams)[1]]
+    rx = Rx(pipe_cfg(table, vnet_hdr=True, gro_tcp=True, gro_udp=True))
+    _, writes = rx.run(dgrams)
+    assert len(writes) == 1 and writes[0][0].gso_type != 0 and rx.rx.writes[0].segs == 6
+    n = lib.uf_rx_resplit(rx.cfg, rx.rx, 0)
+    assert n == 6
+    again = []
+    for i in range(n):
+        w = rx.rx.split[i]
+        data = gather(rx.rx.split_iov, w.first, w.niov)
+        assert data[:10] == bytes(10) and w.segs == 1 and w.bytes == len(data) - 10
+        again.append(data[10:])
+    if proto == "tcp":  # coalescing moved the last segment's PSH to the head: it stays there
+        head = bytearray(again[0])
+        assert head[33] & 0x08 and not plain[0][33] & 0x08 and tcp_ok(bytes(head))
+        head[33] &= ~0x08
+        head[36:38] = b"\0\0"
+        head[36:38] = struct.pack("!H", csum(head[12:20] + struct.pack("!BBH", 0, 6, len(head) - 20) + head[20:]))
+        again[0] = bytes(head)
+    assert again == plain
+    assert lib.uf_rx_resplit(rx.cfg, rx.rx, 1) == 0  # no such write

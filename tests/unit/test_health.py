@@ -27,7 +27,7 @@ def test_server_endpoints():
     state = {"ready": False}
 
     async def main():
-        srv = HealthServer("127.0.0.1", 0, lambda: state["ready"], lambda: {"peers": 3, "dp_tx_packets": 10},
+        srv = HealthServer("127.0.0.1", 0, lambda: state["ready"], lambda: {"peers": 3, "dp_tx_packets": 10, "dp_rx_packets": 2},
                            lambda: {"backend": "udp", "features": "none"})
         await srv.start()
         try:
@@ -52,7 +52,7 @@ def test_server_endpoints():
     assert status == 200
     fams = {f.name: f for f in text_string_to_metric_families(body)}
     assert fams["udpflannel_peers"].samples[0].value == 3
-    assert fams["udpflannel_datapath_packets"].samples[0].labels == {"direction": "tx"}
+    assert [s.labels for s in fams["udpflannel_datapath_packets"].samples] == [{"direction": "rx"}, {"direction": "tx"}]
     assert fams["udpflannel_build_info"].samples[0].labels["backend"] == "udp"
     assert "process_resident_memory_bytes" in fams
     assert int(headers["Content-Length"]) == len(body.encode())

@@ -10,9 +10,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 import pytest
 
 from udpflannel.backends import backend_class
-from udpflannel.backends.hostgw import HostGwBackend, Route, host_route, our_route, reconcile
+from udpflannel.backends.hostgw import HostGwBackend, host_route
 from udpflannel.core.config import parse_config
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
+from udpflannel.core.reconcile import Route, our_route, reconcile
 from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.errors import BackendError
 
@@ -34,7 +35,11 @@ class FakeNetlink:
         self.addrs = [(ip_address(a), p) for a, p in addrs]
         self.table: set = set()  # both families, as the kernel's two main tables
         self.unreachable: set = set()
+        self.direct: dict = {}  # connected routes: dst -> oif (what "replace" must never overwrite)
         self._ipr = None
+
+    def direct_routes(self, version=4):
+        return {d: o for d, o in self.direct.items() if d.version == version}
 
     async def call(self, fn, *args):
         return fn(*args)
@@ -206,3 +211,27 @@ def test_public_ipv6_not_on_interface_is_refused():
                              IPv6Address("2001:db8::11"), IPv6Address("2001:db8:ff::7"))  # fmt: skip
     with pytest.raises(BackendError, match="public IP 2001:db8:ff::7 is not an address of eth1.*PublicIPv6"):
         run(HostGwBackend(nat6, DUAL, netlink=FakeNetlink()).prepare())
+
+
+def test_a_connected_route_or_our_own_subnet_is_never_touched(caplog):
+    """The issue's restart: a lease of another host names the subnet of this host's
+    container bridge (connected route `10.13.48.0/20 dev docker0`). host-gw's "replace"
+    would have overwritten it; it stays, with one error line. A route of ours to our own
+    subnet (left from when it was a peer's) is not pruned either."""
+    b, nl = make()
+    run(b.prepare())
+    run(b.start(lease("10.15.64.0/20", "192.0.2.11")))
+    nl.direct[IPv4Network("10.13.48.0/20")] = 9
+    nl.table.add(r("10.15.64.0/20", "192.0.2.40"))
+    with caplog.at_level("ERROR"):
+        run(b.apply(Snapshot((lease("10.13.48.0/20", "192.0.2.12"), lease("10.14.0.0/20", "192.0.2.14")))))
+        run(b.resync())
+    assert nl.table == {r("10.14.0.0/20", "192.0.2.14"), r("10.15.64.0/20", "192.0.2.40")}
+    assert sum("not adding route 10.13.48.0/20" in m for m in caplog.messages) == 1
+    assert sum("not deleting route 10.15.64.0/20" in m for m in caplog.messages) == 1
+
+
+def test_host_gw_leftovers_are_its_gateway_routes():
+    b, _ = make()
+    assert HostGwBackend.leftovers().gateway_routes and HostGwBackend.leftovers().devices == ()
+    assert b.devices() == [] and b.gateway_routes()

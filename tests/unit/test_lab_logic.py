@@ -4,11 +4,13 @@ netstat parsing behind the address-seen check, and the guards that keep clean-up
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
 from udpflannel.backends.udp import DEVICE
 from udpflannel.errors import ConfigError
+from udpflannel.lab import command
 from udpflannel.lab.command import (
     CONFIGS,
     backend_available,
@@ -20,7 +22,7 @@ from udpflannel.lab.command import (
     with_ipv6,
 )
 from udpflannel.lab.dockerd import remove_cgroup
-from udpflannel.lab.netlab import cleanup_stale, run_namespaces
+from udpflannel.lab.netlab import Host, cleanup_stale, run_namespaces
 
 
 def test_every_default_config_passes_the_products_checks():
@@ -83,3 +85,33 @@ def test_ipv6_adds_the_lab_s_ipv6_network_and_picks_the_underlay():
     assert with_ipv6(v6only) is v6only  # a config that enables IPv6 is kept as it is
     assert underlay_families(check_config(v6only)) == (6,)
     assert device_names(check_config(v6only)) == []
+
+
+def test_device_names_are_the_backends_own_devices():
+    """lab/command.py asks the backend (`devices()`), it does not switch on the type."""
+    v6vx = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:9::/48",
+            "Backend": {"Type": "vxlan", "VNI": 7}}  # fmt: skip
+    assert device_names(check_config(v6vx)) == ["flannel-v6.7"]
+    assert device_names(check_config(CONFIGS["udp"])) == [DEVICE]
+    assert device_names(check_config({"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}})) == []
+    source = (Path(command.__file__)).read_text()
+    assert 'backend_type == "vxlan"' not in source and 'backend_type == "udp"' not in source
+
+
+def test_wireguard_devices_come_from_the_backend():
+    assert device_names(check_config(CONFIGS["wireguard"])) == ["flannel-wg"]
+    assert device_names(check_config(with_ipv6(CONFIGS["wireguard"]))) == ["flannel-wg", "flannel-wg-v6"]
+    auto = {**with_ipv6(CONFIGS["wireguard"]), "Backend": {"Type": "wireguard", "Mode": "auto"}}
+    assert device_names(check_config(auto)) == ["flannel-wg"]
+
+
+def test_a_host_with_private_run_directories_runs_commands_under_them(tmp_path):
+    plain = Host("h1", "uf000001-h1", IPv4Address("192.0.2.11"), 1)
+    assert plain.argv("wg", "show") == ["ip", "netns", "exec", "uf000001-h1", "wg", "show"]
+    own = Host("h1", "uf000001-h1", IPv4Address("192.0.2.11"), 1, rundir=tmp_path)
+    argv = own.argv("wg", "show")
+    assert argv[:4] == ["ip", "netns", "exec", "uf000001-h1"] and argv[-2:] == ["wg", "show"]
+    assert argv[4:8] == ["unshare", "--mount", "--propagation", "private"]
+    script = argv[argv.index("-c") + 1]
+    assert 'mount --bind "$r/$d" "/run/$d"' in script and "for d in wireguard flannel" in script
+    assert str(tmp_path) in argv

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpflannel.core.events import Delta, LeaseEvent, Snapshot
+from udpflannel.core.events import Delta, LeaseEvent, Snapshot, peers_after
 from udpflannel.core.leasediff import PeerView, diff
 from udpflannel.core.subnet import Lease, LeaseAttrs
 from udpflannel.core.validate import LeaseContext, validate
@@ -274,3 +274,14 @@ def test_a_lease_rewritten_in_place_stays_as_old_as_its_key():
     rewritten = Lease(h1.subnet, LeaseAttrs(IPv4Address("192.0.2.11")), create_revision=5, mod_revision=12)
     assert v.put(rewritten).events == ()
     assert set(v.leases) == {h1.key} and "10.5.56.0-25" in v.rejected
+
+
+def test_peers_after_a_snapshot_or_a_delta():
+    a, b, c = L(1), L(2), L(3)
+    peers = peers_after({}, Snapshot((a, b)))
+    assert peers == by_key(a, b)
+    a2 = L(1, "192.0.2.99")  # the same key, rewritten
+    peers = peers_after(peers, Delta((LeaseEvent("added", a2), LeaseEvent("removed", b), LeaseEvent("added", c))))
+    assert peers == by_key(a2, c) and peers[a.key].attrs.public_ip == IPv4Address("192.0.2.99")
+    assert peers_after(peers, Delta((LeaseEvent("removed", b),))) == by_key(a2, c)  # gone already: no error
+    assert peers_after(peers, Snapshot()) == {}

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from udpflannel import __version__
 from udpflannel.adapters import metrics as M
-from udpflannel.datapath import COUNTER_NAMES
+from udpflannel.datapath import COUNTER_DIRECTIONS, COUNTER_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,14 +34,14 @@ def samples(fams: dict) -> dict:
 
 
 def udp_agent_metrics() -> dict:
-    """What Agent.metrics() returns with the udp backend: agent names + dp_ (the data path's dict)."""
+    """What Agent.metrics() returns with the udp backend: agent names + dp_ (the data path's dict:
+    each counter for the directions that count it)."""
     m = {"peers": 2, "ready": 1, "lease_renewals": 3, "lease_reacquisitions": 0, "watch_restarts": 1, "etcd_errors": 4}
-    for i, c in enumerate(COUNTER_NAMES):
-        m[f"dp_tx_{c}"], m[f"dp_rx_{c}"] = 10 + i, 100 + i
-    for c in COUNTER_NAMES:
+    for i, (c, dirs) in enumerate(COUNTER_DIRECTIONS.items()):
+        m.update({f"dp_{d}_{c}": (10 if d == "tx" else 100) + i for d in dirs})
         if c.startswith(("drop_", "icmp_")):
-            m[f"dp_{c}"] = m[f"dp_tx_{c}"] + m[f"dp_rx_{c}"]  # the data path's own sums
-    m["dp_leases"] = 2
+            m[f"dp_{c}"] = sum(m[f"dp_{d}_{c}"] for d in dirs)  # the data path's own sums
+    m["dp_leases"], m["dp_table_errors"] = 2, 1
     return m
 
 
@@ -65,21 +65,35 @@ def test_data_path_counters_are_families_with_direction_and_reason_labels():
     key = ("udpflannel_datapath_dropped_packets_total", frozenset({("direction", "rx"), ("reason", "spoofed_source")}))
     assert s[key] == m["dp_rx_drop_spoofed_source"]
     dropped = fams["udpflannel_datapath_dropped_packets"]
-    reasons = {c[5:] for c in COUNTER_NAMES if c.startswith("drop_")}
-    assert {x.labels["reason"] for x in dropped.samples} == reasons
-    assert len(dropped.samples) == 2 * len(reasons)  # each reason once per direction
+    pairs = {(d, c[5:]) for c, dirs in COUNTER_DIRECTIONS.items() if c.startswith("drop_") for d in dirs}
+    assert {(x.labels["direction"], x.labels["reason"]) for x in dropped.samples} == pairs
+    assert ("rx", "spoofed_source") in pairs and ("tx", "spoofed_source") not in pairs  # only real pairs
+    assert ("tx", "no_route") in pairs and ("rx", "no_route") not in pairs
     assert s[("udpflannel_datapath_leases", frozenset())] == 2
     assert fams["udpflannel_datapath_leases"].type == "gauge"
+    assert s[("udpflannel_datapath_table_errors_total", frozenset())] == 1  # the udp backend's, not backend_*
+    assert not any(n.startswith("udpflannel_backend_") for n in fams)
+
+
+def test_counters_of_one_direction_have_no_direction_label():
+    fams, _ = scrape(udp_agent_metrics())
+    for c, dirs in COUNTER_DIRECTIONS.items():
+        if c.startswith("drop_"):
+            continue
+        fam = fams[f"udpflannel_datapath_{c}"]
+        want = [{"direction": d} for d in dirs] if len(dirs) == 2 else [{}]
+        assert sorted((x.labels for x in fam.samples), key=str) == sorted(want, key=str), c
+    assert COUNTER_DIRECTIONS["icmp_unreachable_sent"] == ("tx",)
+    assert "Counted by tx only" in fams["udpflannel_datapath_icmp_unreachable_sent"].documentation
 
 
 def test_no_duplicated_totals():
     """The data path's sums over both directions (drop_*, icmp_*) are not exported: sum() them."""
     m = udp_agent_metrics()
-    _, text = scrape(m)
-    assert "datapath_drop_" not in text and "icmp_unreachable_sent_total{direction" in text
-    fams, _ = scrape(m)
-    icmp = fams["udpflannel_datapath_icmp_unreachable_sent"]
-    assert sorted(x.labels["direction"] for x in icmp.samples) == ["rx", "tx"]
+    fams, text = scrape(m)
+    assert "datapath_drop_" not in text
+    (icmp,) = fams["udpflannel_datapath_icmp_unreachable_sent"].samples
+    assert icmp.value == m["dp_tx_icmp_unreachable_sent"]
     total = sum(v for (n, _), v in samples(fams).items() if n == "udpflannel_datapath_dropped_packets_total")
     assert total == sum(m[f"dp_{c}"] for c in COUNTER_NAMES if c.startswith("drop_"))
 
@@ -118,6 +132,21 @@ def test_build_info():
                         "fast_path": "tc-bpf"}
     (s,) = scrape({})[0]["udpflannel_build_info"].samples  # before the config is read
     assert s.labels == {"version": __version__, "backend": "", "features": "", "fast_path": ""}
+    assert "udpflannel_datapath_info" not in scrape({})[0]
+
+
+def test_datapath_info_says_how_the_udp_data_path_runs():
+    fams, _ = scrape({}, {"backend": "udp", "features": "none",
+                          "datapath": {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}})  # fmt: skip
+    (s,) = fams["udpflannel_datapath_info"].samples
+    assert s.value == 1 and s.labels == {"queues": "2", "cpus": "1,0", "busy_poll_us": "0"}
+    assert "cpus" not in M.FEATURES  # pinning is how we run, not a kernel feature
+
+
+def test_lease_expiry_is_a_unix_timestamp_gauge():
+    fams, _ = scrape({"lease_expiry_timestamp_seconds": 1.8e9})
+    fam = fams["udpflannel_lease_expiry_timestamp_seconds"]
+    assert fam.type == "gauge" and fam.samples[0].value == 1.8e9 and fam.samples[0].labels == {}
 
 
 def test_an_unknown_name_is_exported_untyped_and_says_so():
@@ -171,7 +200,22 @@ def test_docs_metrics_md_is_generated_from_the_code():
 
 def test_the_reference_lists_every_family_the_agent_can_produce():
     text = (ROOT / "docs" / "metrics.md").read_text()
-    fams, _ = scrape(M.sample_metrics(COUNTER_NAMES), {"backend": "udp"}, process=True)
+    info = {"backend": "udp", "datapath": {k: "" for k in M.DATAPATH_INFO}}
+    fams, _ = scrape(M.sample_metrics(COUNTER_DIRECTIONS), info, process=True)
     for fam in fams.values():
         name = fam.name + ("_total" if fam.type == "counter" else "")
         assert f"| `{name}` |" in text, name
+
+
+def test_the_reference_lists_every_label_value():
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    for value in [*M.FEATURES, M.FEATURES_NONE, *M.WIREGUARD_FEATURES, *M.DATAPATH_INFO, *M.DIRECTIONS]:
+        assert f"`{value}`" in text, value
+    for c, dirs in COUNTER_DIRECTIONS.items():
+        if c.startswith("drop_"):
+            assert f"| `{c[5:]}` | {', '.join(f'`{d}`' for d in dirs)} |" in text, c
+
+
+def test_every_counter_has_a_direction():
+    assert set(COUNTER_DIRECTIONS) == set(COUNTER_NAMES)
+    assert all(dirs in (("tx",), ("rx",), ("tx", "rx")) for dirs in COUNTER_DIRECTIONS.values())

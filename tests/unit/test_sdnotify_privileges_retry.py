@@ -9,7 +9,7 @@ import socket
 
 from udpflannel.adapters.privileges import CAP_NET_ADMIN, effective_capabilities, missing, parse_capeff
 from udpflannel.adapters.sdnotify import SdNotify
-from udpflannel.policy.retry import Waiting
+from udpflannel.retry import Waiting
 
 from .fakes import FakeClock
 

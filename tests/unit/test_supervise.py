@@ -14,6 +14,20 @@ from udpflannel.supervise import Supervisor
 from .fakes import FakeClock
 
 
+def supervise_until(clock, name, fn, runs: list, n: int, backoff) -> Supervisor:
+    """Supervise `fn` as task `name` on the fake clock until it has run `n` times."""
+
+    async def go():
+        sup = Supervisor(backoff=backoff, sleep=clock.sleep, clock=clock)
+        sup.start(name, fn)
+        while len(runs) < n:
+            await asyncio.sleep(0)
+        await sup.close()
+        return sup
+
+    return asyncio.run(go())
+
+
 def test_exceptions_and_foreign_cancellations_restart_with_backoff(caplog):
     clock = FakeClock()
     runs = []
@@ -26,16 +40,8 @@ def test_exceptions_and_foreign_cancellations_restart_with_backoff(caplog):
             raise asyncio.CancelledError()  # e.g. grpc.aio's, from a closed channel
         await asyncio.Event().wait()
 
-    async def go():
-        sup = Supervisor(backoff=(1, 4), sleep=clock.sleep, clock=clock)
-        sup.start("flaky", flaky)
-        while len(runs) < 5:
-            await asyncio.sleep(0)
-        await sup.close()
-        return sup
-
     with caplog.at_level(logging.ERROR, logger="udpflannel"):
-        sup = asyncio.run(go())
+        sup = supervise_until(clock, "flaky", flaky, runs, 5, backoff=(1, 4))
     assert sup.restarts == {"flaky": 4}
     assert clock.sleeps == [1, 2, 4, 4]  # doubling, capped
     assert "task flaky failed: boom" in caplog.text
@@ -119,3 +125,31 @@ def test_wait_returns_when_its_awaitables_do():
         await sup.close()
 
     asyncio.run(go())
+
+
+def test_the_same_failure_on_every_restart_is_named_a_bug_counted_and_slowed(caplog):
+    """A task that fails the same way each time: the first failure logs its traceback, the
+    repeats say it is a bug a restart does not fix (with the exception's notes, e.g. the
+    lease key) and count in `repeated`. A different failure starts over."""
+    clock = FakeClock()
+    runs = []
+
+    async def stuck():
+        runs.append(clock.now)
+        try:
+            {}["VtepMAC"] if len(runs) < 5 else int("x") if len(runs) == 5 else None
+        except Exception as e:
+            e.add_note("while handling the put of lease 10.5.3.0-24")
+            raise
+        await asyncio.Event().wait()
+
+    with caplog.at_level(logging.ERROR, logger="udpflannel"):
+        sup = supervise_until(clock, "peers", stuck, runs, 6, backoff=(1, 30))
+    assert sup.restarts == {"peers": 5} and sup.repeated == {"peers": 3}
+    assert clock.sleeps == [1, 2, 4, 8, 16]  # the usual backoff
+    lines = [r for r in caplog.records if "task peers" in r.getMessage()]
+    assert lines[0].getMessage() == ("task peers failed: 'VtepMAC' (while handling the put of lease 10.5.3.0-24); "
+                                     "restarting it in 1s") and lines[0].exc_info  # fmt: skip
+    assert "task peers failed again the same way (4 times in a row): 'VtepMAC' (while handling the put of lease " \
+           "10.5.3.0-24); a restart does not fix this" in lines[3].getMessage() and not lines[3].exc_info  # fmt: skip
+    assert lines[4].getMessage().startswith("task peers failed: invalid literal") and lines[4].exc_info

@@ -9,7 +9,7 @@ import pytest
 
 from udpflannel.core.netindex import NetIndex
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
-from udpflannel.core.validate import LeaseContext, address_problem, lease_problem, validate
+from udpflannel.core.validate import LeaseContext, address_problem, lease_problem, public_problem, validate
 
 NET = IPv4Network("10.5.0.0/16")
 NET6 = IPv6Network("fc00::/48")
@@ -215,3 +215,38 @@ def test_underlay_decides_which_public_address_is_needed():
     over_v4 = LeaseContext((NET, NET6), OWN, underlay={4: 4, 6: 4})
     assert lease_problem(dual, over_v4) is None
     assert "loopback" in lease_problem(lease6("fc00:0:0:3::/64", "::1", v4="10.5.3.0/24"), over_v4)
+
+
+# -- one judgement for peers and for our own lease (issue 16, point 3) ------------------------------
+
+
+@pytest.mark.parametrize("ip,why", [
+    ("10.0.2.15", "PublicIP 10.0.2.15 is inside the overlay Network 10.0.0.0/8"),
+    ("127.0.0.1", "loopback"),
+    ("0.0.0.0", "missing"),
+])  # fmt: skip
+def test_our_own_lease_is_judged_as_peers_judge_it(ip, why):
+    """The agent asks public_problem() of the lease it is about to write; a peer's
+    lease_problem() says the same of that lease (before its own-host checks)."""
+    net = IPv4Network("10.0.0.0/8")
+    attrs = LeaseAttrs(IPv4Address(ip))
+    mine = public_problem(attrs, {4}, LeaseContext((net,)))
+    assert why in mine
+    peer_view = lease_problem(Lease(IPv4Network("10.12.192.0/20"), attrs), LeaseContext((net,)))
+    assert peer_view == mine
+
+
+def test_our_own_ipv6_is_judged_in_the_ipv6_network():
+    ctx6 = LeaseContext((NET, NET6))
+    attrs = LeaseAttrs(IPv4Address("192.0.2.11"), IPv6Address("fc00::15"))
+    assert "PublicIPv6 fc00::15 is inside the overlay Network fc00::/48" in public_problem(attrs, {4, 6}, ctx6)
+    assert public_problem(LeaseAttrs(IPv4Address("192.0.2.11"), IPv6Address("2001:db8::11")), {4, 6}, ctx6) is None
+
+
+def test_a_lease_announcing_any_address_of_this_host_is_no_peer():
+    """Our previous lease from when this host announced its NAT NIC's address (outside the
+    Network here, so only this rule catches it): routing to it would route to ourselves."""
+    local = frozenset({IPv4Address("198.18.2.15"), IPv4Address("192.0.2.11")})
+    stale = lease("10.5.3.0/24", "198.18.2.15")
+    assert "198.18.2.15 is an address of this host" in lease_problem(stale, ctx(local=local))
+    assert lease_problem(stale, ctx()) is None  # another host's, as far as we know without it

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+from udpflannel.adapters.netlink import LinkState, VxlanSpec
 from udpflannel.backends import backend_class
-from udpflannel.backends.hostgw import Route
 from udpflannel.backends.vxlan import (
-    DeviceSpec,
-    DeviceState,
-    Fdb,
-    Neigh,
     VxlanBackend,
     VxlanOptions,
     incompatibility,
@@ -25,6 +23,7 @@ from udpflannel.backends.vxlan import (
     random_mac,
 )
 from udpflannel.core.config import parse_config
+from udpflannel.core.reconcile import Fdb, Neigh, Route
 from udpflannel.core.events import Delta, ExternalInterface, LeaseEvent, Snapshot
 from udpflannel.core.subnet import Lease, LeaseAttrs, parse_lease
 from udpflannel.errors import ConfigError, InterfaceError
@@ -150,14 +149,14 @@ def test_peer_entries_unusable_lease(data):
 
 # -- device compatibility -----------------------------------------------------------------------
 
-SPEC = DeviceSpec("flannel.100", 100, 8472, IPv4Address("192.0.2.11"), 2, 1450, False, False)
+SPEC = VxlanSpec("flannel.100", 100, 8472, IPv4Address("192.0.2.11"), 2, 1450, False, False)
 
 
 def state(**kw):
     base = dict(index=9, kind="vxlan", mac="02:00:00:00:00:01", mtu=1450, up=True, vni=100, port=8472,
                 local=IPv4Address("192.0.2.11"), link=2, gbp=False, learning=False)  # fmt: skip
     base.update(kw)
-    return DeviceState(**base)
+    return LinkState(**base)
 
 
 def test_compatible_device_is_reused_even_with_other_mtu_or_down():
@@ -166,7 +165,7 @@ def test_compatible_device_is_reused_even_with_other_mtu_or_down():
 
 
 def test_port_zero_accepts_any_port():
-    spec0 = DeviceSpec(**{**SPEC.__dict__, "port": 0})
+    spec0 = VxlanSpec(**{**SPEC.__dict__, "port": 0})
     assert incompatibility(spec0, state(port=4789)) is None
 
 
@@ -201,18 +200,22 @@ def _view(name: str, table: str) -> property:
 
 
 class FakeNetlink:
-    """The VxlanNetlink surface, in memory, for any number of devices (by name). `dev`,
+    """The part of adapters.netlink.Netlink the vxlan backend uses, in memory, for any number of devices (by name). `dev`,
     `neigh`, `fdb` and `addrs` are flannel.100's; `dev6`, `neigh6`, ... flannel-v6.100's."""
 
     def __init__(self):
-        self.devs: dict[str, DeviceState] = {}
+        self.devs: dict[str, LinkState] = {}
         self.neighs: dict[str, set] = {}
         self.fdbs: dict[str, set] = {}
         self.addrs_: dict[str, list] = {}
         self.routes_: set = set()
         self.reachable: set = set()
+        self.direct: dict = {}  # connected routes: dst -> oif (what "replace" must never overwrite)
         self.created = 0
         self._ipr = None
+
+    def direct_routes(self, version=4):
+        return {d: o for d, o in self.direct.items() if d.version == version}
 
     def _name(self, index):
         return next(n for n, d in self.devs.items() if d.index == index)
@@ -226,26 +229,26 @@ class FakeNetlink:
     async def close(self):
         pass
 
-    def device(self, name):
+    def link(self, name):
         return self.devs.get(name)
 
-    def create(self, spec, mac):
+    def create_vxlan(self, spec, mac):
         self.created += 1
         old = self.devs.get(spec.name)
-        self.devs[spec.name] = DeviceState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
+        self.devs[spec.name] = LinkState(index=10 + self.created, kind="vxlan", mac=mac, mtu=spec.mtu, up=False,
                                                vni=spec.vni, port=spec.port or 8472, local=spec.local, link=spec.link)  # fmt: skip
         self.neighs[spec.name], self.fdbs[spec.name] = set(), set()
         if old is not None:
             self.routes_ = {r for r in self.routes_ if r.oif != old.index}
 
-    def delete(self, index):
+    def delete_link(self, index):
         self.devs.pop(self._name(index))
 
     def set_link(self, index, mtu):
         name = self._name(index)
-        self.devs[name] = DeviceState(**{**self.devs[name].__dict__, "mtu": mtu, "up": True})
+        self.devs[name] = LinkState(**{**self.devs[name].__dict__, "mtu": mtu, "up": True})
 
-    def set_address(self, index, addr, network):
+    def set_address(self, index, addr, ours):
         self.addrs_[self._name(index)] = [(addr, addr.max_prefixlen)]
 
     def sysctls(self, name, version):
@@ -470,7 +473,7 @@ def test_ipv6_device_names_mtus_and_options():
     b, _ = backend6()
     assert (b.options.device_for(4), b.options.device_for(6)) == ("flannel.100", "flannel-v6.100")
     assert (b.device_mtu(4), b.device_mtu(6), b.mtu()) == (1450, 1430, 1430)  # FLANNEL_MTU fits both
-    assert b.spec(6) == DeviceSpec("flannel-v6.100", 100, 0, IPv6Address("2001:db8::11"), 2, 1430, False, False)
+    assert b.spec(6) == VxlanSpec("flannel-v6.100", 100, 0, IPv6Address("2001:db8::11"), 2, 1430, False, False)
     assert backend6(v4=False)[0].mtu() == 1430
     # flannel-v6.<VNI> must fit in 15 characters: VNI up to 9999 once IPv6 is on
     with pytest.raises(ConfigError, match=r"must be 0\.\.9999 \(the device name flannel-v6.<VNI>"):
@@ -540,7 +543,7 @@ def test_ipv6_lease_problems_name_backend_v6_data():
 
 def test_ipv6_stale_entries_pruned_by_a_snapshot_and_the_device_healed():
     b, nl = backend6(v4=False)
-    nl.dev6 = DeviceState(index=4, kind="vxlan", mac="02:aa:bb:cc:dd:66", mtu=1430, up=True, vni=100, port=8472,
+    nl.dev6 = LinkState(index=4, kind="vxlan", mac="02:aa:bb:cc:dd:66", mtu=1430, up=True, vni=100, port=8472,
                           local=IPv6Address("2001:db8::11"), link=2)  # fmt: skip
     mac6 = run(b.prepare()).backend_v6_data["VtepMAC"]
     assert mac6 == "02:aa:bb:cc:dd:66"  # reused, as for IPv4
@@ -571,3 +574,61 @@ def test_ipv6_direct_routing():
     run(b.apply(Snapshot((vx6("fd00:5:0:12::/64", "2001:db8::12", "10.13.48.0/20", "192.0.2.12"),))))
     assert Route(IPv6Network("fd00:5:0:12::/64"), IPv6Address("2001:db8::12"), IFACE6.index) in nl.routes_
     assert nl.fdb6 == set() and len(nl.fdb) == 1  # IPv4 is not directly reachable here: vxlan
+
+
+def test_a_big_snapshot_is_logged_as_counts_a_small_change_peer_by_peer(caplog):
+    """A 300-peer start is a few INFO lines, not one per peer and entry (the agent's cap)."""
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    many = tuple(vx_lease(str(IPv4Network((int(IPv4Address("10.16.0.0")) + i * 4096, 20))), f"192.0.2.{i % 200 + 20}",
+                          f"02:00:00:00:{i // 256:02x}:{i % 256:02x}") for i in range(150))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        run(b.apply(Snapshot(many)))
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(nl.routes_) == 150 and len(info) <= 3, info
+    assert "vxlan: 150 peers came, 0 are gone (150 in all)" in info
+    assert "vxlan: added 450 and removed 0 entries (flannel.100)" in info
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="udpflannel"):
+        run(b.apply(added(PEER)))
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("vxlan: peer 10.13.48.0-20 at 192.0.2.12" in m for m in info)
+    assert sum("vxlan: adding" in m for m in info) == 3
+
+
+def test_a_connected_route_is_never_overwritten_and_our_own_subnet_never_routed(caplog):
+    """A container bridge still on a subnet a peer lease now names (a stale lease of this
+    host, or the subnet handed to another host): "replace" would overwrite the bridge's
+    connected route and cut its containers off. The neighbour and fdb entries are harmless
+    and go in; the route does not, with one error line (not one per resync). A stale route
+    of ours to our own subnet is not deleted either."""
+    b, nl = backend()
+    run(b.prepare())
+    run(b.start(OWN))
+    bridge = 7
+    nl.direct[IPv4Network("10.13.48.0/20")] = bridge  # docker0 has 10.13.48.1/20
+    stale_own = Route(IPv4Network("10.15.64.0/20"), IPv4Address("10.15.64.0"), nl.dev.index, True)
+    nl.routes_.add(stale_own)
+    with caplog.at_level("ERROR"):
+        run(b.apply(Snapshot((PEER,))))
+        run(b.resync())
+        run(b.resync())
+    assert nl.routes_ == {stale_own}  # nothing added over the bridge, our own route untouched
+    assert nl.neigh == {Neigh(IPv4Address("10.13.48.0"), "9e:e7:65:f3:9d:31")}
+    refused = [m for m in caplog.messages if "not adding route 10.13.48.0/20" in m]
+    assert len(refused) == 1 and "connected route" in refused[0] and "#7" in refused[0]
+    assert sum("not deleting route 10.15.64.0/20" in m and "own subnet" in m for m in caplog.messages) == 1
+    del nl.direct[IPv4Network("10.13.48.0/20")]  # the bridge moved on: the peer gets its route
+    run(b.resync())
+    assert Route(IPv4Network("10.13.48.0/20"), IPv4Address("10.13.48.0"), nl.dev.index, True) in nl.routes_
+
+
+def test_vxlan_leftovers_and_devices():
+    b, _ = backend()
+    assert b.devices() == ["flannel.100"]
+    (pattern, kinds), = VxlanBackend.leftovers().devices
+    assert all(re.fullmatch(pattern, n) for n in ("flannel.1", "flannel.100", "flannel-v6.4095"))
+    assert not any(re.fullmatch(pattern, n) for n in ("flannel0", "flannel.x", "myflannel.1", "flannel.1a"))
+    assert kinds == {"vxlan"} and VxlanBackend.leftovers().gateway_routes  # DirectRouting's routes
+    assert not b.gateway_routes()

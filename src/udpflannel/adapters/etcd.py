@@ -16,9 +16,15 @@ Timing (what `docs/etcd.md` promises operators):
   So a frozen member is noticed within ~6 s while watching and 5 s per unary call, and
   the agent is back on a healthy member within ~10 s.
 - Listings are paged: at most PAGE_KEYS keys per range, all pages at the revision of the
-  first (one consistent snapshot), each page continuing after the last key it got. A page
-  that does not fit in MAX_RECEIVE (16 MiB, the gRPC receive limit we set) is asked again
-  with a quarter of the keys, down to one key per page.
+  first (one consistent snapshot), each page continuing after the last key it got. Pages
+  are also kept near PAGE_BYTES: a listing's first page asks for FIRST_PAGE_KEYS keys, and
+  each next page for as many as fit in PAGE_BYTES at the previous page's bytes per key.
+  So big values cost a few MiB of buffers at a time, not 16 MiB pages and pages refused
+  for their size (those buffers stayed with the process: 30 values of 1 MB took the agent
+  from 58 to 248 MiB in five re-lists); small leases still come 1,000 a page. A page that
+  does not fit in MAX_RECEIVE (16 MiB, the gRPC receive limit we set) anyway is asked
+  again with at most FIRST_PAGE_KEYS keys, and no later page of that listing asks for
+  more than a quarter of it (down to one key per page).
 
 Cancellation: grpc.aio raises asyncio.CancelledError from a call whose channel was closed
 (e.g. by another task's failover). Unless our own task is being cancelled, that becomes
@@ -36,8 +42,9 @@ from urllib.parse import urlsplit
 import grpc
 from aetcd import rpc
 
+from ..core.registry import Compacted
 from ..errors import RegistryError
-from ..policy.retry import foreign_cancel
+from ..retry import foreign_cancel
 
 log = logging.getLogger("udpflannel.etcd")
 T = TypeVar("T")
@@ -46,6 +53,8 @@ RPC_TIMEOUT = 5.0
 WATCH_PROGRESS_EVERY = 2.0
 WATCH_SILENCE = 6.0
 PAGE_KEYS = 1000
+PAGE_BYTES = 2 << 20
+FIRST_PAGE_KEYS = 4  # before a page was seen: at most 6 MiB of etcd's largest values (1.5 MiB)
 MAX_RECEIVE = 16 << 20
 GRPC_OPTIONS = [
     # HTTP/2 pings: a silent partition (no RST) closes the channel instead of hanging it.
@@ -92,10 +101,6 @@ class EtcdError(RegistryError):
         super().__init__(message)
         self.code = code
         self.details = details
-
-
-class Compacted(RegistryError):
-    """The watch's start revision was compacted: re-list and resume."""
 
 
 class _TooLarge(Exception):
@@ -159,13 +164,17 @@ class EtcdClient:
         return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
 
     async def _connect(self) -> _Conn:
+        """The current connection, or a new one to the current endpoint. Tasks that ask while
+        a connect is under way share it. When it fails at the endpoint, the endpoint index
+        moves on once -- by this connect, and only if no one moved it meanwhile -- however
+        many tasks shared it."""
         if self._conn is not None:
             return self._conn
         if self._connecting is not None:  # another task is connecting: share its result
             return await asyncio.shield(self._connecting)
         fut = asyncio.get_running_loop().create_future()
         self._connecting = fut
-        endpoint = self.endpoint
+        index, endpoint = self._index, self.endpoint
         conn = _Conn(endpoint, self._channel(endpoint))
         try:
             if self.opts.username:
@@ -174,6 +183,9 @@ class EtcdClient:
                 conn.metadata = (("token", resp.token),)
         except BaseException as e:
             self._retire(conn)
+            err = self._classify("connect", endpoint, e)
+            if isinstance(err, _EndpointFailed) and self._index == index:
+                self._advance(str(err))
             fut.set_exception(e if isinstance(e, Exception) else _EndpointFailed("cancelled"))
             fut.exception()  # retrieved: no "never retrieved" warning when nobody shares it
             raise
@@ -259,8 +271,8 @@ class EtcdClient:
                 return result
             if not isinstance(err, _EndpointFailed):
                 raise err
-            if conn is None:  # connecting or authenticating failed
-                self._advance(str(err))
+            if conn is None:
+                pass  # connecting or authenticating failed: _connect moved on (once for all who shared it)
             elif conn is self._conn:
                 self._fail(conn, str(err))
             else:
@@ -309,7 +321,8 @@ class EtcdClient:
         for attempt in range(3):
             if attempt:
                 start_over()
-            revision, start, limit = 0, key, PAGE_KEYS
+            revision, start, limit = 0, key, FIRST_PAGE_KEYS
+            ceiling = PAGE_KEYS  # a quarter of the last page refused for its size
             while True:
                 req = rpc.RangeRequest(key=start, range_end=range_end, limit=limit, revision=revision)
                 try:
@@ -318,7 +331,8 @@ class EtcdClient:
                     if limit == 1:
                         raise RegistryError(f"etcd {what}: one key under {key.decode(errors='replace')} after "
                                             f"{start.decode(errors='replace')!r} exceeds {MAX_RECEIVE} bytes: {e}")
-                    limit = max(1, limit // 4)
+                    ceiling = max(1, limit // 4)
+                    limit = min(ceiling, FIRST_PAGE_KEYS)
                     log.info("etcd %s: a page of keys is over %d MiB; asking for %d keys per page",
                              what, MAX_RECEIVE >> 20, limit)  # fmt: skip
                     continue
@@ -330,9 +344,13 @@ class EtcdClient:
                     revision = resp.header.revision
                 for kv in resp.kvs:
                     each(kv)
+                if resp.kvs:
+                    per_key = max(1, resp.ByteSize() // len(resp.kvs))
+                    limit = max(1, min(ceiling, PAGE_BYTES // per_key))
                 if not resp.more or not resp.kvs:
                     return revision
                 start = resp.kvs[-1].key + b"\0"
+                del resp  # its values: before the next page arrives
         raise RegistryError(f"etcd {what}: the listing kept being compacted")
 
     # -- watch ----------------------------------------------------------------------------

@@ -14,30 +14,22 @@ good as a dual-stack one. From the chosen interface come one address per family 
 is known, with the reason noted here for a missing family ("eth1 has no global IPv6
 address (fe80::1 is link-local)"). When nothing usable is found the error says, for each
 candidate, why it was not usable -- never just "no IPv4 address" for `lo`, which has
-127.0.0.1. `select()` is the pure part; `choose()` reads the links with pyroute2.
+127.0.0.1. `select()` is the pure part; `choose()` reads the links through adapters/netlink.py.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Callable, Optional, Sequence, Union
 
-from pyroute2 import IPRoute
-
 from ..core.events import ExternalInterface
 from ..errors import InterfaceError
+from .netlink import IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TEMPORARY, IFF_LOOPBACK, IFF_UP, RT_SCOPE_UNIVERSE, Netlink
 
 Addr = Union[IPv4Address, IPv6Address]
 
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-SCOPE_GLOBAL = 0
-IFA_F_TEMPORARY = 0x01
-IFA_F_DADFAILED = 0x08
-IFA_F_DEPRECATED = 0x20
 _SCOPES = {253: "link-local", 254: "host-scope", -1: "a failed duplicate (DAD failed)"}
 _FAMILIES = {4: "IPv4", 6: "IPv6"}
 # route lookups (nothing is sent): the default route of each family, IPv4 first
@@ -187,41 +179,34 @@ def external(link: Link, v4: Optional[IPv4Address], v6: Optional[IPv6Address],
 # -- the adapter -----------------------------------------------------------------------------
 
 
-def _links(ipr: IPRoute) -> list[Link]:
+def _links(nl: Netlink) -> list[Link]:
     glob: dict[int, list[tuple[int, Addr]]] = {}
     other: dict[int, list[tuple[Addr, int]]] = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for a in ipr.get_addr(family=family):
-            raw = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if not raw:
-                continue
-            addr, scope = ip_address(raw), a.get("scope", SCOPE_GLOBAL)
-            flags = a.get_attr("IFA_FLAGS") or a.get("flags", 0)
-            if flags & IFA_F_DADFAILED:
-                other.setdefault(a["index"], []).append((addr, -1))
-            elif scope == SCOPE_GLOBAL:
+    for version in (4, 6):
+        for a in nl.addrs(version):
+            if a.flags & IFA_F_DADFAILED:
+                other.setdefault(a.index, []).append((a.address, -1))
+            elif a.scope == RT_SCOPE_UNIVERSE:
                 # stable addresses first: privacy (temporary) and deprecated ones only if nothing else
-                rank = 1 if flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED) else 0
-                glob.setdefault(a["index"], []).append((rank, addr))
+                rank = 1 if a.flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED) else 0
+                glob.setdefault(a.index, []).append((rank, a.address))
             else:
-                other.setdefault(a["index"], []).append((addr, scope))
+                other.setdefault(a.index, []).append((a.address, a.scope))
     return [
-        Link(link["index"], link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU") or 1500, link["flags"],
-             tuple(a for _, a in sorted(glob.get(link["index"], []), key=lambda r: r[0])),
-             tuple(other.get(link["index"], [])))  # fmt: skip
-        for link in ipr.get_links()
+        Link(link.index, link.name, link.mtu or 1500, link.flags,
+             tuple(a for _, a in sorted(glob.get(link.index, []), key=lambda r: r[0])),
+             tuple(other.get(link.index, [])))  # fmt: skip
+        for link in nl.links()
     ]
 
 
-def _route_oif(ipr: IPRoute, dst: str) -> tuple[Optional[int], Optional[Addr]]:
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+def _route_oif(nl: Netlink, dst: str) -> tuple[Optional[int], Optional[Addr]]:
     try:
-        routes = ipr.route("get", dst=dst, family=family)
+        hops = nl.route_get(dst)
     except Exception:
         return None, None
-    for r in routes:
-        src = r.get_attr("RTA_PREFSRC")
-        return r.get_attr("RTA_OIF"), ip_address(src) if src else None
+    for hop in hops:
+        return hop.oif, hop.prefsrc
     return None, None
 
 
@@ -232,6 +217,22 @@ def choose(
     public_ip: str = "",
     public_ipv6: str = "",
 ) -> ExternalInterface:
-    with IPRoute() as ipr:
-        link, v4, v6 = select(_links(ipr), ifaces, regexes, can_reach, lambda dst: _route_oif(ipr, dst))
+    """The external interface by flanneld's order (see the module's docstring)."""
+
+    def pick(nl: Netlink) -> Choice:
+        return select(_links(nl), ifaces, regexes, can_reach, lambda dst: _route_oif(nl, dst))
+
+    with Netlink() as nl:
+        link, v4, v6 = nl.run(pick, nl)
     return external(link, v4, v6, public_ip, public_ipv6)
+
+
+def host_addresses() -> frozenset:
+    """Every IPv4 and IPv6 address on this host's links (this network namespace), read once:
+    a lease announcing one of them is this host's own, never a peer's."""
+
+    def read(nl: Netlink) -> frozenset:
+        return frozenset(a.address for v in (4, 6) for a in nl.addrs(v))
+
+    with Netlink() as nl:
+        return nl.run(read, nl)

@@ -31,6 +31,8 @@ How they are kept (pure parts first, one thin subprocess adapter):
 - `remove()` deletes our jumps and chains (when the network or subnet changes the agent
   removes the old set and ensures a new one).
 iptables-save/-restore work on whichever backend `iptables` is (nf_tables here, or legacy).
+`RulesKeeper` is what the agent sees of either kind (ensure(), stop(), command): IptablesRules
+here, NftablesRules (adapters/nftables.py) in nftables mode.
 """
 
 from __future__ import annotations
@@ -229,20 +231,41 @@ def random_fully_supported(command: str = "iptables") -> bool:
     return v is not None and v >= RANDOM_FULLY_MIN
 
 
-class IptablesRules:
-    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
-    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
+class RulesKeeper:
+    """What the agent needs of one IP version's masquerade and forward rules for one
+    (Network, subnet) pair: IptablesRules here, NftablesRules in adapters/nftables.py
+    ("EnableNFTables"). Subclasses set `command` and implement ensure()."""
+
+    command = ""  # names the rules in logs: "iptables", "ip6tables", "nftables flannel-ipv4", ...
 
     def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
         self.network = ip_network(network)
         self.subnet = ip_network(subnet)
         if self.subnet.version != self.network.version:
             raise ValueError(f"subnet {subnet} and Network {network} are of different IP versions")
-        self.command = COMMAND[self.network.version]
+        self.version = self.network.version
         self.ip_masq = ip_masq
         self.forward = forward_rules
-        self._random_fully: Optional[bool] = None  # probed on first use
         self.applied = 0  # how many times ensure() had to change something
+
+    def ensure(self) -> int:
+        """Put right whatever differs; how many rules it wrote or deleted (0: all in place)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """The agent stops. The rules stay, as flanneld (>= v0.27) leaves them: traffic keeps
+        flowing while the agent restarts, and the next start puts right what differs."""
+        logging.getLogger(type(self).__module__).info("%s: rules left in place", self.command)
+
+
+class IptablesRules(RulesKeeper):
+    """flanneld's nat and/or filter rules for one (Network, subnet) pair, kept in place:
+    in iptables for an IPv4 Network, in ip6tables for an IPv6 one."""
+
+    def __init__(self, network: Net, subnet: Net, ip_masq: bool, forward_rules: bool):
+        super().__init__(network, subnet, ip_masq, forward_rules)
+        self.command = COMMAND[self.version]
+        self._random_fully: Optional[bool] = None  # probed on first use
 
     @property
     def random_fully(self) -> bool:

@@ -1,6 +1,6 @@
 """The etcd registry: flannel's storage verbs, nothing about allocation policy.
 
-Verbs (the `Registry` protocol in policy/manager.py names them all): get the config;
+Verbs (the `Registry` protocol in core/registry.py names them all): get the config;
 list the leases (paged, with the revision to watch from and the keys whose value is not a
 lease); watch the subnets prefix; create a lease only if its key is absent; replace our
 own lease; put our value back under our key (re-assert); get one lease; renew, revoke;
@@ -11,34 +11,20 @@ adapters/etcd.py for the timing, and docs/etcd.md. Callers retry on RegistryErro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 from aetcd import rpc
 
+from ..core.decode import printable
+from ..core.registry import Listing, WatchEvent
 from ..core.subnet import Lease, LeaseAttrs, parse_lease
 from ..errors import LeaseParseError, RegistryError
-from .etcd import DEFAULT_PREFIX, Compacted, EtcdClient, EtcdError, EtcdOptions
+from ..core.logbudget import LogBudget, held_back_note
+from .etcd import DEFAULT_PREFIX, EtcdClient, EtcdError, EtcdOptions
 
 log = logging.getLogger("udpflannel.registry")
 
-__all__ = ["Compacted", "EtcdOptions", "EtcdRegistry", "Listing", "WatchEvent", "DEFAULT_PREFIX"]
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # "put" | "delete"
-    name: str  # last key element ("10.5.3.0-24")
-    lease: Optional[Lease]  # parsed lease for "put"; None for "delete" or a malformed value
-    revision: int
-    problem: str = ""  # why a put's value is not a lease
-
-
-@dataclass(frozen=True)
-class Listing:
-    leases: list[Lease]
-    revision: int
-    malformed: dict[str, str] = field(default_factory=dict)  # key name -> why it is not a lease
+__all__ = ["EtcdOptions", "EtcdRegistry", "DEFAULT_PREFIX"]
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -58,6 +44,7 @@ class EtcdRegistry:
         self.prefix = opts.prefix.rstrip("/")
         self.etcd = client or EtcdClient(opts)
         self._reported: dict[str, str] = {}  # malformed keys already logged, with the reason
+        self._budget = LogBudget()  # what one writer of bad keys can make us log
 
     @property
     def endpoint(self) -> str:
@@ -87,15 +74,27 @@ class EtcdRegistry:
         return key[len(self.subnets_prefix) :].decode(errors="replace")
 
     def _parse(self, kv) -> Lease:
-        """Raises LeaseParseError."""
-        lease = parse_lease(self._name(kv.key), kv.value)
+        """One key and value from etcd (any bytes) as a lease; raises LeaseParseError only.
+        Nothing of `kv` is kept: the lease holds decoded values, not etcd's buffers."""
+        name = self._name(kv.key)
+        try:
+            lease = parse_lease(name, kv.value)
+        except LeaseParseError:
+            raise
+        except Exception as e:  # a bug in the decoding: it costs this key, not the listing or the watch
+            log.error("reading lease %s failed: %s", printable(name), e, exc_info=True)
+            raise LeaseParseError(f"could not be read ({type(e).__name__}: {printable(str(e))}; a bug)") from None
         return Lease(lease.subnet, lease.attrs, lease.ipv6_subnet, lease_id=kv.lease or None,
                      create_revision=kv.create_revision, mod_revision=kv.mod_revision)  # fmt: skip
 
     def _malformed(self, name: str, why: str) -> None:
+        """Log a key that is not a lease: once per key and reason, within the log budget."""
         if self._reported.get(name) != why:
             self._reported[name] = why
-            log.warning("skipping malformed lease %s: %s", self.lease_key(name).decode(errors="replace"), why)
+            held = self._budget.take()
+            if held is not None:
+                log.warning("skipping malformed lease %s: %s%s", printable(self.lease_key(name).decode(errors="replace")),
+                            why, held_back_note(held))  # fmt: skip
 
     # -- verbs -------------------------------------------------------------------
     async def get_config(self) -> Optional[bytes]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ConfigError
-from .base import Backend, ExternalInterface, LeaseEvent
+from .base import Backend, ExternalInterface, LeaseEvent, Leftovers
 
 _TABLE = {
     "alloc": "udpflannel.backends.alloc:AllocBackend",
     "udp": "udpflannel.backends.udp:UdpBackend",
     "vxlan": "udpflannel.backends.vxlan:VxlanBackend",
     "host-gw": "udpflannel.backends.hostgw:HostGwBackend",
+    "wireguard": "udpflannel.backends.wireguard:WireguardBackend",
 }
 
 
@@ -29,4 +30,10 @@ def backend_class(type_name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "ExternalInterface", "LeaseEvent", "backend_class", "known_types"]
+def all_leftovers() -> dict[str, Leftovers]:
+    """Backend type -> what a run of it may leave on a host (each class's `leftovers()`):
+    the start-up clean-up asks every type, so a new backend in _TABLE is covered."""
+    return {t: backend_class(t).leftovers() for t in known_types()}
+
+
+__all__ = ["Backend", "ExternalInterface", "LeaseEvent", "Leftovers", "all_leftovers", "backend_class", "known_types"]

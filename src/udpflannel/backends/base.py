@@ -30,24 +30,83 @@ code that treats both alike iterates `lease.nets`.
 
 `metrics()` returns counters (name -> int) served at /metrics; `ready()` says whether the
 data path is up (for /readyz).
+
+What a backend leaves on the host, and what it uses now:
+
+    BackendClass.leftovers()   # what any run of this type may have left (devices by name
+                               # pattern and link kind, per-peer gateway routes); a class
+                               # method, so a new backend plugs into the start-up clean-up
+                               # (backends/leftovers.py) by defining it, nothing else
+    b.devices()                # the devices this backend, as configured, makes and uses
+    b.gateway_routes()         # whether it keeps per-peer routes via a gateway out of the
+                               # external interface (host-gw; vxlan with DirectRouting)
+
+At start, once the new backend carries the peers' traffic, the agent removes what the
+*other* types left (and this type's devices under another name, e.g. an old VNI), never
+what `devices()` and `gateway_routes()` claim: a restart with the same backend keeps
+forwarding. Routes: no backend adds, replaces or deletes a route to a subnet this host
+holds or one the main table has as a connected route (`RouteGuard`).
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from typing import ClassVar, Mapping, Optional
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Mapping, Optional
 
 from ..adapters.privileges import CAP_NET_ADMIN
 from ..core.config import NetworkConfig
 from ..core.events import ExternalInterface, LeaseEvent, PeerUpdate
-from ..core.subnet import UNSET_IPV4, Lease, LeaseAttrs
+from ..core.reconcile import route_untouchable
+from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
 from ..core.validate import Ignored
 from ..errors import InterfaceError
 
 log = logging.getLogger("udpflannel.backends")
 
-__all__ = ["Backend", "ExternalInterface", "LeaseEvent"]
+__all__ = ["Backend", "ExternalInterface", "LeaseEvent", "Leftovers", "RouteGuard"]
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a backend type may leave on a host when its agent stops (or is replaced by one
+    of another type): devices, as (full-match regular expression over the name, the link
+    kinds it may have), and whether per-peer routes via a gateway out of the external
+    interface (inside the Network, SubnetLen long: host-gw's) are among them. Only names
+    and routes of ours: the clean-up never looks at anything else."""
+
+    devices: tuple[tuple[str, frozenset[str]], ...] = ()
+    gateway_routes: bool = False
+
+
+class RouteGuard:
+    """The one rule every kernel backend applies before it adds, replaces or deletes a
+    per-peer route: never one to a subnet this host holds, never over a connected route
+    (core.reconcile.route_untouchable). Each refusal is logged once (until it clears)."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.own: tuple[IPNetwork, ...] = ()
+        self._told: dict[str, set] = {}  # doing -> the dsts refused last time (logged already)
+        self.refused = 0
+
+    def allowed(self, routes: Iterable, direct: Mapping[IPNetwork, int], doing: str) -> list:
+        """The routes of `routes` (Route values) that may be touched; logs the others."""
+        out, refused = [], set()
+        before = self._told.get(doing, set())
+        for r in routes:
+            why = route_untouchable(r.dst, self.own, direct)
+            if why is None:
+                out.append(r)
+                continue
+            refused.add(r.dst)
+            self.refused += 1
+            if r.dst not in before:
+                log.error("%s: not %s route %s: %s (a stale lease of this host, or a subnet handed out twice?)",
+                          self.backend, doing, r, why)  # fmt: skip
+        self._told[doing] = refused
+        return out
 
 
 class Backend(abc.ABC):
@@ -75,6 +134,21 @@ class Backend(abc.ABC):
         used = set(self.underlay().values())
         return dict(public_ip=(self.iface.public_ip if 4 in used else None) or UNSET_IPV4,
                     public_ipv6=self.iface.public_ipv6 if 6 in used else None)  # fmt: skip
+
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        """What any run of this backend type may leave on a host (see `Leftovers`), for the
+        start-up clean-up of an agent that runs another type. Default: nothing."""
+        return Leftovers()
+
+    def devices(self) -> list[str]:
+        """The devices this backend, as configured, makes and uses (none by default)."""
+        return []
+
+    def gateway_routes(self) -> bool:
+        """Whether this backend keeps per-peer routes via a gateway out of the external
+        interface (then the clean-up leaves such routes to it)."""
+        return False
 
     def capabilities(self) -> dict[int, str]:
         """Capabilities this backend needs (number -> what for)."""
@@ -106,12 +180,16 @@ class Backend(abc.ABC):
         return {}
 
     def features(self) -> str:
-        """The data-path features in use, comma-separated (build_info's features label)."""
+        """The data-path offloads in use, comma-separated (build_info's features label)."""
         return ""
 
     def fast_path_state(self) -> str:
         """The udp backend's eBPF fast path: "off", "tc-bpf" or "unavailable"; "" elsewhere."""
         return ""
+
+    def datapath_info(self) -> Mapping[str, str]:
+        """How a userspace data path runs (udpflannel_datapath_info's labels); {} for none."""
+        return {}
 
     def ready(self) -> bool:
         return True

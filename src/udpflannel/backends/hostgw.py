@@ -8,10 +8,10 @@ same code as IPv4 with the IP version as a parameter (routes, the table dump, th
 
 Layering, shared with the vxlan backend (whose DirectRouting routes are host-gw routes):
 
-    pure     Route, reconcile()           desired vs actual entries -> (deletions, additions)
-    adapter  RouteNetlink                 blocking pyroute2 calls, run on one worker thread
-    backend  HostGwBackend                keeps the desired state (peer leases), applies diffs
-                                          in apply(), heals in resync()
+    pure     core.reconcile: Route, reconcile()   desired vs actual entries -> (deletions, additions)
+    adapter  adapters.netlink.Netlink             blocking pyroute2 calls, run on one worker thread
+    backend  HostGwBackend                        keeps the desired state (peer leases), applies
+                                                  diffs in apply(), heals in resync()
 
 The desired state is the set of peer leases the agent has handed us: a Snapshot replaces
 it, a Delta changes it. Each apply() and resync() dumps the main table of each family,
@@ -20,73 +20,25 @@ SubnetLen, via a gateway on the interface) that belong to no current peer, e.g. 
 a previous run; the agent only calls resync() after the first Snapshot, so a previous
 run's routes to live peers stay.
 stop() leaves the routes in place, as flanneld does: traffic keeps flowing while the agent
-restarts, and the next start reconciles them.
+restarts, and the next start reconciles them. An agent that starts with another backend
+type removes them (`leftovers()`: per-peer gateway routes; backends/leftovers.py). No
+route to our own subnet or over a connected route is ever added, replaced or deleted
+(`RouteGuard`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Mapping, Optional
 
-from ..core.events import Delta, PeerUpdate, Snapshot
-from ..core.subnet import PUBLIC_KEYS, IPNetwork, Lease, LeaseAttrs
+from ..adapters.netlink import Netlink
+from ..core.events import PeerUpdate, peers_after
+from ..core.reconcile import Route, our_route, reconcile
+from ..core.subnet import PUBLIC_KEYS, Lease, LeaseAttrs
 from ..errors import BackendError
-from .base import Backend
+from .base import Backend, Leftovers, RouteGuard
 
 log = logging.getLogger(__name__)
-
-MAIN_TABLE = 254
-RTNH_F_ONLINK = 4
-FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-IPV6_MIN_MTU = 1280  # below this the kernel turns IPv6 off on a device
-IFA_F_NODAD = 0x02  # an address that skips duplicate address detection
-Addr = Union[IPv4Address, IPv6Address]
-
-E = TypeVar("E", bound=Hashable)
-
-
-@dataclass(frozen=True, order=True)
-class Route:
-    """`dst via gateway dev oif [onlink]` in the main table."""
-
-    dst: IPNetwork
-    gateway: Addr
-    oif: int
-    onlink: bool = False
-
-    @property
-    def key(self) -> IPNetwork:
-        # The kernel keys a main-table route by its destination (we never add metrics), so a
-        # "replace" of the same dst overwrites a stale one instead of adding a second.
-        return self.dst
-
-    def __str__(self) -> str:
-        return f"{self.dst} via {self.gateway} dev #{self.oif}{' onlink' if self.onlink else ''}"
-
-
-def reconcile(
-    desired: Iterable[E],
-    actual: Iterable[E],
-    key: Callable[[E], Hashable],
-    prune: bool,
-) -> tuple[list[E], list[E]]:
-    """What to delete and what to add to take `actual` to `desired`. Pure.
-
-    Additions are done with "replace", so an actual entry whose key is also being added is
-    overwritten and needs no deletion. Other actual entries not desired are deleted only
-    when `prune` (we know the full desired set); otherwise they are left alone.
-    """
-    want = set(desired)
-    have = set(actual)
-    add = sorted(want - have, key=repr)
-    add_keys = {key(e) for e in add}
-    delete = [] if not prune else sorted((e for e in have - want if key(e) not in add_keys), key=repr)
-    return delete, add
 
 
 def host_route(lease: Lease, oif: int, version: int = 4) -> Optional[Route]:
@@ -96,109 +48,24 @@ def host_route(lease: Lease, oif: int, version: int = 4) -> Optional[Route]:
     return Route(subnet, gw, oif) if subnet is not None and gw is not None else None
 
 
-def our_route(r: Route, network: IPNetwork, subnet_len: int) -> bool:
-    """Whether a main-table route (of the network's family) looks like one of ours
-    (per-peer subnet routes)."""
-    return r.dst.version == network.version and r.dst.prefixlen == subnet_len and r.dst.subnet_of(network)
-
-
-class RouteNetlink:
-    """Blocking pyroute2 calls for routes and addresses. One IPRoute socket per instance.
-
-    pyroute2's IPRoute runs its own event loop, so it cannot be used from inside the
-    agent's; the backends call these methods through `call()`, which runs them one at a
-    time on a single worker thread that owns the socket.
-    """
-
-    def __init__(self) -> None:
-        self._ipr = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
-
-    @property
-    def ipr(self):
-        if self._ipr is None:
-            from pyroute2 import IPRoute
-
-            self._ipr = IPRoute()
-        return self._ipr
-
-    async def call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def _close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-    async def close(self) -> None:
-        await self.call(self._close)
-
-    # -- routes ---------------------------------------------------------------
-    def routes(self, oifs: Sequence[int], version: int = 4) -> list[Route]:
-        """Main-table routes of one IP version via a gateway out of one of `oifs`."""
-        out = []
-        for msg in self.ipr.get_routes(family=FAMILY[version], table=MAIN_TABLE):
-            gw, oif, dst = msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"), msg.get_attr("RTA_DST")
-            if gw is None or oif not in oifs or dst is None:
-                continue
-            out.append(
-                Route(
-                    ip_network(f"{dst}/{msg['dst_len']}"),
-                    ip_address(gw),
-                    oif,
-                    bool(msg["flags"] & RTNH_F_ONLINK),
-                )
-            )
-        return out
-
-    def route_replace(self, r: Route) -> None:
-        kw = {"flags": ["onlink"]} if r.onlink else {}
-        self.ipr.route("replace", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE,
-                       family=FAMILY[r.dst.version], **kw)  # fmt: skip
-
-    def route_del(self, r: Route) -> None:
-        self._ignore_missing(self.ipr.route, "del", dst=str(r.dst), gateway=str(r.gateway), oif=r.oif, table=MAIN_TABLE,
-                             family=FAMILY[r.dst.version])  # fmt: skip
-
-    def directly_reachable(self, addr: Addr) -> bool:
-        """flanneld's ip.DirectRouting: the kernel's route to addr has no gateway."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            res = self.ipr.route("get", dst=str(addr))
-        except NetlinkError:
-            return False
-        return len(res) == 1 and res[0].get_attr("RTA_GATEWAY") is None
-
-    # -- addresses ------------------------------------------------------------
-    def addresses(self, index: int, version: int = 4) -> list[tuple[Addr, int]]:
-        """(address, prefix length) of one IP version on a link."""
-        return [
-            (ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
-            for a in self.ipr.get_addr(family=FAMILY[version], index=index)
-        ]
-
-    @staticmethod
-    def _ignore_missing(fn, *args, **kw) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            fn(*args, **kw)
-        except NetlinkError as e:
-            if e.code not in (2, 3, 19):  # ENOENT, ESRCH, ENODEV: already gone
-                raise
-
-
 class HostGwBackend(Backend):
     type = "host-gw"
 
-    def __init__(self, iface, config, netlink: Optional[RouteNetlink] = None):
+    def __init__(self, iface, config, netlink: Optional[Netlink] = None):
         super().__init__(iface, config)
         # host-gw has no options; flanneld ignores unknown ones, so do we.
-        self._nl = netlink or RouteNetlink()
+        self._nl = netlink or Netlink()
         self._peers: dict[str, Lease] = {}
         self._started = False
+        self._guard = RouteGuard(self.type)
         self._counters = {"routes_added": 0, "routes_removed": 0, "routes_healed": 0, "route_errors": 0}
+
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        return Leftovers(gateway_routes=True)  # no device: one route per peer via its PublicIP
+
+    def gateway_routes(self) -> bool:
+        return True
 
     def mtu(self) -> int:
         return self.iface.mtu
@@ -216,6 +83,7 @@ class HostGwBackend(Backend):
         return LeaseAttrs(**self.lease_addresses(), backend_type=self.type)
 
     async def start(self, lease: Lease) -> None:
+        self._guard.own = tuple(lease.nets)
         self._started = True
         log.info("host-gw: started for %s on %s (%s)", lease.label, self.iface.name, lease.attrs.addresses)
 
@@ -225,14 +93,7 @@ class HostGwBackend(Backend):
         return [r for r in routes if r is not None]
 
     async def apply(self, update: PeerUpdate) -> None:
-        if isinstance(update, Snapshot):
-            self._peers = update.by_key()
-        elif isinstance(update, Delta):
-            for ev in update.events:
-                if ev.kind == "removed":
-                    self._peers.pop(ev.lease.key, None)
-                else:
-                    self._peers[ev.lease.key] = ev.lease
+        self._peers = peers_after(self._peers, update)
         await self._apply(heal=False)
 
     async def resync(self) -> None:
@@ -246,8 +107,11 @@ class HostGwBackend(Backend):
         pool = self.config.pool(version)
         net, slen = pool.network, pool.subnet_len
         have = await self._nl.call(self._nl.routes, [self.iface.index], version)
+        direct = await self._nl.call(self._nl.direct_routes, version)
         actual = [r for r in have if our_route(r, net, slen)]
         delete, add = reconcile(self.routes_for(version), actual, key=lambda r: r.key, prune=True)
+        delete = self._guard.allowed(delete, direct, "deleting")
+        add = self._guard.allowed(add, direct, "adding")
         for r in delete:
             log.info("host-gw: removing route %s", r)
             await self._nl.call(self._nl.route_del, r)

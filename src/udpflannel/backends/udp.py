@@ -3,7 +3,7 @@ unlike flanneld's, it carries IPv6 too.
 
 The backend's whole job is configuration: it opens the TUN `flannel0` through the data
 path package, addresses it with `<subnet network address>/32` (and `<IPv6 subnet network
-address>/128`), sets the MTU and one route per family `<Network> dev flannel0` (pyroute2),
+address>/128`), sets the MTU and one route per family `<Network> dev flannel0` (netlink),
 and keeps the data path's lease table in step with the peers' leases: a Snapshot makes the
 table equal to it (entries it lacks are deleted), a Delta adds, replaces and deletes.
 Packets never pass through Python.
@@ -27,21 +27,18 @@ still gets IPv4, and an IPv6 packet for it gets an ICMPv6 no-route.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import logging
 from typing import Mapping, Optional
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from ..adapters.metrics import DATAPATH_INFO, FEATURES, FEATURES_NONE
+from ..adapters.netlink import IPV6_MIN_MTU, Netlink, NetlinkError
 from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
-from .base import Backend
-from .hostgw import FAMILY, IFA_F_NODAD, IPV6_MIN_MTU
+from .base import Backend, Leftovers
 
 log = logging.getLogger("udpflannel.backends.udp")
 
@@ -53,13 +50,14 @@ OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay 
 class UdpBackend(Backend):
     type = "udp"
 
-    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, fast_path: str = "off"):
+    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, fast_path: str = "off",
+                 netlink: Optional[Netlink] = None):
         super().__init__(iface, config)
         if 6 in self.families() and self.mtu() < IPV6_MIN_MTU:
             raise InterfaceError(
                 f"udp: {iface.name} has MTU {iface.mtu}, which leaves {DEVICE} {self.mtu()} "
                 f"(- {OVERHEAD[self.tunnel_family]} for the outer headers); IPv6 needs at least {IPV6_MIN_MTU}")
-        self.queues = queues  # 0: one per CPU (datapath.default_queues)
+        self.queues = queues  # 0: one per CPU (datapath.placement.plan)
         self.busy_poll_us = busy_poll_us
         self.fast_path = fast_path  # "off" | "tc-bpf": see _start_fast_path
         self._fast = None
@@ -69,6 +67,7 @@ class UdpBackend(Backend):
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
         self.port = port
+        self._nl = netlink or Netlink()
         self._tun = None
         self._dp = None
         self._table = None
@@ -77,6 +76,17 @@ class UdpBackend(Backend):
         self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
         self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
+        self._gso_cap_warned = False
+
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        # flannel0 vanishes with the process that holds it (and its route, `<Network> dev
+        # flannel0`, with it); one that is there belongs to a udp agent or flanneld that
+        # still runs here, whose route would hide ours
+        return Leftovers(devices=((DEVICE, frozenset({"tun"})),))
+
+    def devices(self) -> list[str]:
+        return [DEVICE]
 
     def capabilities(self) -> dict[int, str]:
         caps = {CAP_NET_ADMIN: f"the udp backend creates {DEVICE} and sets its address and route"}
@@ -122,23 +132,24 @@ class UdpBackend(Backend):
             raise BackendError(f"udp data path: {e}") from e
 
     async def _start(self, lease: Lease) -> None:
-        from ..datapath import DataPath, LeaseTable, default_queues, open_tun, probe_features
+        from ..datapath import DataPath, LeaseTable, open_tun, placement, probe_features
 
         if self._tun is None:
             features = probe_features()
             self._features = features
-            queues = self.queues or default_queues(features)
-            if queues > 1 and not features.multi_queue:
-                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", queues)
-                queues = 1
-            self._tun = open_tun(DEVICE, queues=queues, features=features)
+            if self.queues > 1 and not features.multi_queue:
+                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", self.queues)
+            host = placement.probe(self.iface.name)
+            self._placement = placement.plan(host, self.queues, features.multi_queue)
+            log.info("udp data path placement: CPUs %s; %s", placement.cpu_list(host.cpus),
+                     self._placement.describe())
+            self._tun = open_tun(DEVICE, queues=self._placement.queues, features=features)
             self._table = LeaseTable()
         if self._dp is not None:  # re-acquired with another subnet: new ICMP source
             self._final = self._dp.counters()
             self._dp.stop()
         self._lease = lease
-        # pyroute2's IPRoute runs its own event loop: keep it off the agent's
-        await asyncio.to_thread(self._configure_link, lease)
+        await self._nl.call(self._configure_link, lease)
         networks = [p.network for p in self.config.pools]
         bind = self.iface.address(self.tunnel_family)
         self._dp = DataPath(
@@ -150,6 +161,7 @@ class UdpBackend(Backend):
             mtu=self.mtu(),
             features=self._features,
             busy_poll_us=self.busy_poll_us,
+            cpus=self._placement.cpus,
         )
         self._dp.start()
         log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
@@ -198,39 +210,46 @@ class UdpBackend(Backend):
     def _configure_link(self, lease: Lease) -> None:
         """MTU, up, our address of each family (the subnet's network address, /32 or /128:
         flanneld's convention for flannel0) and one route per Network; idempotent (used by
-        resync too). Link-local IPv6 addresses the kernel gives the device are left alone."""
+        resync too). Link-local IPv6 addresses the kernel gives the device are left alone.
+        Blocking: runs on the netlink worker."""
+        nl, name = self._nl, self._tun.name
         try:
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=self._tun.name)
-                if not idx:
-                    raise BackendError(f"{self._tun.name} disappeared")
-                idx = idx[0]
-                ipr.link("set", index=idx, mtu=self.mtu(), state="up")
-                for pool in self.config.pools:
-                    subnet = lease.net(pool.network.version)
-                    if subnet is not None:
-                        self._configure_family(ipr, idx, subnet, pool.network)
+            idx = nl.link_index(name)
+            if idx is None:
+                raise BackendError(f"{name} disappeared")
+            nl.set_link(idx, self.mtu())
+            self._cap_gso_segs(idx)
+            for pool in self.config.pools:
+                subnet = lease.net(pool.network.version)
+                if subnet is not None:
+                    self._configure_family(idx, subnet, pool.network)
         except NetlinkError as e:
-            raise BackendError(f"configuring {self._tun.name}: {e}") from e
+            raise BackendError(f"configuring {name}: {e}") from e
 
-    @staticmethod
-    def _configure_family(ipr, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:
-        v, address = net.version, subnet.network_address
-        for a in ipr.get_addr(index=idx, family=FAMILY[v]):
-            have = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if have != str(address) and (v == 4 or a["scope"] == 0):  # IPv6: not the link-local fe80::
-                ipr.addr("del", index=idx, address=have, prefixlen=a["prefixlen"])
+    def _cap_gso_segs(self, idx: int) -> None:
+        """TCP hands the TUN super-packets of at most as many segments as one UDP_SEGMENT send
+        carries (datapath.gso_max_segs: 44 at MTU 1472), so a TUN read is one send, not two (a
+        kernel that cannot set it just keeps two)."""
+        from ..datapath import gso_max_segs
+
+        segs = gso_max_segs(self.mtu())
         try:
-            kw = {"flags": IFA_F_NODAD} if v == 6 else {}
-            ipr.addr("add", index=idx, address=str(address), prefixlen=net.max_prefixlen, **kw)
+            self._nl.set_gso_max_segs(idx, segs)
         except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                if v == 6 and e.code == errno.EACCES:  # IPv6 disabled on the device
-                    raise BackendError(f"cannot add {address} to {DEVICE}: IPv6 is disabled there "
-                                       f"(sysctl net.ipv6.conf.{DEVICE}.disable_ipv6)") from e
-                raise
-        scope = {"scope": 253} if v == 4 else {}  # IPv4: scope link, as `ip route add ... dev flannel0`
-        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, family=FAMILY[v], **scope)
+            if not self._gso_cap_warned:
+                self._gso_cap_warned = True
+                log.info("udp: cannot cap %s at %d segments per super-packet: %s", DEVICE, segs, e)
+
+    def _configure_family(self, idx: int, subnet: IPNetwork, net: IPNetwork) -> None:
+        address = subnet.network_address
+        try:
+            self._nl.set_address(idx, address, lambda a: True)  # flannel0 is ours alone
+        except NetlinkError as e:
+            if net.version == 6 and e.code == errno.EACCES:  # IPv6 disabled on the device
+                raise BackendError(f"cannot add {address} to {DEVICE}: IPv6 is disabled there "
+                                   f"(sysctl net.ipv6.conf.{DEVICE}.disable_ipv6)") from e
+            raise
+        self._nl.link_route_replace(net, idx)
 
     async def apply(self, update: PeerUpdate) -> None:
         if self._table is None:
@@ -320,7 +339,7 @@ class UdpBackend(Backend):
             log.error("data path worker failed (%s); restarting it", err)
             await self.start(self._lease)
             return
-        await asyncio.to_thread(self._configure_link, self._lease)
+        await self._nl.call(self._configure_link, self._lease)
 
     async def stop(self) -> None:
         self._stop_fast_path()
@@ -331,6 +350,7 @@ class UdpBackend(Backend):
         if self._tun is not None:
             self._tun.close()  # a non-persistent TUN vanishes with its last fd
             self._tun = None
+        await self._nl.close()
 
     def metrics(self) -> Mapping[str, int]:
         m = dict(self._dp.counters() if self._dp is not None else self._final)
@@ -346,7 +366,12 @@ class UdpBackend(Backend):
     def features(self) -> str:
         if self._dp is None:
             return ""
-        return ",".join(k for k, v in self._dp.mode.items() if v is True) or "none"
+        return ",".join(k for k in FEATURES if self._dp.mode[k] is True) or FEATURES_NONE
+
+    def datapath_info(self) -> Mapping[str, str]:
+        if self._dp is None:
+            return {}
+        return {k: str(self._dp.mode[k]).lower() for k in DATAPATH_INFO}
 
     def fast_path_state(self) -> str:
         """"off", the fast path running ("tc-bpf"), or "unavailable" (asked for, refused)."""

@@ -28,8 +28,12 @@ Design notes (see docs/kernel-backends.md):
   the first Snapshot) recreates a deleted device (with the same MAC, so the lease stays
   true), re-adds the address and the entries someone deleted, and removes entries that
   belong to no current peer. Everything is computed as desired-vs-actual sets by pure
-  functions (`peer_entries`, `plan_entries`) and applied by a thin pyroute2 adapter. The
+  functions (`peer_entries`, `plan_entries`) and applied through adapters/netlink.py. The
   two families run the same code: every step takes the IP version as a parameter.
+- Routes go through `RouteGuard` (backends/base.py): none to our own subnet, none over a
+  connected route (a container bridge's). Leftovers (`leftovers()`): any `flannel.<N>` or
+  `flannel-v6.<N>` vxlan device; an agent of another type removes them at start, and so
+  does one of this type whose VNI changed (the old device is not in `devices()`).
 - `lease_problem` rejects (before the agent hands a lease over) leases of other backend
   types (udp, host-gw: ignored, as flanneld does; a mixed cluster only connects hosts of
   the same type), and vxlan leases without a valid VtepMAC or with another VNI, in the
@@ -41,14 +45,15 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from ..core.events import Delta, PeerUpdate, Snapshot
+from ..adapters.netlink import IPV6_MIN_MTU, LinkState, Netlink, VxlanSpec
+from ..core.events import Delta, PeerUpdate, Snapshot, peer_log_level
+from ..core.reconcile import Fdb, Neigh, Route, our_route, reconcile
 from ..core.subnet import UNSET_IPV4, IPNetwork, Lease, LeaseAttrs
 from ..errors import BackendError, ConfigError, InterfaceError
-from .base import Backend
-from .hostgw import FAMILY, IFA_F_NODAD, IPV6_MIN_MTU, Route, RouteNetlink, our_route, reconcile
+from .base import Backend, Leftovers, RouteGuard
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +65,10 @@ ENCAP_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 ENCAP_OVERHEAD6 = 70  # the same with an outer IPv6 header (40)
 OVERHEAD = {4: ENCAP_OVERHEAD, 6: ENCAP_OVERHEAD6}
 DEVICE = {4: "flannel.{vni}", 6: "flannel-v6.{vni}"}  # flanneld's names
+DEVICE_PATTERN = r"flannel(-v6)?\.[0-9]+"  # any VNI's, for the leftovers
 DATA_KEY = {4: "BackendData", 6: "BackendV6Data"}
 IFNAMSIZ = 15  # longest interface name
 MIN_MTU = 68
-
-NUD_PERMANENT = 0x80
-NUD_NOARP = 0x40
-NTF_SELF = 0x02
 
 
 # -- options ------------------------------------------------------------------
@@ -129,38 +131,7 @@ class VxlanOptions:
 # -- the device -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeviceSpec:
-    """The vxlan device we want (mac None: any, i.e. keep an existing one's)."""
-
-    name: str
-    vni: int
-    port: int  # 0: kernel default
-    local: Addr  # the interface's address of the device's family
-    link: int  # external interface index
-    mtu: int
-    gbp: bool
-    learning: bool
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """What netlink says about an existing link of our device's name."""
-
-    index: int
-    kind: str
-    mac: str
-    mtu: int
-    up: bool
-    vni: Optional[int] = None
-    port: Optional[int] = None
-    local: Optional[Addr] = None
-    link: Optional[int] = None
-    gbp: bool = False
-    learning: bool = False
-
-
-def incompatibility(want: DeviceSpec, have: DeviceState) -> Optional[str]:
+def incompatibility(want: VxlanSpec, have: LinkState) -> Optional[str]:
     """Why an existing device cannot be reused (None: reuse it). Pure.
 
     Follows flanneld's vxlanLinksIncompat (type, VNI, interface, local address, port when
@@ -205,32 +176,6 @@ def normalize_mac(value: Any) -> Optional[str]:
 
 
 # -- per-peer entries -------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class Neigh:
-    ip: Addr
-    mac: str
-
-    @property
-    def key(self):
-        return self.ip  # one neighbour per IP on a device: "replace" overwrites
-
-    def __str__(self) -> str:
-        return f"{self.ip} lladdr {self.mac} permanent"
-
-
-@dataclass(frozen=True, order=True)
-class Fdb:
-    mac: str
-    dst: Addr
-
-    @property
-    def key(self):
-        return (self.mac, self.dst)  # a MAC may have several remotes: delete stale ones exactly
-
-    def __str__(self) -> str:
-        return f"{self.mac} dst {self.dst} self permanent"
 
 
 @dataclass(frozen=True)
@@ -297,118 +242,6 @@ def lease_attrs(vni: int, macs: Mapping[int, str], public_ip: Optional[IPv4Addre
                       backend_data=data.get(4), backend_v6_data=data.get(6))  # fmt: skip
 
 
-# -- netlink adapter ----------------------------------------------------------------
-
-
-class VxlanNetlink(RouteNetlink):
-    """Blocking pyroute2 calls for the vxlan devices and their neighbour/fdb tables."""
-
-    def device(self, name: str) -> Optional[DeviceState]:
-        idx = self.ipr.link_lookup(ifname=name)
-        if not idx:
-            return None
-        msg = self.ipr.link("get", index=idx[0])[0]
-        info = msg.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        st = dict(
-            index=idx[0],
-            kind=kind or "",
-            mac=msg.get_attr("IFLA_ADDRESS") or "",
-            mtu=msg.get_attr("IFLA_MTU") or 0,
-            up=bool(msg["flags"] & 1),
-        )
-        data = info.get_attr("IFLA_INFO_DATA") if info is not None and kind == "vxlan" else None
-        if data is not None:
-            local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
-            st.update(
-                vni=data.get_attr("IFLA_VXLAN_ID"),
-                port=data.get_attr("IFLA_VXLAN_PORT"),
-                local=ip_address(local) if local else None,
-                link=data.get_attr("IFLA_VXLAN_LINK"),
-                gbp=bool(data.get_attr("IFLA_VXLAN_GBP")),
-                learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-            )
-        return DeviceState(**st)
-
-    def create(self, spec: DeviceSpec, mac: str) -> None:
-        kw: dict[str, Any] = dict(
-            ifname=spec.name,
-            kind="vxlan",
-            vxlan_id=spec.vni,
-            vxlan_link=spec.link,
-            vxlan_learning=1 if spec.learning else 0,
-            address=mac,
-            mtu=spec.mtu,
-        )
-        kw["vxlan_local6" if spec.local.version == 6 else "vxlan_local"] = str(spec.local)
-        if spec.port:
-            kw["vxlan_port"] = spec.port
-        if spec.gbp:
-            kw["vxlan_gbp"] = True
-        self.ipr.link("add", **kw)
-
-    def delete(self, index: int) -> None:
-        self._ignore_missing(self.ipr.link, "del", index=index)
-
-    def set_link(self, index: int, mtu: int) -> None:
-        self.ipr.link("set", index=index, mtu=mtu, state="up")
-
-    def set_address(self, index: int, addr: Addr, network: IPNetwork) -> None:
-        """addr/32 (IPv4) or addr/128 (IPv6, without duplicate address detection) on the
-        device, and no other address of ours (inside Network) beside it."""
-        plen = addr.max_prefixlen
-        for a, p in self.addresses(index, addr.version):
-            if (a, p) != (addr, plen) and a in network:
-                self._ignore_missing(self.ipr.addr, "del", index=index, address=str(a), prefixlen=p)
-        if (addr, plen) not in self.addresses(index, addr.version):
-            kw = {"flags": IFA_F_NODAD} if addr.version == 6 else {}
-            self.ipr.addr("add", index=index, address=str(addr), prefixlen=plen, **kw)
-
-    def sysctls(self, name: str, version: int) -> None:
-        """No router advertisements on our devices; IPv6 on for flannel-v6.<VNI> (a host
-        whose default is disable_ipv6=1 would otherwise refuse its address)."""
-        values = {"accept_ra": "0"}
-        if version == 6:
-            values["disable_ipv6"] = "0"
-        for key, value in values.items():
-            try:
-                with open(f"/proc/sys/net/ipv6/conf/{name}/{key}", "w") as f:
-                    f.write(value)
-            except OSError:
-                pass  # IPv6 not built in: nothing to accept (and IPv4 needs nothing)
-
-    def neighbours(self, index: int, version: int = 4) -> list[Neigh]:
-        out = []
-        for m in self.ipr.neigh("dump", ifindex=index, family=FAMILY[version]):
-            if m["state"] & NUD_PERMANENT and m.get_attr("NDA_DST") and m.get_attr("NDA_LLADDR"):
-                out.append(Neigh(ip_address(m.get_attr("NDA_DST")), m.get_attr("NDA_LLADDR")))
-        return out
-
-    def fdb_entries(self, index: int) -> list[Fdb]:
-        """Permanent remotes of the device (both families; the backend keeps its device's)."""
-        out = []
-        for m in self.ipr.fdb("dump", ifindex=index):
-            dst, mac = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
-            if m["state"] & NUD_PERMANENT and dst and mac and mac != "00:00:00:00:00:00":
-                out.append(Fdb(mac, ip_address(dst)))
-        return out
-
-    def neigh_replace(self, index: int, n: Neigh) -> None:
-        self.ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state="permanent",
-                       family=FAMILY[n.ip.version])  # fmt: skip
-
-    def neigh_del(self, index: int, n: Neigh) -> None:
-        self._ignore_missing(self.ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=index,
-                             family=FAMILY[n.ip.version])  # fmt: skip
-
-    def fdb_replace(self, index: int, f: Fdb) -> None:
-        self.ipr.fdb("replace", ifindex=index, lladdr=f.mac, dst=str(f.dst),
-                     state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)  # fmt: skip
-
-    def fdb_del(self, index: int, f: Fdb) -> None:
-        self._ignore_missing(self.ipr.fdb, "del", ifindex=index, lladdr=f.mac, dst=str(f.dst))
-
-
 # -- the backend --------------------------------------------------------------------
 
 
@@ -425,16 +258,17 @@ class _Device:
 class VxlanBackend(Backend):
     type = "vxlan"
 
-    def __init__(self, iface, config, netlink: Optional[VxlanNetlink] = None):
+    def __init__(self, iface, config, netlink: Optional[Netlink] = None):
         super().__init__(iface, config)
         self.options = VxlanOptions.from_config(config)
         if config.v6 is not None and self.device_mtu(6) < IPV6_MIN_MTU:
             raise InterfaceError(f"vxlan: {iface.name}'s MTU {self.options.mtu or iface.mtu} leaves "
                                  f"{self.device_mtu(6)} for {self.options.device_for(6)} (MTU - {ENCAP_OVERHEAD6}), "
                                  f"below IPv6's minimum of {IPV6_MIN_MTU}")  # fmt: skip
-        self._nl = netlink or VxlanNetlink()
+        self._nl = netlink or Netlink()
         self._devs = {v: _Device(v, self.options.device_for(v)) for v in self.families()}
         self._own: Optional[Lease] = None
+        self._guard = RouteGuard(self.type)
         self._peers: dict[str, Lease] = {}  # lease key -> vxlan lease
         self._counters = {
             "device_created": 0,
@@ -447,6 +281,18 @@ class VxlanBackend(Backend):
             "entry_errors": 0,
         }
 
+    # -- what it leaves and what it uses ------------------------------------------
+    @classmethod
+    def leftovers(cls) -> Leftovers:
+        # with DirectRouting, also host-gw's kind of route to peers on our segment
+        return Leftovers(devices=((DEVICE_PATTERN, frozenset({"vxlan"})),), gateway_routes=True)
+
+    def devices(self) -> list[str]:
+        return [d.name for d in self._devs.values()]
+
+    def gateway_routes(self) -> bool:
+        return self.options.direct_routing
+
     # -- configuration ----------------------------------------------------------
     def device_mtu(self, version: int) -> int:
         return (self.options.mtu or self.iface.mtu) - OVERHEAD[version]
@@ -455,16 +301,16 @@ class VxlanBackend(Backend):
         """FLANNEL_MTU: what fits through every device (dual stack: the IPv6 one's)."""
         return min(self.device_mtu(v) for v in self.families())
 
-    def spec(self, version: int = 4) -> DeviceSpec:
+    def spec(self, version: int = 4) -> VxlanSpec:
         o, i = self.options, self.iface
-        return DeviceSpec(o.device_for(version), o.vni, o.port, i.address(version), i.index, self.device_mtu(version),
+        return VxlanSpec(o.device_for(version), o.vni, o.port, i.address(version), i.index, self.device_mtu(version),
                           o.gbp, o.learning)  # fmt: skip
 
     # -- devices ----------------------------------------------------------------
     def _ensure_device(self, dev: _Device, heal: bool) -> int:
         """Create, reuse or replace one family's device (blocking; on the netlink thread)."""
         nl, spec = self._nl, self.spec(dev.version)
-        have = nl.device(spec.name)
+        have = nl.link(spec.name)
         if have is not None:
             why = incompatibility(spec, have)
             if why is None and (dev.mac is None or have.mac == dev.mac):
@@ -477,7 +323,7 @@ class VxlanBackend(Backend):
                 return have.index
             why = why or f"MAC {have.mac}, our lease says {dev.mac}"
             log.warning("vxlan: %s exists with an incompatible configuration (%s); recreating it", spec.name, why)
-            nl.delete(have.index)
+            nl.delete_link(have.index)
             self._counters["device_replaced"] += 1
         elif heal:
             log.warning("vxlan: %s was deleted; recreating it with MAC %s", spec.name, dev.mac)
@@ -486,9 +332,9 @@ class VxlanBackend(Backend):
             dev.mac = random_mac()
         if not heal and have is None:
             self._counters["device_created"] += 1
-        nl.create(spec, dev.mac)
+        nl.create_vxlan(spec, dev.mac)
         nl.sysctls(spec.name, dev.version)
-        created = nl.device(spec.name)
+        created = nl.link(spec.name)
         if created is None:
             raise BackendError(f"vxlan: {spec.name} vanished right after it was created")
         nl.set_link(created.index, spec.mtu)
@@ -521,6 +367,7 @@ class VxlanBackend(Backend):
             if lease.net(v) is None:
                 raise BackendError(f"vxlan: the lease {lease.key} has no IPv{v} subnet")
         self._own = lease
+        self._guard.own = tuple(lease.nets)
         await self._nl.call(self._configure, False)
         for v, dev in self._devs.items():
             log.info("vxlan: %s has %s/%d", dev.name, lease.net(v).network_address, lease.net(v).max_prefixlen)
@@ -529,7 +376,8 @@ class VxlanBackend(Backend):
         self._ensure_devices(heal)
         if self._own is not None:
             for v, dev in self._devs.items():
-                self._nl.set_address(dev.index, self._own.net(v).network_address, self._pool(v).network)
+                inside = self._pool(v).network.__contains__  # only addresses of ours (in Network) go
+                self._nl.set_address(dev.index, self._own.net(v).network_address, inside)
 
     def _pool(self, version: int):
         return self.config.pool(version)
@@ -554,22 +402,28 @@ class VxlanBackend(Backend):
         return None
 
     async def apply(self, update: PeerUpdate) -> None:
+        # per-peer lines at INFO only for small changes, as the agent's (core.events)
         if isinstance(update, Snapshot):
             new = update.by_key()
-            for key in self._peers.keys() - new.keys():
-                log.info("vxlan: peer %s is gone", key)
-            for key in new.keys() - self._peers.keys():
-                log.info("vxlan: peer %s at %s", key, new[key].attrs.addresses)
+            gone, came = self._peers.keys() - new.keys(), new.keys() - self._peers.keys()
+            level = peer_log_level(len(gone) + len(came))
+            for key in gone:
+                log.log(level, "vxlan: peer %s is gone", key)
+            for key in came:
+                log.log(level, "vxlan: peer %s at %s", key, new[key].attrs.addresses)
+            if level != logging.INFO:
+                log.info("vxlan: %d peers came, %d are gone (%d in all)", len(came), len(gone), len(new))
             self._peers = new
         elif isinstance(update, Delta):
+            level = peer_log_level(len(update.events))
             for ev in update.events:
                 lease = ev.lease
                 if ev.kind == "removed":
                     if self._peers.pop(lease.key, None) is not None:
-                        log.info("vxlan: peer %s (%s) left", lease.key, lease.attrs.addresses)
+                        log.log(level, "vxlan: peer %s (%s) left", lease.key, lease.attrs.addresses)
                 else:
                     macs = ", ".join(f"{vtep_mac(lease, v)}" for v in self._devs if lease.net(v) is not None)
-                    log.info("vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.addresses, macs)
+                    log.log(level, "vxlan: peer %s at %s (VtepMAC %s)", lease.key, lease.attrs.addresses, macs)
                     self._peers[lease.key] = lease
         await self._nl.call(self._reconcile, False)
 
@@ -613,17 +467,30 @@ class VxlanBackend(Backend):
         neigh_have = [n for n in nl.neighbours(dev, version) if n.ip in net]
         fdb_have = [f for f in nl.fdb_entries(dev) if f.dst.version == version]
         deletions, additions = plan_entries(want, routes_have, neigh_have, fdb_have, prune=True)
+        direct = nl.direct_routes(version)
+        deletions = self._guarded(deletions, direct, "deleting")
+        additions = self._guarded(additions, direct, "adding")
         remove = {"route": nl.route_del, "neighbour": nl.neigh_del, "fdb": nl.fdb_del}
         add = {"route": nl.route_replace, "neighbour": nl.neigh_replace, "fdb": nl.fdb_replace}
         name = self._devs[version].name
+        # three entries a peer: small changes entry by entry, big ones (a start) as counts
+        each = peer_log_level((len(deletions) + len(additions)) // 3)
         for what, item in deletions:
-            log.info("vxlan: removing %s %s (%s)", what, item, name)
+            log.log(each, "vxlan: removing %s %s (%s)", what, item, name)
             self._apply(remove[what], (item,) if what == "route" else (dev, item), "entries_removed")
         for what, item in additions:
-            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %s %s (%s)",
+            log.log(logging.WARNING if heal and each == logging.INFO else each, "vxlan: %s %s %s (%s)",
                     "restoring" if heal else "adding", what, item, name)  # fmt: skip
             self._apply(add[what], (item,) if what == "route" else (dev, item),
                         "entries_restored" if heal else "entries_added")  # fmt: skip
+        if each != logging.INFO:
+            log.log(logging.WARNING if heal else logging.INFO, "vxlan: %s %d and removed %d entries (%s)",
+                    "restored" if heal else "added", len(additions), len(deletions), name)  # fmt: skip
+
+    def _guarded(self, plan: list, direct, doing: str) -> list:
+        """`plan` without the routes RouteGuard refuses (own subnet, connected routes)."""
+        ok = set(self._guard.allowed([e for what, e in plan if what == "route"], direct, doing))
+        return [(what, e) for what, e in plan if what != "route" or e in ok]
 
     def _apply(self, fn, args, counter: str) -> None:
         try:

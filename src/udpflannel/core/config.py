@@ -1,18 +1,23 @@
 """The network config at <prefix>/config: parsing, defaults and validation. Pure.
 
 Rules follow flanneld (see docs/flannel-compat.md): keys are case-insensitive, unknown
-keys are ignored, a missing Backend means udp, and every error names the key and
-the bad value. IPv6 is validated by the same code as IPv4 (one `_Family` table).
+keys are ignored (with a warning naming the close match: `Netwrok` -> `Network`), a
+missing Backend means udp, and every error names the key and the bad value. The bytes
+go through core.decode first (not UTF-8, not JSON, too deep, too big, NaN, duplicate keys:
+a ConfigError like any other). IPv6 is validated by the same code as IPv4 (one `_Family`
+table).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Mapping, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Rejected
+from .decode import CONFIG_LIMIT, decode_json, printable
 
 DEFAULT_BACKEND = "udp"
 
@@ -46,15 +51,29 @@ class Pool:
     subnet_max: Union[IPv4Address, IPv6Address]
 
 
+KNOWN_KEYS = ("EnableIPv4", "EnableIPv6", *_V4.keys, *_V6.keys, "Backend", "EnableNFTables")
+# flanneld's keys that udpflannel does not use (multiple networks)
+UNSUPPORTED_KEYS = ("Networks", "IPv6Networks")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
+    """A valid config. Two are equal when they configure the same (whitespace, key case and
+    order in the text aside): `raw` and `warnings` do not count."""
+
     enable_ipv4: bool
     enable_ipv6: bool
     v4: Optional[Pool]
     v6: Optional[Pool]
     backend_type: str  # lower case
-    backend: Mapping[str, Any] = field(default_factory=dict)  # raw Backend object, keys as written
-    raw: str = ""
+    backend: Mapping[str, Any] = field(default_factory=dict, compare=False)  # raw Backend object, keys as written
+    raw: str = field(default="", compare=False)
+    enable_nftables: bool = False  # EnableNFTables: the rules as nftables tables, not iptables chains
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # unknown keys, for the log
+    _options: dict = field(init=False, repr=False)  # Backend with lower-case keys: what equality compares
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_options", {k.lower(): v for k, v in self.backend.items()})
 
     @property
     def network(self) -> Optional[IPv4Network]:
@@ -76,9 +95,35 @@ class NetworkConfig:
         return default
 
 
-def _lower_keys(doc: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
-    """lower-case key -> (key as written, value); the last of duplicates wins, as in Go."""
-    return {k.lower(): (k, v) for k, v in doc.items()}
+def _lower_keys(doc: Mapping[str, Any], where: str = "") -> dict[str, tuple[str, Any]]:
+    """lower-case key -> (key as written, value). Two keys that differ only in case are
+    refused (Go would take one of them silently; exact duplicates core.decode refuses)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for k, v in doc.items():
+        low = k.lower()
+        if low in out:
+            raise ConfigError(f"{where}{k}", v, f"{where}{out[low][0]} is given too (keys are matched without regard to case)")
+        out[low] = (k, v)
+    return out
+
+
+def _unknown_keys(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """A warning per top-level key the config does not know, with the close match."""
+    known = {k.lower(): k for k in KNOWN_KEYS}
+    unsupported = {k.lower(): k for k in UNSUPPORTED_KEYS}
+    out = []
+    for k in doc:
+        low = k.lower()
+        if low in known:
+            continue
+        name = printable(repr(k), 60)
+        if low in unsupported:
+            out.append(f"config key {name} is flanneld's {unsupported[low]}, which udpflannel does not support: ignored")
+            continue
+        close = difflib.get_close_matches(low, known, n=1, cutoff=0.75)
+        hint = f": did you mean {known[close[0]]!r}?" if close else f" (known keys: {', '.join(KNOWN_KEYS)})"
+        out.append(f"unknown config key {name} is ignored{hint}")
+    return tuple(out)
 
 
 def _get(doc: dict[str, tuple[str, Any]], key: str) -> tuple[str, Any]:
@@ -161,15 +206,25 @@ def _pool(doc, fam: _Family) -> Pool:
     return Pool(network, subnet_len, smin, smax)
 
 
-def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
-    """Parse and validate a network config. Raises ConfigError naming the key and value."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
+def _excerpt(raw: Union[str, bytes]) -> Union[str, bytes]:
+    """The start of a config for an error message: its text, or its bytes if not UTF-8."""
     try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise ConfigError("config", text.strip()[:80], f"is not valid JSON ({e})") from None
+        text = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return raw[:80]
+    return printable(text.strip(), 80)
+
+
+def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
+    """Parse and validate a network config (arbitrary bytes). Raises ConfigError naming the
+    key and value, and nothing else."""
+    try:
+        doc = decode_json(raw, CONFIG_LIMIT)
+    except Rejected as e:
+        raise ConfigError("config", _excerpt(raw), str(e)) from None
     if not isinstance(doc, dict):
-        raise ConfigError("config", text.strip()[:80], "must be a JSON object")
+        raise ConfigError("config", _excerpt(raw), "must be a JSON object")
+    text = raw.decode() if isinstance(raw, bytes) else raw  # decode_json checked it is UTF-8
     d = _lower_keys(doc)
 
     enable_v4 = _as_bool(d, "EnableIPv4", True)
@@ -184,10 +239,29 @@ def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
         backend = {}
     if not isinstance(backend, dict):
         raise ConfigError(bname, backend, "must be a JSON object")
-    tname, btype = _lower_keys(backend).get("type", ("Backend.Type", None))
+    tname, btype = _lower_keys(backend, f"{bname}.").get("type", ("Backend.Type", None))
     if btype is None or btype == "":
         btype = DEFAULT_BACKEND
     if not isinstance(btype, str):
         raise ConfigError(f"Backend.{tname}", btype, "must be a string")
-    return NetworkConfig(enable_v4, enable_v6, v4, v6, btype.lower(), backend, text)
+    nftables = _as_bool(d, "EnableNFTables", False)
+    return NetworkConfig(enable_v4, enable_v6, v4, v6, btype.lower(), backend, text, nftables, _unknown_keys(doc))
 
+
+SECRET_OPTIONS = frozenset({"psk"})  # Backend options whose values never reach a log (wireguard's PSK)
+
+
+def for_log(raw: Union[str, bytes]) -> str:
+    """The config's text for the log: as it is, unless its Backend has a secret option (the
+    wireguard backend's PSK), whose value is then shown as "<hidden>"."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        doc = decode_json(raw, CONFIG_LIMIT)
+    except Rejected:
+        return text.strip()
+    name, backend = _get(_lower_keys(doc), "Backend") if isinstance(doc, dict) else (None, None)
+    secrets = [k for k in backend if k.lower() in SECRET_OPTIONS] if isinstance(backend, dict) else []
+    if not secrets:
+        return text.strip()
+    doc[name] = {k: "<hidden>" if k in secrets else v for k, v in backend.items()}
+    return json.dumps(doc)

@@ -3,13 +3,15 @@
     FLANNEL_SUBNET=10.5.72.1/24          DOCKER_OPT_BIP="--bip=10.5.72.1/24"
     FLANNEL_MTU=1472               ->    DOCKER_OPT_IPMASQ="--ip-masq=false"
     FLANNEL_IPMASQ=true                  DOCKER_OPT_MTU="--mtu=1472"
-                                         DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472 "
+                                         DOCKER_OPTS=" --bip=10.5.72.1/24 --ip-masq=false --mtu=1472"
 
-mk-docker-opts.sh's output, byte for byte: the individual variables in its order (bash's
-`compgen -v DOCKER_OPT_`, i.e. by name), `DOCKER_OPT_IPMASQ` only when FLANNEL_IPMASQ=true
-(udpflannel --ip-masq then masquerades traffic leaving the network, so Docker must not also
-masquerade traffic into it), and the combined variable as the variable's value from the
-environment (usually empty), a space, and each option followed by a space.
+mk-docker-opts.sh's output, byte for byte: the individual variables in its order (`set`
+lists them by name), `DOCKER_OPT_IPMASQ` the opposite of FLANNEL_IPMASQ (udpflannel
+--ip-masq masquerades traffic leaving the network, so Docker must not also masquerade
+traffic into it; FLANNEL_IPMASQ=false gives Docker's default, `--ip-masq=true`), left out
+when the subnet file has no FLANNEL_IPMASQ or with -m (`ip_masq=False`), and the combined
+variable as the variable's value from the environment followed by a space (when it has one;
+usually not), then a space before each option.
 
 Unlike mk-docker-opts.sh, which sources whatever it finds and writes empty options for a
 missing key, a subnet file without a usable FLANNEL_SUBNET or FLANNEL_MTU is an error
@@ -21,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
-from typing import Mapping
+from typing import Mapping, Optional
 
 from ..errors import UdpFlannelError
 
@@ -42,18 +44,16 @@ class DockerOpts:
 
     bip: IPv4Interface  # docker0's address and prefix: FLANNEL_SUBNET
     mtu: int  # FLANNEL_MTU
-    ip_masq_off: bool  # FLANNEL_IPMASQ=true: dockerd --ip-masq=false
+    flannel_masq: Optional[bool]  # FLANNEL_IPMASQ (None: not in the file); dockerd gets the opposite
 
-    def options(self) -> list[tuple[str, str]]:
-        """(variable, dockerd flag) pairs in mk-docker-opts.sh's order."""
+    def options(self, ip_masq: bool = True) -> list[tuple[str, str]]:
+        """(variable, dockerd flag) pairs in mk-docker-opts.sh's order; `ip_masq=False` (-m)
+        leaves --ip-masq out."""
         opts = [("DOCKER_OPT_BIP", f"--bip={self.bip}")]
-        if self.ip_masq_off:
-            opts.append(("DOCKER_OPT_IPMASQ", "--ip-masq=false"))
+        if ip_masq and self.flannel_masq is not None:
+            opts.append(("DOCKER_OPT_IPMASQ", f"--ip-masq={'false' if self.flannel_masq else 'true'}"))
         opts.append(("DOCKER_OPT_MTU", f"--mtu={self.mtu}"))
         return opts
-
-    def flags(self) -> list[str]:
-        return [flag for _, flag in self.options()]
 
 
 def parse_subnet_env(text: str) -> dict[str, str]:
@@ -93,25 +93,27 @@ def from_subnet_env(env: Mapping[str, str]) -> DockerOpts:
     mtu_raw = need("FLANNEL_MTU")
     if not mtu_raw.isdigit() or not 68 <= int(mtu_raw) <= 65535:
         raise SubnetEnvError(f"FLANNEL_MTU={mtu_raw!r}: must be an integer 68..65535")
-    masq = env.get("FLANNEL_IPMASQ", "false")
-    if masq not in ("true", "false"):
+    masq = env.get("FLANNEL_IPMASQ", "")
+    if masq not in ("true", "false", ""):
         raise SubnetEnvError(f"FLANNEL_IPMASQ={masq!r}: must be true or false")
-    return DockerOpts(bip=bip, mtu=int(mtu_raw), ip_masq_off=masq == "true")
+    return DockerOpts(bip=bip, mtu=int(mtu_raw), flannel_masq={"true": True, "false": False}.get(masq))
 
 
 def render(opts: DockerOpts, key: str = DEFAULT_KEY, individual: bool = True, combined: bool = True,
-           base: str = "") -> str:  # fmt: skip
+           base: str = "", ip_masq: bool = True) -> str:  # fmt: skip
     """The env file mk-docker-opts.sh writes. Neither `individual` nor `combined` means both (as
-    the script); `base` is the combined variable's current value, kept in front (as the script)."""
+    the script); `base` is the combined variable's current value, kept in front (as the script);
+    `ip_masq=False` is the script's -m (no --ip-masq option)."""
     if not _NAME.fullmatch(key):
         raise SubnetEnvError(f"key {key!r}: must be a shell variable name")
     if _UNSAFE.search(base):
         raise SubnetEnvError(f"${key}={base!r}: cannot be kept (contains a quote, backslash, $, ` or newline)")
     if not individual and not combined:
         individual = combined = True
+    options = opts.options(ip_masq)
     lines = []
     if individual:
-        lines += [f'{name}="{flag}"' for name, flag in opts.options()]
+        lines += [f'{name}="{flag}"' for name, flag in options]
     if combined:
-        lines.append(f'{key}="{base} ' + "".join(f"{flag} " for flag in opts.flags()) + '"')
+        lines.append(f'{key}="{base + " " if base else ""}' + "".join(f" {flag}" for _, flag in options) + '"')
     return "\n".join(lines) + "\n"

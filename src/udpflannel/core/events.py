@@ -16,6 +16,7 @@ sees our own subnet, an overlap, a lease outside the Network or an unusable Publ
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterable, Literal, Optional, Union
@@ -23,6 +24,15 @@ from typing import Iterable, Literal, Optional, Union
 from .subnet import IPAddress, Lease
 
 _FAMILY = {4: ("IPv4", "EnableIPv4"), 6: ("IPv6", "EnableIPv6")}
+
+# A change of more peers than this is logged as counts, its peer lines at debug level
+# (the agent and the backends alike: a 100,000-lease start is a few lines, not 100,000).
+LOG_EACH_PEER_UPTO = 100
+
+
+def peer_log_level(changes: int) -> int:
+    """The level of the per-peer lines of an update with `changes` changes."""
+    return logging.INFO if changes <= LOG_EACH_PEER_UPTO else logging.DEBUG
 
 
 @dataclass(frozen=True)
@@ -86,3 +96,16 @@ class Delta:
 
 
 PeerUpdate = Union[Snapshot, Delta]
+
+
+def peers_after(peers: dict[str, Lease], update: PeerUpdate) -> dict[str, Lease]:
+    """The peer leases by key after `update`: a Snapshot's, or `peers` changed in place by a
+    Delta's events (and returned)."""
+    if isinstance(update, Snapshot):
+        return update.by_key()
+    for ev in update.events:
+        if ev.kind == "removed":
+            peers.pop(ev.lease.key, None)
+        else:
+            peers[ev.lease.key] = ev.lease
+    return peers

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Iterator, Optional, Union
 
-from ..errors import LeaseParseError
+from ..errors import LeaseParseError, Rejected
+from .decode import LEASE_LIMIT, decode_json, printable
 
 IPNetwork = Union[IPv4Network, IPv6Network]
 IPAddress = Union[IPv4Address, IPv6Address]
@@ -83,21 +84,22 @@ class LeaseAttrs:
 
     @classmethod
     def from_json(cls, raw: Union[str, bytes]) -> "LeaseAttrs":
+        """Decode a lease value (arbitrary bytes: core.decode); raises LeaseParseError only."""
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise LeaseParseError(f"lease value is not JSON: {e}") from None
+            doc = decode_json(raw, LEASE_LIMIT)
+        except Rejected as e:
+            raise LeaseParseError(f"lease value {e}") from None
         if not isinstance(doc, dict):
             raise LeaseParseError("lease value is not a JSON object")
         for k in ("PublicIP", "PublicIPv6", "BackendType"):
             if doc.get(k) is not None and not isinstance(doc[k], str):
-                raise LeaseParseError(f"lease {k} is not a string: {doc[k]!r}")
+                raise LeaseParseError(f"lease {k} is not a string: {printable(repr(doc[k]))}")
         try:
             public_ip = IPv4Address(doc.get("PublicIP") or "0.0.0.0")
             v6 = doc.get("PublicIPv6")
             public_ipv6 = IPv6Address(v6) if v6 else None
         except ValueError as e:
-            raise LeaseParseError(f"lease value has a bad address: {e}") from None
+            raise LeaseParseError(f"lease value has a bad address: {printable(str(e))}") from None
         btype = sys.intern(doc.get("BackendType") or "")  # one string per type, not per lease
         return cls(
             public_ip=public_ip,
@@ -156,25 +158,26 @@ def lease_key(subnet: Optional[IPv4Network], ipv6_subnet: Optional[IPv6Network] 
 
 def parse_lease_key(name: str) -> tuple[Optional[IPv4Network], Optional[IPv6Network]]:
     """Parse the last element of a lease key: (IPv4 subnet or None, IPv6 subnet or None).
-    Raises LeaseParseError on anything malformed, including host bits set and an IPv6 part
-    not spelled the way flanneld writes it (compressed, lower case: the key must be the
-    one `lease_key` gives, or watch events and our own key would not match)."""
+    Raises LeaseParseError on anything malformed, including host bits set and a key not
+    spelled the way flanneld writes it (a prefix length with a leading zero; an IPv6 part
+    not compressed or not lower case): the key must be the one `lease_key` gives, or watch
+    events (a delete names the key) and our own key would not match."""
     m = _KEY_RE.fullmatch(name)
     if not m:
-        raise LeaseParseError(f"not a lease key: {name!r}")
+        raise LeaseParseError(f"not a lease key: {printable(repr(name))}")
     try:
         v4: Optional[IPv4Network] = IPv4Network(f"{m['v4']}/{int(m['v4len'])}", strict=True)
         v6 = None
         if m["v6"]:
             v6 = IPv6Network(f"{m['v6']}/{int(m['v6len'])}", strict=True)
     except ValueError as e:
-        raise LeaseParseError(f"not a lease key: {name!r}: {e}") from None
+        raise LeaseParseError(f"not a lease key: {printable(repr(name))}: {e}") from None
     if v4 == NO_IPV4:
         if v6 is None:
             raise LeaseParseError(f"not a lease key: {name!r}: no IPv4 and no IPv6 subnet")
         v4 = None
-    if v6 is not None and lease_key(v4, v6) != name:
-        raise LeaseParseError(f"not a lease key: {name!r}: flanneld writes it {lease_key(v4, v6)!r}")
+    if lease_key(v4, v6) != name:  # '10.0.0.0-08' would be keyed '10.0.0.0-8': a delete would miss it
+        raise LeaseParseError(f"not a lease key: {printable(repr(name))}: flanneld writes it {lease_key(v4, v6)!r}")
     return v4, v6
 
 

@@ -9,7 +9,10 @@ rejected, with a reason naming what is wrong, when
    PublicIP for IPv4, PublicIPv6 for IPv6), and any other PublicIP/PublicIPv6 it announces
    in an enabled family. Unusable: unspecified (a value of `{}` parses as 0.0.0.0),
    loopback, multicast, reserved/broadcast, IPv6 link-local, inside that family's overlay
-   Network (the tunnel would carry itself), or this host's own public address;
+   Network (the tunnel would carry itself) -- the part a host also applies to its own
+   lease before writing it (`public_problem`) -- or this host's own public address or any
+   other address of this host (`LeaseContext.local`: a stale lease of this host, never a
+   peer);
 2. a subnet of it lies outside the Network (or is the whole Network);
 3. it overlaps this host's own subnet;
 4. the backend cannot use it (`LeaseContext.backend_problem`: another backend type,
@@ -35,7 +38,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from .netindex import NetIndex
-from .subnet import PUBLIC_KEYS, Lease
+from .subnet import PUBLIC_KEYS, Lease, LeaseAttrs
 
 Addr = Union[IPv4Address, IPv6Address]
 Net = Union[IPv4Network, IPv6Network]
@@ -44,6 +47,20 @@ Net = Union[IPv4Network, IPv6Network]
 class Ignored(str):
     """A rejection that is no fault of the lease: it belongs to another backend type
     (flanneld ignores those too). Logged at info level, not as a warning."""
+
+
+class Failed(str):
+    """A rejection because checking the lease raised (a bug, in the rules or a backend's
+    `lease_problem` hook): it costs that lease, not the others. `error` is the exception,
+    for the log's traceback."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, error: Exception) -> "Failed":
+        why = cls(f"checking it failed ({type(error).__name__}: {error}; a bug)")
+        why.error = error
+        return why
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class LeaseContext:
     # overlay IP version -> IP version of the public address its packets are sent to
     # (the backend's `underlay()`): {4: 4, 6: 6} for vxlan and host-gw
     underlay: Mapping[int, int] = field(default_factory=lambda: {4: 4, 6: 6}, compare=False)
+    local: frozenset = frozenset()  # every address of this host (a lease announcing one is ours, not a peer's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_version", {n.version: n for n in self.networks})
@@ -95,6 +113,25 @@ def _inside(sub: Net, net: Net) -> bool:
     return sub.prefixlen >= net.prefixlen and int(sub.network_address) >> shift == int(net.network_address) >> shift
 
 
+def _checked(attrs: LeaseAttrs, needed: Iterable[int], ctx: LeaseContext) -> list[int]:
+    """The IP versions whose public address rule 1 checks: those the lease's packets are
+    sent to (`needed`), and any other one it announces in an enabled family."""
+    return [v for v in (4, 6) if v in needed or (attrs.public(v) is not None and ctx.network(v) is not None)]
+
+
+def public_problem(attrs: LeaseAttrs, needed: Iterable[int], ctx: LeaseContext) -> Optional[str]:
+    """Rule 1 without "this host's own": why peers would refuse these public addresses
+    (None: they would not). `needed`: the IP versions of the underlay the lease's packets
+    travel over. The agent asks it of its own lease before writing it, so a host never
+    leases with an address every peer rejects (e.g. a NAT NIC's 10.0.2.15 in 10.0.0.0/8)."""
+    needed = set(needed)
+    for v in _checked(attrs, needed, ctx):
+        why = address_problem(attrs.public_ip if v == 4 else attrs.public_ipv6, PUBLIC_KEYS[v], ctx.network(v))
+        if why:
+            return why
+    return None
+
+
 def lease_problem(lease: Lease, ctx: LeaseContext) -> Optional[str]:
     """Rules 1-4 for one lease (None: it passes them)."""
     a = lease.attrs
@@ -104,16 +141,16 @@ def lease_problem(lease: Lease, ctx: LeaseContext) -> Optional[str]:
         return "no IPv6 subnet"
     subs = _subnets(lease, ctx)
     needed = {ctx.underlay.get(s.version, s.version) for s in subs}
+    why = public_problem(a, needed, ctx)
+    if why:
+        return why
     own = ctx.own
-    for v in (4, 6):
+    for v in _checked(a, needed, ctx):
         announced = a.public(v)
-        if v not in needed and (announced is None or ctx.network(v) is None):
-            continue
-        why = address_problem(a.public_ip if v == 4 else a.public_ipv6, PUBLIC_KEYS[v], ctx.network(v))
-        if why:
-            return why
         if own is not None and own.attrs.public(v) == announced:
             return f"{PUBLIC_KEYS[v]} {announced} is this host's own (a stale lease of this host?)"
+        if announced in ctx.local:
+            return f"{PUBLIC_KEYS[v]} {announced} is an address of this host (a stale lease of this host?)"
     for sub in subs:
         net = ctx.network(sub.version)
         if not _inside(sub, net):
@@ -135,7 +172,10 @@ def validate(leases: Iterable[Lease], ctx: LeaseContext) -> Verdict:
     rejected: dict[str, str] = {}
     cands: dict[str, Lease] = {}
     for lease in leases:
-        why = lease_problem(lease, ctx)
+        try:
+            why = lease_problem(lease, ctx)
+        except Exception as e:  # noqa: BLE001 (one lease's bug must not stop every verdict)
+            why = Failed.of(e)
         if why is None:
             cands[lease.key] = lease
         else:

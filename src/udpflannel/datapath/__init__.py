@@ -12,12 +12,14 @@ The data path never imports the control plane.
 """
 
 from udpflannel.datapath.errors import DataPathError, InvalidArgumentError, TableFullError
+from udpflannel.datapath import placement
 from udpflannel.datapath.features import Features, probe_features
-from udpflannel.datapath.loop import COUNTER_NAMES, DataPath
+from udpflannel.datapath.loop import COUNTER_DIRECTIONS, COUNTER_NAMES, DataPath
 from udpflannel.datapath.table import LeaseTable
-from udpflannel.datapath.tun import Tun, default_queues, open_tun
+from udpflannel.datapath.tun import Tun, default_queues, gso_max_segs, open_tun
 
 __all__ = [
+    "COUNTER_DIRECTIONS",
     "COUNTER_NAMES",
     "DataPath",
     "DataPathError",
@@ -27,6 +29,8 @@ __all__ = [
     "TableFullError",
     "Tun",
     "default_queues",
+    "gso_max_segs",
     "open_tun",
+    "placement",
     "probe_features",
 ]

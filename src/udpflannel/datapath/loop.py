@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from udpflannel.datapath import addr as _addr
 from udpflannel.datapath._native import ffi, lib
@@ -21,6 +22,11 @@ log = logging.getLogger("udpflannel.datapath")
 COUNTER_NAMES: tuple[str, ...] = tuple(
     ffi.string(lib.uf_counter_name(i)).decode() for i in range(lib.UF_C__COUNT)
 )
+#: counter name -> the directions that count it, ("tx", "rx") or one of them (the C core's table)
+COUNTER_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(d for d, bit in (("tx", lib.UF_CTR_TX), ("rx", lib.UF_CTR_RX)) if lib.uf_counter_dirs(i) & bit)
+    for i, name in enumerate(COUNTER_NAMES)
+}
 _TOTALLED = tuple(n for n in COUNTER_NAMES if n.startswith(("drop_", "icmp_")))
 
 
@@ -61,9 +67,10 @@ class DataPath:
     One worker thread per TUN queue serves both directions. ``busy_poll_us``
     (0 = off) keeps a worker polling that long after it last moved a packet
     before it sleeps: lower latency for a CPU kept busy while traffic flows.
-    ``pin_cpus`` (default: when there are several queues) pins worker i to the
-    i-th CPU the process may use. ``sock_buf`` sets the tunnel sockets' send
-    and receive buffers (0: UF_SOCK_BUF_DEFAULT, 16 MiB).
+    ``cpus`` (default: none) gives worker i the CPU ``cpus[i]`` to run on, None
+    for a worker the scheduler places (``placement.plan`` decides it from the
+    host). ``sock_buf`` sets the tunnel sockets' send and receive buffers (0:
+    UF_SOCK_BUF_DEFAULT, 16 MiB).
 
     Construction validates the arguments, creates and binds the sockets;
     ``start()`` runs the worker threads (C pthreads, no GIL); ``stop()``
@@ -81,7 +88,7 @@ class DataPath:
         mtu: int,
         features: Features | None = None,
         busy_poll_us: int = 0,
-        pin_cpus: bool | None = None,
+        cpus: Sequence[Optional[int]] | None = None,
         sock_buf: int = 0,
     ) -> None:
         if not isinstance(tun, Tun) or tun.closed:
@@ -112,8 +119,10 @@ class DataPath:
             raise ValueError(f"bad sock_buf {sock_buf!r}")
         if features is None:
             features = probe_features()
-        if pin_cpus is None:  # pin when there is a worker per CPU to spread
-            pin_cpus = len(tun.fds) > 1
+        cpus = tuple(cpus) if cpus is not None else (None,) * len(tun.fds)
+        allowed = os.sched_getaffinity(0)
+        if len(cpus) != len(tun.fds) or any(c is not None and c not in allowed for c in cpus):
+            raise ValueError(f"cpus must name one allowed CPU ({sorted(allowed)}) or None per queue, got {cpus!r}")
 
         cfg = ffi.new("uf_dp_config *")
         for i, fd in enumerate(tun.fds):
@@ -133,7 +142,9 @@ class DataPath:
             _addr.fill(cfg.icmp_source[v == 6], icmp[v])
         cfg.mtu = mtu
         cfg.busy_poll_us = busy_poll_us
-        cfg.pin_cpus = int(pin_cpus)
+        cfg.pin_cpus = int(any(c is not None for c in cpus))
+        for i, c in enumerate(cpus):
+            cfg.cpus[i] = -1 if c is None else c
         cfg.sock_buf = sock_buf
         cfg.table = table.c_table
         out = ffi.new("uf_dp **")
@@ -153,7 +164,7 @@ class DataPath:
             "gro_coalesce": bool(cfg.gro_coalesce),
             "uso": bool(cfg.tun_uso),
             "busy_poll_us": busy_poll_us,
-            "pin_cpus": bool(pin_cpus),
+            "cpus": ",".join("-" if c is None else str(c) for c in cpus) if cfg.pin_cpus else "any",
             "batch": lib.UF_BATCH,
         }
         log.info(
@@ -201,13 +212,15 @@ class DataPath:
                 rc = lib.uf_dp_queue_counters(self._dp, queue, direction, buf, n)
             check(rc, "DataPath.counters")
             for i, name in enumerate(COUNTER_NAMES):
-                result[prefix + name] = int(buf[i])
+                if prefix[:2] in COUNTER_DIRECTIONS[name]:
+                    result[prefix + name] = int(buf[i])
         for name in _TOTALLED:
-            result[name] = result["tx_" + name] + result["rx_" + name]
+            result[name] = sum(result[f"{d}_{name}"] for d in COUNTER_DIRECTIONS[name])
         return result
 
     def counters(self) -> dict[str, int]:
-        """tx_* / rx_* per direction, plus drop_* and icmp_* summed over both."""
+        """tx_* / rx_* for the directions that count each counter (COUNTER_DIRECTIONS), plus
+        drop_* and icmp_* summed over both."""
         if self._dp is None:
             return dict(self._final or {})
         return self._read_counters()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from udpflannel.datapath._native import ffi, lib
 from udpflannel.datapath.errors import DataPathError, check
 from udpflannel.datapath.features import Features, probe_features
+from udpflannel.datapath.placement import plan, probe
 
 log = logging.getLogger("udpflannel.datapath")
 
@@ -89,7 +90,14 @@ def open_tun(name: str = "flannel0", queues: int = 1, features: Features | None 
 
 
 def default_queues(features: Features) -> int:
-    """One queue per CPU this process may run on (at most UF_TUN_MAX_QUEUES), 1 without multi-queue."""
-    if not features.multi_queue:
-        return 1
-    return max(1, min(len(os.sched_getaffinity(0)), lib.UF_TUN_MAX_QUEUES))
+    """One queue per CPU this process may run on (at most UF_TUN_MAX_QUEUES), 1 without
+    multi-queue: placement.plan's default."""
+    return plan(probe(None), 0, features.multi_queue).queues
+
+
+def gso_max_segs(mtu: int) -> int:
+    """The segments a TUN super-packet may have so that one UDP_SEGMENT send carries all of
+    it: at most UF_UDP_GSO_MAX_SEGS and UF_UDP_GSO_MAX_BYTES of segments of mtu bytes (44 at
+    MTU 1472). The kernel's default (65535) lets TCP hand over 64 KiB of 46 segments, which
+    take two sends. For the TUN's link configuration (IFLA_GSO_MAX_SEGS)."""
+    return max(1, min(lib.UF_UDP_GSO_MAX_SEGS, lib.UF_UDP_GSO_MAX_BYTES // mtu))

@@ -73,7 +73,11 @@ CONFIGS = {
     },
     "host-gw": {"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}},
     "alloc": {"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}},
+    "wireguard": {"Network": "10.5.0.0/16", "Backend": {"Type": "wireguard"}},
 }
+# backends whose hosts need their own /run/wireguard and /run/flannel (netlab's private run
+# directories): wireguard-go's UAPI sockets and the key file live there
+PRIVATE_RUN_BACKENDS = {"wireguard"}
 NO_DATA_PATH = {"alloc"}  # leases a subnet, carries nothing: the ping is skipped
 IPV6_NETWORK = "fd00:5::/48"  # the overlay's IPv6 network with --ipv6
 SEED_CONTAINER_CMD = ["sh", "-c", "while true; do sleep 3600; done"]
@@ -129,28 +133,17 @@ def check_config(cfg: dict) -> NetworkConfig:
     return config
 
 
-def device_name(config: NetworkConfig) -> Optional[str]:
-    """The overlay device the backend makes, if any (udp: flannel0, vxlan: flannel.<VNI>)."""
-    if config.backend_type == "udp":
-        from ..backends.udp import DEVICE
-
-        return DEVICE
-    if config.backend_type == "vxlan":
-        from ..backends.vxlan import VxlanOptions
-
-        return VxlanOptions.from_config(config).device
-    return None
-
-
 def device_names(config: NetworkConfig) -> list[str]:
-    """Every overlay device the backend makes (vxlan dual stack: flannel.<VNI> and flannel-v6.<VNI>)."""
-    if config.backend_type == "vxlan":
-        from ..backends.vxlan import VxlanOptions
+    """Every overlay device the backend makes, as the backend itself says (`devices()`):
+    udp flannel0, vxlan flannel.<VNI> and/or flannel-v6.<VNI>, wireguard flannel-wg and/or
+    flannel-wg-v6, none for host-gw and alloc."""
+    backend = backend_class(config.backend_type)(lab_interface(families=underlay_families(config)), config)
+    return backend.devices()
 
-        o = VxlanOptions.from_config(config)
-        return [o.device_for(v) for v in underlay_families(config)]
-    name = device_name(config)
-    return [name] if name else []
+
+def device_name(config: NetworkConfig) -> Optional[str]:
+    """The first overlay device the backend makes, if any."""
+    return next(iter(device_names(config)), None)
 
 
 def self_command() -> str:
@@ -253,9 +246,11 @@ class Printer:
         click.echo(text)
 
 
-def _run_shown(pr: Printer, where: str, ns: str, args: list[str], shown: Optional[str] = None,
-               check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:  # fmt: skip
-    p = sh("ip", "netns", "exec", ns, *args, check=False, timeout=timeout)
+def _run_shown(pr: Printer, at, args: list[str], shown: Optional[str] = None, check: bool = True,
+               timeout: float = 30) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run `args` in host or container `at` (its namespace, its own run directories) and show it."""
+    where = at.name
+    p = sh(*at.argv(*args), check=False, timeout=timeout)
     pr.cmd(where, shown or shlex.join(args), (p.stdout or "") + (p.stderr or ""))
     if check and p.returncode != 0:
         raise LabError(f"{where}: {shlex.join(args)} failed ({p.returncode})")
@@ -303,7 +298,8 @@ def run_lab(backend: str, hosts: int, keep: bool, short: bool, config: dict, sta
     lab: Optional[Lab] = None
     kept = False
     try:
-        lab = Lab(prefix=prefix, workdir=workdir, families=underlay_families(parse_config(json.dumps(config))))
+        lab = Lab(prefix=prefix, workdir=workdir, families=underlay_families(parse_config(json.dumps(config))),
+                  private_run=backend in PRIVATE_RUN_BACKENDS)  # fmt: skip
         ok = _build_and_ping(lab, pr, backend, hosts, config, short, state, engine)
         if keep:
             state.update(keep=True, pid=None, pid_start=None)
@@ -367,8 +363,8 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
     config_key, subnets_prefix = registry.config_key.decode(), registry.subnets_prefix.decode()
     last = hosts[-1]
     ep_last = members[-1].endpoint
-    _run_shown(pr, last.name, last.ns, ["etcdctl", f"--endpoints={endpoints}", "endpoint", "health"])
-    _run_shown(pr, last.name, last.ns, ["etcdctl", f"--endpoints={ep_last}", "member", "list"])
+    _run_shown(pr, last, ["etcdctl", f"--endpoints={endpoints}", "endpoint", "health"])
+    _run_shown(pr, last, ["etcdctl", f"--endpoints={ep_last}", "member", "list"])
 
     pr.section("the network config, in etcd")
     raw = json.dumps(cfg, indent=4)
@@ -394,9 +390,15 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
         for dev in device_names(network):
             wait_for(lambda: h.run("ip", "link", "show", dev, check=False).returncode == 0,
                      timeout=20, what=f"{dev} on {h.name}")  # fmt: skip
-            _run_shown(pr, h.name, h.ns, ["ip", "-d", "addr", "show", dev])
-        _run_shown(pr, last.name, last.ns,
+            _run_shown(pr, h, ["ip", "-d", "addr", "show", dev])
+        _run_shown(pr, last,
                    ["etcdctl", f"--endpoints={ep_last}", "get", "--prefix", subnets_prefix])  # fmt: skip
+    if backend == "wireguard":  # the peers as WireGuard has them: keys, endpoints, allowed IPs
+        h1 = hosts[0]
+        for dev in device_names(network):
+            wait_for(lambda: len(h1.run("wg", "show", dev, "peers", check=False).stdout.split()) >= n_hosts - 1,
+                     timeout=30, what=f"{n_hosts - 1} peers on {dev} of {h1.name}")  # fmt: skip
+        _run_shown(pr, h1, ["wg", "show"])
 
     if docker:
         return _docker_part(lab, pr, backend, hosts, subnet_files, short, state, engine)
@@ -404,15 +406,15 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
     pr.section("docker0 and a container on each host (dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU)")
     containers = []
     for h in hosts:
-        _run_shown(pr, h.name, h.ns, ["cat", str(subnet_files[h.name])])
+        _run_shown(pr, h, ["cat", str(subnet_files[h.name])])
         env = read_subnet_file(subnet_files[h.name])
         c = lab.add_container(h, env)
         containers.append(c)
-        _run_shown(pr, c.name, c.ns, ["ip", "addr", "show", "eth0"])
+        _run_shown(pr, c, ["ip", "addr", "show", "eth0"])
     state["containers"] = {c.name: {"ns": c.ns, "ip": str(c.ip or c.ip6)} for c in containers}
     families = lab.families
     for v in families:
-        _run_shown(pr, hosts[0].name, hosts[0].ns, ["ip", f"-{v}", "route"] if families != (4,) else ["ip", "route"])
+        _run_shown(pr, hosts[0], ["ip", f"-{v}", "route"] if families != (4,) else ["ip", "route"])
 
     if not _ping_section(pr, backend, "container to container, across hosts"):
         return True
@@ -432,7 +434,7 @@ def _build_and_ping(lab: Lab, pr: Printer, backend: str, n_hosts: int, cfg: dict
                 ok = False
                 continue
             ping = ["ping", *(["-6"] if v == 6 else []), "-c", str(count), "-i", "0.2", str(dst)]
-            p = _run_shown(pr, c.name, c.ns, ping, check=False)
+            p = _run_shown(pr, c, ping, check=False)
             ok = ok and p.returncode == 0
     return _verdict(pr, hosts, ok)
 
@@ -469,7 +471,7 @@ def _docker_part(lab: Lab, pr: Printer, backend: str, hosts: list, subnet_files:
         pr.cmd(h.name, shlex.join(["udpflannel", *args]), p.stdout + p.stderr)
         if p.returncode != 0:
             raise LabError(f"{h.name}: udpflannel docker-opts failed ({p.returncode})")
-        _run_shown(pr, h.name, h.ns, ["cat", str(env_file)])
+        _run_shown(pr, h, ["cat", str(env_file)])
         env_files[h.name] = env_file
 
     pr.section("dockerd on each host, with $DOCKER_OPTS (EnvironmentFile=docker_opts.env)")
@@ -491,7 +493,7 @@ def _docker_part(lab: Lab, pr: Printer, backend: str, hosts: list, subnet_files:
     fmt = "{{range .IPAM.Config}}{{.Subnet}} gateway {{.Gateway}}{{end}}, "
     fmt += 'mtu {{index .Options "com.docker.network.driver.mtu"}}'
     _docker_shown(pr, h1.name, daemons[h1.name], ["network", "inspect", "bridge", "--format", fmt])
-    _run_shown(pr, h1.name, h1.ns, ["iptables", "-t", "nat", "-S", "POSTROUTING"])
+    _run_shown(pr, h1, ["iptables", "-t", "nat", "-S", "POSTROUTING"])
 
     pr.section("start containers")
     containers = []  # (host, name, ip)
@@ -573,7 +575,7 @@ def _print_keep(pr: Printer, lab: Lab, state: dict, state_dir: Path) -> None:
         pr.note(f"  enter a container:  DOCKER_HOST=unix://{sock} docker exec -it test1 sh")
     else:
         pr.note(f"  enter a container:  ip netns exec {p}-h1c1 sh")
-    pr.note(f"  a host's shell:     ip netns exec {p}-h1 bash")
+    pr.note(f"  a host's shell:     {shlex.join(h1.argv('bash'))}")  # with its own /run/wireguard, if it has one
     registry = EtcdRegistry(EtcdOptions(endpoints=[lab.etcd[0].endpoint]))
     etcdctl = f"etcdctl --endpoints={lab.etcd[0].endpoint}"
     pr.note(f"  leases in etcd:     ip netns exec {h1.ns} {etcdctl} get --prefix {registry.subnets_prefix.decode()}")

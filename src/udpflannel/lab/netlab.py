@@ -17,6 +17,16 @@ has no FLANNEL_SUBNET: an IPv6-only network). `Lab.close()` deletes every namesp
 process it made (and the dockerd of `add_docker()` with their containers and cgroups), and
 `cleanup_stale(prefix)` removes what a crashed run with that prefix left behind. Nothing here
 acts on another run's prefix: every clean-up takes one run's full prefix.
+
+Private run directories (`Lab(private_run=True)`, or `add_host(private_run=True)`): a network
+namespace shares the file system, so two hosts' wireguard-go would both put their UAPI
+socket at /var/run/wireguard/flannel-wg.sock, and two agents their key at
+/run/flannel/wgkey. Such a host gets `<workdir>/<host>-run/{wireguard,flannel}`, and every
+command run through it (`Host.run`, `Host.argv`, `Lab.start_agent`) runs in a mount namespace
+of its own (`unshare --mount --propagation private`) where those two directories are bind-
+mounted on /run/wireguard and /run/flannel. The test (in the root mount namespace) reads
+them under `Host.rundir`; nothing is mounted outside the commands' own namespaces (the two
+mount points are made in /run if they are missing, empty).
 """
 
 from __future__ import annotations
@@ -66,6 +76,17 @@ def ipv6_sysctls(forwarding: bool) -> list[str]:
 NETNS_DIR = Path("/run/netns")
 PREFIX_TAG = "uf"  # every namespace this module makes starts with uf<6 hex>-
 PREFIX_RE = re.compile(rf"^{PREFIX_TAG}[0-9a-f]{{6}}$")  # one run's prefix
+
+
+PRIVATE_RUN = ("wireguard", "flannel")  # /run/<d> a host with private run directories has its own of
+
+
+def private_run_argv(rundir: Path) -> list[str]:
+    """The command prefix that runs a command in a mount namespace of its own with
+    `rundir`/<d> bind-mounted on /run/<d> for each d in PRIVATE_RUN."""
+    script = ('r=$1; shift; for d in ' + " ".join(PRIVATE_RUN) + '; do mkdir -p "$r/$d" "/run/$d" && '
+              'mount --bind "$r/$d" "/run/$d" || exit 125; done; exec "$@"')  # fmt: skip
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(rundir)]
 
 
 def sh(*args: str, check: bool = True, capture: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -256,19 +277,25 @@ class Host:
     procs: list = field(default_factory=list)
     containers: list = field(default_factory=list)
     ip6: Optional[IPv6Address] = None  # IPv6 underlay address on eth1 (IPv6 labs)
+    rundir: Optional[Path] = None  # private run directories (see the module's docstring)
 
     def addr(self, version: int) -> Optional[Addr]:
         return self.ip if version == 4 else self.ip6
 
+    def argv(self, *args: str) -> list[str]:
+        """The command line that runs `args` in this host (its namespace, and its own
+        /run/wireguard and /run/flannel when it has private run directories)."""
+        return ["ip", "netns", "exec", self.ns, *(private_run_argv(self.rundir) if self.rundir else []), *args]
+
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
+        return sh(*self.argv(*args), check=check, timeout=timeout)
 
 
 class Lab:
     """Namespaces for N hosts on an underlay bridge, plus optional etcd and containers."""
 
     def __init__(self, prefix: Optional[str] = None, workdir: Optional[Path] = None, mtu: int = 1500,
-                 families: Sequence[int] = (4,)):  # fmt: skip
+                 families: Sequence[int] = (4,), private_run: bool = False):  # fmt: skip
         if os.geteuid() != 0:
             raise RuntimeError("the namespace lab needs root")
         if not families or set(families) - {4, 6}:
@@ -277,6 +304,7 @@ class Lab:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self.mtu = mtu
         self.families = tuple(sorted(set(families)))  # the underlay's IP versions
+        self.private_run = private_run  # the default of add_host()
         self.namespaces: list[str] = []
         self.hosts: list[Host] = []
         self.etcd: list[EtcdServer] = []
@@ -311,14 +339,21 @@ class Lab:
         sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     # -- hosts and etcd -------------------------------------------------------
-    def add_host(self) -> Host:
+    def add_host(self, private_run: Optional[bool] = None) -> Host:
+        """Host N (namespace <prefix>-hN, eth1 192.0.2.(10+N)); with private run directories
+        when `private_run` (default: the Lab's)."""
         i = len(self.hosts) + 1
         ns = self._netns(f"h{i}")
         ip = UNDERLAY.network_address + 10 + i
         self._attach(ns, ip, forwarding=True)
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rundir = None
+        if self.private_run if private_run is None else private_run:
+            rundir = self.workdir / f"h{i}-run"
+            for d in PRIVATE_RUN:
+                (rundir / d).mkdir(parents=True, exist_ok=True)
         host = Host(name=f"h{i}", ns=ns, ip=ip if 4 in self.families else None, index=i,
-                    ip6=v6_twin(ip) if 6 in self.families else None)  # fmt: skip
+                    ip6=v6_twin(ip) if 6 in self.families else None, rundir=rundir)  # fmt: skip
         self.hosts.append(host)
         return host
 
@@ -421,7 +456,7 @@ class Lab:
         interpreter, for the bench); output goes to a log file."""
         log_path = self.workdir / (log_name or f"agent-{host.name}-{len(host.procs)}.log")
         log = open(log_path, "ab")
-        cmd = ["ip", "netns", "exec", host.ns, python, "-m", "udpflannel", *args]
+        cmd = host.argv(python, "-m", "udpflannel", *args)
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
                              start_new_session=True)  # a kept lab's agents outlive the terminal
         log.close()
@@ -492,8 +527,11 @@ class Container:
     def addr(self, version: int) -> Optional[Addr]:
         return self.ip if version == 4 else self.ip6
 
+    def argv(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", self.ns, *args, check=check, timeout=timeout)
+        return sh(*self.argv(*args), check=check, timeout=timeout)
 
     def ping(self, dst: Addr, count: int = 3, timeout: float = 20) -> subprocess.CompletedProcess:
         """ping (IPv4) or ping -6 (IPv6), by the address's family."""

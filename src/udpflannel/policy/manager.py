@@ -1,9 +1,14 @@
 """Lease policy: which subnet to take, when to renew, what to do when a lease is lost.
 
-Storage is a `Registry` (etcd in production, a dict in unit tests); time comes from an
+Storage is a `Registry` (core/registry.py: etcd in production, a dict in unit tests); time comes from an
 injected clock, so the policy runs without etcd or real waiting. Acquisition order is
 flanneld's: (1) a lease that already carries our PublicIP (taken over if it fits the
-config, deleted if not), (2) the subnet we had before (subnet file), if free and fitting,
+config, deleted if not) -- and, failing that, the lease of the subnet we had before (subnet
+file) when it carries an address of this host (`local_addresses`): our own lease from a
+run with another public address (say the NAT NIC's 10.0.2.15 before --iface was given),
+taken over with the new one so the containers keep their subnet; the subnet file alone
+proves nothing (every VirtualBox NAT guest is 10.0.2.15), the two together do;
+(2) the subnet we had before (subnet file), if free and fitting,
 (3) a random one among the first 100 free subnets from SubnetMin ("free": no lease, and
 no key with a malformed value, overlaps it). Creation is "only if absent"; losing that race
 means trying again (flanneld exits there). Each family the config enables gets its subnet
@@ -15,7 +20,12 @@ Keeping the lease (`maintain`): renew at expiry - margin, retrying through etcd 
 (the lease stays valid until it expires); when told to check (the watcher saw our key
 deleted or written by someone else), read the key back: gone -> re-acquire (the same
 subnet if still free) and revoke the old etcd lease, so none is left empty; overwritten ->
-put our value back on our etcd lease (re-assert).
+put our value back on our etcd lease (re-assert). The first overwrite is answered at once;
+one that follows within REASSERT_QUIET seconds means a fight (another writer keeps putting
+its value back: a second agent with this host's identity, a script), and each further
+re-assert waits twice as long as the one before (REASSERT_BACKOFF: 1 s doubling to 60 s),
+with one log line per re-assert, so a fight costs a handful of writes and lines a minute
+instead of hundreds a second. Renewal goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -26,54 +36,42 @@ import random
 import time
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional, Protocol
+from typing import Awaitable, Callable, Iterable, NamedTuple, Optional
 
 from ..core.config import NetworkConfig, Pool
 from ..core.netindex import NetIndex
+from ..core.registry import Listing, Registry
 from ..core.subnet import IPNetwork, Lease, LeaseAttrs, lease_key, parse_lease_key, subnet_fits, subnets_between
 from ..errors import LeaseParseError, OutOfSubnets, RegistryError
-from .retry import Waiting, foreign_cancel
+from ..retry import Waiting, foreign_cancel
 
 log = logging.getLogger("udpflannel.manager")
 
 LEASE_TTL = 24 * 3600
 FREE_CANDIDATES = 100  # flanneld picks at random among the first 100 free subnets
 RACE_RETRIES = 50
+REASSERT_BACKOFF = (1.0, 60.0)  # a fight over our key: the second re-assert waits 1 s, then 2, 4, ... 60
+REASSERT_QUIET = 180.0  # no overwrite for this long (3 x the cap): the next one is answered at once
 
 
-class Listing(Protocol):
-    leases: list[Lease]
-    revision: int
-    malformed: dict[str, str]  # key name -> why its value is not a lease
+class Backoff:
+    """Delays for answering repeated overwrites of our key: 0 for the first one after a
+    quiet spell of `quiet` seconds, then `first`, 2 x `first`, ... up to `cap`. Pure (times
+    are passed in)."""
 
+    def __init__(self, first: float, cap: float, quiet: float):
+        self.first, self.cap, self.quiet = first, cap, quiet
+        self.streak = 0  # overwrites in the current fight
+        self.since: Optional[float] = None  # when the fight began
+        self._last: Optional[float] = None
 
-class WatchEvent(Protocol):
-    kind: str  # "put" | "delete"
-    name: str
-    lease: Optional[Lease]  # None for a delete or a malformed value
-    revision: int
-
-
-class Registry(Protocol):
-    """Every storage verb the agent and the manager use (adapters/registry.py: etcd).
-    All raise RegistryError when etcd cannot be reached; callers retry."""
-
-    config_key: bytes
-    failovers: int  # times the registry moved to another endpoint (for /metrics)
-
-    async def get_config(self) -> Optional[bytes]: ...
-    async def list_leases(self) -> Listing: ...
-    def watch_leases(self, start_revision: int) -> AsyncIterator[WatchEvent]: ...
-    async def get_lease(self, name: str) -> Optional[Lease]: ...  # LeaseParseError: not a lease
-    async def create_lease(self, name: str, attrs: LeaseAttrs, ttl: int) -> Optional[int]: ...
-    async def update_lease(
-        self, name: str, attrs: LeaseAttrs, ttl: int, expect_lease_id: Optional[int]
-    ) -> Optional[int]: ...
-    async def put_lease(self, name: str, attrs: LeaseAttrs, lease_id: int) -> bool: ...
-    async def renew(self, lease_id: int) -> int: ...
-    async def revoke(self, lease_id: int, quiet: bool = False) -> None: ...
-    async def delete_lease(self, name: str) -> None: ...
-    async def close(self) -> None: ...
+    def next(self, now: float) -> float:
+        """One more overwrite seen at `now`: how long to wait before re-asserting."""
+        if self._last is None or now - self._last > self.quiet:
+            self.streak, self.since = 0, now
+        self._last = now
+        self.streak += 1
+        return 0.0 if self.streak == 1 else min(self.cap, self.first * 2 ** (self.streak - 2))
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,15 @@ class OwnLease:
     def holds(self, lease_id: Optional[int], attrs: LeaseAttrs) -> bool:
         """A key with this etcd lease and value is still ours, as we wrote it."""
         return lease_id == self.lease_id and attrs == self.lease.attrs
+
+
+class Acquired(NamedTuple):
+    """What an acquisition got: our lease, and the listing it was chosen from (taken just
+    before our key was written: the agent's first view of the peers, watched from its
+    revision + 1)."""
+
+    own: OwnLease
+    listing: Listing
 
 
 class LeaseManager:
@@ -109,6 +116,8 @@ class LeaseManager:
         retry_interval: float = 5.0,
         still_waiting_every: float = 30.0,
         status: Optional[Callable[[str], None]] = None,
+        local_addresses: Iterable = (),
+        reassert_backoff: tuple[float, float] = REASSERT_BACKOFF,
     ):
         self.registry = registry
         self.config = config
@@ -123,11 +132,14 @@ class LeaseManager:
         self.sleep = sleep
         self.wait_event = wait_event or _wait_event
         self.retry_interval = retry_interval
-        self.listing: Optional[Listing] = None  # the one the last acquisition used
+        self.local_addresses = frozenset(local_addresses)  # every address of this host, at start
+        self.fight = Backoff(*reassert_backoff, quiet=max(REASSERT_QUIET, 3 * reassert_backoff[1]))
+        self.reassert_at: Optional[float] = None  # a re-assert waiting out the backoff
         self.renewals = 0
         self.reacquisitions = 0
         self.reasserts = 0
         self.etcd_errors = 0
+        self.expires_at: Optional[float] = None  # our current lease's expiry (this clock); None before one
         self._waiting = dict(every=still_waiting_every, interval=retry_interval, clock=clock, status=status)
 
     # -- pure helpers -------------------------------------------------------------
@@ -146,6 +158,13 @@ class LeaseManager:
         mine = [(v, a) for v in (4, 6) if (a := self.attrs.public(v)) is not None]
         return bool(mine) and all(lease.attrs.public(v) == a for v, a in mine)
 
+    def _was_ours(self, lease: Lease) -> bool:
+        """The lease of the subnet(s) we had before (subnet file), announcing an address of
+        this host: ours, written when this host had another public address."""
+        if not self.previous or {s.version: s for s in lease.nets} != self.previous:
+            return False
+        return any((a := lease.attrs.public(v)) is not None and a in self.local_addresses for v in (4, 6))
+
     def _free(self, pool: Pool, taken: NetIndex) -> list:
         """The first FREE_CANDIDATES subnets of `pool` that overlap no taken one."""
         out = []
@@ -162,35 +181,45 @@ class LeaseManager:
 
     def _own(self, nets: dict, lease_id: int, reason: str) -> OwnLease:
         lease = Lease(subnet=nets.get(4), ipv6_subnet=nets.get(6), attrs=self.attrs, lease_id=lease_id)
-        return OwnLease(lease, lease_id, self.clock() + self.ttl, reason)
+        self.expires_at = self.clock() + self.ttl
+        return OwnLease(lease, lease_id, self.expires_at, reason)
 
     # -- acquisition ----------------------------------------------------------------
-    async def acquire(self) -> OwnLease:
+    async def acquire(self) -> Acquired:
         """Get a lease, retrying lost races. Raises OutOfSubnets (callers wait and retry)."""
         for attempt in range(RACE_RETRIES):
-            own = await self._try_acquire()
+            listing = await self.registry.list_leases()
+            own = await self._try_acquire(listing)
             if own is not None:
                 self.previous = {s.version: s for s in own.lease.nets}
-                return own
+                return Acquired(own, listing)
             log.info("lost a race for a subnet (attempt %d), trying again", attempt + 1)
             await self.sleep(self.rng.uniform(0.05, 0.3))
         raise OutOfSubnets(f"could not win a subnet after {RACE_RETRIES} attempts")
 
-    async def _try_acquire(self) -> Optional[OwnLease]:
-        listing = self.listing = await self.registry.list_leases()
+    async def _take_over(self, lease: Lease, reason: str) -> Optional[OwnLease]:
+        new_id = await self.registry.update_lease(lease.key, self.attrs, self.ttl, lease.lease_id)
+        if new_id is None:
+            return None
+        return self._own({s.version: s for s in lease.nets}, new_id, reason)
+
+    async def _try_acquire(self, listing: Listing) -> Optional[OwnLease]:
         leases = listing.leases
         # (1) a lease with our PublicIP
         for lease in leases:
             if not self._is_ours(lease):
                 continue
             if self.fits(lease):
-                new_id = await self.registry.update_lease(lease.key, self.attrs, self.ttl, lease.lease_id)
-                if new_id is None:
-                    return None
-                nets = {s.version: s for s in lease.nets}
-                return self._own(nets, new_id, "existing lease with our public IP")
+                return await self._take_over(lease, "existing lease with our public IP")
             log.info("deleting our old lease %s: it does not fit the current config", lease.key)
             await self.registry.delete_lease(lease.key)
+        # ... or our previous subnet's lease, written with another address of this host
+        for lease in leases:
+            if self._was_ours(lease) and self.fits(lease):
+                log.warning("taking over our previous lease %s: it announces %s, an address of this host "
+                            "(the subnet file's subnet); it now announces %s", lease.key,
+                            lease.attrs.addresses, self.attrs.addresses)  # fmt: skip
+                return await self._take_over(lease, f"our previous lease, written with {lease.attrs.addresses}")
 
         taken = NetIndex((s, l.key) for l in leases for s in l.nets)
         for name in listing.malformed:  # a key with a bad value still blocks its subnet
@@ -227,14 +256,15 @@ class LeaseManager:
         ttl = await self.registry.renew(own.lease_id)
         if ttl <= 0:
             return None
-        return replace(own, expires_at=self.clock() + ttl)
+        self.expires_at = self.clock() + ttl
+        return replace(own, expires_at=self.expires_at)
 
-    async def acquire_forever(self) -> OwnLease:
+    async def acquire_forever(self) -> Acquired:
         """acquire(), waiting and retrying through etcd trouble and a full pool."""
         waiting = Waiting(log, **self._waiting)
         while True:
             try:
-                own = await self.acquire()
+                got = await self.acquire()
             except RegistryError as e:
                 self.etcd_errors += 1
                 waiting.failed("etcd", "acquiring a lease", e)
@@ -246,7 +276,7 @@ class LeaseManager:
                 log.error("acquiring a lease: a call was cancelled, but not by us; retrying", exc_info=True)
             else:
                 waiting.done("acquiring a lease")
-                return own
+                return got
             await self.sleep(self.retry_interval)
 
     async def maintain(
@@ -257,9 +287,13 @@ class LeaseManager:
         re-acquire or re-assert it; hand every new lease to `adopt`."""
         waiting = Waiting(log, **self._waiting)
         while True:
-            if await self.wait_event(check, max(0.0, self.renew_at(own) - self.clock())):
+            until = self.renew_at(own) if self.reassert_at is None else min(self.renew_at(own), self.reassert_at)
+            if await self.wait_event(check, max(0.0, until - self.clock())):
                 check.clear()
                 own = await self.verify(own, adopt, check)
+                continue
+            if self.reassert_at is not None and self.clock() >= self.reassert_at:
+                own = await self.verify(own, adopt, check)  # the backoff is over: check, re-assert
                 continue
             try:
                 renewed = await self.renew(own)
@@ -282,7 +316,8 @@ class LeaseManager:
 
     async def verify(self, own: OwnLease, adopt, check: asyncio.Event) -> OwnLease:
         """Read our key back: still ours (nothing to do), gone (re-acquire) or written by
-        someone else (put ours back). etcd trouble: set `check` again and retry later."""
+        someone else (put ours back, at once the first time, later in a fight: see
+        `Backoff`). etcd trouble: set `check` again and retry later."""
         try:
             cur = await self.registry.get_lease(own.key)
         except LeaseParseError as e:
@@ -291,15 +326,31 @@ class LeaseManager:
             return await self._check_later(own, check, "cannot check our lease %s: %s", own.lease.label, e)
         else:
             if cur is None:
+                self.reassert_at = None
                 return await self.reacquire(own, adopt, "is gone from etcd")
             if own.holds(cur.lease_id, cur.attrs):
+                self.reassert_at = None  # ours again: nothing left to re-assert
                 return own
             what = f"{cur.attrs.to_json()} on etcd lease {cur.lease_id or 0:x}"
-        log.warning("our lease key %s was overwritten by another writer (%s); re-asserting ours", own.key, what)
+        now = self.clock()
+        if self.reassert_at is not None:
+            if now < self.reassert_at:
+                return own  # written again while we wait out the backoff: that wait stands
+        else:
+            delay = self.fight.next(now)
+            if delay > 0:
+                self.reassert_at = now + delay
+                log.warning("our lease key %s was overwritten again (%s; %d times in %.0fs): another writer keeps "
+                            "replacing it -- a second agent with this host's identity (%s), or a script? "
+                            "re-asserting in %.0fs", own.key, what, self.fight.streak, now - self.fight.since,
+                            self.attrs.addresses, delay)  # fmt: skip
+                return own
+            log.warning("our lease key %s was overwritten by another writer (%s); re-asserting ours", own.key, what)
         try:
             ok = await self.registry.put_lease(own.key, self.attrs, own.lease_id)
-        except RegistryError as e:
+        except RegistryError as e:  # (a re-assert that was due stays due)
             return await self._check_later(own, check, "cannot re-assert our lease %s: %s", own.key, e)
+        self.reassert_at = None
         if not ok:
             return await self.reacquire(own, adopt, "has no etcd lease any more")
         self.reasserts += 1
@@ -320,8 +371,7 @@ class LeaseManager:
         log.warning("our lease %s %s; re-acquiring", old.lease.label, why)
         self.previous = {s.version: s for s in old.lease.nets}
         self.reacquisitions += 1
-        own = await self.acquire_forever()
-        self.listing = None  # only the first acquisition's listing seeds the watcher
+        own, _ = await self.acquire_forever()  # the listing: the watcher has its own by now
         if own.lease_id != old.lease_id:
             await self.registry.revoke(old.lease_id, quiet=True)
         await adopt(own)

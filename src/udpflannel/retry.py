@@ -15,6 +15,10 @@ logs, for a problem that persists,
 
 A different message is logged at once; the same one again only every `every` seconds.
 Time comes from injected clocks; `status` (e.g. systemd's STATUS=) hears every change.
+
+Beside errors.py at the package's root, below every layer: the etcd client (an adapter),
+the lease manager (policy), the supervisor and the agent all retry the same way. It is not
+in core, which is pure: this logs and looks at the running asyncio task.
 """
 
 from __future__ import annotations

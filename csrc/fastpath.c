@@ -209,13 +209,13 @@ static int peer_ref(uf_fp *fp, const uf_addr *peer, int delta)
     return bpf_map_update_elem(fp->peers, &key, &refs, BPF_ANY) ? -errno : 0;
 }
 
-int uf_fp_lease_set(uf_fp *fp, const uf_addr *network, int plen, const uf_addr *peer)
+int uf_fp_lease_set(uf_fp *fp, const uf_addr *network, int plen, const uf_addr *peer, uint32_t flags)
 {
     uf_fp_lease_key k;
     int rc = lease_key(network, plen, &k);
     if (rc)
         return rc;
-    if (peer->family != UF_AF_INET && peer->family != UF_AF_INET6)
+    if ((peer->family != UF_AF_INET && peer->family != UF_AF_INET6) || (flags & ~UF_FP_PEER_KERNEL_DECAP))
         return -EINVAL;
     uf_fp_lease old, val;
     int had = lease_get(fp, &k, &old);
@@ -223,7 +223,8 @@ int uf_fp_lease_set(uf_fp *fp, const uf_addr *network, int plen, const uf_addr *
     val.peer.family = peer->family;
     memcpy(val.peer.a, peer->a, 16);
     val.plen = (uint8_t)plen;
-    if (had && !memcmp(&old.peer, &val.peer, sizeof(val.peer)))
+    val.flags = (uint8_t)flags;
+    if (had && !memcmp(&old.peer, &val.peer, sizeof(val.peer)) && old.flags == val.flags)
         return 0;
     if (!had && fp->nleases >= UF_FP_MAX_LEASES)
         return -ENOSPC;

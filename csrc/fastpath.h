@@ -40,9 +40,10 @@ void uf_fp_free(uf_fp *fp);
 /* The kernel's ids of the two programs (tx, rx), to see them go after uf_fp_free. */
 void uf_fp_prog_ids(const uf_fp *fp, uint32_t *tx, uint32_t *rx);
 
-/* Add or replace the lease network/plen -> peer (as uf_table_set); the peer map counts
- * references. -EINVAL for a bad prefix, -ENOSPC when full, else -errno. */
-int uf_fp_lease_set(uf_fp *fp, const uf_addr *network, int plen, const uf_addr *peer);
+/* Add or replace the lease network/plen -> peer (as uf_table_set) with flags (UF_FP_PEER_*:
+ * what the peer's lease says it takes); the peer map counts references. -EINVAL for a bad
+ * prefix or flag, -ENOSPC when full, else -errno. */
+int uf_fp_lease_set(uf_fp *fp, const uf_addr *network, int plen, const uf_addr *peer, uint32_t flags);
 /* Remove a lease: 0, -ENOENT if absent. */
 int uf_fp_lease_delete(uf_fp *fp, const uf_addr *network, int plen);
 /* Leases in the map. */

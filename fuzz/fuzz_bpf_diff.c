@@ -1,8 +1,8 @@
 /* fuzz_bpf_diff.c - the eBPF fast path against the C loop's pipeline, on the same inputs.
  *
  * Each input is one packet, as the TUN would hand it over (tx) or as the payload of a
- * tunnel datagram from one of three outer sources (rx: two peers and a stranger), raw or
- * made plausible. It goes through the C loop's pure pipeline (uf_tx_batch / uf_rx_batch,
+ * tunnel datagram from one of four outer sources (rx: two peers that decapsulate in their
+ * kernel, one in user space, and a stranger), raw or made plausible. It goes through the C loop's pure pipeline (uf_tx_batch / uf_rx_batch,
  * csrc/pipeline.c) and through the loaded TC program (uf_fp_tx / uf_fp_rx, run in the
  * real kernel with BPF_PROG_TEST_RUN); both see the same leases (a uf_table and the BPF
  * maps, filled from one list) and the same network and MTU. The verdicts must agree:
@@ -14,8 +14,9 @@
  *                            the same reason
  *   the program hands on  -> only a packet that passed the checks before that point, and
  *                            only where the C loop must decide: tx, no lease or a peer over
- *                            an IPv6 underlay (the pipeline counts drop_no_route) or bytes
- *                            after the packet; rx, bytes after an accepted packet
+ *                            an IPv6 underlay (the pipeline counts drop_no_route), a peer
+ *                            that decapsulates in user space (the pipeline sends it there)
+ *                            or bytes after the packet; rx, bytes after an accepted packet
  *
  * Needs root (BPF). The object file is $UF_FP_OBJECT (fuzz/run.sh builds it). Super-packets
  * (GSO) are not generated here: BPF_PROG_TEST_RUN builds linear skbs; the namespace tests
@@ -36,7 +37,10 @@ static uf_table *table;
 static uf_tx *tx;
 static uf_rx *rx;
 static uf_pipe_cfg cfg;
-static uf_addr local, peers[3];   /* 198.18.0.2, 198.18.0.3, a stranger 192.0.2.99 */
+#define NPEERS 4
+/* 198.18.0.2 and .3 (kernel decapsulation), .4 (user space), a stranger 192.0.2.99 */
+static uf_addr local, peers[NPEERS];
+#define USER_PEER 2
 
 static uf_addr v4(uint8_t a, uint8_t b, uint8_t c, uint8_t d)
 {
@@ -59,9 +63,9 @@ static uf_addr v6(uint16_t w0, uint16_t w1, uint16_t w3, uint16_t w7)
     return r;
 }
 
-static void lease(uf_addr net, int plen, const uf_addr *peer)
+static void lease(uf_addr net, int plen, const uf_addr *peer, uint32_t flags)
 {
-    if (uf_table_set(table, &net, plen, peer) || uf_fp_lease_set(fp, &net, plen, peer))
+    if (uf_table_set(table, &net, plen, peer) || uf_fp_lease_set(fp, &net, plen, peer, flags))
         abort();
 }
 
@@ -75,7 +79,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     local = v4(198, 18, 0, 1);
     peers[0] = v4(198, 18, 0, 2);
     peers[1] = v4(198, 18, 0, 3);
-    peers[2] = v4(192, 0, 2, 99);
+    peers[USER_PEER] = v4(198, 18, 0, 4);
+    peers[3] = v4(192, 0, 2, 99);
     uf_fp_cfg fc;
     memset(&fc, 0, sizeof(fc));
     fc.net[0].addr = v4(10, 5, 0, 0);
@@ -108,14 +113,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 #ifdef UF_FUZZ_PLANTED_BUG
     cfg.mtu = MTU - 1;   /* fuzz/run.sh --selftest: the two paths disagree about one size */
 #endif
-    lease(v4(10, 5, 2, 0), 24, &peers[0]);
-    lease(v4(10, 5, 3, 0), 24, &peers[1]);
-    lease(v4(10, 5, 3, 128), 25, &peers[0]);            /* nested: the longer one wins */
-    lease(v6(0xfd00, 5, 2, 0), 64, &peers[0]);          /* dual stack: IPv6 in the IPv4 tunnel */
-    lease(v6(0xfd00, 5, 3, 0), 64, &peers[1]);
+    const uint32_t kernel = UF_FP_PEER_KERNEL_DECAP;
+    lease(v4(10, 5, 2, 0), 24, &peers[0], kernel);
+    lease(v4(10, 5, 3, 0), 24, &peers[1], kernel);
+    lease(v4(10, 5, 3, 128), 25, &peers[0], kernel);    /* nested: the longer one wins */
+    lease(v6(0xfd00, 5, 2, 0), 64, &peers[0], kernel);  /* dual stack: IPv6 in the IPv4 tunnel */
+    lease(v6(0xfd00, 5, 3, 0), 64, &peers[1], kernel);
+    lease(v4(10, 5, 4, 0), 24, &peers[USER_PEER], 0);   /* a C loop, flanneld or socat host */
+    lease(v4(10, 5, 4, 128), 25, &peers[1], kernel);    /* ... with a fast-path host nested in it */
+    lease(v6(0xfd00, 5, 4, 0), 64, &peers[USER_PEER], 0);
     uf_addr over6 = v6(0x2001, 0xdb8, 0, 3);
-    lease(v6(0xfd00, 5, 4, 0), 64, &over6);             /* a peer over an IPv6 underlay */
-    lease(v4(10, 5, 4, 0), 24, &over6);
+    lease(v6(0xfd00, 5, 5, 0), 64, &over6, kernel);     /* a peer over an IPv6 underlay */
+    lease(v4(10, 5, 5, 0), 24, &over6, kernel);
     (void)argc;
     (void)argv;
     return 0;
@@ -209,7 +218,8 @@ static void diff_tx(uint8_t *pkt, uint32_t len)
         /* it hands on only what passed its checks, and only for one of those reasons */
         FZ_ASSERT(!ctr[UF_C_DROP_SHORT] && !ctr[UF_C_DROP_BAD_VERSION] && !ctr[UF_C_DROP_BAD_HEADER] &&
                   !ctr[UF_C_DROP_OUTSIDE_NETWORK]);
-        FZ_ASSERT(ctr[UF_C_DROP_NO_ROUTE] == 1 || ref_tot(pkt) != len);
+        FZ_ASSERT(ctr[UF_C_DROP_NO_ROUTE] == 1 || ref_tot(pkt) != len ||
+                  (tx->nmsgs == 1 && !memcmp(&tx->msgs[0].peer, &peers[USER_PEER], sizeof(uf_addr))));
     }
 }
 
@@ -267,7 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (mode & 2)
         plausible(pkt, len);
     if (mode & 1)
-        diff_rx(&peers[(mode >> 2) % 3], pkt, len);
+        diff_rx(&peers[(mode >> 2) % NPEERS], pkt, len);
     else
         diff_tx(pkt, len);
     static uint64_t runs;

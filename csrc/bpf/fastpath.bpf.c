@@ -1,8 +1,9 @@
 /* fastpath.bpf.c - the eBPF fast path for flannel's udp wire format: two TC programs.
  *
- * uf_fp_tx, on flannel0's egress (clsact): a packet the kernel routes into the TUN is
+ * uf_fp_tx, on flannel0's egress (tcx): a packet the kernel routes into the TUN is
  * checked (csrc/checks.h, the C loop's own checks), its destination looked up in
- * uf_fp_leases, its TTL / hop limit decremented; then it gets an outer IPv4 + UDP header
+ * uf_fp_leases (a peer that decapsulates in its kernel: the inner checksums may stay
+ * partial), its TTL / hop limit decremented; then it gets an outer IPv4 + UDP header
  * (from the underlay address and the port, to <PublicIP>:<port>: flanneld's datagram, the
  * payload the inner packet unchanged) with bpf_skb_adjust_room (UDP-tunnel GSO flags, so a
  * 64 KiB TCP super-packet stays one skb until the underlay segments it), an Ethernet
@@ -19,9 +20,10 @@
  * Verdicts. Drops are counted by reason in uf_fp_counters (the C loop's reasons) and the
  * packet is dropped (TC_ACT_SHOT). Everything else the fast path does not do goes on
  * unchanged (TC_ACT_OK, counted as UF_FP_C_PASSED): to the TUN, where the C loop reads it
- * (no lease: it writes the ICMP unreachable; peers over an IPv6 underlay; super-packets of
- * other kinds; trailing bytes), or up the stack to the tunnel socket (fragments, IP
- * options, a UDP checksum the kernel has not verified, several datagrams in one GRO skb).
+ * (no lease: it writes the ICMP unreachable; peers over an IPv6 underlay or decapsulating in
+ * user space, which need complete checksums; super-packets of other kinds; trailing bytes),
+ * or up the stack to the tunnel socket (fragments, IP options, a UDP checksum the kernel
+ * has not verified, several datagrams in one GRO skb).
  * The C loop stays the complete implementation; this is a short cut for the common case.
  */
 #include <linux/bpf.h>
@@ -103,8 +105,8 @@ static __always_inline int same_addr(const uf_addr *a, const uf_addr *b)
     return 1;
 }
 
-/* The public address of the lease covering addr (of family v, 4 or 16 bytes), or NULL. */
-static __always_inline const uf_addr *lease_of(int v, const uint8_t *addr)
+/* The lease covering addr (of family v, 4 or 16 bytes), or NULL. */
+static __always_inline const uf_fp_lease *lease_of(int v, const uint8_t *addr)
 {
     uf_fp_lease_key k = {};
     k.prefixlen = 8 + 8 * uf_chk_alen(v);
@@ -113,8 +115,7 @@ static __always_inline const uf_addr *lease_of(int v, const uint8_t *addr)
         __builtin_memcpy(k.a, addr, 16);
     else
         __builtin_memcpy(k.a, addr, 4);
-    const uf_fp_lease *l = bpf_map_lookup_elem(&uf_fp_leases, &k);
-    return l ? &l->peer : NULL;
+    return bpf_map_lookup_elem(&uf_fp_leases, &k);
 }
 
 /* The buffer checks.h reads: the first min(len, UF_CHK_HDR_MAX) bytes of the inner
@@ -222,10 +223,11 @@ int uf_fp_tx(struct __sk_buff *skb)
     if (uf_chk_tot(hdr) != len || len > 0xffff - OUTER_LEN)
         return pass(DIR_TX);   /* trailing bytes (the C loop sends what the header says) */
     int ver = uf_chk_ver(hdr);
-    const uf_addr *peer = lease_of(ver, hdr + uf_chk_dst_off(ver));
-    if (!peer)
+    const uf_fp_lease *lease = lease_of(ver, hdr + uf_chk_dst_off(ver));
+    if (!lease)
         return pass(DIR_TX);   /* no lease: the C loop counts drop_no_route and sends the ICMP error */
-    uf_addr to = *peer;        /* a copy: the map entry may change under us */
+    uf_addr to = lease->peer;  /* copies: the map entry may change under us */
+    uint8_t flags = lease->flags;
     if (to.family != UF_AF_INET || same_addr(&to, &uf_fp_config.local))
         return pass(DIR_TX);   /* an IPv6 underlay, or ourselves */
     uint32_t segs = 1, hl = 0;
@@ -240,6 +242,8 @@ int uf_fp_tx(struct __sk_buff *skb)
     v = uf_chk_dec_ttl(hdr);
     if (v)
         return drop(DIR_TX, v, 1);   /* the C loop, too, counts a super-packet's TTL once */
+    if (!(flags & UF_FP_PEER_KERNEL_DECAP))
+        return pass(DIR_TX);   /* a user-space receiver: the C loop sends it, checksums completed */
 
     /* Commit. The room first: when the kernel refuses it, nothing has changed yet. */
     if (bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC,
@@ -316,8 +320,8 @@ int uf_fp_rx(struct __sk_buff *skb)
     if (v)
         return drop(DIR_RX, v, segs);
     int ver = uf_chk_ver(hdr);
-    const uf_addr *owner = lease_of(ver, hdr + uf_chk_src_off(ver));
-    int mine = owner && same_addr(owner, &src);
+    const uf_fp_lease *owner = lease_of(ver, hdr + uf_chk_src_off(ver));
+    int mine = owner && same_addr(&owner->peer, &src);
     v = uf_chk_accept(mine, !mine && bpf_map_lookup_elem(&uf_fp_peers, &src) != NULL);
     if (v)
         return drop(DIR_RX, v, segs);

@@ -6,8 +6,8 @@
  *
  * Maps (their names are the loader's handles):
  *   uf_fp_leases    LPM trie: {prefixlen = 8 + plen, data = family, network} -> the
- *                   public address and the prefix length (uf_fp_lease), the same leases as
- *                   the shared-memory table (lookup.h)
+ *                   public address, the prefix length and what the peer's lease says it
+ *                   takes (uf_fp_lease), the same leases as the shared-memory table (lookup.h)
  *   uf_fp_peers     hash: public address (uf_addr) -> how many leases point at it
  *                   (to tell an unknown sender from a spoofing peer, as lookup.h's peer hash)
  *   uf_fp_counters  per-CPU array: UF_FP_C__COUNT counters per direction (UF_FP_DIR_TX,
@@ -51,11 +51,20 @@ typedef struct uf_fp_lease_key {
     uint8_t pad[3];
 } uf_fp_lease_key;
 
+/* uf_fp_lease.flags: the peer decapsulates in its kernel (its lease's BackendData says
+ * "Decap":"kernel": a fast path's receive program), so it takes what uf_fp_tx sends, inner
+ * TCP/UDP checksums left partial for the device. Without it uf_fp_tx hands the packet to the
+ * C loop, which completes them: a user-space receiver (udpflannel's C loop, flanneld, socat)
+ * passes the bytes on as they are, and a partial checksum that crossed a veth unfinished would
+ * reach its kernel as a wrong one. */
+#define UF_FP_PEER_KERNEL_DECAP 1u
+
 /* A value of uf_fp_leases. plen lets the loader tell the entry it asked for from a shorter
  * one covering it (an LPM lookup answers with the longest match). */
 typedef struct uf_fp_lease {
     uf_addr peer;
     uint8_t plen;
+    uint8_t flags;              /* UF_FP_PEER_* */
 } uf_fp_lease;
 /* cffi:end */
 

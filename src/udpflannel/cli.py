@@ -191,8 +191,9 @@ class _Root(click.Group):
               "one CPU busy (measured: see bench/README.md); idle costs nothing. 50 is a good value.")
 @click.option("--udp-fast-path", type=click.Choice(["off", "tc-bpf"]), default="off",
               help="udp backend: tc-bpf carries the tunnel in the kernel with eBPF programs on the TUN's egress "
-              "and the interface's ingress (Linux 6.6+; see docs/datapath.md); the C loop takes what they "
-              "hand on, and everything where BPF is unavailable or refused (logged).")
+              "and the interface's ingress (Linux 6.6+; see docs/datapath.md), to peers whose lease says they "
+              "run it too (this host's then does); the C loop takes what they hand on (other peers: flanneld, "
+              "the C loop), and everything where BPF is unavailable or refused (logged).")
 @click.option("--wireguard-key-file", default=DEFAULT_KEY_FILE, envvar=[KEY_FILE_ENV, "FLANNELD_WIREGUARD_KEY_FILE"],
               help=f"wireguard backend: the private key, made there once and kept (mode 0600); also "
               f"${KEY_FILE_ENV}, as flanneld.")

@@ -3,7 +3,8 @@
 Each test loads csrc/bpf/fastpath.bpf.c (the verifier accepts it or the test fails), fills
 its lease map through FastPath.set (the udp backend's call) and runs packets through the
 two programs: what they forward (bytes checked field by field), what they drop (and under
-which reason), what they hand on to the C loop. The transmit program is loaded for test
+which reason), what they hand on to the C loop (among it, everything for a peer whose lease
+does not say it decapsulates in its kernel). The transmit program is loaded for test
 runs (an Ethernet header in front of the TUN's packets, as BPF_PROG_TEST_RUN requires);
 its code is otherwise the one attached to flannel0. fuzz/fuzz_bpf_diff.c compares both
 programs with the C loop's pipeline on generated inputs.
@@ -22,6 +23,7 @@ from udpflannel.datapath.fastpath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
 LOCAL, PEER, STRANGER = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.99")
+USER = IPv4Address("192.0.2.15")  # a peer that decapsulates in user space (C loop, flanneld, socat)
 PORT, MTU = 8285, 1472
 ETH = bytes.fromhex("020000000002 020000000001 0800")
 
@@ -57,9 +59,10 @@ def datagram(inner: bytes, src=PEER, dst=LOCAL, port: int = PORT, udp_csum: int 
 def fp():
     with FastPath(tun_ifindex=1, underlay_ifindex=1, local=LOCAL, port=PORT, mtu=MTU, test_mode=True,
                   network=(ip_network("10.5.0.0/16"), ip_network("fd00:5::/48"))) as f:  # fmt: skip
-        f.set(ip_network("10.5.2.0/24"), PEER)
-        f.set(ip_network("fd00:5:0:2::/64"), PEER)
-        f.set(ip_network("10.5.3.0/24"), IPv4Address("192.0.2.13"))
+        f.set(ip_network("10.5.2.0/24"), PEER, kernel_decap=True)
+        f.set(ip_network("fd00:5:0:2::/64"), PEER, kernel_decap=True)
+        f.set(ip_network("10.5.3.0/24"), IPv4Address("192.0.2.13"), kernel_decap=True)
+        f.set(ip_network("10.5.5.0/24"), USER)
         yield f
 
 
@@ -108,6 +111,7 @@ def test_tx_drops_by_reason(fp, inner, reason):
 @pytest.mark.parametrize("inner, why", [
     (ip4("10.5.1.7", "10.5.9.9"), "no lease: the C loop sends the ICMP error"),
     (ip4("10.5.1.7", "10.5.2.9") + b"trailer", "bytes after the packet"),
+    (ip4("10.5.1.7", "10.5.5.9", b"x" * 100, proto=6), "a user-space peer: the C loop completes the checksums"),
 ])  # fmt: skip
 def test_tx_hands_the_rest_to_the_c_loop(fp, inner, why):
     frame = ETH + inner
@@ -170,20 +174,33 @@ def test_lease_delete_and_replace(fp):
     inner = ip4("10.5.1.7", "10.5.2.9")
     assert fp.test_run("tx", ETH + inner)[0] == TC_ACT_REDIRECT
     assert fp.delete(ip_network("10.5.2.0/24")) and not fp.delete(ip_network("10.5.2.0/24"))
-    assert len(fp) == 2
+    assert len(fp) == 3
     assert fp.test_run("tx", ETH + inner)[0] == TC_ACT_OK  # no lease now: the C loop's ICMP
     # PEER still owns its IPv6 subnet: a datagram from it with a foreign inner source is spoofed
     assert fp.test_run("rx", datagram(ip4("10.5.2.9", "10.5.1.7")))[0] == TC_ACT_SHOT
     fp.delete(ip_network("fd00:5:0:2::/64"))  # now PEER is nobody's: unknown
     assert fp.test_run("rx", datagram(ip4("10.5.2.9", "10.5.1.7")))[0] == TC_ACT_SHOT
     assert counted(fp)["rx_drop_spoofed_source"] == 1 and counted(fp)["rx_drop_unknown_peer"] == 1
-    fp.set(ip_network("10.5.2.0/24"), IPv4Address("192.0.2.14"))  # the subnet moved to another host
+    fp.set(ip_network("10.5.2.0/24"), IPv4Address("192.0.2.14"), kernel_decap=True)  # the subnet moved
     _, out = fp.test_run("tx", ETH + inner)
     assert IPv4Address(out[30:34]) == IPv4Address("192.0.2.14")
 
 
+def test_a_lease_that_stops_saying_kernel_decap_goes_to_the_c_loop(fp):
+    """The peer restarted without its fast path (its lease lost "Decap":"kernel"), and back."""
+    inner = ip4("10.5.1.7", "10.5.2.9")
+    fp.set(ip_network("10.5.2.0/24"), PEER)
+    assert fp.test_run("tx", ETH + inner) == (TC_ACT_OK, ETH + inner)
+    fp.set(ip_network("10.5.2.0/24"), PEER, kernel_decap=True)
+    assert fp.test_run("tx", ETH + inner)[0] == TC_ACT_REDIRECT
+    assert counted(fp) == {"tx_fast_path_passed": 1, "tx_packets": 1, "tx_bytes": len(inner)}
+    # datagrams from a user-space peer are still taken in: the inner packet is whole
+    verdict, _ = fp.test_run("rx", datagram(ip4("10.5.5.9", "10.5.1.7"), src=USER))
+    assert verdict == TC_ACT_REDIRECT
+
+
 def test_a_longer_lease_wins(fp):
-    fp.set(ip_network("10.5.2.128/25"), IPv4Address("192.0.2.20"))
+    fp.set(ip_network("10.5.2.128/25"), IPv4Address("192.0.2.20"), kernel_decap=True)
     _, out = fp.test_run("tx", ETH + ip4("10.5.1.7", "10.5.2.200"))
     assert IPv4Address(out[30:34]) == IPv4Address("192.0.2.20")
     _, out = fp.test_run("tx", ETH + ip4("10.5.1.7", "10.5.2.100"))

@@ -94,8 +94,9 @@ DATAPATH_HELP: dict[str, str] = {
     "gso_fallbacks": "A GSO send refused by the kernel, handled one packet at a time since: tx UDP_SEGMENT, "
                      "rx a UDP super-packet written to a TUN without USO.",
     "fast_path_packets": "Inner packets the eBPF fast path forwarded (--udp-fast-path; included in packets).",
-    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (tx: no lease, an IPv6-underlay peer; "
-                        "rx: datagrams with a UDP checksum, i.e. from user-space senders, fragments; docs/datapath.md).",
+    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (tx: no lease, a peer whose lease does not "
+                        "say it decapsulates in its kernel, an IPv6-underlay peer; rx: datagrams with a UDP checksum, "
+                        "i.e. from user-space senders, fragments; docs/datapath.md).",
 }
 
 #: values of the reason label of udpflannel_datapath_dropped_packets_total (drop_<reason>)

@@ -10,20 +10,19 @@ runs beside them and stays the complete implementation. The checks are the C loo
     reason = unavailable()        # None, or why the fast path cannot run here
     fp = FastPath(tun_ifindex=..., underlay_ifindex=..., local=IPv4Address(...), port=8285,
                   network=(net4, net6), mtu=1472)   # loads (the verifier runs); raises FastPathError
-    fp.set(IPv4Network("10.5.3.0/24"), IPv4Address("192.0.2.12"))   # the LeaseTable's calls
+    fp.set(IPv4Network("10.5.3.0/24"), IPv4Address("192.0.2.12"), kernel_decap=True)
     fp.attach(); fp.counters(); fp.close()
 
-The lease map is filled through the same calls as LeaseTable (set, delete); the udp backend
-makes both from one place. Nothing is pinned: the kernel detaches the programs when close()
+The lease map is filled through the same calls as LeaseTable (set, delete), plus whether the
+peer decapsulates in its kernel (only such a peer gets the transmit program's datagrams); the
+udp backend makes both from one place. Nothing is pinned: the kernel detaches the programs when close()
 runs or the process ends.
 """
 
 from __future__ import annotations
 
-import array
 import errno
 import fcntl
-import logging
 import os
 import socket
 import struct
@@ -37,15 +36,11 @@ from udpflannel.datapath.addr import Address, Network
 from udpflannel.datapath.errors import DataPathError, check
 from udpflannel.datapath.loop import COUNTER_NAMES
 
-log = logging.getLogger("udpflannel.datapath")
-
 OBJECT = Path(__file__).with_name("uf_fastpath.bpf.o")
 #: TC verdicts (linux/pkt_cls.h) a test run can return
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 ARPHRD_ETHER = 1
 _SIOCGIFHWADDR = 0x8927
-_SIOCETHTOOL = 0x8946
-_TX_CSUM_BITS = 1 << 1 | 1 << 3  # NETIF_F_IP_CSUM, NETIF_F_HW_CSUM (tx-checksum-ipv4, -ip-generic)
 
 try:  # optional: built only where clang -target bpf and libbpf-dev were there (csrc/build_fastpath.py)
     from udpflannel.datapath._fastpath import ffi, lib
@@ -87,28 +82,6 @@ def link_type(ifname: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         raw = fcntl.ioctl(s.fileno(), _SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()))
     return struct.unpack_from("H", raw, 16)[0]
-
-
-def _ethtool(ifname: str, request: bytes, size: int) -> bytes:
-    """One SIOCETHTOOL get: the struct the kernel fills (size bytes, starting as request)."""
-    buf = array.array("B", request + bytes(size - len(request)))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), _SIOCETHTOOL, struct.pack("16sP", ifname.encode(), buf.buffer_info()[0]))
-    return buf.tobytes()
-
-
-def leaves_checksums_partial(ifname: str) -> bool:
-    """True when the device is a veth that offloads transmit checksums: it hands the packets
-    the fast path sends to the other namespace with their inner TCP/UDP checksums still
-    partial, which a peer's kernel accepts but a user-space tunnel (the C loop, flanneld)
-    passes on as they are (docs/datapath.md, "eBPF fast path")."""
-    try:
-        driver = _ethtool(ifname, struct.pack("I", 0x3), 196)[4:36].split(b"\0")[0]  # ETHTOOL_GDRVINFO
-        # ETHTOOL_GFEATURES, the first block of 32: {available, requested, active, never_changed}
-        active = struct.unpack_from("I", _ethtool(ifname, struct.pack("II", 0x3A, 1), 24), 16)[0]
-    except OSError:
-        return False
-    return driver == b"veth" and bool(active & _TX_CSUM_BITS)
 
 
 def _fill(c_addr, a: Address) -> None:
@@ -164,10 +137,10 @@ class FastPath:
     @classmethod
     def attached(cls, *, tun: str, underlay: str, local: IPv4Address, port: int,
                  network: Union[Network, Sequence[Network]], mtu: int,
-                 leases: Iterable[tuple[Network, Address]] = ()) -> "FastPath":
+                 leases: Iterable[tuple[Network, Address, bool]] = ()) -> "FastPath":
         """Loaded for the TUN `tun` and the Ethernet device `underlay` (names), its lease map
-        filled, both programs attached. Raises FastPathError, OSError or ValueError (why
-        not)."""
+        filled (set()'s arguments), both programs attached. Raises FastPathError, OSError or
+        ValueError (why not)."""
         if _addr.address(local).version != 4:
             raise ValueError("it carries tunnels over an IPv4 underlay only")
         if link_type(underlay) != ARPHRD_ETHER:
@@ -175,17 +148,12 @@ class FastPath:
         fast = cls(tun_ifindex=socket.if_nametoindex(tun), underlay_ifindex=socket.if_nametoindex(underlay),
                    local=local, port=port, network=network, mtu=mtu)  # fmt: skip
         try:
-            for net, peer in leases:
-                fast.set(net, peer)
+            for net, peer, kernel_decap in leases:
+                fast.set(net, peer, kernel_decap=kernel_decap)
             fast.attach()
         except BaseException:
             fast.close()
             raise
-        if leaves_checksums_partial(underlay):
-            log.warning("eBPF fast path: %s is a veth that leaves transmit checksums to the receiver: peers "
-                        "on a user-space data path (udpflannel's C loop, flanneld) will drop this host's TCP "
-                        "and UDP; run the fast path on every host, or turn tx checksumming off on %s "
-                        "(see docs/datapath.md)", underlay, underlay)  # fmt: skip
         return fast
 
     def attach(self) -> None:
@@ -212,13 +180,19 @@ class FastPath:
             self._fp = None
 
     # -- the lease map: LeaseTable's calls ------------------------------------------------
-    def set(self, network: Network | str, public_ip: Address | str) -> None:
+    def set(self, network: Network | str, public_ip: Address | str, *, kernel_decap: bool = False) -> None:
+        """LeaseTable.set's lease, and whether its host decapsulates in its kernel (its
+        lease's BackendData says so: backends/udp.py). The transmit program encapsulates only
+        to such a peer: it leaves inner checksums partial, which a user-space receiver (the
+        C loop, flanneld, socat) would pass on unfinished; packets to any other peer go on
+        to the C loop, which completes them."""
         net, peer = _addr.network(network), _addr.address(public_ip)
         cnet, cpeer = ffi.new("uf_addr *"), ffi.new("uf_addr *")
         _fill(cnet, net.network_address)
         _fill(cpeer, peer)
+        flags = lib.UF_FP_PEER_KERNEL_DECAP if kernel_decap else 0
         with self._lock:
-            check(lib.uf_fp_lease_set(self._fp, cnet, net.prefixlen, cpeer), f"FastPath.set({net})")
+            check(lib.uf_fp_lease_set(self._fp, cnet, net.prefixlen, cpeer, flags), f"FastPath.set({net})")
 
     def delete(self, network: Network | str) -> bool:
         net = _addr.network(network)

@@ -2,10 +2,11 @@
  *
  * Each input is one packet, as the TUN would hand it over (tx) or as the payload of a
  * tunnel datagram from one of four outer sources (rx: two peers that decapsulate in their
- * kernel, one in user space, and a stranger), raw or made plausible. It goes through the C loop's pure pipeline (uf_tx_batch / uf_rx_batch,
- * csrc/pipeline.c) and through the loaded TC program (uf_fp_tx / uf_fp_rx, run in the
- * real kernel with BPF_PROG_TEST_RUN); both see the same leases (a uf_table and the BPF
- * maps, filled from one list) and the same network and MTU. The verdicts must agree:
+ * kernel, one in user space, and a stranger), raw or made plausible. It goes through the C
+ * loop's pure pipeline (uf_tx_batch / uf_rx_batch, csrc/pipeline.c) and through the loaded
+ * TC program (uf_fp_tx / uf_fp_rx, run in the real kernel with BPF_PROG_TEST_RUN); both see
+ * the same leases (a uf_table and the BPF maps, filled from one list) and the same network
+ * and MTU. The verdicts must agree:
  *
  *   the program forwards  -> the pipeline forwards exactly those bytes (rx: the decapsulated
  *                            packet; tx: the payload of one message to the same peer, behind

@@ -86,7 +86,8 @@ def bpftool(*args: str) -> object:
 
 def tx_checksum_offload(host) -> bool:
     """Whether the host's eth1 (a veth) leaves transmit checksums to the receiver."""
-    code = "from pyroute2.ethtool import Ethtool\nprint(Ethtool().get_features('eth1').features['tx-checksum-ip-generic'].enable)"
+    code = ("from pyroute2.ethtool import Ethtool\n"
+            "print(Ethtool().get_features('eth1').features['tx-checksum-ip-generic'].enable)")
     p = subprocess.run(["ip", "netns", "exec", host.ns, sys.executable, "-c", code], check=True, timeout=30,
                        capture_output=True, text=True)  # fmt: skip
     return p.stdout.strip() == "True"

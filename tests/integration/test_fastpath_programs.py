@@ -20,21 +20,14 @@ import pytest
 from udpflannel.datapath import COUNTER_NAMES
 from udpflannel.datapath.fastpath import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, FastPath, merge, unavailable
 
+from ..unit.test_dp_packet import csum  # the Internet checksum, independent of the C code
+
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
 LOCAL, PEER, STRANGER = IPv4Address("192.0.2.11"), IPv4Address("192.0.2.12"), IPv4Address("192.0.2.99")
 USER = IPv4Address("192.0.2.15")  # a peer that decapsulates in user space (C loop, flanneld, socat)
 PORT, MTU = 8285, 1472
 ETH = bytes.fromhex("020000000002 020000000001 0800")
-
-
-def csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ip4(src, dst, payload: bytes = b"p" * 32, proto: int = 17, ttl: int = 64, frag: int = 0, bad_csum=False) -> bytes:

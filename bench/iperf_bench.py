@@ -16,6 +16,9 @@ the path order rotates per repetition). Each pair measures host-to-host over its
                 of this design on the machine at hand
     uf-udp      udpflannel's udp backend, run through the real agent with etcd in the testbed
     uf-udp-busy the same with --udp-busy-poll (the latency option; its CPU cost is measured)
+    uf-udp-bpf  the same with --udp-fast-path=tc-bpf (the eBPF programs carry the tunnel in the
+                kernel; skipped when the agent reports the fast path unavailable). Its work runs
+                in the kernel, as vxlan's does, so like the kernel paths it has no CPU figures
     uf-udp-ref  the udp backend of another build (--ref-python: that build's interpreter), to
                 compare a change with its base in the same run
     uf-vxlan    udpflannel's vxlan backend   (included when the backend exists)
@@ -77,11 +80,11 @@ except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from udpflannel.lab.netlab import ETCD_HOST_IP, Host, Lab, new_prefix, read_subnet_file, wait_for
 
-ALL_PATHS = ["veth", "vxlan", "socat", "ref-relay", "uf-udp", "uf-udp-busy", "uf-udp-ref", "uf-vxlan", "uf-host-gw",
-             "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go", "uf-wireguard"]  # fmt: skip
+ALL_PATHS = ["veth", "vxlan", "socat", "ref-relay", "uf-udp", "uf-udp-busy", "uf-udp-bpf", "uf-udp-ref", "uf-vxlan",
+             "uf-host-gw", "vxlan6", "uf-vxlan6", "uf-udp6", "wireguard-go", "uf-wireguard"]  # fmt: skip
 PRIVATE_RUN_PATHS = {"wireguard-go", "uf-wireguard"}  # hosts with their own /run/wireguard (netlab)
 DEFAULT_PATHS = [p for p in ALL_PATHS if p != "uf-udp-ref"]  # uf-udp-ref needs --ref-python
-KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6"}
+KERNEL_PATHS = {"veth", "vxlan", "uf-vxlan", "uf-host-gw", "vxlan6", "uf-vxlan6", "uf-udp-bpf"}
 RATIO_BASES = ("vxlan", "ref-relay", "socat")  # the ratio table's columns, when in the run
 METRICS = ["tcp1", "tcp4", "udp64", "ping", "ping_load"]
 # label, unit, key in a path's per-rep result, which way is better (+1 higher, -1 lower)
@@ -102,6 +105,7 @@ COLUMNS = [
 AGENT_PATHS = {
     "uf-udp": ("udp", [], "10.110.0.0/16"),
     "uf-udp-busy": ("udp", ["--udp-busy-poll", "BUSY_POLL_US"], "10.113.0.0/16"),
+    "uf-udp-bpf": ("udp", ["--udp-fast-path", "tc-bpf"], "10.115.0.0/16"),
     "uf-udp-ref": ("udp", [], "10.114.0.0/16"),
     "uf-vxlan": ("vxlan", [], "10.111.0.0/16"),
     "uf-host-gw": ("host-gw", [], "10.112.0.0/16"),
@@ -430,6 +434,11 @@ class Testbed:
 
             wait_for(written, timeout=60, interval=0.2, what=f"{name}: subnet file of {h.name}")
             envs[h.name] = read_subnet_file(subnet_file)
+            if "--udp-fast-path" in extra:  # measure the fast path or nothing, never the C loop under its name
+                text = Path(p.log_path).read_text(errors="replace")
+                if "eBPF fast path tc-bpf attached" not in text:
+                    why = [l for l in text.splitlines() if "fast path" in l]
+                    raise RuntimeError(f"the fast path did not attach: {why[-1] if why else 'no log line'}")
         iface = IPv6Interface if subnet_key == "FLANNEL_IPV6_SUBNET" else IPv4Interface
         for h in (a, b):  # the docker0 that dockerd would make from the subnet file
             bip = iface(envs[h.name][subnet_key])

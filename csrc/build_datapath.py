@@ -19,7 +19,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order matters: a header's declarations may use types from earlier ones.
-HEADERS = ["common.h", "csum.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "steer.h", "features.h", "loop.h"]
+HEADERS = ["common.h", "csum.h", "checks.h", "lookup.h", "packet.h", "offload.h", "pipeline.h", "steer.h", "features.h",
+           "loop.h"]
 SOURCES = ["common.c", "csum.c", "lookup.c", "packet.c", "offload.c", "pipeline.c", "steer.c", "features.c", "loop.c"]
 _REGION = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 

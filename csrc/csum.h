@@ -37,8 +37,14 @@ uint16_t uf_checksum(const void *buf, size_t len);
 static inline uint16_t uf_csum_words(const uint8_t *p, unsigned n)
 {
     uint64_t acc = 0;
+#ifdef __bpf__
+    /* in the eBPF fast path (checks.h's IPv4 header check, n <= 15): a constant bound the
+     * verifier can follow (it loses n's through clang's unrolled loop) */
+    for (unsigned i = 0; i < 15 && i < n; i++) {
+#else
 #pragma GCC unroll 8
     for (unsigned i = 0; i < n; i++) {
+#endif
         uint32_t w;
         __builtin_memcpy(&w, p + 4 * i, 4);
         acc += w;

@@ -7,25 +7,7 @@
 
 int uf_pkt_check(const uint8_t *pkt, size_t len)
 {
-    if (len < UF_IPV4_MIN_HEADER)
-        return UF_C_DROP_SHORT;
-    switch (ip_ver(pkt)) {
-    case 4: {
-        size_t ihl = (size_t)(pkt[0] & 0x0f) * 4u;
-        size_t tot = rd16(pkt + 2);
-        if (ihl < UF_IPV4_MIN_HEADER || ihl > len || tot < ihl)
-            return UF_C_DROP_BAD_HEADER;
-        return tot > len ? UF_C_DROP_SHORT : UF_PASS;
-    }
-    case 6:
-        /* payload length 0 is a packet of 40 bytes (a jumbogram would be larger
-         * than any buffer here, so its hop-by-hop option is never needed) */
-        if (len < UF_IPV6_HDR || UF_IPV6_HDR + (size_t)rd16(pkt + 4) > len)
-            return UF_C_DROP_SHORT;
-        return UF_PASS;
-    default:
-        return UF_C_DROP_BAD_VERSION;
-    }
+    return uf_chk_pkt(pkt, len > UINT32_MAX ? UINT32_MAX : (uint32_t)len);
 }
 
 size_t uf_pkt_len(const uint8_t *pkt)
@@ -35,26 +17,13 @@ size_t uf_pkt_len(const uint8_t *pkt)
 
 int uf_ip4_csum_ok(const uint8_t *pkt)
 {
-    unsigned ihl = pkt[0] & 0x0fu;
-    /* the common header of 5 words as its own case: the compiler unrolls it */
-    return (ihl == 5 ? uf_csum_words(pkt, 5) : uf_csum_words(pkt, ihl)) == 0xffffu;
+    return uf_chk_ip4_csum_ok(pkt);
 }
 
 int uf_pkt_dec_ttl(uint8_t *pkt, size_t len)
 {
     (void)len;
-    uint8_t *hop = pkt + ip_hop_off(ip_ver(pkt));
-    if (*hop <= 1)
-        return UF_C_DROP_TTL;
-    (*hop)--;
-    if (ip_ver(pkt) == 6)
-        return UF_PASS;  /* no header checksum */
-    /* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); the TTL is the high byte of
-     * the 16-bit word at offset 8, so m - m' = 0x0100. */
-    uint32_t hc = rd16(pkt + 10);
-    uint32_t sum = (~hc & 0xffffu) + 0xfeffu; /* ~0x0100 == 0xfeff */
-    wr16(pkt + 10, (uint16_t)~uf_csum_fold(sum));
-    return UF_PASS;
+    return uf_chk_dec_ttl(pkt);
 }
 
 /* IPv6: follow the extension headers of pkt (tot bytes) to the upper-layer
@@ -198,25 +167,12 @@ int uf_icmp_unreachable(const uint8_t *pkt, size_t len, const uf_addr *src, uint
 
 int uf_in_net(const uf_net *net, int family, const uint8_t *addr)
 {
-    if (net->addr.family != family || (family != UF_AF_INET && family != UF_AF_INET6))
-        return 0;
-    int plen = net->plen, whole = plen / 8, bits = plen % 8;
-    if (plen < 0 || (size_t)plen > 8u * ip_alen(family))
-        return 0;
-    if (memcmp(addr, net->addr.a, (size_t)whole))
-        return 0;
-    if (bits) {
-        uint8_t m = (uint8_t)(0xffu << (8 - bits));
-        if ((addr[whole] & m) != (net->addr.a[whole] & m))
-            return 0;
-    }
-    return 1;
+    return uf_chk_in_net(net, family, addr);
 }
 
 int uf_dst_in_network(const uint8_t *pkt, const uf_net *nets)
 {
-    int v = ip_ver(pkt);
-    return uf_in_net(&nets[fam_idx(v)], v, pkt + ip_dst_off(v));
+    return uf_chk_dst_in_net(pkt, nets);
 }
 
 int uf_tx_route(const uf_table *t, const uf_net *nets, const uint8_t *pkt, size_t len, uf_addr *peer)
@@ -240,9 +196,8 @@ int uf_rx_accept(const uf_table *t, const uf_addr *outer_src, const uint8_t *pkt
     (void)len;
     int v = ip_ver(pkt);
     uf_addr peer;
-    if (uf_table_lookup(t, v, pkt + ip_src_off(v), &peer, NULL) && addr_eq(&peer, outer_src))
-        return UF_PASS;
-    return uf_table_peer_known(t, outer_src) ? UF_C_DROP_SPOOFED_SOURCE : UF_C_DROP_UNKNOWN_PEER;
+    int mine = uf_table_lookup(t, v, pkt + ip_src_off(v), &peer, NULL) && addr_eq(&peer, outer_src);
+    return uf_chk_accept(mine, !mine && uf_table_peer_known(t, outer_src));
 }
 
 void uf_ratelimit_init(uf_ratelimit *rl, uint32_t per_sec, uint32_t burst, uint64_t now_ns)

@@ -20,9 +20,9 @@
 #include "common.h"
 #include "lookup.h"
 #include "csum.h"
+#include "checks.h"
 
 /* cffi:begin */
-#define UF_IPV4_MIN_HEADER 20
 #define UF_ICMP_MAX_LEN 1280        /* an ICMPv6 error fills at most the IPv6 minimum MTU (RFC 4443 2.4) */
 #define UF_ICMP_RATE_PER_SEC 200
 #define UF_ICMP_BURST 50
@@ -34,12 +34,6 @@ typedef struct uf_ratelimit {
     uint64_t cost_ns;     /* credit one message costs (1e9 / rate) */
     uint64_t cap_ns;      /* burst * cost */
 } uf_ratelimit;
-
-/* The overlay network of one family; addr.family 0: the family is not routed. */
-typedef struct uf_net {
-    uf_addr addr;
-    int plen;
-} uf_net;
 
 /* Basic validity of an inner packet: UF_PASS, UF_C_DROP_SHORT (under 20 bytes,
  * an IPv6 packet under 40, or the header's length > len), UF_C_DROP_BAD_VERSION

@@ -249,23 +249,17 @@ static void rx_flush_gro(uf_rx *rx)
     g->head = NULL;
 }
 
-/* The receive checks of one inner packet: UF_PASS (TTL decremented) or the drop reason. */
+/* The receive checks of one inner packet (csrc/checks.h, shared with the eBPF fast path):
+ * UF_PASS (TTL decremented) or the drop reason. */
 static int rx_check(const uf_pipe_cfg *c, const uf_addr *src, uint8_t *pkt, size_t len)
 {
-    if (len > c->mtu)
-        return UF_C_DROP_OVERSIZE;
-    int v = uf_pkt_check(pkt, len);
+    int v = uf_chk_rx_head(pkt, len > UINT32_MAX ? UINT32_MAX : (uint32_t)len, c->mtu);
     if (v)
         return v;
-    if (ip_ver(pkt) == 4 && !uf_ip4_csum_ok(pkt))
-        return UF_C_DROP_BAD_CHECKSUM;
     v = uf_rx_accept(c->table, src, pkt, len);
     if (v)
         return v;
-    /* overlay traffic is always for the overlay: never relay elsewhere */
-    if (!uf_dst_in_network(pkt, c->net))
-        return UF_C_DROP_OUTSIDE_NETWORK;
-    return uf_pkt_dec_ttl(pkt, len);
+    return uf_chk_rx_tail(pkt, c->net);
 }
 
 /* Same IP version and the same two addresses. */

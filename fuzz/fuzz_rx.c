@@ -52,58 +52,6 @@ static uf_addr v6(uint16_t w1, uint16_t w3, uint16_t w7)
     return r;
 }
 
-/* Make p (len bytes) look like a packet in the overlay: IPv4 10.5.1-4.x -> 10.5.x.x, or
- * IPv6 fd00:5:0:1-4::x -> fd00:5::/48; sometimes with a valid TCP/UDP checksum. */
-static void plausible(uint8_t *p, size_t len)
-{
-    if (len < 20)
-        return;
-    if ((p[0] & 0x10) && len >= 40) {   /* IPv6 */
-        p[0] = (uint8_t)(0x60 | (p[0] & 0x0f));
-        size_t tot = len - (p[1] & 3);  /* sometimes trailing bytes */
-        p[4] = (uint8_t)((tot - 40) >> 8);
-        p[5] = (uint8_t)(tot - 40);
-        if (p[2] & 1)
-            p[6] = (p[2] & 2) ? 6 : 17;
-        static const uint8_t pfx[6] = { 0xfd, 0x00, 0x00, 0x05, 0x00, 0x00 };
-        memcpy(p + 8, pfx, 6);
-        p[14] = 0; p[15] = (uint8_t)(1 + (p[15] & 3));
-        memcpy(p + 24, pfx, 6);
-        if ((p[6] == 6 && tot >= 60) || (p[6] == 17 && tot >= 48)) {
-            if (p[6] == 17) {
-                p[44] = (uint8_t)((tot - 40) >> 8);
-                p[45] = (uint8_t)(tot - 40);
-            }
-            if (!(p[3] & 0x80))
-                ref_set_l4_csum(p, tot, p[6] == 6 ? 16 : 6);
-        }
-        return;
-    }
-    p[0] = (uint8_t)(0x45 + (p[0] & 1));   /* sometimes an option word */
-    size_t tot = len - (p[1] & 3);
-    p[2] = (uint8_t)(tot >> 8);
-    p[3] = (uint8_t)tot;
-    p[12] = 10; p[13] = 5; p[14] = (uint8_t)(1 + (p[14] & 3));   /* 10.5.1-4.x */
-    p[16] = 10; p[17] = 5;
-    size_t ihl = (size_t)(p[0] & 15) * 4;
-    if (p[5] & 4) {   /* not a fragment */
-        p[6] &= 0x40;
-        p[7] = 0;
-    }
-    if (p[5] & 1)
-        p[9] = (p[5] & 2) ? 6 : 17;
-    if (tot <= len && ((p[9] == 6 && tot >= ihl + 20) || (p[9] == 17 && tot >= ihl + 8))) {
-        if (p[9] == 17) {
-            p[ihl + 4] = (uint8_t)((tot - ihl) >> 8);
-            p[ihl + 5] = (uint8_t)(tot - ihl);
-        }
-        if (!(p[4] & 0x80))
-            ref_set_l4_csum(p, tot, p[9] == 6 ? 16 : 6);
-    }
-    if (!(p[19] & 0x80))
-        ref_set_ip_csum(p);
-}
-
 static int addr_eq(const uf_addr *a, const uf_addr *b) { return a->family == b->family && !memcmp(a->a, b->a, 16); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -4,15 +4,17 @@
 #   fuzz/run.sh                  # every target, 30 s each (what CI runs, via tests/integration/test_fuzz.py)
 #   fuzz/run.sh -t 300 gro rx    # chosen targets, longer
 #   fuzz/run.sh --keep gro       # after a long run: merge what it found into the kept corpus
-#   fuzz/run.sh --selftest       # build a target with a planted bug and check that fuzzing finds it
+#   fuzz/run.sh --selftest       # build targets with a planted bug and check that fuzzing finds it
 #
 # C targets (fuzz/fuzz_<name>.c): rx (receive checks on arbitrary datagrams), split (TSO/USO
 # split and the tx pipeline), gro (GRO coalescing: per-flow order, payloads, no repaired
 # checksums), table (the lease table against a reference model), steer (the reuseport program
 # in a classic BPF interpreter against its C reference), csum (the checksum against the plain
-# RFC 1071 loop). Python targets (fuzz/py_targets.py under atheris, $PYTHON or
-# .venv/bin/python): py-lease, py-config, py-watch (etcd values and watch events into the
-# agent's decoding and peer view).
+# RFC 1071 loop), bpf_diff (the eBPF fast path's programs, run in the kernel with
+# BPF_PROG_TEST_RUN, against the C loop's pipeline on the same packets; needs root and
+# csrc/build_fastpath.py's toolchain). Python targets (fuzz/py_targets.py under atheris,
+# $PYTHON or .venv/bin/python): py-lease, py-config, py-watch (etcd values and watch events
+# into the agent's decoding and peer view).
 # Each run starts from the kept corpus fuzz/corpus/<name>/ (minimized, in git: every input
 # that reached new code in a long run, replayed first, so a 30 s run starts where hours of
 # fuzzing left off) and from build/fuzz/corpus-<name> (git-ignored; grows run to run).
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         *) TARGETS+=("$1"); shift ;;
     esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table steer csum py-lease py-config py-watch)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(rx split gro table steer csum bpf_diff py-lease py-config py-watch)
 PYTHON=${PYTHON:-.venv/bin/python}
 # libFuzzer re-runs a Python target (merging) by its path: fuzz_py.py's "env python3" must be $PYTHON's
 PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"
@@ -50,11 +52,16 @@ CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-reco
 SRCS=(csrc/common.c csrc/csum.c csrc/lookup.c csrc/packet.c csrc/offload.c csrc/pipeline.c csrc/steer.c)
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+export UF_FP_OBJECT=$PWD/$OUT/uf_fastpath.bpf.o
 
 build() {  # build NAME [extra cflags...]: $OUT/NAME from fuzz/fuzz_NAME.c
-    local name=$1 src=fuzz/fuzz_${1%-planted}.c
+    local name=$1 src=fuzz/fuzz_${1%-planted}.c extra=()
     shift
-    "$CC" "${CFLAGS[@]}" "$@" "$src" "${SRCS[@]}" -o "$OUT/$name"
+    if [ "${name%-planted}" = bpf_diff ]; then  # the loader and libbpf; the programs' object beside the binary
+        "$PYTHON" csrc/build_fastpath.py --object "$OUT/uf_fastpath.bpf.o"
+        extra=(csrc/fastpath.c -lbpf)
+    fi
+    "$CC" "${CFLAGS[@]}" "$@" "$src" "${SRCS[@]}" "${extra[@]}" -o "$OUT/$name"
 }
 
 fuzzer() {  # fuzzer NAME: the command that runs target NAME
@@ -82,13 +89,16 @@ run() {  # run NAME SECONDS: 0 when no crash
 }
 
 if [ "$SELFTEST" = 1 ]; then
-    build table-planted -DUF_FUZZ_PLANTED_BUG
-    rm -rf "$OUT/corpus-table-planted"
-    if run table-planted 60 >/dev/null; then
-        echo "fuzz: selftest FAILED: the planted bug was not found in 60 s"
-        exit 1
-    fi
-    echo "fuzz: selftest ok: the planted bug was found"
+    # table: a model that forgets deletes; bpf_diff: the two data paths disagree about the MTU
+    for t in table bpf_diff; do
+        build "$t-planted" -DUF_FUZZ_PLANTED_BUG
+        rm -rf "$OUT/corpus-$t-planted"
+        if run "$t-planted" 60 >/dev/null; then
+            echo "fuzz: selftest FAILED: the planted bug in $t was not found in 60 s"
+            exit 1
+        fi
+        echo "fuzz: selftest ok: the planted bug in $t was found"
+    done
     exit 0
 fi
 

@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 # systemd-nspawn, which boots a systemd to run dist/udpflannel.service in tests/integration/test_service.py
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iptables iperf3 socat curl procps openssl gcc python3-dev
               containernetworking-plugins systemd systemd-container util-linux clang libclang-rt-14-dev)
+# clang + libbpf-dev: the eBPF fast path (--udp-fast-path=tc-bpf; csrc/build_fastpath.py), built
+# into the package when both are there; bpftool: the fast path's tests read the programs and maps
+APT_PACKAGES+=(libbpf-dev bpftool)
 APT_PACKAGES+=(nftables)  # nft: the network config's "EnableNFTables" (adapters/nftables.py) and its tests
 # the wireguard backend where the kernel has no WireGuard module (wireguard-go, userspace),
 # wg(8) for a kernel device and the tests' flanneld-shaped peer; tcpdump: the underlay captures.
@@ -112,7 +115,7 @@ python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version' >&2
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv >&2
 fi
-stamp=.venv/.installed-$(cat pyproject.toml setup.py csrc/*.c csrc/*.h csrc/build_datapath.py src/udpflannel/*.py src/udpflannel/*/*.py 2>/dev/null | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$(cat pyproject.toml setup.py csrc/*.c csrc/*.h csrc/*.py csrc/bpf/* src/udpflannel/*.py src/udpflannel/*/*.py 2>/dev/null | sha1sum | cut -c1-12)
 if [ ! -e "$stamp" ]; then
     echo "bootstrap: pip install .[test,plot] into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip >&2

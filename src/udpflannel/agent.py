@@ -85,6 +85,7 @@ class AgentOptions:
     healthz_port: int = 0
     udp_queues: int = 0  # udp backend: see --udp-queues (0: one per CPU)
     udp_busy_poll_us: int = 0  # udp backend: see --udp-busy-poll
+    udp_fast_path: str = "off"  # udp backend: see --udp-fast-path
     wireguard_key_file: str = DEFAULT_KEY_FILE  # wireguard backend: see --wireguard-key-file
     retry_interval: float = 5.0  # waiting for config / etcd / a free subnet
     resync_interval: float = 5.0
@@ -100,7 +101,7 @@ class AgentOptions:
     def backend_options(self, backend_type: str) -> dict:
         """Keyword arguments for the backend's constructor (data-path tuning flags)."""
         if backend_type.lower() == "udp":
-            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us}
+            return {"queues": self.udp_queues, "busy_poll_us": self.udp_busy_poll_us, "fast_path": self.udp_fast_path}
         if backend_type.lower() == "wireguard":
             return {"key_file": self.wireguard_key_file}
         return {}
@@ -179,10 +180,11 @@ class Agent:
         return m
 
     def info(self) -> dict:
-        """What runs, for udpflannel_build_info (backend type, data-path offloads) and
-        udpflannel_datapath_info (how a userspace data path runs)."""
+        """What runs, for udpflannel_build_info (backend type, data-path offloads, the udp
+        backend's fast path) and udpflannel_datapath_info (how a userspace data path runs)."""
         return {"backend": self.backend.type if self.backend else "",
                 "features": self.backend.features() if self.backend else "",
+                "fast_path": self.backend.fast_path_state() if self.backend else "",
                 "datapath": self.backend.datapath_info() if self.backend else {}}  # fmt: skip
 
     # -- run and stop ----------------------------------------------------------------

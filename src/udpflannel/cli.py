@@ -189,6 +189,11 @@ class _Root(click.Group):
               help="udp backend: after moving packets, each worker keeps polling this many microseconds "
               "before it sleeps (0: off). Trades CPU for latency: while traffic flows each worker keeps "
               "one CPU busy (measured: see bench/README.md); idle costs nothing. 50 is a good value.")
+@click.option("--udp-fast-path", type=click.Choice(["off", "tc-bpf"]), default="off",
+              help="udp backend: tc-bpf carries the tunnel in the kernel with eBPF programs on the TUN's egress "
+              "and the interface's ingress (Linux 6.6+; see docs/datapath.md), to peers whose lease says they "
+              "run it too (this host's then does); the C loop takes what they hand on (other peers: flanneld, "
+              "the C loop), and everything where BPF is unavailable or refused (logged).")
 @click.option("--wireguard-key-file", default=DEFAULT_KEY_FILE, envvar=[KEY_FILE_ENV, "FLANNELD_WIREGUARD_KEY_FILE"],
               help=f"wireguard backend: the private key, made there once and kept (mode 0600); also "
               f"${KEY_FILE_ENV}, as flanneld.")
@@ -252,6 +257,7 @@ def build(iface, kw: dict) -> Agent:
         renew_margin_s=kw["subnet_lease_renew_margin_seconds"],
         udp_queues=kw["udp_queues"],
         udp_busy_poll_us=kw["udp_busy_poll"],
+        udp_fast_path=kw["udp_fast_path"],
         wireguard_key_file=kw["wireguard_key_file"],
     )
     return Agent(EtcdRegistry(etcd), iface, opts, notifier=SdNotify(os.environ))

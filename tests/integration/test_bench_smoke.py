@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from udpflannel.datapath import fastpath
 from udpflannel.lab.tutorial import backend_available
 from udpflannel.lab.netlab import sh
 
@@ -27,6 +28,8 @@ SCRIPT = ROOT / "bench" / "run_iperf.sh"
 KERNEL_AND_BASELINES = ["veth", "vxlan", "socat", "ref-relay", "vxlan6", "wireguard-go"]
 AGENT_PATHS = {"uf-udp": "udp", "uf-udp-busy": "udp", "uf-vxlan": "vxlan", "uf-host-gw": "host-gw", "uf-vxlan6": "vxlan",
                "uf-udp6": "udp", "uf-wireguard": "wireguard"}
+if fastpath.unavailable() is None:
+    AGENT_PATHS["uf-udp-bpf"] = "udp"
 
 
 def test_run_iperf_quick_smoke(tmp_path):

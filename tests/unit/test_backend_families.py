@@ -79,13 +79,13 @@ def test_an_enabled_family_the_interface_lacks_is_refused_with_the_reason(btype)
         backend_class(btype)(V6, cfg(btype))
 
 
-def _lease(v4, v6, ip="192.0.2.12", ip6=None, v6_data=None):
+def _lease(v4, v6, ip="192.0.2.12", ip6=None, v6_data=None, data=None):
     from ipaddress import IPv4Network, IPv6Network
 
     from udpflannel.core.subnet import Lease, LeaseAttrs
 
     attrs = LeaseAttrs(public_ip=IPv4Address(ip or "0.0.0.0"), public_ipv6=IPv6Address(ip6) if ip6 else None,
-                       backend_v6_data=v6_data)  # fmt: skip
+                       backend_data=data, backend_v6_data=v6_data)  # fmt: skip
     return Lease(subnet=IPv4Network(v4) if v4 else None, ipv6_subnet=IPv6Network(v6) if v6 else None, attrs=attrs)
 
 
@@ -122,3 +122,45 @@ def test_udp_feeds_both_families_into_the_table_by_snapshot_and_delta(iface, v4,
     assert (t.lookup("10.5.4.1") is not None) == v4
     asyncio.run(b.apply(Snapshot(())))  # an empty snapshot empties the table
     assert len(t) == 0
+
+
+@pytest.mark.parametrize("data,decap", [
+    ({"Decap": "kernel"}, True), (None, False), ({}, False), ({"Decap": "user"}, False), ({"decap": "kernel"}, False),
+    (["Decap", "kernel"], False), ("kernel", False), ({"Decap": "kernel", "Later": 1}, True),
+])  # fmt: skip
+def test_a_peer_decapsulates_in_its_kernel_only_when_its_lease_says_so(data, decap):
+    from udpflannel.backends.udp import kernel_decap
+
+    assert kernel_decap(_lease("10.5.2.0/24", None, data=data)) is decap
+
+
+class _FastPathSpy:
+    """The fast path's lease map, as calls (the real one is tests/integration/test_fastpath*.py)."""
+
+    def __init__(self):
+        self.map: dict = {}
+
+    def set(self, net, ip, *, kernel_decap):
+        self.map[str(net)] = (str(ip), kernel_decap)
+
+    def delete(self, net):
+        return self.map.pop(str(net), None) is not None
+
+
+def test_udp_gives_the_fast_path_each_peer_s_kernel_decap_by_snapshot_and_delta():
+    """Only a peer whose lease says "Decap":"kernel" gets the fast path's datagrams; a lease that
+    changes only that (its host restarted with or without the fast path) changes the map."""
+    from udpflannel.core.events import Delta, LeaseEvent, Snapshot
+    from udpflannel.datapath import LeaseTable
+
+    b = backend_class("udp")(V4, cfg("udp", v6=False), fast_path="tc-bpf", table=LeaseTable())
+    b._fast = _FastPathSpy()  # what prepare() attaches (it needs flannel0 and the kernel's BPF)
+    fast = {"Decap": "kernel"}
+    asyncio.run(b.apply(Snapshot((_lease("10.5.2.0/24", None, data=fast), _lease("10.5.3.0/24", None, "192.0.2.13")))))
+    assert b._fast.map == {"10.5.2.0/24": ("192.0.2.12", True), "10.5.3.0/24": ("192.0.2.13", False)}
+    asyncio.run(b.apply(Delta((LeaseEvent("added", _lease("10.5.2.0/24", None)),))))  # restarted without it
+    asyncio.run(b.apply(Delta((LeaseEvent("added", _lease("10.5.3.0/24", None, "192.0.2.13", data=fast)),))))
+    assert b._fast.map == {"10.5.2.0/24": ("192.0.2.12", False), "10.5.3.0/24": ("192.0.2.13", True)}
+    # a Snapshot that differs only in the flag rewrites that entry, and prunes as ever
+    asyncio.run(b.apply(Snapshot((_lease("10.5.2.0/24", None, data=fast),))))
+    assert b._fast.map == {"10.5.2.0/24": ("192.0.2.12", True)} and len(b._table) == 1

@@ -352,7 +352,7 @@ def test_udp_data_path_flags(cap):
     ok(["--udp-queues", "4", "--udp-busy-poll", "50"])
     o = cap.agent.opts
     assert (o.udp_queues, o.udp_busy_poll_us) == (4, 50)
-    assert o.backend_options("udp") == {"queues": 4, "busy_poll_us": 50}
+    assert o.backend_options("udp") == {"queues": 4, "busy_poll_us": 50, "fast_path": "off"}
     assert o.backend_options("vxlan") == {}
     ok(env={"FLANNELD_UDP_QUEUES": "2", "FLANNELD_UDP_BUSY_POLL": "20"})
     assert (cap.agent.opts.udp_queues, cap.agent.opts.udp_busy_poll_us) == (2, 20)
@@ -360,6 +360,18 @@ def test_udp_data_path_flags(cap):
         assert invoke(bad).exit_code == 2, bad
     out = " ".join(ok(["--help"]).output.split())
     assert "--udp-busy-poll USEC" in out and "one CPU busy" in out
+    assert "--udp-fast-path [off|tc-bpf]" in out
+
+
+def test_udp_fast_path_flag(cap):
+    ok()
+    assert cap.agent.opts.udp_fast_path == "off"
+    ok(["--udp-fast-path", "tc-bpf"])
+    assert cap.agent.opts.backend_options("udp")["fast_path"] == "tc-bpf"
+    ok(env={"FLANNELD_UDP_FAST_PATH": "tc-bpf"})
+    assert cap.agent.opts.udp_fast_path == "tc-bpf"
+    r = invoke(["--udp-fast-path", "xdp"])
+    assert r.exit_code == 2 and "'xdp' is not one of 'off', 'tc-bpf'" in r.output
 
 
 # -- flanneld's Go flag syntax, for every option of every command ----------------------------------

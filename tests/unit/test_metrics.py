@@ -125,12 +125,13 @@ def test_kernel_backend_names():
 
 
 def test_build_info():
-    fams, _ = scrape({}, {"backend": "udp", "features": "vnet_hdr,udp_segment"})
+    fams, _ = scrape({}, {"backend": "udp", "features": "vnet_hdr,udp_segment", "fast_path": "tc-bpf"})
     (s,) = fams["udpflannel_build_info"].samples
     assert s.value == 1
-    assert s.labels == {"version": __version__, "backend": "udp", "features": "vnet_hdr,udp_segment"}
+    assert s.labels == {"version": __version__, "backend": "udp", "features": "vnet_hdr,udp_segment",
+                        "fast_path": "tc-bpf"}
     (s,) = scrape({})[0]["udpflannel_build_info"].samples  # before the config is read
-    assert s.labels == {"version": __version__, "backend": "", "features": ""}
+    assert s.labels == {"version": __version__, "backend": "", "features": "", "fast_path": ""}
     assert "udpflannel_datapath_info" not in scrape({})[0]
 
 

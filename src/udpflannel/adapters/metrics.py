@@ -13,7 +13,7 @@ the one place that names them for Prometheus; `/metrics` serves `exposition()`:
   vxlan, host-gw, dp_peers                        -> udpflannel_backend_peers (gauge)
   wireguard
                   dp_<c>                          -> udpflannel_backend_<c>_total (counters)
-  always          udpflannel_build_info{version, backend, features} 1
+  always          udpflannel_build_info{version, backend, features, fast_path} 1
   udp             udpflannel_datapath_info{queues, cpus, busy_poll_us} 1
 
 The data path's counter names and the directions that count each come from its C core
@@ -93,6 +93,10 @@ DATAPATH_HELP: dict[str, str] = {
     "io_errors": "Failed reads (recvmmsg, TUN read) that were retried.",
     "gso_fallbacks": "A GSO send refused by the kernel, handled one packet at a time since: tx UDP_SEGMENT, "
                      "rx a UDP super-packet written to a TUN without USO.",
+    "fast_path_packets": "Inner packets the eBPF fast path forwarded (--udp-fast-path; included in packets).",
+    "fast_path_passed": "Packets the eBPF fast path handed on to the C loop (tx: no lease, a peer whose lease does not "
+                        "say it decapsulates in its kernel, an IPv6-underlay peer; rx: datagrams with a UDP checksum, "
+                        "i.e. from user-space senders, fragments; docs/datapath.md).",
 }
 
 #: values of the reason label of udpflannel_datapath_dropped_packets_total (drop_<reason>)
@@ -176,8 +180,9 @@ DATAPATH_INFO: dict[str, str] = {
 }
 
 DROPPED = "datapath_dropped_packets"
-BUILD_INFO_HELP = ("Always 1; the labels say what runs: version, backend type, and features: the udp data path's "
-                   "offloads in use, or what makes the wireguard devices (kernel or wireguard-go).")
+BUILD_INFO_HELP = ("Always 1; the labels say what runs: version, backend type, features: the udp data path's "
+                   "offloads in use, or what makes the wireguard devices (kernel or wireguard-go), and fast_path: the "
+                   "udp backend's eBPF fast path (off, tc-bpf, or unavailable: asked for but refused; see the log).")
 DATAPATH_INFO_HELP = "Always 1, udp backend only; the labels say how its data path runs: queues, CPU pinning, busy polling."
 
 
@@ -197,8 +202,8 @@ def families(metrics: Mapping[str, float], info: Mapping[str, Any]) -> list[Metr
             out[full] = cls(full, help, labels=list(labels))
         return out[full]
 
-    info_fam = family("build_info", "gauge", BUILD_INFO_HELP, ("version", "backend", "features"))
-    info_fam.add_metric([__version__, info.get("backend", ""), info.get("features", "")], 1)
+    info_fam = family("build_info", "gauge", BUILD_INFO_HELP, ("version", "backend", "features", "fast_path"))
+    info_fam.add_metric([__version__, info.get("backend", ""), info.get("features", ""), info.get("fast_path", "")], 1)
     if info.get("datapath"):
         labels = tuple(DATAPATH_INFO)
         dp_fam = family("datapath_info", "gauge", DATAPATH_INFO_HELP, labels)
@@ -277,6 +282,8 @@ def sample_metrics(directions: Mapping[str, Sequence[str]]) -> dict[str, float]:
     m: dict[str, float] = {k: 0 for k in AGENT}
     for c, dirs in directions.items():
         m.update({f"dp_{d}_{c}": 0 for d in dirs}, **{f"dp_{c}": 0})
+    for c in set(DATAPATH_HELP) - set(directions):  # the eBPF fast path's own, counted in both directions
+        m.update({f"dp_tx_{c}": 0, f"dp_rx_{c}": 0})
     m.update({f"dp_{k}": 0 for k in UDP_EXTRA}, dp_peers=0, **{f"dp_{k}": 0 for k in BACKEND_HELP})
     return m
 
@@ -289,7 +296,7 @@ def _table(head: str, rows: Sequence[Sequence[str]]) -> list[str]:
 def reference_markdown(directions: Mapping[str, Sequence[str]]) -> str:
     """The generated part of docs/metrics.md: every family, its type, labels and meaning; every
     value of the direction, reason and features labels; the udp data path's info labels."""
-    info = {"backend": "udp", "features": "", "datapath": {k: "" for k in DATAPATH_INFO}}
+    info = {"backend": "udp", "features": "", "fast_path": "off", "datapath": {k: "" for k in DATAPATH_INFO}}
     reg = registry_for(lambda: sample_metrics(directions), lambda: info)
     rows = []
     for fam in sorted(reg.collect(), key=lambda f: f.name):

@@ -183,6 +183,10 @@ class Backend(abc.ABC):
         """The data-path offloads in use, comma-separated (build_info's features label)."""
         return ""
 
+    def fast_path_state(self) -> str:
+        """The udp backend's eBPF fast path: "off", "tc-bpf" or "unavailable"; "" elsewhere."""
+        return ""
+
     def datapath_info(self) -> Mapping[str, str]:
         """How a userspace data path runs (udpflannel_datapath_info's labels); {} for none."""
         return {}

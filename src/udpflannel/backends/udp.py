@@ -23,6 +23,16 @@ whose udp backend carries IPv6 says so in its lease, `"BackendV6Data":{"Underlay
 (or "IPv6"; flanneld's udp writes no BackendV6Data and ignores it), and only the IPv6
 subnets of leases that say so are routed: a flanneld udp peer in a dual-stack cluster
 still gets IPv4, and an IPv6 packet for it gets an ICMPv6 no-route.
+
+The eBPF fast path (--udp-fast-path=tc-bpf, datapath.fastpath) leaves the inner TCP/UDP
+checksums of what it sends partial, for the device to complete, as kernel vxlan does; a veth
+or a hypervisor's virtio hands them on unfinished, which a receiving kernel accepts but a
+user-space receiver (udpflannel's C loop, flanneld, socat) passes on as they are. So a host
+whose fast path runs says so in its lease, `"BackendData":{"Decap":"kernel"}` (flanneld's udp
+ignores BackendData; without the fast path the lease stays flanneld's bytes), and its fast
+path encapsulates only to peers whose lease says the same; packets to every other peer go
+on to the C loop, which completes the checksums. The programs are attached in prepare(),
+before the lease is written, so the lease says it only when they run.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from ..adapters.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from ..core.events import Delta, PeerUpdate, Snapshot
 from ..core.subnet import IPAddress, IPNetwork, Lease, LeaseAttrs
 from ..datapath import DataPath, DataPathError, LeaseTable, gso_max_segs, open_tun, placement, probe_features
+from ..datapath.fastpath import FastPath, merge
 from ..errors import BackendError, ConfigError, InterfaceError
 from .base import Backend, Leftovers
 
@@ -46,6 +57,15 @@ log = logging.getLogger("udpflannel.backends.udp")
 DEFAULT_PORT = 8285
 DEVICE = "flannel0"
 OVERHEAD = {4: 28, 6: 48}  # outer IPv4 / IPv6 header + UDP header, by underlay family
+#: our lease's BackendData while the eBPF fast path runs: this host decapsulates in its kernel
+KERNEL_DECAP = {"Decap": "kernel"}
+
+
+def kernel_decap(lease: Lease) -> bool:
+    """Whether a peer's lease says its host decapsulates in its kernel (KERNEL_DECAP in its
+    BackendData: its fast path runs), so our fast path may leave it partial checksums."""
+    data = lease.attrs.backend_data
+    return isinstance(data, dict) and data.get("Decap") == KERNEL_DECAP["Decap"]
 
 
 class UdpBackend(Backend):
@@ -55,7 +75,8 @@ class UdpBackend(Backend):
 
     type = "udp"
 
-    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, netlink: Optional[Netlink] = None, *,
+    def __init__(self, iface, config, queues: int = 0, busy_poll_us: int = 0, fast_path: str = "off",
+                 netlink: Optional[Netlink] = None, *,
                  table: Optional[LeaseTable] = None, datapath: Callable[..., DataPath] = DataPath):  # fmt: skip
         super().__init__(iface, config)
         if 6 in self.families() and self.mtu() < IPV6_MIN_MTU:
@@ -64,6 +85,11 @@ class UdpBackend(Backend):
                 f"(- {OVERHEAD[self.tunnel_family]} for the outer headers); IPv6 needs at least {IPV6_MIN_MTU}")
         self.queues = queues  # 0: one per CPU (datapath.placement.plan)
         self.busy_poll_us = busy_poll_us
+        self.fast_path = fast_path  # "off" | "tc-bpf": see _start_fast_path
+        self._fast = None
+        self._fast_state = "off"
+        self._fast_final: dict[str, int] = {}
+        self._fast_claimed = False  # our lease says KERNEL_DECAP (the fast path attached in prepare)
         port = config.backend_option("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError("Backend.Port", port, "must be a UDP port number (1-65535)")
@@ -75,7 +101,8 @@ class UdpBackend(Backend):
         self._table = table
         self._lease: Optional[Lease] = None
         self._final: dict[str, int] = {}
-        self._routes: dict[IPNetwork, IPAddress] = {}  # what the lease table holds
+        # what the lease table holds, and whether that peer decapsulates in its kernel
+        self._routes: dict[IPNetwork, tuple[IPAddress, bool]] = {}
         self._v6_skipped: set[str] = set()  # lease keys whose IPv6 subnet is not routed (logged once)
         self._table_errors = 0
         self._gso_cap_warned = False
@@ -122,8 +149,17 @@ class UdpBackend(Backend):
         # IPv4 only: {"PublicIP":"...","PublicIPv6":null}, flanneld's udp bytes; dual stack
         # adds "BackendV6Data":{"Underlay":"IPv4"}; IPv6 only: {"PublicIP":"0.0.0.0",
         # "PublicIPv6":"...","BackendV6Data":{"Underlay":"IPv6"}}
+        # The fast path adds "BackendData":{"Decap":"kernel"} once its programs are attached.
         v6 = self.v6_data if 6 in self.families() else None
-        return LeaseAttrs(**self.lease_addresses(), backend_v6_data=v6)
+        if self.fast_path != "off":
+            try:
+                self._open()
+            except DataPathError as e:
+                raise BackendError(f"udp data path: {e}") from e
+            self._start_fast_path()
+            self._fast_claimed = self._fast is not None
+        data = KERNEL_DECAP if self._fast_claimed else None
+        return LeaseAttrs(**self.lease_addresses(), backend_data=data, backend_v6_data=v6)
 
     async def start(self, lease: Lease) -> None:
         try:
@@ -131,19 +167,24 @@ class UdpBackend(Backend):
         except DataPathError as e:
             raise BackendError(f"udp data path: {e}") from e
 
+    def _open(self) -> None:
+        """The TUN (flannel0, not yet configured) and the lease table, once."""
+        if self._tun is not None:
+            return
+        features = probe_features()
+        self._features = features
+        if self.queues > 1 and not features.multi_queue:
+            log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", self.queues)
+        host = placement.probe(self.iface.name)
+        self._placement = placement.plan(host, self.queues, features.multi_queue)
+        log.info("udp data path placement: CPUs %s; %s", placement.cpu_list(host.cpus),
+                 self._placement.describe())
+        self._tun = open_tun(DEVICE, queues=self._placement.queues, features=features)
+        if self._table is None:
+            self._table = LeaseTable()
+
     async def _start(self, lease: Lease) -> None:
-        if self._tun is None:
-            features = probe_features()
-            self._features = features
-            if self.queues > 1 and not features.multi_queue:
-                log.warning("TUN multi-queue not supported by this kernel: 1 queue instead of %d", self.queues)
-            host = placement.probe(self.iface.name)
-            self._placement = placement.plan(host, self.queues, features.multi_queue)
-            log.info("udp data path placement: CPUs %s; %s", placement.cpu_list(host.cpus),
-                     self._placement.describe())
-            self._tun = open_tun(DEVICE, queues=self._placement.queues, features=features)
-            if self._table is None:
-                self._table = LeaseTable()
+        self._open()
         if self._dp is not None:  # re-acquired with another subnet: new ICMP source
             self._final = self._dp.counters()
             self._dp.stop()
@@ -166,6 +207,32 @@ class UdpBackend(Backend):
         log.info("udp data path up: %s %s mtu %d, UDP %s port %d",
                  DEVICE, ", ".join(f"{s.network_address}/{s.max_prefixlen}" for s in lease.nets), self.mtu(),
                  bind, self.port)  # fmt: skip
+
+    def _start_fast_path(self) -> None:
+        """--udp-fast-path=tc-bpf: the eBPF programs beside the C loop (datapath.fastpath),
+        their lease map filled with what the table holds; refused or unavailable: logged,
+        and the C loop carries everything."""
+        self._stop_fast_path()
+        bind, networks = self.iface.address(self.tunnel_family), [p.network for p in self.config.pools]
+        leases = [(net, ip, decap) for net, (ip, decap) in self._routes.items()]
+        try:
+            fast = FastPath.attached(tun=self._tun.name, underlay=self.iface.name, local=bind, port=self.port,
+                                     network=networks, mtu=self.mtu(), leases=leases)  # fmt: skip
+        except (DataPathError, OSError, ValueError) as e:  # FastPathError, or a lease the map refused
+            self._fast_state = "unavailable"
+            log.warning("udp: eBPF fast path (%s) unavailable: %s; the C loop carries all traffic%s", self.fast_path, e,
+                        f"\n{e.detail}" if getattr(e, "detail", "") else "")  # fmt: skip
+            return
+        self._fast, self._fast_state = fast, self.fast_path
+        log.info("udp: eBPF fast path %s attached: %s egress, %s ingress (programs %d, %d); the C loop "
+                 "takes what it hands on; the lease says %s", self.fast_path, self._tun.name, self.iface.name,
+                 *fast.prog_ids, json.dumps({"BackendData": KERNEL_DECAP}, separators=(",", ":")))  # fmt: skip
+
+    def _stop_fast_path(self) -> None:
+        if self._fast is not None:
+            self._fast_final = self._fast.counters()
+            self._fast.close()
+            self._fast = None
 
     @staticmethod
     def _icmp_source(lease: Lease, network: IPNetwork) -> IPAddress:
@@ -225,12 +292,12 @@ class UdpBackend(Backend):
         if self._table is None:
             raise BackendError("udp: peers before start()")
         if isinstance(update, Snapshot):
-            want = {net: ip for l in update.leases for net, ip in self._entries(l)}
+            want = {net: (ip, kernel_decap(l)) for l in update.leases for net, ip in self._entries(l)}
             for net in [n for n in self._routes if n not in want]:
                 self._delete(net)
-            for net, ip in want.items():
-                if self._routes.get(net) != ip:
-                    self._set(net, ip)
+            for net, route in want.items():
+                if self._routes.get(net) != route:
+                    self._set(net, *route)
         elif isinstance(update, Delta):
             for ev in update.events:
                 if ev.kind == "removed":
@@ -242,7 +309,7 @@ class UdpBackend(Backend):
                         if net not in entries:
                             self._delete(net)
                     for net, ip in entries.items():
-                        self._set(net, ip)
+                        self._set(net, ip, kernel_decap(ev.lease))
 
     def _entries(self, lease: Lease) -> list[tuple[IPNetwork, IPAddress]]:
         """The lease table entries of a peer: each subnet of an enabled family -> the peer's
@@ -266,19 +333,40 @@ class UdpBackend(Backend):
             out.append((s, outer))
         return out
 
-    def _set(self, net: IPNetwork, ip: IPAddress) -> None:
+    def _set(self, net: IPNetwork, ip: IPAddress, decap: bool) -> None:
+        """Route net to ip, in the table and the fast path's map (with whether that peer
+        decapsulates in its kernel)."""
         try:
             self._table.set(net, ip)
         except DataPathError as e:  # e.g. the table is full: this peer is unreachable, the rest work
             self._table_errors += 1
             log.error("udp: cannot route %s via %s: %s", net, ip, e)
             self._routes.pop(net, None)
+            if self._fast is not None:
+                self._fast_update(f"delete({net})", lambda: self._fast.delete(net))
             return
-        self._routes[net] = ip
+        self._routes[net] = (ip, decap)
+        if self._fast is not None:
+            self._fast_update(f"set({net}, {ip})", lambda: self._fast.set(net, ip, kernel_decap=decap))
 
     def _delete(self, net: IPNetwork) -> None:
         if self._routes.pop(net, None) is not None:
             self._table.delete(net)
+            if self._fast is not None:
+                self._fast_update(f"delete({net})", lambda: self._fast.delete(net))
+
+    def _fast_update(self, what: str, op: Callable[[], object]) -> None:
+        """The fast path's lease map follows the table; if it cannot, its rx program would
+        judge that peer's datagrams by a stale map, so it goes and the C loop carries all
+        until resync() attaches it again (meanwhile fast-path peers, which our lease tells
+        to send partial checksums, have their TCP and UDP retransmitted)."""
+        try:
+            op()
+        except DataPathError as e:
+            log.error("udp: the eBPF fast path's lease map refused %s: %s; detaching the fast path, the C loop "
+                      "carries all traffic until the next resync attaches it again", what, e)  # fmt: skip
+            self._stop_fast_path()
+            self._fast_state = "unavailable"
 
     async def resync(self) -> None:
         if self._dp is None:
@@ -289,8 +377,11 @@ class UdpBackend(Backend):
             await self.start(self._lease)
             return
         await self._nl.call(self._configure_link, self._lease)
+        if self._fast_claimed and self._fast is None:  # our lease says we decapsulate in the kernel
+            self._start_fast_path()
 
     async def stop(self) -> None:
+        self._stop_fast_path()
         if self._dp is not None:
             self._final = self._dp.counters()
             self._dp.stop()
@@ -302,6 +393,8 @@ class UdpBackend(Backend):
 
     def metrics(self) -> Mapping[str, int]:
         m = dict(self._dp.counters() if self._dp is not None else self._final)
+        if self.fast_path != "off":
+            m = merge(m, self._fast.counters() if self._fast is not None else self._fast_final)
         if self._table is not None:
             m["leases"] = len(self._table)
             m["table_errors"] = self._table_errors
@@ -316,6 +409,10 @@ class UdpBackend(Backend):
         if self._dp is None:
             return {}
         return {k: str(self._dp.mode[k]).lower() for k in DATAPATH_INFO}
+
+    def fast_path_state(self) -> str:
+        """"off", the fast path running ("tc-bpf"), or "unavailable" (asked for, refused)."""
+        return self._fast_state
 
     def ready(self) -> bool:
         return self._dp is not None and self._dp.running

@@ -6,6 +6,7 @@ host 2's with --ip-masq only, so the logs at both levels can be compared.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -77,8 +78,10 @@ def test_metrics_of_a_real_agent_parse_and_are_documented(lab2):
         assert f"| `{f}` |" in documented, f
     (dp,) = fams["udpflannel_datapath_info"].samples
     assert set(dp.labels) == set(DATAPATH_INFO) and dp.labels["busy_poll_us"] == "0"
-    # a lab veth has neither RPS nor IRQ affinity: the scheduler places the workers (datapath/placement.py)
-    assert int(dp.labels["queues"]) >= 1 and dp.labels["cpus"] == "any"
+    # a lab veth has neither RPS nor IRQ affinity: worker i on CPU i (datapath/placement.py)
+    cpus = sorted(os.sched_getaffinity(0))
+    want = ",".join(map(str, cpus)) if len(cpus) >= 2 else "any"
+    assert int(dp.labels["queues"]) == len(cpus) and dp.labels["cpus"] == want, dp.labels
     # our lease's expiry, Unix time: 24 h after it was taken (or last renewed)
     expiry = agents.metric(h1, "lease_expiry_timestamp_seconds")
     assert 0 < expiry - time.time() <= 86400, expiry - time.time()

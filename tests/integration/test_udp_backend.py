@@ -242,13 +242,17 @@ def worker_cpus(proc) -> list[str]:
 
 def test_placement_is_probed_decided_and_logged(udp_lab):
     """A veth without RPS runs the receiver's stack on the sending CPU: the agent says so and
-    leaves its workers (one per CPU) to the scheduler."""
+    pins worker i (one per CPU) to CPU i (a single CPU: nothing to pin)."""
     lab = udp_lab
     cpus = sorted(os.sched_getaffinity(0))
     for p in lab.udp["procs"]:
         line = placement_line(p)
-        assert f"{len(cpus)} queue(s), unpinned" in line and "not known" in line, line
-        assert len(worker_cpus(p)) == len(cpus)
+        assert "the underlay's receive softirq runs on the sending CPU" in line, line
+        if len(cpus) >= 2:
+            assert f"{len(cpus)} queue(s), " + ", ".join(f"worker {i} on CPU {c}" for i, c in enumerate(cpus)) in line
+            assert worker_cpus(p) == [str(c) for c in cpus]
+        else:
+            assert "1 queue(s), unpinned" in line, line
 
 
 def test_workers_are_pinned_beside_a_known_softirq_cpu(etcd_lab):

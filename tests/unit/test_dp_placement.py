@@ -27,12 +27,15 @@ def test_cpu_lists_and_masks():
     assert placement.parse_cpu_mask("0") == ()
 
 
-def test_unknown_softirq_leaves_the_workers_to_the_scheduler():
-    """A veth without RPS runs the receiver's stack on the sending CPU: no fixed map (two
-    namespace hosts pinning worker i to CPU i put both ends of a flow on one CPU)."""
+def test_unknown_softirq_pins_worker_i_to_cpu_i():
+    """A veth without RPS runs the receiver's stack on the sending CPU: worker i on CPU i keeps
+    a flow on one CPU (measured better than leaving the workers to the scheduler)."""
     p = plan(HostCpus((0, 1)))
-    assert p.queues == 2 and p.cpus == (None, None) and not p.pinned
-    assert "not known" in p.describe()
+    assert p.queues == 2 and p.cpus == (0, 1) and p.pinned
+    assert "sending CPU" in p.describe() and "worker 1 on CPU 1" in p.describe()
+    assert plan(HostCpus((2, 5, 7)), queues=2).cpus == (2, 5)  # within the affinity, in order
+    assert plan(HostCpus((2, 5)), queues=3).cpus == (None,) * 3  # more queues than CPUs
+    assert plan(HostCpus((3,))).cpus == (None,)  # one CPU
 
 
 def test_known_softirq_pins_workers_beside_it():

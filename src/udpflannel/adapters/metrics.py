@@ -173,9 +173,9 @@ WIREGUARD_FEATURES: dict[str, str] = {
 DATAPATH_INFO: dict[str, str] = {
     "queues": "TUN queues, each with its own worker thread (--udp-queues).",
     "cpus": "The CPU each worker pinned itself to, by worker (`1,0`: worker 0 on CPU 1, worker 1 on CPU 0), or "
-            "`any` when the workers are left to the scheduler: pinned only where the underlay's receive softirq "
-            "CPUs are known (IRQ affinity, RPS; docs/datapath.md, Placement). What was asked: a pin the kernel "
-            "refuses is not reported.",
+            "`any` when the workers are left to the scheduler (more queues than CPUs, or one CPU); beside the "
+            "underlay's receive softirq CPUs where those are known, else worker i on CPU i (docs/datapath.md, "
+            "Placement). What was asked: a pin the kernel refuses is not reported.",
     "busy_poll_us": "Microseconds a worker polls after traffic before it sleeps (--udp-busy-poll; 0: off).",
 }
 

@@ -84,9 +84,11 @@ def link_type(ifname: str) -> int:
     return struct.unpack_from("H", raw, 16)[0]
 
 
-def _fill(c_addr, a: Address) -> None:
-    c_addr.family = a.version
-    ffi.memmove(c_addr.a, a.packed.ljust(16, b"\0"), 16)
+def _c_addr(a: Address):
+    """A new `uf_addr *` of this module's ffi holding a (addr.to_c's, for _fastpath's calls)."""
+    c = ffi.new("uf_addr *")
+    _addr.fill(c, a)
+    return c
 
 
 class FastPath:
@@ -111,9 +113,9 @@ class FastPath:
         nets = [network] if isinstance(network, (str,)) or hasattr(network, "prefixlen") else list(network)
         cfg = ffi.new("uf_fp_cfg *")
         for n in map(_addr.network, nets):
-            _fill(cfg.net[n.version == 6].addr, n.network_address)
+            _addr.fill(cfg.net[n.version == 6].addr, n.network_address)
             cfg.net[n.version == 6].plen = n.prefixlen
-        _fill(cfg.local, local)
+        _addr.fill(cfg.local, local)
         cfg.port = port
         cfg.mtu = mtu
         cfg.underlay_ifindex = underlay_ifindex
@@ -187,17 +189,14 @@ class FastPath:
         C loop, flanneld, socat) would pass on unfinished; packets to any other peer go on
         to the C loop, which completes them."""
         net, peer = _addr.network(network), _addr.address(public_ip)
-        cnet, cpeer = ffi.new("uf_addr *"), ffi.new("uf_addr *")
-        _fill(cnet, net.network_address)
-        _fill(cpeer, peer)
+        cnet, cpeer = _c_addr(net.network_address), _c_addr(peer)
         flags = lib.UF_FP_PEER_KERNEL_DECAP if kernel_decap else 0
         with self._lock:
             check(lib.uf_fp_lease_set(self._fp, cnet, net.prefixlen, cpeer, flags), f"FastPath.set({net})")
 
     def delete(self, network: Network | str) -> bool:
         net = _addr.network(network)
-        cnet = ffi.new("uf_addr *")
-        _fill(cnet, net.network_address)
+        cnet = _c_addr(net.network_address)
         with self._lock:
             rc = lib.uf_fp_lease_delete(self._fp, cnet, net.prefixlen)
         if rc == -errno.ENOENT:
